@@ -1,0 +1,157 @@
+//! Limits and settings of the engine, in one place, with the assertions that relate them.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use crate::wal::format::{BATCH_HEADER_BYTES, BLOCK_BYTES, RECORD_HEADER_BYTES};
+
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 << 20;
+pub const BATCH_BYTES_MAX_DEFAULT: usize = 1 << 20;
+pub const BATCH_RECORDS_MAX_DEFAULT: u32 = 65_536;
+/// Sealed batches waiting behind the one being written; appends beyond it get `Backpressure`.
+pub const PENDING_BATCHES_MAX_DEFAULT: usize = 8;
+/// Largest record payload the log takes; a larger one is refused, never split.
+pub const RECORD_PAYLOAD_BYTES_MAX: usize = BATCH_BYTES_MAX_DEFAULT - BATCH_HEADER_BYTES - RECORD_HEADER_BYTES;
+/// Requests a shard's inbound queue holds before answering `Overloaded`.
+pub const SHARD_QUEUE_DEPTH_DEFAULT: usize = 16_384;
+/// Capacity of each cross-shard channel (NOTES-runtime: small capacities ping-pong wake-ups).
+pub const MESH_CHANNEL_CAPACITY: usize = 1024;
+/// Most shards an engine runs; the vshard table must give every shard at least one vshard.
+pub const SHARD_COUNT_MAX: usize = 256;
+/// Checkpoints kept on disk; the log keeps every segment the oldest of them needs.
+pub const CHECKPOINTS_RETAINED: usize = 2;
+
+const _: () = assert!(SEGMENT_BYTES_DEFAULT % BLOCK_BYTES as u64 == 0);
+const _: () = assert!(BATCH_BYTES_MAX_DEFAULT % BLOCK_BYTES == 0);
+const _: () = assert!(BATCH_BYTES_MAX_DEFAULT as u64 * 4 <= SEGMENT_BYTES_DEFAULT);
+const _: () = assert!(SHARD_COUNT_MAX <= crate::ids::VSHARD_COUNT);
+const _: () = assert!(CHECKPOINTS_RETAINED >= 2, "a torn newest checkpoint must leave an older one");
+
+/// When an append counts as acknowledged (DESIGN §4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Acknowledge after the batch is written and `fdatasync` returned.
+    Sync,
+    /// Acknowledge once written; `fdatasync` at most every `interval_ms`. A crash may lose
+    /// the acknowledged writes of the last interval.
+    Interval { interval_ms: u64 },
+    /// Never `fdatasync`. Benchmarks only.
+    None,
+}
+
+impl FromStr for Durability {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "sync" => Ok(Durability::Sync),
+            "none" => Ok(Durability::None),
+            _ => match text.strip_prefix("interval:").map(str::parse::<u64>) {
+                Some(Ok(interval_ms)) if interval_ms > 0 => Ok(Durability::Interval { interval_ms }),
+                _ => Err(format!("unknown durability {text:?}: expected sync, interval:<ms> (ms > 0) or none")),
+            },
+        }
+    }
+}
+
+/// Settings of one shard's write-ahead log.
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    pub durability: Durability,
+    pub segment_bytes: u64,
+    pub batch_bytes_max: usize,
+    pub batch_records_max: u32,
+    pub pending_batches_max: usize,
+    /// Prepared segments kept ready ahead of the one being written.
+    pub spare_segments: usize,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            durability: Durability::Sync,
+            segment_bytes: SEGMENT_BYTES_DEFAULT,
+            batch_bytes_max: BATCH_BYTES_MAX_DEFAULT,
+            batch_records_max: BATCH_RECORDS_MAX_DEFAULT,
+            pending_batches_max: PENDING_BATCHES_MAX_DEFAULT,
+            spare_segments: 1,
+        }
+    }
+}
+
+impl LogConfig {
+    /// Checks the relations the log relies on; a bad configuration is an operator's error.
+    pub fn validate(&self) -> Result<(), String> {
+        let block = BLOCK_BYTES as u64;
+        if self.batch_bytes_max < 2 * BLOCK_BYTES || self.batch_bytes_max % BLOCK_BYTES != 0 {
+            return Err(format!(
+                "batch_bytes_max {} must be a multiple of 4096 and at least 8192",
+                self.batch_bytes_max
+            ));
+        }
+        if self.segment_bytes % block != 0 || self.segment_bytes < 2 * self.batch_bytes_max as u64 {
+            return Err(format!(
+                "segment_bytes {} must be a multiple of 4096 and hold at least two batches of {} bytes",
+                self.segment_bytes, self.batch_bytes_max
+            ));
+        }
+        if self.segment_bytes > u32::MAX as u64 {
+            return Err("segment_bytes must stay under 4 GiB (record offsets are 32-bit)".into());
+        }
+        if self.batch_records_max == 0 || self.pending_batches_max == 0 || self.spare_segments == 0 {
+            return Err("batch_records_max, pending_batches_max and spare_segments must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// Settings of an engine: where it keeps its data and how many shards it runs.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub data_dir: PathBuf,
+    pub shards: usize,
+    pub log: LogConfig,
+    /// Pin shard `i` to this CPU list's `i`th entry; `None` pins shard `i` to CPU `i`.
+    pub cpus: Option<Vec<usize>>,
+    pub shard_queue_depth: usize,
+    /// Truncate the log at the first corrupt batch instead of refusing to open. Bumps the
+    /// log's generation, so the layers above know acknowledged data may have been lost.
+    pub repair: bool,
+}
+
+impl EngineConfig {
+    pub fn new(data_dir: impl Into<PathBuf>) -> EngineConfig {
+        EngineConfig {
+            data_dir: data_dir.into(),
+            shards: 1,
+            log: LogConfig::default(),
+            cpus: None,
+            shard_queue_depth: SHARD_QUEUE_DEPTH_DEFAULT,
+            repair: false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Proves the durability flag parses every documented form and refuses the rest.
+    #[test]
+    fn durability_parses() {
+        assert_eq!("sync".parse::<Durability>(), Ok(Durability::Sync));
+        assert_eq!("none".parse::<Durability>(), Ok(Durability::None));
+        assert_eq!("interval:250".parse::<Durability>(), Ok(Durability::Interval { interval_ms: 250 }));
+        assert!("interval:0".parse::<Durability>().is_err());
+        assert!("interval:x".parse::<Durability>().is_err());
+        assert!("always".parse::<Durability>().is_err());
+    }
+
+    /// Proves the default log settings satisfy their own validation.
+    #[test]
+    fn default_log_config_is_valid() {
+        assert_eq!(LogConfig::default().validate(), Ok(()));
+        let tiny = LogConfig { segment_bytes: 8192, ..LogConfig::default() };
+        assert!(tiny.validate().is_err());
+    }
+}
