@@ -1,0 +1,303 @@
+//! The embedding API (DESIGN §2): `Engine::open` starts one pinned glommio executor per
+//! shard and returns a cloneable, `Send + Sync` handle whose async methods work from any
+//! thread or runtime. Requests cross into a shard through a bounded queue: a full queue
+//! answers `Overloaded` at once. A request is queued before its future is first polled, so
+//! dropping the future never undoes it.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{LocalExecutorBuilder, Placement};
+
+use crate::config::{EngineConfig, MESH_CHANNEL_CAPACITY, SHARD_COUNT_MAX};
+use crate::ids::{Lsn, RecordKind, ShardId, VShard};
+use crate::preflight::{self, PreflightError};
+use crate::shard::{self, HostTask, ShardContext, ShardRequest, ShardStart};
+use crate::vshards::{VShardTable, VShardTableError};
+use crate::wal::driver::{CheckpointError, LogError, OpenError, OpenReport, OwnedRecord, ReadError};
+use crate::wal::{AppendError, CheckpointTicket, Record, RecordPosition};
+
+/// Called for every record replayed while a shard opens, on that shard's executor.
+pub type ReplayHook = Arc<dyn Fn(ShardId, RecordPosition, Record<'_>) + Send + Sync>;
+
+/// An acknowledged append: the records' shard, first LSN (the rest follow densely) and
+/// positions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendAck {
+    pub shard: ShardId,
+    pub first_lsn: Lsn,
+    pub positions: Vec<RecordPosition>,
+}
+
+/// What can go wrong with an engine request. Cheap to clone.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    #[error("the shard's queue is full; retry later")]
+    Overloaded,
+    #[error("the shard has stopped")]
+    ShardGone,
+    #[error("invalid argument: {0}")]
+    InvalidArgument(&'static str),
+    #[error(transparent)]
+    Append(AppendError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error(transparent)]
+    Read(Arc<ReadError>),
+    #[error(transparent)]
+    Checkpoint(Arc<CheckpointError>),
+    #[error(transparent)]
+    Open(Arc<OpenError>),
+    #[error(transparent)]
+    Preflight(Arc<PreflightError>),
+    #[error(transparent)]
+    VShardTable(Arc<VShardTableError>),
+    #[error("starting shard executors: {0}")]
+    Executor(String),
+}
+
+/// The engine handle. Clone it freely; the shards stop when `shutdown` is called.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<EngineInner>,
+}
+
+struct EngineInner {
+    data_dir: PathBuf,
+    table: Arc<VShardTable>,
+    shards: Vec<flume::Sender<ShardRequest>>,
+    reports: Vec<OpenReport>,
+    threads: Mutex<Vec<glommio::ExecutorJoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("data_dir", &self.inner.data_dir)
+            .field("shards", &self.inner.shards.len())
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Checks the host, starts the shards and recovers their logs.
+    pub fn open(config: EngineConfig) -> Result<Engine, EngineError> {
+        Engine::open_with_replay(config, None)
+    }
+
+    /// As [`Engine::open`], calling `replay` for every record recovered from each log.
+    pub fn open_with_replay(config: EngineConfig, replay: Option<ReplayHook>) -> Result<Engine, EngineError> {
+        if config.shards == 0 || config.shards > SHARD_COUNT_MAX {
+            return Err(EngineError::InvalidArgument("shard count must be between 1 and 256"));
+        }
+        config.log.validate().map_err(|_| EngineError::InvalidArgument("invalid log configuration"))?;
+        preflight::check_host(&config.data_dir).map_err(|error| EngineError::Preflight(Arc::new(error)))?;
+        let table = Arc::new(
+            VShardTable::load_or_create(&config.data_dir, config.shards)
+                .map_err(|error| EngineError::VShardTable(Arc::new(error)))?,
+        );
+        let cpus = available_cpus();
+        let mesh = MeshBuilder::full(config.shards, MESH_CHANNEL_CAPACITY);
+        let (opened_sender, opened) = std::sync::mpsc::channel();
+        let mut senders = Vec::with_capacity(config.shards);
+        let mut threads = Vec::with_capacity(config.shards);
+        for index in 0..config.shards {
+            let id = ShardId(index as u16);
+            let cpu = match &config.cpus {
+                Some(list) => list.get(index).copied().unwrap_or(list[index % list.len().max(1)]),
+                None => cpus[index % cpus.len()],
+            };
+            let (sender, requests) = flume::bounded(config.shard_queue_depth);
+            senders.push(sender);
+            let start = ShardStart {
+                id,
+                dir: config.data_dir.join(format!("shard-{index}")),
+                log_config: config.log.clone(),
+                repair: config.repair,
+                table: table.clone(),
+                mesh: mesh.clone(),
+                requests,
+                opened: opened_sender.clone(),
+                replay: replay.clone(),
+            };
+            let thread = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+                .name(&format!("shard-{index}"))
+                .spawn(move || shard::run(start))
+                .map_err(|error| EngineError::Executor(error.to_string()))?;
+            threads.push(thread);
+        }
+        drop(opened_sender);
+        let mut reports: Vec<Option<OpenReport>> = (0..config.shards).map(|_| None).collect();
+        let mut first_error = None;
+        for _ in 0..config.shards {
+            match opened.recv() {
+                Ok((id, Ok(report))) => reports[id.index()] = Some(report),
+                Ok((_, Err(error))) => {
+                    first_error.get_or_insert(error);
+                }
+                Err(_) => {
+                    first_error.get_or_insert(EngineError::ShardGone);
+                    break;
+                }
+            }
+        }
+        let inner = EngineInner {
+            data_dir: config.data_dir.clone(),
+            table,
+            shards: senders,
+            reports: reports.into_iter().flatten().collect(),
+            threads: Mutex::new(threads),
+        };
+        let engine = Engine { inner: Arc::new(inner) };
+        if let Some(error) = first_error {
+            let _ = engine.shutdown();
+            return Err(error);
+        }
+        Ok(engine)
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.inner.shards.len()
+    }
+
+    /// The shard that owns `vshard`.
+    pub fn shard_of(&self, vshard: VShard) -> ShardId {
+        self.inner.table.owner(vshard)
+    }
+
+    /// What each shard found when it opened, by shard.
+    pub fn open_reports(&self) -> &[OpenReport] {
+        &self.inner.reports
+    }
+
+    /// Appends a record on the shard owning `vshard`; resolves when it is acknowledged.
+    pub fn append(
+        &self,
+        vshard: VShard,
+        kind: RecordKind,
+        payload: Vec<u8>,
+    ) -> impl Future<Output = Result<AppendAck, EngineError>> + Send + 'static {
+        self.append_all(self.shard_of(vshard), vec![(kind, vshard, payload)])
+    }
+
+    /// Appends records of one request to `shard`, in one batch; they are acknowledged together.
+    pub fn append_all(
+        &self,
+        shard: ShardId,
+        records: Vec<(RecordKind, VShard, Vec<u8>)>,
+    ) -> impl Future<Output = Result<AppendAck, EngineError>> + Send + 'static {
+        self.request(shard, |reply| ShardRequest::Append { records, reply })
+    }
+
+    /// Reads a record back from its shard's log.
+    pub fn read(
+        &self,
+        shard: ShardId,
+        position: RecordPosition,
+    ) -> impl Future<Output = Result<OwnedRecord, EngineError>> + Send + 'static {
+        self.request(shard, move |reply| ShardRequest::Read { position, reply })
+    }
+
+    /// Writes a checkpoint of `state` for `shard` (state that reflects every record appended
+    /// to it so far); recovery then starts from it.
+    pub fn checkpoint(
+        &self,
+        shard: ShardId,
+        state: Vec<u8>,
+    ) -> impl Future<Output = Result<CheckpointTicket, EngineError>> + Send + 'static {
+        self.request(shard, |reply| ShardRequest::Checkpoint { state, reply })
+    }
+
+    /// Runs `service(context)` as a local task on every shard's executor: the host's own
+    /// per-shard services (the gateway accepts connections this way).
+    pub fn run_on_every_shard<F, Fut>(&self, service: F) -> Result<(), EngineError>
+    where
+        F: Fn(Rc<ShardContext>) -> Fut + Send + Sync + Clone + 'static,
+        Fut: Future<Output = ()> + 'static,
+    {
+        for sender in &self.inner.shards {
+            let service = service.clone();
+            let task: HostTask = Box::new(move |context| {
+                glommio::spawn_local(service(context)).detach();
+            });
+            sender.try_send(ShardRequest::Run(task)).map_err(queue_error)?;
+        }
+        Ok(())
+    }
+
+    /// Waits for every shard to make its appends durable, stops the shards and joins their
+    /// threads. Other clones of the handle get `ShardGone` afterwards.
+    pub fn shutdown(&self) -> Result<(), EngineError> {
+        let mut result = Ok(());
+        let replies: Vec<_> = self
+            .inner
+            .shards
+            .iter()
+            .map(|sender| {
+                let (reply, receiver) = flume::bounded(1);
+                // A full queue still gets the shutdown: wait for room rather than skip a shard.
+                let sent = sender.send(ShardRequest::Shutdown { reply }).is_ok();
+                (sent, receiver)
+            })
+            .collect();
+        for (sent, receiver) in replies {
+            if sent {
+                if let Ok(Err(error)) = receiver.recv() {
+                    result = result.and(Err(error));
+                }
+            }
+        }
+        let threads = std::mem::take(&mut *self.inner.threads.lock().unwrap_or_else(|poison| poison.into_inner()));
+        for thread in threads {
+            let _ = thread.join();
+        }
+        result
+    }
+
+    fn request<T: Send + 'static>(
+        &self,
+        shard: ShardId,
+        make: impl FnOnce(flume::Sender<Result<T, EngineError>>) -> ShardRequest,
+    ) -> impl Future<Output = Result<T, EngineError>> + Send + 'static {
+        let (reply, receiver) = flume::bounded(1);
+        // Queued now, not on first poll: dropping the future never undoes the request.
+        let queued = match self.inner.shards.get(shard.index()) {
+            Some(sender) => sender.try_send(make(reply)).map_err(queue_error),
+            None => Err(EngineError::InvalidArgument("no such shard")),
+        };
+        async move {
+            queued?;
+            receiver.recv_async().await.map_err(|_| EngineError::ShardGone)?
+        }
+    }
+}
+
+fn queue_error<T>(error: flume::TrySendError<T>) -> EngineError {
+    match error {
+        flume::TrySendError::Full(_) => EngineError::Overloaded,
+        flume::TrySendError::Disconnected(_) => EngineError::ShardGone,
+    }
+}
+
+/// CPUs this process may run on, so shard `i` is pinned to the `i`th of them.
+fn available_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills at most its size.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; pid 0 is this thread.
+    let status = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    let cpus: Vec<usize> = if status == 0 {
+        // SAFETY: CPU_ISSET reads the set sched_getaffinity filled.
+        (0..libc::CPU_SETSIZE as usize).filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) }).collect()
+    } else {
+        Vec::new()
+    };
+    if cpus.is_empty() {
+        vec![0]
+    } else {
+        cpus
+    }
+}

@@ -1,0 +1,196 @@
+//! A shard: one glommio executor pinned to one core, owning its log outright. It serves the
+//! requests of the engine handle from a bounded queue, runs tasks that other shards send it
+//! over the channel mesh, and runs the host's own services.
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
+
+use crate::engine::{AppendAck, EngineError, ReplayHook};
+use crate::ids::{Lsn, RecordKind, ShardId, VShard};
+use crate::vshards::VShardTable;
+use crate::wal::driver::{LogError, OpenReport, OwnedRecord, ShardLog};
+use crate::wal::{AppendError, CheckpointTicket, RecordPosition};
+
+/// Work one shard sends another: a closure run on the receiving shard's executor.
+pub type MeshTask = Box<dyn FnOnce(&Rc<ShardContext>) + Send>;
+
+/// A task the host runs on a shard (see `Engine::run_on_every_shard`).
+pub type HostTask = Box<dyn FnOnce(Rc<ShardContext>) + Send>;
+
+pub(crate) type Reply<T> = flume::Sender<Result<T, EngineError>>;
+
+pub(crate) enum ShardRequest {
+    Append { records: Vec<(RecordKind, VShard, Vec<u8>)>, reply: Reply<AppendAck> },
+    Read { position: RecordPosition, reply: Reply<OwnedRecord> },
+    Checkpoint { state: Vec<u8>, reply: Reply<CheckpointTicket> },
+    Run(HostTask),
+    Shutdown { reply: Reply<()> },
+}
+
+/// What a shard owns and what code running on it may use. Lives on its executor only.
+pub struct ShardContext {
+    pub id: ShardId,
+    pub log: ShardLog,
+    pub table: Arc<VShardTable>,
+    mesh: Senders<MeshTask>,
+}
+
+impl std::fmt::Debug for ShardContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardContext").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+impl ShardContext {
+    pub fn shard_count(&self) -> usize {
+        self.table.shard_count()
+    }
+
+    /// Sends `task` to run on `shard` without waiting; a full channel hands it back, so the
+    /// caller decides how to apply backpressure (NOTES-runtime: the mesh has no drop policy).
+    pub fn try_send_to(&self, shard: ShardId, task: MeshTask) -> Result<(), MeshTask> {
+        if shard == self.id {
+            return Err(task);
+        }
+        self.mesh.try_send_to(shard.index(), task).map_err(|error| match error {
+            glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(task)) => task,
+            glommio::GlommioError::Closed(glommio::ResourceType::Channel(task)) => task,
+            _ => unreachable!("try_send_to only fails with WouldBlock or Closed"),
+        })
+    }
+
+    /// Sends `task` to run on `shard`, waiting while the channel is full.
+    pub async fn send_to(&self, shard: ShardId, task: MeshTask) -> Result<(), MeshTask> {
+        if shard == self.id {
+            return Err(task);
+        }
+        self.mesh.send_to(shard.index(), task).await.map_err(|error| match error {
+            glommio::GlommioError::Closed(glommio::ResourceType::Channel(task)) => task,
+            glommio::GlommioError::WouldBlock(glommio::ResourceType::Channel(task)) => task,
+            _ => unreachable!("send_to only fails with Closed"),
+        })
+    }
+}
+
+/// Everything a shard needs to start, moved into its executor.
+pub(crate) struct ShardStart {
+    pub id: ShardId,
+    pub dir: std::path::PathBuf,
+    pub log_config: crate::config::LogConfig,
+    pub repair: bool,
+    pub table: Arc<VShardTable>,
+    pub mesh: MeshBuilder<MeshTask, Full>,
+    pub requests: flume::Receiver<ShardRequest>,
+    pub opened: std::sync::mpsc::Sender<(ShardId, Result<OpenReport, EngineError>)>,
+    pub replay: Option<ReplayHook>,
+}
+
+/// The shard's main future: join the mesh, recover the log, then serve until shutdown.
+pub(crate) async fn run(start: ShardStart) {
+    let ShardStart { id, dir, log_config, repair, table, mesh, requests, opened, replay } = start;
+    // Every peer must join the mesh or all of them hang, so join before anything can fail.
+    let Ok((senders, mut receivers)) = mesh.join().await else {
+        let _ = opened.send((id, Err(EngineError::ShardGone)));
+        return;
+    };
+    if let Err(error) = crate::preflight::probe_dma_reads(&dir).await {
+        let _ = opened.send((id, Err(EngineError::Preflight(Arc::new(error)))));
+        return;
+    }
+    let replay_record = |position: RecordPosition, record: crate::wal::Record<'_>| {
+        if let Some(hook) = &replay {
+            hook(id, position, record);
+        }
+    };
+    let (log, report) = match ShardLog::open(&dir, log_config, repair, replay_record).await {
+        Ok(opened) => opened,
+        Err(error) => {
+            let _ = opened.send((id, Err(EngineError::Open(Arc::new(error)))));
+            return;
+        }
+    };
+    let context = Rc::new(ShardContext { id, log, table, mesh: senders });
+    for (_, receiver) in receivers.streams() {
+        let context = context.clone();
+        glommio::spawn_local(async move {
+            while let Some(task) = receiver.recv().await {
+                task(&context);
+            }
+        })
+        .detach();
+    }
+    let _ = opened.send((id, Ok(report)));
+    serve(&context, requests).await;
+}
+
+async fn serve(context: &Rc<ShardContext>, requests: flume::Receiver<ShardRequest>) {
+    while let Ok(request) = requests.recv_async().await {
+        let mut next = Some(request);
+        // Drain what is queued before yielding: one wake-up serves a burst (NOTES-runtime).
+        while let Some(request) = next {
+            if let Some(reply) = handle(context, request) {
+                let result = context.log.close().await.map_err(EngineError::from);
+                let _ = reply.send(result);
+                return;
+            }
+            next = requests.try_recv().ok();
+        }
+    }
+    let _ = context.log.close().await;
+}
+
+/// Handles one request; returns the reply channel of a shutdown.
+fn handle(context: &Rc<ShardContext>, request: ShardRequest) -> Option<Reply<()>> {
+    match request {
+        ShardRequest::Append { records, reply } => append(context, records, reply),
+        ShardRequest::Read { position, reply } => {
+            let context = context.clone();
+            glommio::spawn_local(async move {
+                let _ =
+                    reply.send(context.log.read(position).await.map_err(|error| EngineError::Read(Arc::new(error))));
+            })
+            .detach();
+        }
+        ShardRequest::Checkpoint { state, reply } => {
+            let checkpoint = context.log.checkpoint(state);
+            glommio::spawn_local(async move {
+                let _ = reply.send(checkpoint.await.map_err(|error| EngineError::Checkpoint(Arc::new(error))));
+            })
+            .detach();
+        }
+        ShardRequest::Run(task) => task(context.clone()),
+        ShardRequest::Shutdown { reply } => return Some(reply),
+    }
+    None
+}
+
+fn append(context: &Rc<ShardContext>, records: Vec<(RecordKind, VShard, Vec<u8>)>, reply: Reply<AppendAck>) {
+    if records.is_empty() {
+        let _ = reply.send(Err(EngineError::InvalidArgument("an append needs at least one record")));
+        return;
+    }
+    let refs: Vec<(RecordKind, VShard, &[u8])> =
+        records.iter().map(|(kind, vshard, payload)| (*kind, *vshard, payload.as_slice())).collect();
+    let mut positions = Vec::with_capacity(records.len());
+    let shard = context.id;
+    match context.log.append_all(&refs, |appended| positions.push(appended.position)) {
+        Ok(first_lsn) => {
+            let last = Lsn(first_lsn.0 + records.len() as u64 - 1);
+            context.log.on_acked(
+                last,
+                Box::new(move |result: Result<(), LogError>| {
+                    let ack = result.map(|()| AppendAck { shard, first_lsn, positions }).map_err(EngineError::from);
+                    let _ = reply.send(ack);
+                }),
+            );
+        }
+        Err(AppendError::Backpressure) => {
+            let _ = reply.send(Err(EngineError::Overloaded));
+        }
+        Err(error) => {
+            let _ = reply.send(Err(EngineError::Append(error)));
+        }
+    }
+}

@@ -1,0 +1,849 @@
+//! The glommio driver of a shard's log: it recovers the log from disk, then performs the
+//! [`LogCore`]'s I/O with O_DIRECT `DmaFile`s on the shard's own io_uring reactor.
+//!
+//! Two local tasks run per log: the writer (one write or `fdatasync` at a time, so records
+//! appended meanwhile gather into the next batch: group commit) and the preparer (creates
+//! or recycles the next segment ahead of need). Waiters are completed from the watermarks,
+//! not from one channel per record.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, VecDeque};
+use std::future::{poll_fn, Future};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
+
+use crate::config::LogConfig;
+use crate::ids::{Lsn, RecordKind, SegmentId, VShard};
+use crate::wal::checkpoint;
+use crate::wal::core::{
+    AppendError, Appended, CheckpointTicket, IoBuffer, IoCompletion, IoFailure, IoRequest, LogCore, LogStart,
+    RecordPosition,
+};
+use crate::wal::format::{decode_record, segment_seed, Record};
+use crate::wal::meta::{LogMeta, META_FILE};
+use crate::wal::recovery::{self, Corruption, ReplayFrom, ScanOutcome, SegmentImage};
+
+const WAL_DIR: &str = "wal";
+const CHECKPOINT_DIR: &str = "checkpoints";
+/// Size of each zero-filling write when a fresh segment is pre-written.
+const PREWRITE_CHUNK_BYTES: usize = 256 << 10;
+/// Longest a pre-write chunk waits for the log's own write or sync to finish first.
+const PREWRITE_YIELD: Duration = Duration::from_millis(2);
+
+/// Why a log could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path} has log segments but no valid {META_FILE}: refusing to guess the checksum salt")]
+    MetaMissing { path: PathBuf },
+    #[error("{dir}: {corruption}; start with --repair to truncate the log there (acknowledged records after it are lost and epochs are bumped)")]
+    Corrupt { dir: PathBuf, corruption: Corruption },
+}
+
+/// Why waiting for a record failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogError {
+    #[error("the log stopped after an I/O error: {0}")]
+    Failed(IoFailure),
+    #[error("the log is closed")]
+    Closed,
+}
+
+/// Why a read failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReadError {
+    #[error("no readable record at {0:?}")]
+    NotReadable(RecordPosition),
+    #[error("reading segment {segment}: {source}")]
+    Io { segment: SegmentId, source: io::Error },
+    #[error("record at {position:?} does not verify: {reason}")]
+    Corrupt { position: RecordPosition, reason: crate::wal::format::FormatError },
+}
+
+/// Why a checkpoint failed. The log is unaffected unless the error says it failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CheckpointError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("writing checkpoint {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+}
+
+/// A record read back from disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedRecord {
+    pub lsn: Lsn,
+    pub kind: RecordKind,
+    pub vshard: VShard,
+    pub payload: Vec<u8>,
+}
+
+/// What opening found.
+#[derive(Clone, Debug)]
+pub struct OpenReport {
+    pub scan: ScanOutcome,
+    /// The checkpoint replay started from, with its state bytes.
+    pub checkpoint: Option<(CheckpointTicket, Vec<u8>)>,
+    /// Bumped by every repair: acknowledged records may have been lost.
+    pub generation: u64,
+    pub repaired: Option<Corruption>,
+    pub recovery_time: Duration,
+}
+
+/// Counters of the log's work, for benchmarks and metrics.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LogStats {
+    pub batches: u64,
+    pub batch_bytes: u64,
+    pub syncs: u64,
+    pub sync_time_us: u64,
+    pub sync_time_us_max: u64,
+}
+
+impl IoBuffer for DmaBuffer {
+    fn bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        self.as_bytes_mut()
+    }
+}
+
+/// One shard's write-ahead log. Cheap to clone; lives on its shard's executor only.
+#[derive(Clone)]
+pub struct ShardLog {
+    inner: Rc<Inner>,
+}
+
+impl std::fmt::Debug for ShardLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ShardLog").field("dir", &self.inner.dir).field("core", &self.inner.core).finish()
+    }
+}
+
+type Callback = Box<dyn FnOnce(Result<(), LogError>)>;
+
+enum Waiter {
+    Wake(Waker),
+    Call(Callback),
+}
+
+struct Inner {
+    dir: PathBuf,
+    core: RefCell<LogCore<DmaBuffer>>,
+    files: RefCell<BTreeMap<SegmentId, Rc<DmaFile>>>,
+    acked_waiters: RefCell<VecDeque<(Lsn, Waiter)>>,
+    durable_waiters: RefCell<VecDeque<(Lsn, Waiter)>>,
+    writer_wake: Notify,
+    preparer_wake: Notify,
+    closed: Cell<bool>,
+    started: Instant,
+    stats: Cell<LogStats>,
+}
+
+impl ShardLog {
+    /// Opens (or creates) the log in `dir`, replaying every record after the newest checkpoint
+    /// through `replay`. Must run on a glommio executor whose DMA probe has been done
+    /// (`preflight::probe_dma_reads`).
+    pub async fn open(
+        dir: &Path,
+        config: LogConfig,
+        repair: bool,
+        mut replay: impl FnMut(RecordPosition, Record<'_>),
+    ) -> Result<(ShardLog, OpenReport), OpenError> {
+        let started = Instant::now();
+        let wal_dir = dir.join(WAL_DIR);
+        let checkpoint_dir = dir.join(CHECKPOINT_DIR);
+        for path in [&wal_dir, &checkpoint_dir] {
+            std::fs::create_dir_all(path).map_err(|source| OpenError::Io { path: path.clone(), source })?;
+        }
+        remove_temporary_files(&wal_dir)?;
+        remove_temporary_files(&checkpoint_dir)?;
+        let segments = list_segments(&wal_dir)?;
+        let mut meta = load_or_create_meta(dir, !segments.is_empty())?;
+        let checkpoints = load_checkpoints(&checkpoint_dir, meta.salt)?;
+        let newest = checkpoints.last().cloned();
+        let from = match &newest {
+            Some((ticket, _)) => ReplayFrom { position: ticket.replay_from, after_lsn: ticket.lsn },
+            None => ReplayFrom::start(segments.first().copied().unwrap_or(SegmentId(1))),
+        };
+
+        let maps = map_segments(&wal_dir, &segments)?;
+        let images: Vec<SegmentImage<'_>> = segments
+            .iter()
+            .zip(&maps)
+            .map(|(&segment, map)| SegmentImage { segment, bytes: map.as_deref().unwrap_or(&[]) })
+            .collect();
+        let mut repaired = None;
+        let scan = match recovery::scan(meta.salt, &images, from, &mut replay) {
+            Ok(scan) => scan,
+            Err(corruption) if repair => {
+                // Records replayed so far precede the corruption and survive the truncation,
+                // so the second scan only has to find the new end.
+                drop(images);
+                drop(maps);
+                truncate_at(&wal_dir, &segments, &corruption)?;
+                meta.generation += 1;
+                write_meta(dir, &meta)?;
+                let segments = list_segments(&wal_dir)?;
+                let maps = map_segments(&wal_dir, &segments)?;
+                let images: Vec<SegmentImage<'_>> = segments
+                    .iter()
+                    .zip(&maps)
+                    .map(|(&segment, map)| SegmentImage { segment, bytes: map.as_deref().unwrap_or(&[]) })
+                    .collect();
+                let scan = recovery::scan(meta.salt, &images, from, |_, _| {})
+                    .map_err(|corruption| OpenError::Corrupt { dir: dir.to_path_buf(), corruption })?;
+                repaired = Some(corruption);
+                scan
+            }
+            Err(corruption) => return Err(OpenError::Corrupt { dir: dir.to_path_buf(), corruption }),
+        };
+
+        let segments = list_segments(&wal_dir)?;
+        let cursor_segment = segments.last().map_or(SegmentId(1), |last| last.next());
+        let start = LogStart {
+            next_lsn: scan.next_lsn,
+            cursor: crate::wal::core::LogPosition { segment: cursor_segment, offset: 0 },
+            segments: segments.clone(),
+            checkpoints: checkpoints.iter().map(|(ticket, _)| *ticket).collect(),
+        };
+        let mut files = BTreeMap::new();
+        for &segment in &segments {
+            let path = segment_path(&wal_dir, segment);
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .dma_open(&path)
+                .await
+                .map_err(|error| OpenError::Io { path, source: error.into() })?;
+            files.insert(segment, Rc::new(file));
+        }
+        let core = LogCore::new(config, meta.salt, start, Box::new(glommio::allocate_dma_buffer));
+        let inner = Rc::new(Inner {
+            dir: dir.to_path_buf(),
+            core: RefCell::new(core),
+            files: RefCell::new(files),
+            acked_waiters: RefCell::new(VecDeque::new()),
+            durable_waiters: RefCell::new(VecDeque::new()),
+            writer_wake: Notify::default(),
+            preparer_wake: Notify::default(),
+            closed: Cell::new(false),
+            started: Instant::now(),
+            stats: Cell::new(LogStats::default()),
+        });
+        // Prepare the first segment before reporting the log open, so the first appends do
+        // not wait for a segment to be pre-written (that would show as a latency spike).
+        prepare_next(&inner, &wal_dir).await;
+        glommio::spawn_local(writer(inner.clone())).detach();
+        glommio::spawn_local(preparer(inner.clone())).detach();
+        let report = OpenReport {
+            scan,
+            checkpoint: newest,
+            generation: meta.generation,
+            repaired,
+            recovery_time: started.elapsed(),
+        };
+        Ok((ShardLog { inner }, report))
+    }
+
+    /// Appends a record; await [`ShardLog::acked`] with its LSN before acknowledging it.
+    pub fn append(&self, kind: RecordKind, vshard: VShard, payload: &[u8]) -> Result<Appended, AppendError> {
+        let appended = self.inner.core.borrow_mut().append(kind, vshard, payload)?;
+        self.inner.kick();
+        Ok(appended)
+    }
+
+    /// Appends the records of one request into one batch; see [`LogCore::append_all`].
+    pub fn append_all(
+        &self,
+        records: &[(RecordKind, VShard, &[u8])],
+        positions: impl FnMut(Appended),
+    ) -> Result<Lsn, AppendError> {
+        let first = self.inner.core.borrow_mut().append_all(records, positions)?;
+        self.inner.kick();
+        Ok(first)
+    }
+
+    /// Resolves once the record at `lsn` may be acknowledged under the durability mode.
+    pub fn acked(&self, lsn: Lsn) -> impl Future<Output = Result<(), LogError>> + '_ {
+        self.wait(lsn, Watermark::Acked)
+    }
+
+    /// Resolves once the record at `lsn` is on stable storage (in `none` mode: written).
+    pub fn durable(&self, lsn: Lsn) -> impl Future<Output = Result<(), LogError>> + '_ {
+        self.wait(lsn, Watermark::Durable)
+    }
+
+    /// Calls `callback` once the record at `lsn` may be acknowledged, or the log failed.
+    pub fn on_acked(&self, lsn: Lsn, callback: Callback) {
+        match self.inner.check(lsn, Watermark::Acked) {
+            Some(result) => callback(result),
+            None => insert_waiter(&mut self.inner.acked_waiters.borrow_mut(), lsn, Waiter::Call(callback)),
+        }
+    }
+
+    fn wait(&self, lsn: Lsn, watermark: Watermark) -> impl Future<Output = Result<(), LogError>> + '_ {
+        poll_fn(move |context| match self.inner.check(lsn, watermark) {
+            Some(result) => Poll::Ready(result),
+            None => {
+                let queue = match watermark {
+                    Watermark::Acked => &self.inner.acked_waiters,
+                    Watermark::Durable => &self.inner.durable_waiters,
+                };
+                insert_waiter(&mut queue.borrow_mut(), lsn, Waiter::Wake(context.waker().clone()));
+                if watermark == Watermark::Durable {
+                    // An interval-mode log syncs on a timer; make sure the writer is awake.
+                    self.inner.writer_wake.notify();
+                }
+                Poll::Pending
+            }
+        })
+    }
+
+    /// Reads the record at `position` back from disk, verifying its checksum.
+    pub async fn read(&self, position: RecordPosition) -> Result<OwnedRecord, ReadError> {
+        let (file, seed) = {
+            let core = self.inner.core.borrow();
+            if !core.is_readable(position) {
+                return Err(ReadError::NotReadable(position));
+            }
+            let file = self.inner.files.borrow().get(&position.segment).cloned();
+            (file.ok_or(ReadError::NotReadable(position))?, segment_seed(core.salt(), position.segment))
+        };
+        let bytes = file
+            .read_at(position.offset as u64, position.bytes as usize)
+            .await
+            .map_err(|source| ReadError::Io { segment: position.segment, source: source.into() })?;
+        let (record, _) = decode_record(&bytes, seed).map_err(|reason| ReadError::Corrupt { position, reason })?;
+        Ok(OwnedRecord { lsn: record.lsn, kind: record.kind, vshard: record.vshard, payload: record.payload.to_vec() })
+    }
+
+    /// Writes a checkpoint of `state`, which must be the shard's state with every record
+    /// appended so far applied. The ticket is taken now, before the returned future runs.
+    pub fn checkpoint(
+        &self,
+        state: Vec<u8>,
+    ) -> impl Future<Output = Result<CheckpointTicket, CheckpointError>> + 'static {
+        let ticket = self.inner.core.borrow().checkpoint_ticket();
+        let log = self.clone();
+        async move {
+            let this = &log;
+            this.durable(ticket.lsn).await?;
+            let salt = this.inner.core.borrow().salt();
+            let dir = this.inner.dir.join(CHECKPOINT_DIR);
+            let path = dir.join(checkpoint::file_name(ticket.lsn));
+            write_file_durably(&path, &checkpoint::encode(ticket, &state, salt))
+                .await
+                .map_err(|source| CheckpointError::Io { path: path.clone(), source })?;
+            let dropped = this.inner.core.borrow_mut().checkpoint_written(ticket);
+            for old in dropped {
+                let old_path = dir.join(checkpoint::file_name(old.lsn));
+                if let Err(source) = std::fs::remove_file(&old_path) {
+                    if source.kind() != io::ErrorKind::NotFound {
+                        return Err(CheckpointError::Io { path: old_path, source });
+                    }
+                }
+            }
+            this.inner.preparer_wake.notify();
+            Ok(ticket)
+        }
+    }
+
+    /// The host will not read segments below `segment` again; see [`LogCore::release_before`].
+    pub fn release_before(&self, segment: SegmentId) {
+        self.inner.core.borrow_mut().release_before(segment);
+        self.inner.preparer_wake.notify();
+    }
+
+    pub fn next_lsn(&self) -> Lsn {
+        self.inner.core.borrow().next_lsn()
+    }
+
+    pub fn durable_lsn(&self) -> Lsn {
+        self.inner.core.borrow().durable_lsn()
+    }
+
+    pub fn acked_lsn(&self) -> Lsn {
+        self.inner.core.borrow().acked_lsn()
+    }
+
+    pub fn failure(&self) -> Option<IoFailure> {
+        self.inner.core.borrow().failure().cloned()
+    }
+
+    pub fn stats(&self) -> LogStats {
+        self.inner.stats.get()
+    }
+
+    /// Waits until everything appended is durable, then stops the log's tasks.
+    pub async fn close(&self) -> Result<(), LogError> {
+        let last = Lsn(self.next_lsn().0 - 1);
+        let result = self.durable(last).await;
+        self.inner.closed.set(true);
+        self.inner.kick();
+        self.inner.fail_waiters(LogError::Closed);
+        result
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Watermark {
+    Acked,
+    Durable,
+}
+
+impl Inner {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn kick(&self) {
+        self.writer_wake.notify();
+        self.preparer_wake.notify();
+    }
+
+    fn check(&self, lsn: Lsn, watermark: Watermark) -> Option<Result<(), LogError>> {
+        let core = self.core.borrow();
+        let reached = match watermark {
+            Watermark::Acked => core.acked_lsn(),
+            Watermark::Durable => core.durable_lsn(),
+        };
+        if lsn <= reached {
+            Some(Ok(()))
+        } else if let Some(failure) = core.failure() {
+            Some(Err(LogError::Failed(failure.clone())))
+        } else if self.closed.get() {
+            Some(Err(LogError::Closed))
+        } else {
+            None
+        }
+    }
+
+    /// Completes every waiter the watermarks have passed.
+    fn complete_waiters(&self) {
+        let (acked, durable, failure) = {
+            let core = self.core.borrow();
+            (core.acked_lsn(), core.durable_lsn(), core.failure().cloned())
+        };
+        if let Some(failure) = failure {
+            return self.fail_waiters(LogError::Failed(failure));
+        }
+        for (queue, reached) in [(&self.acked_waiters, acked), (&self.durable_waiters, durable)] {
+            loop {
+                let ready = {
+                    let mut queue = queue.borrow_mut();
+                    match queue.front() {
+                        Some((lsn, _)) if *lsn <= reached => queue.pop_front(),
+                        _ => None,
+                    }
+                };
+                // Callbacks run with no borrow held: they may append or wait again.
+                match ready {
+                    Some((_, Waiter::Wake(waker))) => waker.wake(),
+                    Some((_, Waiter::Call(callback))) => callback(Ok(())),
+                    None => break,
+                }
+            }
+        }
+    }
+
+    fn fail_waiters(&self, error: LogError) {
+        for queue in [&self.acked_waiters, &self.durable_waiters] {
+            let drained: Vec<_> = queue.borrow_mut().drain(..).collect();
+            for (_, waiter) in drained {
+                match waiter {
+                    Waiter::Wake(waker) => waker.wake(),
+                    Waiter::Call(callback) => callback(Err(error.clone())),
+                }
+            }
+        }
+    }
+
+    fn file(&self, segment: SegmentId) -> Option<Rc<DmaFile>> {
+        self.files.borrow().get(&segment).cloned()
+    }
+
+    fn add_stats(&self, update: impl FnOnce(&mut LogStats)) {
+        let mut stats = self.stats.get();
+        update(&mut stats);
+        self.stats.set(stats);
+    }
+}
+
+/// Waiters are kept sorted by LSN; they almost always arrive in order, so this is O(1).
+fn insert_waiter(queue: &mut VecDeque<(Lsn, Waiter)>, lsn: Lsn, waiter: Waiter) {
+    let at = queue.iter().rposition(|(queued, _)| *queued <= lsn).map_or(0, |index| index + 1);
+    queue.insert(at, (lsn, waiter));
+}
+
+/// The writer task: performs the core's writes and syncs one at a time.
+async fn writer(inner: Rc<Inner>) {
+    while !inner.closed.get() {
+        let request = inner.core.borrow_mut().next_write(inner.now_ms());
+        let completion = match request {
+            Some(IoRequest::Write { segment, offset, mut buffer, bytes }) => {
+                let result = match inner.file(segment) {
+                    Some(file) => {
+                        buffer.trim_to_size(bytes);
+                        match file.write_at(buffer, offset).await {
+                            Ok(written) if written == bytes => Ok(()),
+                            Ok(written) => Err(IoFailure::Other(format!("short write: {written} of {bytes} bytes"))),
+                            Err(error) => Err(IoFailure::from_io(&error.into())),
+                        }
+                    }
+                    None => Err(IoFailure::Other(format!("segment {segment} is not open"))),
+                };
+                if result.is_ok() {
+                    inner.add_stats(|stats| {
+                        stats.batches += 1;
+                        stats.batch_bytes += bytes as u64;
+                    });
+                }
+                IoCompletion::Written { buffer: None, result }
+            }
+            Some(IoRequest::Sync { segment }) => {
+                let started = Instant::now();
+                let result = match inner.file(segment) {
+                    Some(file) => file.fdatasync().await.map_err(|error| IoFailure::from_io(&error.into())),
+                    None => Err(IoFailure::Other(format!("segment {segment} is not open"))),
+                };
+                let elapsed_us = started.elapsed().as_micros() as u64;
+                inner.add_stats(|stats| {
+                    stats.syncs += 1;
+                    stats.sync_time_us += elapsed_us;
+                    stats.sync_time_us_max = stats.sync_time_us_max.max(elapsed_us);
+                });
+                IoCompletion::Synced { result }
+            }
+            Some(IoRequest::Prepare { .. }) => unreachable!("next_write never asks to prepare"),
+            None => {
+                let deadline = inner.core.borrow().next_deadline_ms();
+                match deadline {
+                    Some(at) => {
+                        let wait = Duration::from_millis(at.saturating_sub(inner.now_ms()));
+                        futures_lite::future::or(inner.writer_wake.wait(), glommio::timer::sleep(wait)).await;
+                    }
+                    None => inner.writer_wake.wait().await,
+                }
+                continue;
+            }
+        };
+        inner.core.borrow_mut().complete(completion, inner.now_ms());
+        inner.complete_waiters();
+        inner.preparer_wake.notify();
+    }
+}
+
+/// The preparer task: keeps the next segment ready, so a roll never waits for the disk.
+async fn preparer(inner: Rc<Inner>) {
+    let wal_dir = inner.dir.join(WAL_DIR);
+    while !inner.closed.get() {
+        if !prepare_next(&inner, &wal_dir).await {
+            // Wake on demand, and once a second to retry after a full disk.
+            futures_lite::future::or(inner.preparer_wake.wait(), glommio::timer::sleep(Duration::from_secs(1))).await;
+        }
+    }
+}
+
+/// Prepares the next segment the core wants, if any; returns whether it did anything.
+async fn prepare_next(inner: &Rc<Inner>, wal_dir: &Path) -> bool {
+    let request = inner.core.borrow_mut().next_prepare(inner.now_ms());
+    let Some(IoRequest::Prepare { segment, reuse }) = request else { return false };
+    let segment_bytes = inner.core.borrow().config().segment_bytes;
+    let result = match reuse {
+        Some(old) => recycle_segment(inner, wal_dir, old, segment).await,
+        None => create_segment(inner, wal_dir, segment, segment_bytes).await.map(|file| {
+            inner.files.borrow_mut().insert(segment, Rc::new(file));
+        }),
+    };
+    let result = result.map_err(|error| IoFailure::from_io(&error));
+    inner.core.borrow_mut().complete(IoCompletion::Prepared { segment, result }, inner.now_ms());
+    inner.complete_waiters();
+    inner.writer_wake.notify();
+    true
+}
+
+/// Creates a segment preallocated and pre-written with zeroes (fdatasync on freshly
+/// allocated extents costs far more than on written ones), durably, under its final name.
+/// The zeroes go out one chunk at a time, each after the log's in-flight write or sync, so
+/// pre-writing never queues a burst of writes in front of acknowledgements.
+async fn create_segment(inner: &Inner, wal_dir: &Path, segment: SegmentId, bytes: u64) -> io::Result<DmaFile> {
+    let final_path = segment_path(wal_dir, segment);
+    let temporary = wal_dir.join(format!("{segment}.seg.tmp"));
+    let result = async {
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).dma_open(&temporary).await?;
+        file.pre_allocate(bytes, false).await?;
+        let mut zeroes = glommio::allocate_dma_buffer(PREWRITE_CHUNK_BYTES);
+        zeroes.as_bytes_mut().fill(0);
+        let zeroes = Rc::new(zeroes);
+        let mut offset = 0;
+        while offset < bytes {
+            if inner.core.borrow().is_disk_busy() {
+                futures_lite::future::or(inner.preparer_wake.wait(), glommio::timer::sleep(PREWRITE_YIELD)).await;
+            }
+            file.write_rc_at(zeroes.clone(), offset).await?;
+            offset += PREWRITE_CHUNK_BYTES as u64;
+        }
+        file.fdatasync().await?;
+        file.rename(&final_path).await?;
+        sync_directory(wal_dir)?;
+        Ok::<_, glommio::GlommioError<()>>(file)
+    }
+    .await;
+    result.map_err(|error| {
+        let _ = std::fs::remove_file(&temporary);
+        error.into()
+    })
+}
+
+/// Gives an old segment a new number. Its stale bytes never verify under the new number.
+async fn recycle_segment(inner: &Inner, wal_dir: &Path, old: SegmentId, new: SegmentId) -> io::Result<()> {
+    let file = inner.files.borrow_mut().remove(&old);
+    let file = match file {
+        Some(file) => file,
+        None => Rc::new(OpenOptions::new().read(true).write(true).dma_open(segment_path(wal_dir, old)).await?),
+    };
+    file.rename(segment_path(wal_dir, new)).await?;
+    sync_directory(wal_dir)?;
+    inner.files.borrow_mut().insert(new, file);
+    Ok(())
+}
+
+/// Writes `bytes` to `path` so that after a crash the file is either whole or absent.
+async fn write_file_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let temporary = path.with_extension("tmp");
+    let result = async {
+        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).dma_open(&temporary).await?;
+        let aligned = crate::wal::core::block_aligned(bytes.len().max(1));
+        let mut offset = 0;
+        while offset < aligned {
+            let chunk = (aligned - offset).min(PREWRITE_CHUNK_BYTES);
+            let mut buffer = glommio::allocate_dma_buffer(chunk);
+            let data = bytes.get(offset..).unwrap_or(&[]);
+            let copied = data.len().min(chunk);
+            buffer.as_bytes_mut()[..copied].copy_from_slice(&data[..copied]);
+            buffer.as_bytes_mut()[copied..].fill(0);
+            file.write_at(buffer, offset as u64).await?;
+            offset += chunk;
+        }
+        file.fdatasync().await?;
+        file.rename(path).await?;
+        file.close().await?;
+        Ok::<_, glommio::GlommioError<()>>(())
+    }
+    .await;
+    result.map_err(|error| {
+        let _ = std::fs::remove_file(&temporary);
+        io::Error::from(error)
+    })?;
+    sync_directory(path.parent().unwrap_or(Path::new(".")))
+}
+
+fn sync_directory(dir: &Path) -> io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+pub(crate) fn segment_path(wal_dir: &Path, segment: SegmentId) -> PathBuf {
+    wal_dir.join(format!("{segment}.seg"))
+}
+
+fn parse_segment_name(name: &str) -> Option<SegmentId> {
+    let digits = name.strip_suffix(".seg")?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit())).then(|| digits.parse().ok().map(SegmentId))?
+}
+
+fn io_error(path: &Path) -> impl FnOnce(io::Error) -> OpenError + '_ {
+    move |source| OpenError::Io { path: path.to_path_buf(), source }
+}
+
+/// Segment files in `wal_dir`, in order.
+pub fn list_segments(wal_dir: &Path) -> Result<Vec<SegmentId>, OpenError> {
+    let mut segments = Vec::new();
+    for entry in std::fs::read_dir(wal_dir).map_err(io_error(wal_dir))? {
+        let entry = entry.map_err(io_error(wal_dir))?;
+        if let Some(segment) = entry.file_name().to_str().and_then(parse_segment_name) {
+            segments.push(segment);
+        }
+    }
+    segments.sort();
+    Ok(segments)
+}
+
+fn remove_temporary_files(dir: &Path) -> Result<(), OpenError> {
+    for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
+        let path = entry.map_err(io_error(dir))?.path();
+        if path.extension().is_some_and(|extension| extension == "tmp") {
+            std::fs::remove_file(&path).map_err(io_error(&path))?;
+        }
+    }
+    Ok(())
+}
+
+/// Maps every segment read-only for the recovery scan (sequential, before the shard serves).
+pub fn map_segments(wal_dir: &Path, segments: &[SegmentId]) -> Result<Vec<Option<memmap2::Mmap>>, OpenError> {
+    segments
+        .iter()
+        .map(|&segment| {
+            let path = segment_path(wal_dir, segment);
+            let file = std::fs::File::open(&path).map_err(io_error(&path))?;
+            if file.metadata().map_err(io_error(&path))?.len() == 0 {
+                return Ok(None);
+            }
+            // SAFETY: the segment files belong to this shard, which is not writing yet; no
+            // other process writes them (the data directory is locked by the engine).
+            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_error(&path))?;
+            let _ = map.advise(memmap2::Advice::Sequential);
+            Ok(Some(map))
+        })
+        .collect()
+}
+
+/// Reads the log's meta file, or creates it with a fresh random salt for a new log.
+pub fn load_or_create_meta(dir: &Path, has_segments: bool) -> Result<LogMeta, OpenError> {
+    let path = dir.join(META_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => LogMeta::decode(&bytes).ok_or(OpenError::MetaMissing { path }),
+        Err(error) if error.kind() == io::ErrorKind::NotFound && !has_segments => {
+            let meta = LogMeta { salt: random_u64().map_err(io_error(&path))?, generation: 0 };
+            write_meta(dir, &meta)?;
+            Ok(meta)
+        }
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Err(OpenError::MetaMissing { path }),
+        Err(source) => Err(OpenError::Io { path, source }),
+    }
+}
+
+fn write_meta(dir: &Path, meta: &LogMeta) -> Result<(), OpenError> {
+    use std::io::Write;
+    let path = dir.join(META_FILE);
+    let temporary = dir.join(format!("{META_FILE}.tmp"));
+    let write = || -> io::Result<()> {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(&meta.encode())?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, &path)?;
+        sync_directory(dir)
+    };
+    write().map_err(io_error(&path))
+}
+
+/// Valid checkpoints in `dir`, oldest first, with their state. Damaged ones are skipped: an
+/// older checkpoint still covers the log, because its segments are kept until it is dropped.
+fn load_checkpoints(dir: &Path, salt: u64) -> Result<Vec<(CheckpointTicket, Vec<u8>)>, OpenError> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
+        let entry = entry.map_err(io_error(dir))?;
+        let Some(lsn) = entry.file_name().to_str().and_then(checkpoint::parse_file_name) else { continue };
+        let path = entry.path();
+        let bytes = std::fs::read(&path).map_err(io_error(&path))?;
+        if let Ok((ticket, state)) = checkpoint::decode(&bytes, salt) {
+            if ticket.lsn == lsn {
+                found.push((ticket, state.to_vec()));
+            }
+        }
+    }
+    found.sort_by_key(|(ticket, _)| ticket.lsn);
+    Ok(found)
+}
+
+/// Explicit repair: zero the corrupt segment from the bad batch on and delete later segments.
+fn truncate_at(wal_dir: &Path, segments: &[SegmentId], corruption: &Corruption) -> Result<(), OpenError> {
+    use std::os::unix::fs::FileExt;
+    let path = segment_path(wal_dir, corruption.segment);
+    let file = std::fs::OpenOptions::new().write(true).open(&path).map_err(io_error(&path))?;
+    let length = file.metadata().map_err(io_error(&path))?.len();
+    let zeroes = vec![0u8; PREWRITE_CHUNK_BYTES];
+    let mut offset = corruption.offset;
+    while offset < length {
+        let chunk = (length - offset).min(zeroes.len() as u64) as usize;
+        file.write_all_at(&zeroes[..chunk], offset).map_err(io_error(&path))?;
+        offset += chunk as u64;
+    }
+    file.sync_all().map_err(io_error(&path))?;
+    for &later in segments.iter().filter(|&&segment| segment > corruption.segment) {
+        let path = segment_path(wal_dir, later);
+        std::fs::remove_file(&path).map_err(io_error(&path))?;
+    }
+    sync_directory(wal_dir).map_err(io_error(wal_dir))
+}
+
+fn random_u64() -> io::Result<u64> {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer it is given.
+    let filled = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if filled != bytes.len() as isize {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(u64::from_le_bytes(bytes))
+}
+
+/// A single-task wake-up flag: `notify` before `wait` is not lost.
+#[derive(Default)]
+struct Notify {
+    pending: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+}
+
+impl Notify {
+    fn notify(&self) {
+        self.pending.set(true);
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    fn wait(&self) -> impl Future<Output = ()> + '_ {
+        poll_fn(move |context| {
+            if self.pending.replace(false) {
+                Poll::Ready(())
+            } else {
+                self.waker.set(Some(context.waker().clone()));
+                Poll::Pending
+            }
+        })
+    }
+}
+
+/// Scans a shard's log without opening it for writing (for `admin check` and crash tests):
+/// verifies every batch from the newest checkpoint on and calls `visit` for each record.
+pub fn scan_offline(
+    dir: &Path,
+    visit: impl FnMut(RecordPosition, Record<'_>),
+) -> Result<(ScanOutcome, Option<CheckpointTicket>), OpenError> {
+    let wal_dir = dir.join(WAL_DIR);
+    let segments = if wal_dir.exists() { list_segments(&wal_dir)? } else { Vec::new() };
+    let meta_path = dir.join(META_FILE);
+    let meta = match std::fs::read(&meta_path) {
+        Ok(bytes) => LogMeta::decode(&bytes).ok_or(OpenError::MetaMissing { path: meta_path })?,
+        Err(_) if segments.is_empty() => LogMeta { salt: 0, generation: 0 },
+        Err(_) => return Err(OpenError::MetaMissing { path: meta_path }),
+    };
+    let checkpoint_dir = dir.join(CHECKPOINT_DIR);
+    let checkpoints = if checkpoint_dir.exists() { load_checkpoints(&checkpoint_dir, meta.salt)? } else { Vec::new() };
+    let newest = checkpoints.last().map(|(ticket, _)| *ticket);
+    let from = match newest {
+        Some(ticket) => ReplayFrom { position: ticket.replay_from, after_lsn: ticket.lsn },
+        None => ReplayFrom::start(segments.first().copied().unwrap_or(SegmentId(1))),
+    };
+    let maps = map_segments(&wal_dir, &segments)?;
+    let images: Vec<SegmentImage<'_>> = segments
+        .iter()
+        .zip(&maps)
+        .map(|(&segment, map)| SegmentImage { segment, bytes: map.as_deref().unwrap_or(&[]) })
+        .collect();
+    let scan = recovery::scan(meta.salt, &images, from, visit)
+        .map_err(|corruption| OpenError::Corrupt { dir: dir.to_path_buf(), corruption })?;
+    Ok((scan, newest))
+}
