@@ -1,0 +1,215 @@
+//! The `ferrogram` binary. So far: `stress` (durable appends on every shard, with figures)
+//! and `admin check` (verify a data directory's logs offline). The server (`serve`) comes
+//! with the network protocol.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use engine::{Durability, EngineConfig, ShardId};
+use ferrogram::stress::{self, StressParams};
+use hdrhistogram::Histogram;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "ferrogram", version, about = "ferrogram: the storage and delivery engine of a cloud messenger")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the engine on a data directory and append records as fast as they are
+    /// acknowledged (or at --rate), then print throughput and latency.
+    Stress(StressArgs),
+    /// Offline tools on a data directory (the engine must not be running on it).
+    #[command(subcommand)]
+    Admin(AdminCommand),
+}
+
+#[derive(clap::Args)]
+struct StressArgs {
+    #[arg(long, default_value = "./data")]
+    data_dir: PathBuf,
+    /// Shards (one pinned executor each).
+    #[arg(long, default_value_t = 1)]
+    cores: usize,
+    /// CPUs to pin the shards to, e.g. `0` or `0,1`; default: shard i on CPU i.
+    #[arg(long, value_delimiter = ',')]
+    cpus: Option<Vec<usize>>,
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    #[arg(long, default_value_t = 128)]
+    record_bytes: usize,
+    /// Closed loop: appends in flight per shard.
+    #[arg(long, default_value_t = 16_384)]
+    in_flight: usize,
+    /// Open loop: records per second per shard.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// sync | interval:<ms> | none
+    #[arg(long, default_value = "sync")]
+    durability: Durability,
+    #[arg(long, default_value_t = 64)]
+    segment_mib: u64,
+    /// Truncate the log at a corrupt batch instead of refusing to start.
+    #[arg(long)]
+    repair: bool,
+    /// Print `acked <shard> <lsn>` lines as acknowledgements happen (crash tests read them).
+    #[arg(long)]
+    report_acks: bool,
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Verify every shard's log (checksums, LSN continuity, torn tail vs corruption).
+    Check {
+        #[arg(long, default_value = "./data")]
+        data_dir: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Stress(args) => stress_command(args),
+        Command::Admin(AdminCommand::Check { data_dir }) => check_command(&data_dir),
+    }
+}
+
+fn stress_command(args: StressArgs) -> anyhow::Result<()> {
+    if args.durability == Durability::None {
+        eprintln!("warning: durability none: nothing is fsynced; a crash can lose any acknowledged record");
+    }
+    let mut config = EngineConfig::new(&args.data_dir);
+    config.shards = args.cores;
+    config.cpus = args.cpus.clone();
+    config.repair = args.repair;
+    config.log.durability = args.durability;
+    config.log.segment_bytes = args.segment_mib << 20;
+    let engine = engine::Engine::open(config).context("opening the engine")?;
+    for (shard, report) in engine.open_reports().iter().enumerate() {
+        eprintln!(
+            "shard {shard}: recovered {} records ({} bytes of log) in {:.1} ms, next LSN {}{}",
+            report.scan.records,
+            report.scan.bytes,
+            report.recovery_time.as_secs_f64() * 1e3,
+            report.scan.next_lsn,
+            if report.scan.torn_tail { ", dropped a torn tail" } else { "" },
+        );
+    }
+    let params = StressParams {
+        duration: Duration::from_secs_f64(args.seconds),
+        record_bytes: args.record_bytes,
+        in_flight: args.in_flight,
+        rate_per_shard: args.rate,
+        report_acks: args.report_acks,
+    };
+    let results = stress::run(&engine, params).context("running the workload")?;
+    engine.shutdown().context("shutting down")?;
+    print_results(&args, &results);
+    if let Some(error) = results.iter().find_map(|result| result.error.as_ref()) {
+        bail!("the workload stopped: {error}");
+    }
+    Ok(())
+}
+
+fn print_results(args: &StressArgs, results: &[stress::ShardResult]) {
+    let mut latency: Histogram<u64> = Histogram::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
+    let mut records = 0;
+    let mut seconds: f64 = 0.0;
+    for result in results {
+        let _ = latency.add(&result.latency_ns);
+        records += result.records;
+        seconds = seconds.max(result.elapsed.as_secs_f64());
+        let log = result.log;
+        println!(
+            "shard {}: {} records, {} batches ({:.0} records/batch), {} fdatasyncs (mean {:.0} us, max {} us)",
+            result.shard.0,
+            result.records,
+            log.batches,
+            result.records as f64 / log.batches.max(1) as f64,
+            log.syncs,
+            log.sync_time_us as f64 / log.syncs.max(1) as f64,
+            log.sync_time_us_max,
+        );
+    }
+    let mode = match args.rate {
+        Some(rate) => format!("open loop at {rate} records/s per shard"),
+        None => format!("closed loop, {} in flight per shard", args.in_flight),
+    };
+    println!(
+        "{} shards, {:?}, {} B records, {mode}: {:.0} records/s, {:.1} MB/s of payload",
+        results.len(),
+        args.durability,
+        args.record_bytes,
+        records as f64 / seconds,
+        records as f64 * args.record_bytes as f64 / seconds / 1e6,
+    );
+    println!(
+        "ack latency us: p50 {:.0}  p90 {:.0}  p99 {:.0}  p99.9 {:.0}  max {:.0}",
+        latency.value_at_quantile(0.5) as f64 / 1e3,
+        latency.value_at_quantile(0.9) as f64 / 1e3,
+        latency.value_at_quantile(0.99) as f64 / 1e3,
+        latency.value_at_quantile(0.999) as f64 / 1e3,
+        latency.max() as f64 / 1e3,
+    );
+}
+
+fn check_command(data_dir: &std::path::Path) -> anyhow::Result<()> {
+    let mut shards: Vec<(usize, PathBuf)> = std::fs::read_dir(data_dir)
+        .with_context(|| format!("reading {}", data_dir.display()))?
+        .filter_map(|entry| entry.ok())
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            Some((name.strip_prefix("shard-")?.parse().ok()?, entry.path()))
+        })
+        .collect();
+    shards.sort();
+    if shards.is_empty() {
+        bail!("{} holds no shard directories", data_dir.display());
+    }
+    let mut failed = false;
+    for (index, dir) in shards {
+        let mut stress_records = 0u64;
+        let mut stress_mismatches = 0u64;
+        let result = engine::wal::driver::scan_offline(&dir, |_, record| {
+            if record.kind == stress::STRESS_KIND {
+                stress_records += 1;
+                if !stress::payload_matches(ShardId(index as u16), record.lsn, record.payload) {
+                    stress_mismatches += 1;
+                }
+            }
+        });
+        match result {
+            Ok((scan, checkpoint)) => {
+                println!(
+                    "shard {index}: ok: {} records after {}, next LSN {}, {} batches, {} bytes{}",
+                    scan.records,
+                    checkpoint.map_or("the log start".to_string(), |ticket| format!("checkpoint {}", ticket.lsn)),
+                    scan.next_lsn,
+                    scan.batches,
+                    scan.bytes,
+                    if scan.torn_tail { ", torn tail present (dropped at next open)" } else { "" },
+                );
+                if stress_mismatches > 0 {
+                    println!(
+                        "shard {index}: {stress_mismatches} of {stress_records} stress records have wrong payloads"
+                    );
+                    failed = true;
+                }
+            }
+            Err(error) => {
+                println!("shard {index}: {error}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        bail!("the data directory has errors");
+    }
+    Ok(())
+}
