@@ -21,8 +21,8 @@ pub const SHARD_COUNT_MAX: usize = 256;
 /// Checkpoints kept on disk; the log keeps every segment the oldest of them needs.
 pub const CHECKPOINTS_RETAINED: usize = 2;
 
-const _: () = assert!(SEGMENT_BYTES_DEFAULT % BLOCK_BYTES as u64 == 0);
-const _: () = assert!(BATCH_BYTES_MAX_DEFAULT % BLOCK_BYTES == 0);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT.is_multiple_of(BLOCK_BYTES as u64));
+const _: () = assert!(BATCH_BYTES_MAX_DEFAULT.is_multiple_of(BLOCK_BYTES));
 const _: () = assert!(BATCH_BYTES_MAX_DEFAULT as u64 * 4 <= SEGMENT_BYTES_DEFAULT);
 const _: () = assert!(SHARD_COUNT_MAX <= crate::ids::VSHARD_COUNT);
 const _: () = assert!(CHECKPOINTS_RETAINED >= 2, "a torn newest checkpoint must leave an older one");
@@ -83,13 +83,13 @@ impl LogConfig {
     /// Checks the relations the log relies on; a bad configuration is an operator's error.
     pub fn validate(&self) -> Result<(), String> {
         let block = BLOCK_BYTES as u64;
-        if self.batch_bytes_max < 2 * BLOCK_BYTES || self.batch_bytes_max % BLOCK_BYTES != 0 {
+        if self.batch_bytes_max < 2 * BLOCK_BYTES || !self.batch_bytes_max.is_multiple_of(BLOCK_BYTES) {
             return Err(format!(
                 "batch_bytes_max {} must be a multiple of 4096 and at least 8192",
                 self.batch_bytes_max
             ));
         }
-        if self.segment_bytes % block != 0 || self.segment_bytes < 2 * self.batch_bytes_max as u64 {
+        if !self.segment_bytes.is_multiple_of(block) || self.segment_bytes < 2 * self.batch_bytes_max as u64 {
             return Err(format!(
                 "segment_bytes {} must be a multiple of 4096 and hold at least two batches of {} bytes",
                 self.segment_bytes, self.batch_bytes_max

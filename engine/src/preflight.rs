@@ -52,8 +52,8 @@ fn check_locked_memory() -> Result<(), PreflightError> {
     if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
         return Ok(()); // cannot tell; glommio will report it if it matters
     }
-    if limit.rlim_cur != libc::RLIM_INFINITY && (limit.rlim_cur as u64) < LOCKED_MEMORY_BYTES_MIN {
-        return Err(PreflightError::LockedMemory { limit_bytes: limit.rlim_cur as u64 });
+    if limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < LOCKED_MEMORY_BYTES_MIN {
+        return Err(PreflightError::LockedMemory { limit_bytes: limit.rlim_cur });
     }
     Ok(())
 }

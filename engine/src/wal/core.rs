@@ -337,9 +337,9 @@ impl<B: IoBuffer> LogCore<B> {
 
     /// Appends several records of one request; they go into the same batch, so they become
     /// durable together. Returns the first record's LSN; the others follow densely.
-    pub fn append_all<'p>(
+    pub fn append_all(
         &mut self,
-        records: &[(RecordKind, VShard, &'p [u8])],
+        records: &[(RecordKind, VShard, &[u8])],
         mut positions: impl FnMut(Appended),
     ) -> Result<Lsn, AppendError> {
         let span = self.admit(records.iter().map(|(_, _, payload)| payload.len()))?;
@@ -604,8 +604,15 @@ impl<B: IoBuffer> LogCore<B> {
     /// files the driver deletes.
     pub fn checkpoint_written(&mut self, ticket: CheckpointTicket) -> Vec<CheckpointTicket> {
         assert!(ticket.lsn <= self.durable_lsn, "a checkpoint may only capture durable records");
-        if let Some(newest) = self.checkpoints.back() {
+        if let Some(newest) = self.checkpoints.back_mut() {
             assert!(ticket.lsn >= newest.lsn, "checkpoints are written in order");
+            if ticket.lsn == newest.lsn {
+                // Same LSN, same file: the new checkpoint overwrote it. Retaining both tickets
+                // would later drop one, and the driver would delete the file the other needs.
+                *newest = ticket;
+                self.collect_recyclable();
+                return Vec::new();
+            }
         }
         self.checkpoints.push_back(ticket);
         let mut dropped = Vec::new();

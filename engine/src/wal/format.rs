@@ -31,9 +31,9 @@ pub const RECORD_HEADER_BYTES: usize = 24;
 /// Record payloads start 8-byte aligned, as rkyv archives require (NOTES-runtime).
 pub const RECORD_ALIGN: usize = 8;
 
-const _: () = assert!(BATCH_HEADER_BYTES % RECORD_ALIGN == 0);
-const _: () = assert!(RECORD_HEADER_BYTES % RECORD_ALIGN == 0);
-const _: () = assert!(BLOCK_BYTES % RECORD_ALIGN == 0);
+const _: () = assert!(BATCH_HEADER_BYTES.is_multiple_of(RECORD_ALIGN));
+const _: () = assert!(RECORD_HEADER_BYTES.is_multiple_of(RECORD_ALIGN));
+const _: () = assert!(BLOCK_BYTES.is_multiple_of(RECORD_ALIGN));
 
 /// The checksum seed of a segment: its epoch mixed with the log's salt.
 pub fn segment_seed(salt: u64, segment: SegmentId) -> u64 {
@@ -134,14 +134,7 @@ pub struct Record<'a> {
 
 /// Encodes one record (header, payload, padding) at the start of `out` and returns the bytes
 /// used. `out` must hold `record_span(payload.len())` bytes.
-pub fn encode_record(
-    out: &mut [u8],
-    seed: u64,
-    kind: RecordKind,
-    vshard: VShard,
-    lsn: Lsn,
-    payload: &[u8],
-) -> usize {
+pub fn encode_record(out: &mut [u8], seed: u64, kind: RecordKind, vshard: VShard, lsn: Lsn, payload: &[u8]) -> usize {
     let span = record_span(payload.len());
     let out = &mut out[..span];
     let payload_bytes = u32::try_from(payload.len()).expect("record payload checked by caller");
@@ -170,12 +163,7 @@ pub fn decode_record(bytes: &[u8], seed: u64) -> Result<(Record<'_>, usize), For
         return Err(FormatError::RecordChecksum);
     }
     let vshard = VShard::new(read_u16(header, 2)).ok_or(FormatError::Malformed("vshard out of range"))?;
-    let record = Record {
-        kind: RecordKind(read_u16(header, 0)),
-        vshard,
-        lsn: Lsn(read_u64(header, 8)),
-        payload,
-    };
+    let record = Record { kind: RecordKind(read_u16(header, 0)), vshard, lsn: Lsn(read_u64(header, 8)), payload };
     Ok((record, span))
 }
 
@@ -238,7 +226,13 @@ impl<'a> Batch<'a> {
     /// The batch's records in order, each verified; fails if they do not add up to exactly
     /// the header's count and dense LSNs.
     pub fn records(&self) -> BatchRecords<'a> {
-        BatchRecords { body: self.body, offset: 0, next_lsn: self.header.first_lsn, left: self.header.record_count, seed: self.seed }
+        BatchRecords {
+            body: self.body,
+            offset: 0,
+            next_lsn: self.header.first_lsn,
+            left: self.header.record_count,
+            seed: self.seed,
+        }
     }
 }
 
@@ -407,7 +401,10 @@ mod tests {
             Err(FormatError::HeaderChecksum)
         );
         assert_ne!(segment_seed(SALT, SEGMENT), segment_seed(SALT, other));
-        assert_eq!(decode_all(&[0u8; BLOCK_BYTES], segment_seed(SALT, SEGMENT), SEGMENT).map(|_| ()), Err(FormatError::BadMagic));
+        assert_eq!(
+            decode_all(&[0u8; BLOCK_BYTES], segment_seed(SALT, SEGMENT), SEGMENT).map(|_| ()),
+            Err(FormatError::BadMagic)
+        );
     }
 
     /// Proves every record payload in a batch starts 8-byte aligned relative to the block, for

@@ -234,23 +234,11 @@ fn has_data(images: &[SegmentImage<'_>], index: usize, offset: u64, until: usize
 }
 
 fn corrupt_here(segment: SegmentId, offset: u64, error: FormatError) -> Corruption {
-    Corruption {
-        segment,
-        offset,
-        reason: error.to_string(),
-        evidence_segment: segment,
-        evidence_offset: offset,
-    }
+    Corruption { segment, offset, reason: error.to_string(), evidence_segment: segment, evidence_offset: offset }
 }
 
 fn corruption(segment: SegmentId, offset: u64, reason: String, evidence: LogPosition) -> Corruption {
-    Corruption {
-        segment,
-        offset,
-        reason,
-        evidence_segment: evidence.segment,
-        evidence_offset: evidence.offset,
-    }
+    Corruption { segment, offset, reason, evidence_segment: evidence.segment, evidence_offset: evidence.offset }
 }
 
 #[cfg(test)]
@@ -316,8 +304,11 @@ mod tests {
         out
     }
 
-    /// Runs a scan and returns its outcome with the (LSN, payload) of every record visited.
-    fn run(images: &[SegmentImage<'_>], from: ReplayFrom) -> Result<(ScanOutcome, Vec<(u64, Vec<u8>)>), Corruption> {
+    /// The (LSN, payload) of every record a scan visited.
+    type Visited = Vec<(u64, Vec<u8>)>;
+
+    /// Runs a scan and returns its outcome with the records it visited.
+    fn run(images: &[SegmentImage<'_>], from: ReplayFrom) -> Result<(ScanOutcome, Visited), Corruption> {
         let mut seen = Vec::new();
         let outcome = scan(SALT, images, from, |position, record| {
             assert_eq!(position.bytes as usize, record_span(record.payload.len()));
@@ -360,7 +351,8 @@ mod tests {
         let (intact, _) = crate::wal::format::decode_record(&one.bytes[torn_at + BATCH_HEADER_BYTES..], seed)
             .expect("the torn batch's first record is intact on disk");
         assert_eq!(intact.lsn, Lsn(2));
-        let (outcome, seen) = run(&[one.image()], ReplayFrom::start(SegmentId(1))).expect("a torn tail is not corruption");
+        let (outcome, seen) =
+            run(&[one.image()], ReplayFrom::start(SegmentId(1))).expect("a torn tail is not corruption");
         assert_eq!(lsns(&seen), vec![1]);
         assert_eq!(outcome.next_lsn, Lsn(2));
         assert_eq!(outcome.end.offset, torn_at as u64);
@@ -384,7 +376,10 @@ mod tests {
                 assert_eq!((corruption.segment, corruption.offset), (SegmentId(1), bad));
                 assert_eq!((corruption.evidence_segment, corruption.evidence_offset), (SegmentId(1), evidence));
                 let message = corruption.to_string();
-                assert!(message.contains(&SegmentId(1).to_string()) && message.contains(&format!("offset {bad}")), "{message}");
+                assert!(
+                    message.contains(&SegmentId(1).to_string()) && message.contains(&format!("offset {bad}")),
+                    "{message}"
+                );
             } else {
                 let (outcome, seen) = result.expect("an unacknowledged tail is not corruption");
                 assert_eq!(lsns(&seen), vec![1]);
