@@ -6,6 +6,7 @@ pub mod engine;
 pub mod ids;
 pub mod preflight;
 pub mod shard;
+pub mod sim;
 pub mod vshards;
 pub mod wal;
 
