@@ -12,6 +12,9 @@ use ferrogram::engine::{Engine, EngineConfig, EngineError, Lsn, RecordKind, Shar
 
 const KIND: RecordKind = RecordKind(7);
 
+/// A record seen by the replay hook: its shard, LSN and payload.
+type Replayed = (ShardId, Lsn, Vec<u8>);
+
 fn config(dir: &Path, shards: usize) -> EngineConfig {
     let mut config = EngineConfig::new(dir);
     config.shards = shards;
@@ -52,7 +55,7 @@ fn appends_read_back_checkpoint_and_reopen() {
     assert_eq!(after.first_lsn, ticket.lsn.next(), "a request's records take dense LSNs right after the checkpoint");
     engine.shutdown().expect("shutdown");
 
-    let replayed: Arc<Mutex<Vec<(ShardId, Lsn, Vec<u8>)>>> = Arc::default();
+    let replayed: Arc<Mutex<Vec<Replayed>>> = Arc::default();
     let hook: ReplayHook = {
         let replayed = replayed.clone();
         Arc::new(move |shard, _, record| {

@@ -227,7 +227,13 @@ impl ShardLog {
                 .write(true)
                 .dma_open(&path)
                 .await
-                .map_err(|error| OpenError::Io { path, source: error.into() })?;
+                .map_err(|error| OpenError::Io { path: path.clone(), source: error.into() })?;
+            // What recovery just read may sit in a volatile cache if the previous process died
+            // before syncing it. New batches will claim it durable (their `durable_lsn`), so
+            // make it so first, or a later power loss would look like corruption.
+            if segment >= from.position.segment {
+                file.fdatasync().await.map_err(|error| OpenError::Io { path, source: error.into() })?;
+            }
             files.insert(segment, Rc::new(file));
         }
         let core = LogCore::new(config, meta.salt, start, Box::new(glommio::allocate_dma_buffer));
