@@ -56,6 +56,9 @@ struct StressArgs {
     durability: Durability,
     #[arg(long, default_value_t = 64)]
     segment_mib: u64,
+    /// Segments prepared ahead of the one being written.
+    #[arg(long, default_value_t = 1)]
+    spare_segments: usize,
     /// Truncate the log at a corrupt batch instead of refusing to start.
     #[arg(long)]
     repair: bool,
@@ -90,6 +93,7 @@ fn stress_command(args: StressArgs) -> anyhow::Result<()> {
     config.repair = args.repair;
     config.log.durability = args.durability;
     config.log.segment_bytes = args.segment_mib << 20;
+    config.log.spare_segments = args.spare_segments;
     let engine = engine::Engine::open(config).context("opening the engine")?;
     for (shard, report) in engine.open_reports().iter().enumerate() {
         eprintln!(

@@ -98,8 +98,8 @@ impl LogConfig {
         if self.segment_bytes > u32::MAX as u64 {
             return Err("segment_bytes must stay under 4 GiB (record offsets are 32-bit)".into());
         }
-        if self.batch_records_max == 0 || self.pending_batches_max == 0 || self.spare_segments == 0 {
-            return Err("batch_records_max, pending_batches_max and spare_segments must be positive".into());
+        if self.batch_records_max == 0 || self.pending_batches_max == 0 {
+            return Err("batch_records_max and pending_batches_max must be positive".into());
         }
         Ok(())
     }
