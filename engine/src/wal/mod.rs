@@ -1,6 +1,7 @@
 //! The per-shard write-ahead log (DESIGN §4): its format, its sans-I/O core, recovery,
 //! checkpoints, and the glommio driver that runs it on a shard.
 
+pub mod archive;
 pub mod checkpoint;
 pub mod core;
 pub mod driver;
