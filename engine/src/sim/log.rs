@@ -116,8 +116,10 @@ pub struct SimLog {
     core: LogCore<Vec<u8>>,
     generation: u64,
     now_ms: u64,
-    /// The write or sync handed out by the core and not yet completed.
+    /// The write handed out by the core and not yet completed.
     write_in_flight: Option<IoRequest<Vec<u8>>>,
+    /// The sync handed out by the core and not yet completed.
+    sync_in_flight: Option<IoRequest<Vec<u8>>>,
     /// The prepare handed out by the core and not yet completed.
     prepare_in_flight: Option<IoRequest<Vec<u8>>>,
     verified: Verified,
@@ -228,6 +230,7 @@ impl SimLog {
             generation: meta.generation,
             now_ms: 0,
             write_in_flight: None,
+            sync_in_flight: None,
             prepare_in_flight: None,
             verified: Verified { end: outcome.end, next_lsn: outcome.next_lsn },
             recovered_segments: segments.into_iter().collect(),
@@ -252,23 +255,28 @@ impl SimLog {
     }
 
     /// Hands out whatever I/O the core wants, then completes one in-flight request, chosen at
-    /// random (a write or sync and a prepare may be in flight together). False when there was
+    /// random (a write, a sync and a prepare may be in flight together). False when there was
     /// nothing to do.
     pub fn step(&mut self, rng: &mut SimRng) -> bool {
         if self.write_in_flight.is_none() {
             self.write_in_flight = self.core.next_write(self.now_ms);
         }
+        if self.sync_in_flight.is_none() {
+            self.sync_in_flight = self.core.next_sync(self.now_ms);
+        }
         if self.prepare_in_flight.is_none() {
             self.prepare_in_flight = self.core.next_prepare(self.now_ms);
         }
-        let request = match (self.write_in_flight.is_some(), self.prepare_in_flight.is_some()) {
-            (false, false) => return false,
-            (true, false) => self.write_in_flight.take(),
-            (false, true) => self.prepare_in_flight.take(),
-            (true, true) if rng.chance(1, 2) => self.write_in_flight.take(),
-            (true, true) => self.prepare_in_flight.take(),
-        };
-        let request = request.expect("the chosen slot holds a request");
+        let mut slots: Vec<&mut Option<IoRequest<Vec<u8>>>> =
+            [&mut self.write_in_flight, &mut self.sync_in_flight, &mut self.prepare_in_flight]
+                .into_iter()
+                .filter(|slot| slot.is_some())
+                .collect();
+        if slots.is_empty() {
+            return false;
+        }
+        let chosen = rng.below(slots.len() as u64) as usize;
+        let request = slots[chosen].take().expect("the chosen slot holds a request");
         let completion = self.perform(request);
         self.core.complete(completion, self.now_ms);
         self.check_durable();
@@ -304,7 +312,7 @@ impl SimLog {
     pub fn settle(&mut self, rng: &mut SimRng) -> Result<(), SimError> {
         self.settle_until(rng, |core| core.is_quiet())?;
         // A prepare may still be in flight; finish it so the disk is at rest.
-        while self.prepare_in_flight.is_some() || self.write_in_flight.is_some() {
+        while self.prepare_in_flight.is_some() || self.write_in_flight.is_some() || self.sync_in_flight.is_some() {
             self.step(rng);
         }
         Ok(())
@@ -462,7 +470,7 @@ impl SimLog {
 
     /// Resolves in-flight requests at a crash: each reached the disk or not.
     fn finish_in_flight(&mut self, mode: CrashMode, rng: &mut SimRng) {
-        let requests = [self.write_in_flight.take(), self.prepare_in_flight.take()];
+        let requests = [self.write_in_flight.take(), self.sync_in_flight.take(), self.prepare_in_flight.take()];
         for request in requests.into_iter().flatten() {
             let reached_disk = match (mode, &request) {
                 (CrashMode::LoseAll, _) => false,

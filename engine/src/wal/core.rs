@@ -6,9 +6,10 @@
 //! [`IoCompletion`]. The glommio driver (`wal::driver`) does this with `DmaFile`s; the
 //! simulator (`sim`) does it against an in-memory disk that loses unsynced writes.
 //!
-//! Group commit falls out of the shape: at most one write or sync is in flight; records
-//! appended meanwhile gather in the open batch, which goes out as one write and one sync
-//! once the disk is free.
+//! Group commit falls out of the shape: at most one write and one sync are in flight, and
+//! records appended meanwhile gather in the open batch. A write may go out while the previous
+//! batch's sync is still in flight (a sync covers the writes completed before it was issued),
+//! so a slow `fdatasync` does not stop the log from writing, only from acknowledging.
 //!
 //! Ordering rules that recovery relies on (see `wal::recovery`):
 //! - batches are written in LSN order, each on fresh blocks, never rewriting a written block;
@@ -181,10 +182,10 @@ struct SealedBatch<B> {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Busy {
-    Idle,
-    Writing { segment: SegmentId, last_lsn: Lsn, end: LogPosition },
-    Syncing { up_to: Lsn },
+struct WriteInFlight {
+    segment: SegmentId,
+    last_lsn: Lsn,
+    end: LogPosition,
 }
 
 /// Milliseconds from any fixed origin; time enters the core only as an input.
@@ -204,8 +205,11 @@ pub struct LogCore<B> {
     cursor: LogPosition,
     open: Option<OpenBatch<B>>,
     sealed: VecDeque<SealedBatch<B>>,
-    busy: Busy,
-    /// The segment with writes not yet synced, and the last LSN written to it.
+    writing: Option<WriteInFlight>,
+    /// The segment being synced and the last LSN the sync covers.
+    syncing: Option<(SegmentId, Lsn)>,
+    /// The segment with completed writes no sync has been issued for, and the last LSN written
+    /// to it.
     unsynced: Option<(SegmentId, Lsn)>,
     last_sync_ms: NowMs,
     /// Segment files that exist and may be written.
@@ -230,7 +234,8 @@ impl<B> std::fmt::Debug for LogCore<B> {
             .field("written_lsn", &self.written_lsn)
             .field("durable_lsn", &self.durable_lsn)
             .field("cursor", &self.cursor)
-            .field("busy", &self.busy)
+            .field("writing", &self.writing)
+            .field("syncing", &self.syncing)
             .field("failure", &self.failure)
             .field("disk_full", &self.disk_full)
             .finish_non_exhaustive()
@@ -256,7 +261,8 @@ impl<B: IoBuffer> LogCore<B> {
             cursor: start.cursor,
             open: None,
             sealed: VecDeque::new(),
-            busy: Busy::Idle,
+            writing: None,
+            syncing: None,
             unsynced: None,
             last_sync_ms: 0,
             segments: start.segments.iter().copied().collect(),
@@ -321,12 +327,12 @@ impl<B: IoBuffer> LogCore<B> {
 
     /// True while a write or sync is in flight.
     pub fn is_disk_busy(&self) -> bool {
-        self.busy != Busy::Idle
+        self.writing.is_some() || self.syncing.is_some()
     }
 
     /// True when nothing is appended that is not yet durable.
     pub fn is_quiet(&self) -> bool {
-        self.durable_lsn.next() == self.next_lsn && self.busy == Busy::Idle
+        self.durable_lsn.next() == self.next_lsn && !self.is_disk_busy()
     }
 
     /// Appends one record. It becomes durable when `durable_lsn()` reaches its LSN.
@@ -449,33 +455,11 @@ impl<B: IoBuffer> LogCore<B> {
         self.sealed.push_back(SealedBatch { start: open.start, buffer: open.buffer, bytes, last_lsn });
     }
 
-    /// The next write or sync to perform, if the disk is free and there is work. Call again
-    /// after every completion and every append.
-    pub fn next_write(&mut self, now_ms: NowMs) -> Option<IoRequest<B>> {
-        if self.failure.is_some() || self.busy != Busy::Idle {
+    /// The next batch to write, if no write is in flight and there is one. Call again after
+    /// every completion and every append.
+    pub fn next_write(&mut self, _now_ms: NowMs) -> Option<IoRequest<B>> {
+        if self.failure.is_some() || self.writing.is_some() {
             return None;
-        }
-        if let Some((segment, up_to)) = self.unsynced {
-            // Decided before sealing the open batch, so that it keeps gathering records while
-            // the last write is synced; the batch to write next may be that open one.
-            let next_segment = match self.sealed.front() {
-                Some(batch) => Some(batch.start.segment),
-                None => self.open.as_ref().filter(|open| open.records > 0).map(|open| open.start.segment),
-            };
-            let leaving_segment = next_segment.is_some_and(|next| next != segment);
-            let must_sync = match self.config.durability {
-                // Every write is synced before the next one: chaining writes while sealed batches
-                // keep coming would hold back every acknowledgement until the segment rolls.
-                Durability::Sync => true,
-                Durability::Interval { interval_ms } => {
-                    leaving_segment || now_ms >= self.last_sync_ms.saturating_add(interval_ms)
-                }
-                Durability::None => false,
-            };
-            if must_sync {
-                self.busy = Busy::Syncing { up_to };
-                return Some(IoRequest::Sync { segment });
-            }
         }
         if self.sealed.is_empty() {
             self.seal_open();
@@ -484,9 +468,15 @@ impl<B: IoBuffer> LogCore<B> {
         if !self.segments.contains(&front.start.segment) {
             return None; // waiting for `Prepare`
         }
+        // A segment is synced before the first write to the next, so that a crash can leave a
+        // hole only in the newest segment written.
+        let behind = [self.unsynced, self.syncing].into_iter().flatten();
+        if behind.map(|(segment, _)| segment).any(|segment| segment != front.start.segment) {
+            return None; // waiting for the sync of the previous segment
+        }
         let batch = self.sealed.pop_front().expect("front exists");
         let end = LogPosition { segment: batch.start.segment, offset: batch.start.offset + batch.bytes as u64 };
-        self.busy = Busy::Writing { segment: batch.start.segment, last_lsn: batch.last_lsn, end };
+        self.writing = Some(WriteInFlight { segment: batch.start.segment, last_lsn: batch.last_lsn, end });
         Some(IoRequest::Write {
             segment: batch.start.segment,
             offset: batch.start.offset,
@@ -495,7 +485,34 @@ impl<B: IoBuffer> LogCore<B> {
         })
     }
 
-    /// When the driver should call `next_write` again even if nothing else happens (the
+    /// The next `fdatasync` to perform, if no sync is in flight and the durability mode wants
+    /// one now. It covers every write completed so far. Call again after every completion.
+    pub fn next_sync(&mut self, now_ms: NowMs) -> Option<IoRequest<B>> {
+        if self.failure.is_some() || self.syncing.is_some() {
+            return None;
+        }
+        let (segment, up_to) = self.unsynced?;
+        let next_segment = match self.sealed.front() {
+            Some(batch) => Some(batch.start.segment),
+            None => self.open.as_ref().filter(|open| open.records > 0).map(|open| open.start.segment),
+        };
+        let leaving_segment = next_segment.is_some_and(|next| next != segment);
+        let due = match self.config.durability {
+            Durability::Sync => true,
+            Durability::Interval { interval_ms } => {
+                leaving_segment || now_ms >= self.last_sync_ms.saturating_add(interval_ms)
+            }
+            Durability::None => false,
+        };
+        if !due {
+            return None;
+        }
+        self.syncing = Some((segment, up_to));
+        self.unsynced = None;
+        Some(IoRequest::Sync { segment })
+    }
+
+    /// When the driver should call `next_sync` again even if nothing else happens (the
     /// interval sync), or `None`.
     pub fn next_deadline_ms(&self) -> Option<NowMs> {
         match (self.config.durability, self.unsynced) {
@@ -528,10 +545,8 @@ impl<B: IoBuffer> LogCore<B> {
     pub fn complete(&mut self, completion: IoCompletion<B>, now_ms: NowMs) {
         match completion {
             IoCompletion::Written { buffer, result } => {
-                let Busy::Writing { segment, last_lsn, end } = self.busy else {
-                    panic!("write completion without a write in flight");
-                };
-                self.busy = Busy::Idle;
+                let WriteInFlight { segment, last_lsn, end } =
+                    self.writing.take().expect("write completion without a write in flight");
                 self.free_buffers.extend(buffer);
                 if let Err(failure) = result {
                     return self.fail(failure);
@@ -542,14 +557,15 @@ impl<B: IoBuffer> LogCore<B> {
                 if self.config.durability == Durability::None {
                     self.durable_lsn = last_lsn;
                 } else {
+                    assert!(
+                        self.unsynced.is_none_or(|(unsynced, _)| unsynced == segment),
+                        "writes to a new segment wait for the previous one's sync"
+                    );
                     self.unsynced = Some((segment, last_lsn));
                 }
             }
             IoCompletion::Synced { result } => {
-                let Busy::Syncing { up_to } = self.busy else {
-                    panic!("sync completion without a sync in flight");
-                };
-                self.busy = Busy::Idle;
+                let (_, up_to) = self.syncing.take().expect("sync completion without a sync in flight");
                 if let Err(failure) = result {
                     // Never retry an fsync (fsyncgate): what it failed to persist is unknown.
                     return self.fail(failure);
@@ -557,9 +573,6 @@ impl<B: IoBuffer> LogCore<B> {
                 assert!(up_to >= self.durable_lsn, "durable watermark never goes back");
                 self.durable_lsn = up_to;
                 self.last_sync_ms = now_ms;
-                if self.unsynced.is_some_and(|(_, lsn)| lsn == up_to) {
-                    self.unsynced = None;
-                }
             }
             IoCompletion::Prepared { segment, result } => {
                 let (expected, reuse) = self.preparing.take().expect("prepare completion without a prepare");

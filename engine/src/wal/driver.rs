@@ -1,9 +1,10 @@
 //! The glommio driver of a shard's log: it recovers the log from disk, then performs the
 //! [`LogCore`]'s I/O with O_DIRECT `DmaFile`s on the shard's own io_uring reactor.
 //!
-//! Two local tasks run per log: the writer (one write or `fdatasync` at a time, so records
-//! appended meanwhile gather into the next batch: group commit) and the preparer (creates
-//! or recycles the next segment ahead of need). Waiters are completed from the watermarks,
+//! Three local tasks run per log: the writer (one write at a time; records appended meanwhile
+//! gather into the next batch: group commit), the syncer (one `fdatasync` at a time,
+//! overlapping the next write) and the preparer (creates or recycles the next segment ahead
+//! of need). Waiters are completed from the watermarks,
 //! not from one channel per record.
 
 use std::cell::{Cell, RefCell};
@@ -146,6 +147,7 @@ struct Inner {
     acked_waiters: RefCell<VecDeque<(Lsn, Waiter)>>,
     durable_waiters: RefCell<VecDeque<(Lsn, Waiter)>>,
     writer_wake: Notify,
+    syncer_wake: Notify,
     preparer_wake: Notify,
     closed: Cell<bool>,
     started: Instant,
@@ -246,6 +248,7 @@ impl ShardLog {
             acked_waiters: RefCell::new(VecDeque::new()),
             durable_waiters: RefCell::new(VecDeque::new()),
             writer_wake: Notify::default(),
+            syncer_wake: Notify::default(),
             preparer_wake: Notify::default(),
             closed: Cell::new(false),
             started: Instant::now(),
@@ -255,6 +258,7 @@ impl ShardLog {
         // not wait for a segment to be pre-written (that would show as a latency spike).
         prepare_next(&inner, &wal_dir).await;
         glommio::spawn_local(writer(inner.clone())).detach();
+        glommio::spawn_local(syncer(inner.clone())).detach();
         glommio::spawn_local(preparer(inner.clone())).detach();
         let report = OpenReport {
             scan,
@@ -312,8 +316,8 @@ impl ShardLog {
                 };
                 insert_waiter(&mut queue.borrow_mut(), lsn, Waiter::Wake(context.waker().clone()));
                 if watermark == Watermark::Durable {
-                    // An interval-mode log syncs on a timer; make sure the writer is awake.
-                    self.inner.writer_wake.notify();
+                    // An interval-mode log syncs on a timer; make sure the syncer is awake.
+                    self.inner.syncer_wake.notify();
                 }
                 Poll::Pending
             }
@@ -419,6 +423,7 @@ impl Inner {
 
     fn kick(&self) {
         self.writer_wake.notify();
+        self.syncer_wake.notify();
         self.preparer_wake.notify();
     }
 
@@ -496,61 +501,69 @@ fn insert_waiter(queue: &mut VecDeque<(Lsn, Waiter)>, lsn: Lsn, waiter: Waiter) 
     queue.insert(at, (lsn, waiter));
 }
 
-/// The writer task: performs the core's writes and syncs one at a time.
+/// The writer task: performs the core's writes, one at a time, in LSN order.
 async fn writer(inner: Rc<Inner>) {
     while !inner.closed.get() {
         let request = inner.core.borrow_mut().next_write(inner.now_ms());
-        let completion = match request {
-            Some(IoRequest::Write { segment, offset, mut buffer, bytes }) => {
-                let result = match inner.file(segment) {
-                    Some(file) => {
-                        buffer.trim_to_size(bytes);
-                        match file.write_at(buffer, offset).await {
-                            Ok(written) if written == bytes => Ok(()),
-                            Ok(written) => Err(IoFailure::Other(format!("short write: {written} of {bytes} bytes"))),
-                            Err(error) => Err(IoFailure::from_io(&error.into())),
-                        }
-                    }
-                    None => Err(IoFailure::Other(format!("segment {segment} is not open"))),
-                };
-                if result.is_ok() {
-                    inner.add_stats(|stats| {
-                        stats.batches += 1;
-                        stats.batch_bytes += bytes as u64;
-                    });
-                }
-                IoCompletion::Written { buffer: None, result }
-            }
-            Some(IoRequest::Sync { segment }) => {
-                let started = Instant::now();
-                let result = match inner.file(segment) {
-                    Some(file) => file.fdatasync().await.map_err(|error| IoFailure::from_io(&error.into())),
-                    None => Err(IoFailure::Other(format!("segment {segment} is not open"))),
-                };
-                let elapsed_us = started.elapsed().as_micros() as u64;
-                inner.add_stats(|stats| {
-                    stats.syncs += 1;
-                    stats.sync_time_us += elapsed_us;
-                    stats.sync_time_us_max = stats.sync_time_us_max.max(elapsed_us);
-                });
-                IoCompletion::Synced { result }
-            }
-            Some(IoRequest::Prepare { .. }) => unreachable!("next_write never asks to prepare"),
-            None => {
-                let deadline = inner.core.borrow().next_deadline_ms();
-                match deadline {
-                    Some(at) => {
-                        let wait = Duration::from_millis(at.saturating_sub(inner.now_ms()));
-                        futures_lite::future::or(inner.writer_wake.wait(), glommio::timer::sleep(wait)).await;
-                    }
-                    None => inner.writer_wake.wait().await,
-                }
-                continue;
-            }
+        let Some(IoRequest::Write { segment, offset, mut buffer, bytes }) = request else {
+            inner.writer_wake.wait().await;
+            continue;
         };
-        inner.core.borrow_mut().complete(completion, inner.now_ms());
+        let result = match inner.file(segment) {
+            Some(file) => {
+                buffer.trim_to_size(bytes);
+                match file.write_at(buffer, offset).await {
+                    Ok(written) if written == bytes => Ok(()),
+                    Ok(written) => Err(IoFailure::Other(format!("short write: {written} of {bytes} bytes"))),
+                    Err(error) => Err(IoFailure::from_io(&error.into())),
+                }
+            }
+            None => Err(IoFailure::Other(format!("segment {segment} is not open"))),
+        };
+        if result.is_ok() {
+            inner.add_stats(|stats| {
+                stats.batches += 1;
+                stats.batch_bytes += bytes as u64;
+            });
+        }
+        inner.core.borrow_mut().complete(IoCompletion::Written { buffer: None, result }, inner.now_ms());
         inner.complete_waiters();
+        inner.syncer_wake.notify();
         inner.preparer_wake.notify();
+    }
+}
+
+/// The syncer task: performs the core's `fdatasync`s, one at a time, concurrently with the
+/// next write.
+async fn syncer(inner: Rc<Inner>) {
+    while !inner.closed.get() {
+        let request = inner.core.borrow_mut().next_sync(inner.now_ms());
+        let Some(IoRequest::Sync { segment }) = request else {
+            let deadline = inner.core.borrow().next_deadline_ms();
+            match deadline {
+                Some(at) => {
+                    let wait = Duration::from_millis(at.saturating_sub(inner.now_ms()));
+                    futures_lite::future::or(inner.syncer_wake.wait(), glommio::timer::sleep(wait)).await;
+                }
+                None => inner.syncer_wake.wait().await,
+            }
+            continue;
+        };
+        let started = Instant::now();
+        let result = match inner.file(segment) {
+            Some(file) => file.fdatasync().await.map_err(|error| IoFailure::from_io(&error.into())),
+            None => Err(IoFailure::Other(format!("segment {segment} is not open"))),
+        };
+        let elapsed_us = started.elapsed().as_micros() as u64;
+        inner.add_stats(|stats| {
+            stats.syncs += 1;
+            stats.sync_time_us += elapsed_us;
+            stats.sync_time_us_max = stats.sync_time_us_max.max(elapsed_us);
+        });
+        inner.core.borrow_mut().complete(IoCompletion::Synced { result }, inner.now_ms());
+        inner.complete_waiters();
+        // A write into the next segment may have been waiting for this sync.
+        inner.writer_wake.notify();
     }
 }
 
