@@ -183,31 +183,17 @@ impl ShardLog {
             None => ReplayFrom::start(segments.first().copied().unwrap_or(SegmentId(1))),
         };
 
-        let maps = map_segments(&wal_dir, &segments)?;
-        let images: Vec<SegmentImage<'_>> = segments
-            .iter()
-            .zip(&maps)
-            .map(|(&segment, map)| SegmentImage { segment, bytes: map.as_deref().unwrap_or(&[]) })
-            .collect();
         let mut repaired = None;
-        let scan = match recovery::scan(meta.salt, &images, from, &mut replay) {
+        let scan = match scan_segments(&wal_dir, &segments, meta.salt, from, &mut replay)? {
             Ok(scan) => scan,
             Err(corruption) if repair => {
                 // Records replayed so far precede the corruption and survive the truncation,
                 // so the second scan only has to find the new end.
-                drop(images);
-                drop(maps);
                 truncate_at(&wal_dir, &segments, &corruption)?;
                 meta.generation += 1;
                 write_meta(dir, &meta)?;
                 let segments = list_segments(&wal_dir)?;
-                let maps = map_segments(&wal_dir, &segments)?;
-                let images: Vec<SegmentImage<'_>> = segments
-                    .iter()
-                    .zip(&maps)
-                    .map(|(&segment, map)| SegmentImage { segment, bytes: map.as_deref().unwrap_or(&[]) })
-                    .collect();
-                let scan = recovery::scan(meta.salt, &images, from, |_, _| {})
+                let scan = scan_segments(&wal_dir, &segments, meta.salt, from, |_, _| {})?
                     .map_err(|corruption| OpenError::Corrupt { dir: dir.to_path_buf(), corruption })?;
                 repaired = Some(corruption);
                 scan
@@ -723,6 +709,58 @@ fn remove_temporary_files(dir: &Path) -> Result<(), OpenError> {
     Ok(())
 }
 
+/// Chunk the recovery prefetcher reads ahead at a time.
+const PREFETCH_CHUNK_BYTES: u64 = 8 << 20;
+
+/// Maps the segments and runs the recovery scan over them from `from`, while a helper thread
+/// reads the segments ahead of it into the page cache: page faults through the mapping alone
+/// read this disk at about 0.5 GB/s, large read-ahead at its full bandwidth.
+fn scan_segments(
+    wal_dir: &Path,
+    segments: &[SegmentId],
+    salt: u64,
+    from: ReplayFrom,
+    visit: impl FnMut(RecordPosition, Record<'_>),
+) -> Result<Result<ScanOutcome, Corruption>, OpenError> {
+    let maps = map_segments(wal_dir, segments)?;
+    let images: Vec<SegmentImage<'_>> = segments
+        .iter()
+        .zip(&maps)
+        .map(|(&segment, map)| SegmentImage { segment, bytes: map.as_deref().unwrap_or(&[]) })
+        .collect();
+    let ahead: Vec<PathBuf> = segments
+        .iter()
+        .filter(|&&segment| segment >= from.position.segment)
+        .map(|&segment| segment_path(wal_dir, segment))
+        .collect();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    Ok(std::thread::scope(|scope| {
+        scope.spawn(|| prefetch(&ahead, &stop));
+        let result = recovery::scan(salt, &images, from, visit);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        result
+    }))
+}
+
+/// Reads `files` in order into the page cache, until told to stop. Best effort: errors only
+/// mean the scan faults the pages in itself.
+fn prefetch(files: &[PathBuf], stop: &std::sync::atomic::AtomicBool) {
+    use std::os::fd::AsRawFd;
+    for path in files {
+        let Ok(file) = std::fs::File::open(path) else { continue };
+        let length = file.metadata().map_or(0, |metadata| metadata.len());
+        let mut offset = 0;
+        while offset < length {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return;
+            }
+            // SAFETY: readahead only reads the open file into the page cache.
+            unsafe { libc::readahead(file.as_raw_fd(), offset as i64, PREFETCH_CHUNK_BYTES as usize) };
+            offset += PREFETCH_CHUNK_BYTES;
+        }
+    }
+}
+
 /// Maps every segment read-only for the recovery scan (sequential, before the shard serves).
 pub fn map_segments(wal_dir: &Path, segments: &[SegmentId]) -> Result<Vec<Option<memmap2::Mmap>>, OpenError> {
     segments
@@ -869,13 +907,7 @@ pub fn scan_offline(
         Some(ticket) => ReplayFrom { position: ticket.replay_from, after_lsn: ticket.lsn },
         None => ReplayFrom::start(segments.first().copied().unwrap_or(SegmentId(1))),
     };
-    let maps = map_segments(&wal_dir, &segments)?;
-    let images: Vec<SegmentImage<'_>> = segments
-        .iter()
-        .zip(&maps)
-        .map(|(&segment, map)| SegmentImage { segment, bytes: map.as_deref().unwrap_or(&[]) })
-        .collect();
-    let scan = recovery::scan(meta.salt, &images, from, visit)
+    let scan = scan_segments(&wal_dir, &segments, meta.salt, from, visit)?
         .map_err(|corruption| OpenError::Corrupt { dir: dir.to_path_buf(), corruption })?;
     Ok((scan, newest))
 }
