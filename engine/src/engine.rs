@@ -17,8 +17,8 @@ use crate::ids::{Lsn, RecordKind, ShardId, VShard};
 use crate::preflight::{self, PreflightError};
 use crate::shard::{self, HostTask, ShardContext, ShardRequest, ShardStart};
 use crate::vshards::{VShardTable, VShardTableError};
-use crate::wal::driver::{CheckpointError, LogError, OpenError, OpenReport, OwnedRecord, ReadError};
-use crate::wal::{AppendError, CheckpointTicket, Record, RecordPosition};
+use crate::wal::driver::{CheckpointError, LogError, OpenError, OpenReport, ReadError};
+use crate::wal::{AppendError, CheckpointTicket, OwnedRecord, Record, RecordPosition};
 
 /// Called for every record replayed while a shard opens, on that shard's executor.
 pub type ReplayHook = Arc<dyn Fn(ShardId, RecordPosition, Record<'_>) + Send + Sync>;

@@ -10,8 +10,8 @@ use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use crate::engine::{AppendAck, EngineError, ReplayHook};
 use crate::ids::{Lsn, RecordKind, ShardId, VShard};
 use crate::vshards::VShardTable;
-use crate::wal::driver::{LogError, OpenReport, OwnedRecord, ShardLog};
-use crate::wal::{AppendError, CheckpointTicket, RecordPosition};
+use crate::wal::driver::{LogError, OpenReport, ShardLog};
+use crate::wal::{AppendError, CheckpointTicket, OwnedRecord, RecordPosition};
 
 /// Work one shard sends another: a closure run on the receiving shard's executor.
 pub type MeshTask = Box<dyn FnOnce(&Rc<ShardContext>) + Send>;

@@ -11,7 +11,7 @@ use crate::sim::rng::SimRng;
 use crate::wal::checkpoint;
 use crate::wal::core::{
     AppendError, Appended, CheckpointTicket, IoCompletion, IoFailure, IoRequest, LogCore, LogPosition, LogStart,
-    RecordPosition,
+    OwnedRecord, RecordPosition,
 };
 use crate::wal::format::{decode_record, segment_seed, FormatError, BLOCK_BYTES};
 use crate::wal::meta::{LogMeta, META_FILE};
@@ -31,16 +31,6 @@ pub fn segment_file_name(segment: SegmentId) -> String {
 pub fn parse_segment_file_name(name: &str) -> Option<SegmentId> {
     let digits = name.strip_prefix("segment-")?.strip_suffix(".wal")?;
     (digits.len() == 20).then(|| digits.parse().ok().map(SegmentId)).flatten()
-}
-
-/// A record as recovery or a read returns it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OwnedRecord {
-    pub lsn: Lsn,
-    pub kind: RecordKind,
-    pub vshard: VShard,
-    pub payload: Vec<u8>,
-    pub position: RecordPosition,
 }
 
 /// The checkpoint recovery started from.
@@ -179,13 +169,7 @@ impl SimLog {
                 owned.iter().map(|(segment, bytes)| SegmentImage { segment: *segment, bytes }).collect();
             let mut records = Vec::new();
             let result = scan(meta.salt, &images, from, |position, record| {
-                records.push(OwnedRecord {
-                    lsn: record.lsn,
-                    kind: record.kind,
-                    vshard: record.vshard,
-                    payload: record.payload.to_vec(),
-                    position,
-                });
+                records.push(OwnedRecord::new(position, record));
             });
             match result {
                 Ok(outcome) => break (records, outcome),
@@ -354,13 +338,7 @@ impl SimLog {
         if span != position.bytes as usize {
             return Err(corrupt(FormatError::RecordMismatch));
         }
-        Ok(OwnedRecord {
-            lsn: record.lsn,
-            kind: record.kind,
-            vshard: record.vshard,
-            payload: record.payload.to_vec(),
-            position,
-        })
+        Ok(OwnedRecord::new(position, record))
     }
 
     /// Power loss: requests in flight may or may not have reached the disk, then every

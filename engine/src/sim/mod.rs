@@ -11,6 +11,6 @@ pub mod rng;
 pub use self::cluster::SimCluster;
 pub use self::disk::{CrashMode, OpKind, SimDisk};
 pub use self::log::{
-    segment_file_name, OpenError, OpenFailure, OwnedRecord, ReadError, Recovered, RecoveredCheckpoint, SimError, SimLog,
+    segment_file_name, OpenError, OpenFailure, ReadError, Recovered, RecoveredCheckpoint, SimError, SimLog,
 };
 pub use self::rng::SimRng;

@@ -51,6 +51,28 @@ pub struct RecordPosition {
     pub bytes: u32,
 }
 
+/// A record copied out of the log, with where it lies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedRecord {
+    pub lsn: Lsn,
+    pub kind: RecordKind,
+    pub vshard: VShard,
+    pub payload: Vec<u8>,
+    pub position: RecordPosition,
+}
+
+impl OwnedRecord {
+    pub fn new(position: RecordPosition, record: format::Record<'_>) -> OwnedRecord {
+        OwnedRecord {
+            lsn: record.lsn,
+            kind: record.kind,
+            vshard: record.vshard,
+            payload: record.payload.to_vec(),
+            position,
+        }
+    }
+}
+
 /// A position in the log at batch granularity.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LogPosition {

@@ -23,7 +23,7 @@ use crate::ids::{Lsn, RecordKind, SegmentId, VShard};
 use crate::wal::checkpoint;
 use crate::wal::core::{
     AppendError, Appended, CheckpointTicket, IoBuffer, IoCompletion, IoFailure, IoRequest, LogCore, LogStart,
-    RecordPosition,
+    OwnedRecord, RecordPosition,
 };
 use crate::wal::format::{decode_record, segment_seed, Record};
 use crate::wal::meta::{LogMeta, META_FILE};
@@ -78,15 +78,6 @@ pub enum CheckpointError {
     Log(#[from] LogError),
     #[error("writing checkpoint {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
-}
-
-/// A record read back from disk.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OwnedRecord {
-    pub lsn: Lsn,
-    pub kind: RecordKind,
-    pub vshard: VShard,
-    pub payload: Vec<u8>,
 }
 
 /// What opening found.
@@ -324,8 +315,12 @@ impl ShardLog {
             .read_at(position.offset as u64, position.bytes as usize)
             .await
             .map_err(|source| ReadError::Io { segment: position.segment, source: source.into() })?;
-        let (record, _) = decode_record(&bytes, seed).map_err(|reason| ReadError::Corrupt { position, reason })?;
-        Ok(OwnedRecord { lsn: record.lsn, kind: record.kind, vshard: record.vshard, payload: record.payload.to_vec() })
+        let corrupt = |reason| ReadError::Corrupt { position, reason };
+        let (record, span) = decode_record(&bytes, seed).map_err(corrupt)?;
+        if span != position.bytes as usize {
+            return Err(corrupt(crate::wal::format::FormatError::RecordMismatch));
+        }
+        Ok(OwnedRecord::new(position, record))
     }
 
     /// Writes a checkpoint of `state`, which must be the shard's state with every record

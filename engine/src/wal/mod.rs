@@ -11,7 +11,7 @@ pub mod recovery;
 
 pub use self::core::{
     AppendError, Appended, CheckpointTicket, IoBuffer, IoCompletion, IoFailure, IoRequest, LogCore, LogPosition,
-    LogStart, RecordPosition,
+    LogStart, OwnedRecord, RecordPosition,
 };
 pub use self::format::Record;
 pub use self::recovery::{Corruption, ReplayFrom, ScanOutcome, SegmentImage};
