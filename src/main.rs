@@ -173,6 +173,8 @@ fn check_command(data_dir: &std::path::Path) -> anyhow::Result<()> {
         })
         .collect();
     shards.sort();
+    let _lock = engine::engine::lock_data_dir(data_dir, engine::engine::DataDirLock::Shared)
+        .context("an engine is running on this data directory; stop it first")?;
     if shards.is_empty() {
         bail!("{} holds no shard directories", data_dir.display());
     }

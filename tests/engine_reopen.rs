@@ -42,8 +42,15 @@ fn appends_read_back_checkpoint_and_reopen() {
         let record = block_on(engine.read(*shard, *position)).expect("read back");
         assert_eq!((record.lsn, &record.payload, record.kind), (*lsn, payload, KIND));
     }
-    // Checkpoint shard 0 halfway: replay must start after it.
-    let ticket = block_on(engine.checkpoint(ShardId(0), b"state of shard 0".to_vec())).expect("checkpoint");
+    // Checkpoint shard 0 halfway: replay must start after it. A state that misses the newest
+    // record is refused: replay would skip that record.
+    let newest =
+        written.iter().filter(|(shard, ..)| *shard == ShardId(0)).map(|(_, lsn, ..)| *lsn).max().expect("some");
+    match block_on(engine.checkpoint(ShardId(0), b"stale".to_vec(), Lsn(newest.0 - 1))) {
+        Err(EngineError::StaleCheckpoint { covers, newest: at }) => assert_eq!((covers.next(), at), (newest, newest)),
+        other => panic!("a checkpoint that misses a record must be refused, got {other:?}"),
+    }
+    let ticket = block_on(engine.checkpoint(ShardId(0), b"state of shard 0".to_vec(), newest)).expect("checkpoint");
     let after = block_on(engine.append_all(
         ShardId(0),
         vec![
@@ -53,7 +60,13 @@ fn appends_read_back_checkpoint_and_reopen() {
     ))
     .expect("append after checkpoint");
     assert_eq!(after.first_lsn, ticket.lsn.next(), "a request's records take dense LSNs right after the checkpoint");
+    // A second engine on the same directory is refused while the first runs.
+    match Engine::open(config(&dir, 2)) {
+        Err(EngineError::Locked(locked)) => assert_eq!(locked, dir),
+        other => panic!("a second engine on a locked data directory must be refused, got {other:?}"),
+    }
     engine.shutdown().expect("shutdown");
+    drop(engine);
 
     let replayed: Arc<Mutex<Vec<Replayed>>> = Arc::default();
     let hook: ReplayHook = {
@@ -81,6 +94,7 @@ fn appends_read_back_checkpoint_and_reopen() {
     let next = block_on(engine.append(VShard::of(1), KIND, b"after reopen".to_vec())).expect("append after reopen");
     assert_eq!(next.first_lsn, reports[1].scan.next_lsn);
     engine.shutdown().expect("shutdown");
+    drop(engine);
 
     match Engine::open(config(&dir, 1)) {
         Err(EngineError::VShardTable(error)) => assert!(error.to_string().contains("created with 2 shards"), "{error}"),

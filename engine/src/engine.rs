@@ -8,6 +8,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{LocalExecutorBuilder, Placement};
@@ -58,6 +59,12 @@ pub enum EngineError {
     VShardTable(Arc<VShardTableError>),
     #[error("starting shard executors: {0}")]
     Executor(String),
+    #[error("the checkpoint's state covers LSN {covers} but the shard's log is at LSN {newest}")]
+    StaleCheckpoint { covers: Lsn, newest: Lsn },
+    #[error("the data directory {0} is in use by another process")]
+    Locked(PathBuf),
+    #[error("{path}: {source}")]
+    DataDir { path: PathBuf, source: Arc<std::io::Error> },
 }
 
 /// The engine handle. Clone it freely; the shards stop when `shutdown` is called.
@@ -70,8 +77,12 @@ struct EngineInner {
     data_dir: PathBuf,
     table: Arc<VShardTable>,
     shards: Vec<flume::Sender<ShardRequest>>,
+    /// Disconnected once a shard's thread has ended, however it ended.
+    lifelines: Vec<flume::Receiver<()>>,
     reports: Vec<OpenReport>,
     threads: Mutex<Vec<glommio::ExecutorJoinHandle<()>>>,
+    /// The data directory's lock, held until shutdown.
+    lock: Mutex<Option<std::fs::File>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -96,21 +107,32 @@ impl Engine {
         }
         config.log.validate().map_err(|_| EngineError::InvalidArgument("invalid log configuration"))?;
         preflight::check_host(&config.data_dir).map_err(|error| EngineError::Preflight(Arc::new(error)))?;
+        let lock = lock_data_dir(&config.data_dir, DataDirLock::Exclusive)?;
         let table = Arc::new(
             VShardTable::load_or_create(&config.data_dir, config.shards)
                 .map_err(|error| EngineError::VShardTable(Arc::new(error)))?,
         );
         let cpus = available_cpus();
+        if let Some(list) = &config.cpus {
+            if list.is_empty() || list.iter().any(|cpu| !cpus.contains(cpu)) {
+                return Err(EngineError::InvalidArgument(
+                    "every CPU to pin a shard to must be one this process may run on",
+                ));
+            }
+        }
         let mesh = MeshBuilder::full(config.shards, MESH_CHANNEL_CAPACITY);
         let (opened_sender, opened) = std::sync::mpsc::channel();
         let mut senders = Vec::with_capacity(config.shards);
         let mut threads = Vec::with_capacity(config.shards);
+        let mut lifelines = Vec::with_capacity(config.shards);
         for index in 0..config.shards {
             let id = ShardId(index as u16);
             let cpu = match &config.cpus {
-                Some(list) => list.get(index).copied().unwrap_or(list[index % list.len().max(1)]),
+                Some(list) => list[index % list.len()],
                 None => cpus[index % cpus.len()],
             };
+            let (lifeline, alive) = flume::bounded::<()>(1);
+            lifelines.push(alive);
             let (sender, requests) = flume::bounded(config.shard_queue_depth);
             senders.push(sender);
             let start = ShardStart {
@@ -126,20 +148,36 @@ impl Engine {
             };
             let thread = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("shard-{index}"))
-                .spawn(move || shard::run(start))
+                .spawn(move || {
+                    shard::hold_lifeline(lifeline);
+                    shard::run(start)
+                })
                 .map_err(|error| EngineError::Executor(error.to_string()))?;
             threads.push(thread);
         }
         drop(opened_sender);
         let mut reports: Vec<Option<OpenReport>> = (0..config.shards).map(|_| None).collect();
         let mut first_error = None;
-        for _ in 0..config.shards {
-            match opened.recv() {
-                Ok((id, Ok(report))) => reports[id.index()] = Some(report),
-                Ok((_, Err(error))) => {
-                    first_error.get_or_insert(error);
+        let mut answered = vec![false; config.shards];
+        while answered.iter().any(|answered| !answered) {
+            match opened.recv_timeout(Duration::from_millis(50)) {
+                Ok((id, result)) => {
+                    answered[id.index()] = true;
+                    match result {
+                        Ok(report) => reports[id.index()] = Some(report),
+                        Err(error) => {
+                            first_error.get_or_insert(error);
+                        }
+                    }
                 }
-                Err(_) => {
+                // A shard whose thread ended (a panic) without answering never will.
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    if (0..config.shards).any(|index| !answered[index] && lifelines[index].is_disconnected()) {
+                        first_error.get_or_insert(EngineError::ShardGone);
+                        break;
+                    }
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                     first_error.get_or_insert(EngineError::ShardGone);
                     break;
                 }
@@ -149,8 +187,10 @@ impl Engine {
             data_dir: config.data_dir.clone(),
             table,
             shards: senders,
+            lifelines,
             reports: reports.into_iter().flatten().collect(),
             threads: Mutex::new(threads),
+            lock: Mutex::new(Some(lock)),
         };
         let engine = Engine { inner: Arc::new(inner) };
         if let Some(error) = first_error {
@@ -190,7 +230,14 @@ impl Engine {
         shard: ShardId,
         records: Vec<(RecordKind, VShard, Vec<u8>)>,
     ) -> impl Future<Output = Result<AppendAck, EngineError>> + Send + 'static {
-        self.request(shard, |reply| ShardRequest::Append { records, reply })
+        let misrouted = records.iter().any(|(_, vshard, _)| self.shard_of(*vshard) != shard);
+        let queued = if misrouted {
+            Err(EngineError::InvalidArgument("a record's vshard is not owned by the shard it is appended to"))
+        } else {
+            Ok(())
+        };
+        let request = queued.map(|()| self.request(shard, |reply| ShardRequest::Append { records, reply }));
+        async move { request?.await }
     }
 
     /// Reads a record back from its shard's log.
@@ -202,14 +249,17 @@ impl Engine {
         self.request(shard, move |reply| ShardRequest::Read { position, reply })
     }
 
-    /// Writes a checkpoint of `state` for `shard` (state that reflects every record appended
-    /// to it so far); recovery then starts from it.
+    /// Writes a checkpoint of `state` for `shard`; recovery then starts from it. `state` must
+    /// reflect every record of the shard up to `covers`, and `covers` must be the shard's newest
+    /// LSN when the request is served: a checkpoint that missed a record would make replay
+    /// skip it, so any other LSN is refused with `StaleCheckpoint`.
     pub fn checkpoint(
         &self,
         shard: ShardId,
         state: Vec<u8>,
+        covers: Lsn,
     ) -> impl Future<Output = Result<CheckpointTicket, EngineError>> + Send + 'static {
-        self.request(shard, |reply| ShardRequest::Checkpoint { state, reply })
+        self.request(shard, move |reply| ShardRequest::Checkpoint { state, covers, reply })
     }
 
     /// Runs `service(context)` as a local task on every shard's executor: the host's own
@@ -224,13 +274,15 @@ impl Engine {
             let task: HostTask = Box::new(move |context| {
                 glommio::spawn_local(service(context)).detach();
             });
-            sender.try_send(ShardRequest::Run(task)).map_err(queue_error)?;
+            // Waits for room rather than start the service on only some shards.
+            sender.send(ShardRequest::Run(task)).map_err(|_| EngineError::ShardGone)?;
         }
         Ok(())
     }
 
-    /// Waits for every shard to make its appends durable, stops the shards and joins their
-    /// threads. Other clones of the handle get `ShardGone` afterwards.
+    /// Waits for every shard to make its appends durable, stops the shards, joins their
+    /// threads and releases the data directory. Other clones of the handle get `ShardGone`
+    /// afterwards. Call it from outside the shards: a shard waiting for its own stop never stops.
     pub fn shutdown(&self) -> Result<(), EngineError> {
         let mut result = Ok(());
         let replies: Vec<_> = self
@@ -255,6 +307,8 @@ impl Engine {
         for thread in threads {
             let _ = thread.join();
         }
+        // Every shard has stopped writing: the directory is free for another engine.
+        drop(self.inner.lock.lock().unwrap_or_else(|poison| poison.into_inner()).take());
         result
     }
 
@@ -265,13 +319,21 @@ impl Engine {
     ) -> impl Future<Output = Result<T, EngineError>> + Send + 'static {
         let (reply, receiver) = flume::bounded(1);
         // Queued now, not on first poll: dropping the future never undoes the request.
-        let queued = match self.inner.shards.get(shard.index()) {
-            Some(sender) => sender.try_send(make(reply)).map_err(queue_error),
-            None => Err(EngineError::InvalidArgument("no such shard")),
+        let queued = match (self.inner.shards.get(shard.index()), self.inner.lifelines.get(shard.index())) {
+            (Some(sender), Some(lifeline)) => {
+                sender.try_send(make(reply)).map_err(queue_error).map(|()| lifeline.clone())
+            }
+            _ => Err(EngineError::InvalidArgument("no such shard")),
         };
         async move {
-            queued?;
-            receiver.recv_async().await.map_err(|_| EngineError::ShardGone)?
+            let lifeline = queued?;
+            let answer = async { receiver.recv_async().await.map_err(|_| EngineError::ShardGone)? };
+            // A shard that died (a panic) answers nothing; its lifeline says so.
+            let gone = async {
+                let _ = lifeline.recv_async().await;
+                Err(EngineError::ShardGone)
+            };
+            futures_lite::future::or(answer, gone).await
         }
     }
 }
@@ -300,4 +362,32 @@ fn available_cpus() -> Vec<usize> {
     } else {
         cpus
     }
+}
+
+/// How a data directory is locked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataDirLock {
+    /// The engine: the only writer.
+    Exclusive,
+    /// Offline readers (`admin check`): any number, but never beside a running engine.
+    Shared,
+}
+
+/// Takes the data directory's lock, held as long as the returned file is open: two engines
+/// on one directory would be two writers of every log, and a reader beside a writer maps
+/// files that change under it. The kernel drops the lock when the process dies.
+pub fn lock_data_dir(data_dir: &std::path::Path, mode: DataDirLock) -> Result<std::fs::File, EngineError> {
+    use std::os::fd::AsRawFd;
+    let path = data_dir.join("LOCK");
+    let io_error = |source| EngineError::DataDir { path: path.clone(), source: Arc::new(source) };
+    let file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(io_error)?;
+    let operation = match mode {
+        DataDirLock::Exclusive => libc::LOCK_EX,
+        DataDirLock::Shared => libc::LOCK_SH,
+    };
+    // SAFETY: flock only takes a lock on the open descriptor.
+    if unsafe { libc::flock(file.as_raw_fd(), operation | libc::LOCK_NB) } != 0 {
+        return Err(EngineError::Locked(data_dir.to_path_buf()));
+    }
+    Ok(file)
 }

@@ -30,13 +30,28 @@ pub enum PreflightError {
 pub fn check_host(data_dir: &Path) -> Result<(), PreflightError> {
     check_io_uring()?;
     check_locked_memory()?;
+    raise_open_file_limit();
     check_direct_io(data_dir)
 }
 
+/// Every segment of a log stays open; raise the soft limit on open files to the hard one so
+/// a long log does not run into the default 1024.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit read or write the one struct they are given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 fn check_io_uring() -> Result<(), PreflightError> {
-    let mut parameters = [0u8; 120]; // struct io_uring_params, zeroed
-                                     // SAFETY: io_uring_setup reads and writes only the parameter block it is given, which is
-                                     // at least as large as the kernel's struct io_uring_params.
+    // struct io_uring_params, zeroed.
+    let mut parameters = [0u8; 120];
+    // SAFETY: io_uring_setup reads and writes only the parameter block it is given, which is
+    // at least as large as the kernel's struct io_uring_params.
     let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, parameters.as_mut_ptr()) };
     if fd < 0 {
         return Err(PreflightError::IoUring(io::Error::last_os_error()));

@@ -24,7 +24,7 @@ pub(crate) type Reply<T> = flume::Sender<Result<T, EngineError>>;
 pub(crate) enum ShardRequest {
     Append { records: Vec<(RecordKind, VShard, Vec<u8>)>, reply: Reply<AppendAck> },
     Read { position: RecordPosition, reply: Reply<OwnedRecord> },
-    Checkpoint { state: Vec<u8>, reply: Reply<CheckpointTicket> },
+    Checkpoint { state: Vec<u8>, covers: Lsn, reply: Reply<CheckpointTicket> },
     Run(HostTask),
     Shutdown { reply: Reply<()> },
 }
@@ -87,6 +87,17 @@ pub(crate) struct ShardStart {
     pub replay: Option<ReplayHook>,
 }
 
+thread_local! {
+    /// Dropped when the shard's thread ends, however it ends: the engine handle watches the
+    /// other end to answer `ShardGone` instead of waiting forever on a dead shard.
+    static LIFELINE: std::cell::RefCell<Option<flume::Sender<()>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Ties `lifeline` to the current thread's life. Call first thing on a shard's thread.
+pub(crate) fn hold_lifeline(lifeline: flume::Sender<()>) {
+    LIFELINE.with(|slot| *slot.borrow_mut() = Some(lifeline));
+}
+
 /// The shard's main future: join the mesh, recover the log, then serve until shutdown.
 pub(crate) async fn run(start: ShardStart) {
     let ShardStart { id, dir, log_config, repair, table, mesh, requests, opened, replay } = start;
@@ -122,6 +133,7 @@ pub(crate) async fn run(start: ShardStart) {
         .detach();
     }
     let _ = opened.send((id, Ok(report)));
+    drop(opened);
     serve(&context, requests).await;
 }
 
@@ -153,7 +165,12 @@ fn handle(context: &Rc<ShardContext>, request: ShardRequest) -> Option<Reply<()>
             })
             .detach();
         }
-        ShardRequest::Checkpoint { state, reply } => {
+        ShardRequest::Checkpoint { state, covers, reply } => {
+            let newest = Lsn(context.log.next_lsn().0 - 1);
+            if covers != newest {
+                let _ = reply.send(Err(EngineError::StaleCheckpoint { covers, newest }));
+                return None;
+            }
             let checkpoint = context.log.checkpoint(state);
             glommio::spawn_local(async move {
                 let _ = reply.send(checkpoint.await.map_err(|error| EngineError::Checkpoint(Arc::new(error))));

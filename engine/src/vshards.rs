@@ -26,6 +26,8 @@ pub enum VShardTableError {
     Io { path: PathBuf, source: io::Error },
     #[error("{path} is damaged (bad magic, version or checksum)")]
     Damaged { path: PathBuf },
+    #[error("{path} is missing but the data directory holds shard directories: refusing to guess which shard owns which vshard")]
+    Missing { path: PathBuf },
     #[error("the data directory was created with {stored} shards but {requested} were asked for; vshards would be routed to the wrong shards. Fix: start with --cores {stored} (resharding an existing data directory is not built yet)")]
     ShardCountMismatch { stored: usize, requested: usize },
 }
@@ -68,6 +70,13 @@ impl VShardTable {
                 Ok(table)
             }
             Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                let has_shards = std::fs::read_dir(data_dir)
+                    .map_err(io_error)?
+                    .filter_map(Result::ok)
+                    .any(|entry| entry.file_name().to_string_lossy().starts_with("shard-"));
+                if has_shards {
+                    return Err(VShardTableError::Missing { path: path.clone() });
+                }
                 let table = VShardTable::round_robin(shard_count);
                 let temporary = data_dir.join(format!("{TABLE_FILE}.tmp"));
                 std::fs::write(&temporary, table.encode()).map_err(io_error)?;
@@ -135,6 +144,9 @@ mod tests {
         bytes[100] ^= 1;
         std::fs::write(dir.join(TABLE_FILE), bytes).expect("write");
         assert!(matches!(VShardTable::load_or_create(&dir, 3), Err(VShardTableError::Damaged { .. })));
+        std::fs::remove_file(dir.join(TABLE_FILE)).expect("remove");
+        std::fs::create_dir_all(dir.join("shard-0")).expect("shard dir");
+        assert!(matches!(VShardTable::load_or_create(&dir, 3), Err(VShardTableError::Missing { .. })));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -200,7 +200,10 @@ struct SealedBatch<B> {
     start: LogPosition,
     buffer: B,
     bytes: usize,
-    last_lsn: Lsn,
+    /// Encoded into the buffer when the write is issued, with the durable watermark of that
+    /// moment: the later the stamp, the more a valid batch proves about the ones before it.
+    header: BatchHeader,
+    seed: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -343,8 +346,18 @@ impl<B: IoBuffer> LogCore<B> {
 
     /// Whether the record at `position` has been written and can be read back from disk.
     pub fn is_readable(&self, position: RecordPosition) -> bool {
-        let end = LogPosition { segment: position.segment, offset: position.offset as u64 + position.bytes as u64 };
-        position.segment >= self.released_before && self.segments.contains(&position.segment) && end <= self.written_end
+        let offset = position.offset as u64;
+        let bytes = position.bytes as u64;
+        // Positions may come from outside (a host's index); only shapes the log writes pass.
+        let well_formed = offset.is_multiple_of(format::RECORD_ALIGN as u64)
+            && bytes >= format::RECORD_HEADER_BYTES as u64
+            && bytes <= (self.config.batch_bytes_max - BATCH_HEADER_BYTES) as u64
+            && offset + bytes <= self.config.segment_bytes;
+        let end = LogPosition { segment: position.segment, offset: offset + bytes };
+        well_formed
+            && position.segment >= self.released_before
+            && self.segments.contains(&position.segment)
+            && end <= self.written_end
     }
 
     /// True while a write or sync is in flight.
@@ -468,13 +481,11 @@ impl<B: IoBuffer> LogCore<B> {
             body_checksum: format::body_checksum(open.seed, &buffer[BATCH_HEADER_BYTES..body_end]),
             durable_lsn: self.durable_lsn,
         };
-        header.encode(open.seed, buffer);
-        let last_lsn = header.last_lsn();
-        assert_eq!(last_lsn.next(), self.next_lsn, "sealed batch must end at the newest LSN");
+        assert_eq!(header.last_lsn().next(), self.next_lsn, "sealed batch must end at the newest LSN");
         let end = open.start.offset + bytes as u64;
         assert!(end <= self.config.segment_bytes, "batch overruns its segment");
         self.cursor = LogPosition { segment: open.start.segment, offset: end };
-        self.sealed.push_back(SealedBatch { start: open.start, buffer: open.buffer, bytes, last_lsn });
+        self.sealed.push_back(SealedBatch { start: open.start, buffer: open.buffer, bytes, header, seed: open.seed });
     }
 
     /// The next batch to write, if no write is in flight and there is one. Call again after
@@ -496,9 +507,11 @@ impl<B: IoBuffer> LogCore<B> {
         if behind.map(|(segment, _)| segment).any(|segment| segment != front.start.segment) {
             return None; // waiting for the sync of the previous segment
         }
-        let batch = self.sealed.pop_front().expect("front exists");
+        let mut batch = self.sealed.pop_front().expect("front exists");
+        batch.header.durable_lsn = self.durable_lsn;
+        batch.header.encode(batch.seed, batch.buffer.bytes_mut());
         let end = LogPosition { segment: batch.start.segment, offset: batch.start.offset + batch.bytes as u64 };
-        self.writing = Some(WriteInFlight { segment: batch.start.segment, last_lsn: batch.last_lsn, end });
+        self.writing = Some(WriteInFlight { segment: batch.start.segment, last_lsn: batch.header.last_lsn(), end });
         Some(IoRequest::Write {
             segment: batch.start.segment,
             offset: batch.start.offset,

@@ -78,6 +78,8 @@ pub enum CheckpointError {
     Log(#[from] LogError),
     #[error("writing checkpoint {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error("another checkpoint of this log is being written")]
+    Busy,
 }
 
 /// What opening found.
@@ -141,6 +143,7 @@ struct Inner {
     syncer_wake: Notify,
     preparer_wake: Notify,
     closed: Cell<bool>,
+    checkpointing: Cell<bool>,
     started: Instant,
     stats: Cell<LogStats>,
 }
@@ -180,9 +183,11 @@ impl ShardLog {
             Err(corruption) if repair => {
                 // Records replayed so far precede the corruption and survive the truncation,
                 // so the second scan only has to find the new end.
-                truncate_at(&wal_dir, &segments, &corruption)?;
+                // The generation goes up before anything is cut: a crash in between must not
+                // leave acknowledged records gone without the epoch bump that says so.
                 meta.generation += 1;
                 write_meta(dir, &meta)?;
+                truncate_at(&wal_dir, &segments, &corruption)?;
                 let segments = list_segments(&wal_dir)?;
                 let scan = scan_segments(&wal_dir, &segments, meta.salt, from, |_, _| {})?
                     .map_err(|corruption| OpenError::Corrupt { dir: dir.to_path_buf(), corruption })?;
@@ -228,6 +233,7 @@ impl ShardLog {
             syncer_wake: Notify::default(),
             preparer_wake: Notify::default(),
             closed: Cell::new(false),
+            checkpointing: Cell::new(false),
             started: Instant::now(),
             stats: Cell::new(LogStats::default()),
         });
@@ -330,20 +336,35 @@ impl ShardLog {
         state: Vec<u8>,
     ) -> impl Future<Output = Result<CheckpointTicket, CheckpointError>> + 'static {
         let ticket = self.inner.core.borrow().checkpoint_ticket();
+        // One checkpoint at a time: they must complete in ticket order, and they share names.
+        // The guard frees the slot however the future ends, dropped unpolled included.
+        let slot = (!self.inner.checkpointing.replace(true)).then(|| CheckpointSlot(self.inner.clone()));
         let log = self.clone();
         async move {
-            let this = &log;
+            let Some(_slot) = slot else { return Err(CheckpointError::Busy) };
+            log.write_checkpoint(ticket, &state).await
+        }
+    }
+
+    async fn write_checkpoint(
+        &self,
+        ticket: CheckpointTicket,
+        state: &[u8],
+    ) -> Result<CheckpointTicket, CheckpointError> {
+        {
+            let this = self;
             this.durable(ticket.lsn).await?;
             let salt = this.inner.core.borrow().salt();
             let dir = this.inner.dir.join(CHECKPOINT_DIR);
             let path = dir.join(checkpoint::file_name(ticket.lsn));
-            write_file_durably(&path, &checkpoint::encode(ticket, &state, salt))
+            write_file_durably(&path, &checkpoint::encode(ticket, state, salt))
                 .await
                 .map_err(|source| CheckpointError::Io { path: path.clone(), source })?;
             let dropped = this.inner.core.borrow_mut().checkpoint_written(ticket);
             for old in dropped {
                 let old_path = dir.join(checkpoint::file_name(old.lsn));
-                if let Err(source) = std::fs::remove_file(&old_path) {
+                if let Err(error) = glommio::io::remove(&old_path).await {
+                    let source = io::Error::from(error);
                     if source.kind() != io::ErrorKind::NotFound {
                         return Err(CheckpointError::Io { path: old_path, source });
                     }
@@ -388,6 +409,15 @@ impl ShardLog {
         self.inner.kick();
         self.inner.fail_waiters(LogError::Closed);
         result
+    }
+}
+
+/// Holds a log's single checkpoint slot.
+struct CheckpointSlot(Rc<Inner>);
+
+impl Drop for CheckpointSlot {
+    fn drop(&mut self) {
+        self.0.checkpointing.set(false);
     }
 }
 
@@ -604,10 +634,10 @@ async fn create_segment(inner: &Inner, wal_dir: &Path, segment: SegmentId, bytes
         Ok::<_, glommio::GlommioError<()>>(file)
     }
     .await;
-    result.map_err(|error| {
-        let _ = std::fs::remove_file(&temporary);
-        error.into()
-    })
+    if result.is_err() {
+        let _ = glommio::io::remove(&temporary).await;
+    }
+    result.map_err(io::Error::from)
 }
 
 /// Gives an old segment a new number. Its stale bytes never verify under the new number.
@@ -646,10 +676,10 @@ async fn write_file_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
         Ok::<_, glommio::GlommioError<()>>(())
     }
     .await;
-    result.map_err(|error| {
-        let _ = std::fs::remove_file(&temporary);
-        io::Error::from(error)
-    })?;
+    if result.is_err() {
+        let _ = glommio::io::remove(&temporary).await;
+    }
+    result.map_err(io::Error::from)?;
     Ok(sync_directory_async(path.parent().unwrap_or(Path::new("."))).await?)
 }
 

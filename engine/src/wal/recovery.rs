@@ -84,6 +84,7 @@ pub fn scan(
         torn_tail: false,
     };
     let mut first_batch = true;
+    let mut verified: Vec<(usize, Record<'_>)> = Vec::new();
     let Some(mut index) = images.iter().position(|image| image.segment >= from.position.segment) else {
         return Ok(outcome);
     };
@@ -103,13 +104,19 @@ pub fn scan(
             .and_then(|batch| check_lsn(&batch, outcome.next_lsn, first_batch).map(|()| batch));
         match attempt {
             Ok(batch) => {
+                // Every record is verified before any is replayed: a batch is replayed whole
+                // or not at all, so a repair that cuts at this batch never leaves the layers
+                // above holding records the log no longer has.
+                verified.clear();
                 for item in batch.records() {
-                    let (body_offset, record) = match item {
-                        Ok(item) => item,
+                    match item {
+                        Ok(item) => verified.push(item),
                         // Checksums passed but records do not add up: the writer never does
                         // this, so the bytes were damaged in a way that kept the checksum.
                         Err(error) => return Err(corrupt_here(image.segment, offset, error)),
-                    };
+                    }
+                }
+                for &(body_offset, record) in &verified {
                     if record.lsn <= from.after_lsn {
                         continue;
                     }
