@@ -93,7 +93,13 @@ impl SimFile {
     }
 
     fn sync(&mut self) {
-        for write in std::mem::take(&mut self.volatile) {
+        self.sync_first(self.volatile.len());
+    }
+
+    /// Makes the oldest `count` volatile writes durable, leaving later ones volatile.
+    fn sync_first(&mut self, count: usize) {
+        let count = count.min(self.volatile.len());
+        for write in self.volatile.drain(..count) {
             apply(&mut self.durable, write.offset, &write.bytes);
         }
     }
@@ -170,7 +176,7 @@ impl SimDisk {
         Ok(out)
     }
 
-    /// Writes not yet synced in a file.
+    /// Writes not yet synced in a file: what a sync issued now is sure to cover.
     pub fn volatile_writes(&self, name: &str) -> usize {
         self.files.get(name).map_or(0, |file| file.volatile.len())
     }
@@ -219,13 +225,20 @@ impl SimDisk {
     /// `fdatasync`: makes the file's writes durable. A failed sync leaves them volatile (and the
     /// caller must not retry as if nothing happened).
     pub fn sync(&mut self, name: &str) -> Result<(), IoFailure> {
+        let count = self.volatile_writes(name);
+        self.sync_writes(name, count)
+    }
+
+    /// An `fdatasync` that was issued when `count` writes were volatile: it makes those durable
+    /// and nothing written after it was issued, the least a real one guarantees.
+    pub fn sync_writes(&mut self, name: &str, count: usize) -> Result<(), IoFailure> {
         let fault = self.count(OpKind::Sync);
         let file = self.files.get_mut(name).ok_or_else(|| IoFailure::Other(format!("{name}: no such file")))?;
         match fault {
             Some(Fault::Fail) => Err(IoFailure::Other(format!("{name}: injected fsync failure"))),
             Some(Fault::Lie) => Ok(()),
             None => {
-                file.sync();
+                file.sync_first(count);
                 Ok(())
             }
         }

@@ -108,8 +108,10 @@ pub struct SimLog {
     now_ms: u64,
     /// The write handed out by the core and not yet completed.
     write_in_flight: Option<IoRequest<Vec<u8>>>,
-    /// The sync handed out by the core and not yet completed.
+    /// The sync handed out by the core and not yet completed, and how many volatile writes its
+    /// file had when it was handed out: all it may make durable.
     sync_in_flight: Option<IoRequest<Vec<u8>>>,
+    sync_covers: usize,
     /// The prepare handed out by the core and not yet completed.
     prepare_in_flight: Option<IoRequest<Vec<u8>>>,
     verified: Verified,
@@ -215,6 +217,7 @@ impl SimLog {
             now_ms: 0,
             write_in_flight: None,
             sync_in_flight: None,
+            sync_covers: 0,
             prepare_in_flight: None,
             verified: Verified { end: outcome.end, next_lsn: outcome.next_lsn },
             recovered_segments: segments.into_iter().collect(),
@@ -247,6 +250,9 @@ impl SimLog {
         }
         if self.sync_in_flight.is_none() {
             self.sync_in_flight = self.core.next_sync(self.now_ms);
+            if let Some(IoRequest::Sync { segment }) = &self.sync_in_flight {
+                self.sync_covers = self.disk.volatile_writes(&segment_file_name(*segment));
+            }
         }
         if self.prepare_in_flight.is_none() {
             self.prepare_in_flight = self.core.next_prepare(self.now_ms);
@@ -432,7 +438,9 @@ impl SimLog {
                 let result = self.disk.write(&segment_file_name(segment), offset, &buffer[..bytes]);
                 IoCompletion::Written { buffer: Some(buffer), result }
             }
-            IoRequest::Sync { segment } => IoCompletion::Synced { result: self.disk.sync(&segment_file_name(segment)) },
+            IoRequest::Sync { segment } => {
+                IoCompletion::Synced { result: self.disk.sync_writes(&segment_file_name(segment), self.sync_covers) }
+            }
             IoRequest::Prepare { segment, reuse } => {
                 let old = reuse.map(segment_file_name);
                 let result =
