@@ -97,12 +97,14 @@ fn stress_command(args: StressArgs) -> anyhow::Result<()> {
     let engine = engine::Engine::open(config).context("opening the engine")?;
     for (shard, report) in engine.open_reports().iter().enumerate() {
         eprintln!(
-            "shard {shard}: recovered {} records ({} bytes of log) in {:.1} ms, next LSN {}{}",
+            "shard {shard}: recovered {} records ({} bytes of log) in {:.1} ms, next LSN {}, generation {}{}{}",
             report.scan.records,
             report.scan.bytes,
             report.recovery_time.as_secs_f64() * 1e3,
             report.scan.next_lsn,
+            report.generation,
             if report.scan.torn_tail { ", dropped a torn tail" } else { "" },
+            if report.lost_acknowledged { ", acknowledged records may have been lost" } else { "" },
         );
     }
     let params = StressParams {

@@ -284,32 +284,7 @@ impl Engine {
     /// threads and releases the data directory. Other clones of the handle get `ShardGone`
     /// afterwards. Call it from outside the shards: a shard waiting for its own stop never stops.
     pub fn shutdown(&self) -> Result<(), EngineError> {
-        let mut result = Ok(());
-        let replies: Vec<_> = self
-            .inner
-            .shards
-            .iter()
-            .map(|sender| {
-                let (reply, receiver) = flume::bounded(1);
-                // A full queue still gets the shutdown: wait for room rather than skip a shard.
-                let sent = sender.send(ShardRequest::Shutdown { reply }).is_ok();
-                (sent, receiver)
-            })
-            .collect();
-        for (sent, receiver) in replies {
-            if sent {
-                if let Ok(Err(error)) = receiver.recv() {
-                    result = result.and(Err(error));
-                }
-            }
-        }
-        let threads = std::mem::take(&mut *self.inner.threads.lock().unwrap_or_else(|poison| poison.into_inner()));
-        for thread in threads {
-            let _ = thread.join();
-        }
-        // Every shard has stopped writing: the directory is free for another engine.
-        drop(self.inner.lock.lock().unwrap_or_else(|poison| poison.into_inner()).take());
-        result
+        self.inner.stop()
     }
 
     fn request<T: Send + 'static>(
@@ -334,6 +309,60 @@ impl Engine {
                 Err(EngineError::ShardGone)
             };
             futures_lite::future::or(answer, gone).await
+        }
+    }
+}
+
+impl EngineInner {
+    /// Stops every shard (see `Engine::shutdown`). A shard whose thread already died is
+    /// skipped: nothing would ever answer it.
+    fn stop(&self) -> Result<(), EngineError> {
+        let mut result = Ok(());
+        let mut replies = Vec::with_capacity(self.shards.len());
+        for (sender, lifeline) in self.shards.iter().zip(&self.lifelines) {
+            let (reply, receiver) = flume::bounded(1);
+            let mut request = ShardRequest::Shutdown { reply };
+            // A full queue still gets the shutdown: wait for room rather than skip a live shard.
+            loop {
+                match sender.send_timeout(request, Duration::from_millis(50)) {
+                    Ok(()) => {
+                        replies.push((receiver, lifeline));
+                        break;
+                    }
+                    Err(flume::SendTimeoutError::Timeout(unsent)) if !lifeline.is_disconnected() => request = unsent,
+                    Err(_) => break,
+                }
+            }
+        }
+        for (receiver, lifeline) in replies {
+            loop {
+                match receiver.recv_timeout(Duration::from_millis(50)) {
+                    Ok(Ok(())) => break,
+                    Ok(Err(error)) => {
+                        result = result.and(Err(error));
+                        break;
+                    }
+                    Err(flume::RecvTimeoutError::Timeout) if !lifeline.is_disconnected() => {}
+                    Err(_) => break,
+                }
+            }
+        }
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|poison| poison.into_inner()));
+        for thread in threads {
+            let _ = thread.join();
+        }
+        // Every shard has stopped writing: the directory is free for another engine.
+        drop(self.lock.lock().unwrap_or_else(|poison| poison.into_inner()).take());
+        result
+    }
+}
+
+impl Drop for EngineInner {
+    /// The last handle gone stops the shards, as `shutdown` would.
+    fn drop(&mut self) {
+        let running = !self.threads.get_mut().map(|threads| threads.is_empty()).unwrap_or(true);
+        if running {
+            let _ = self.stop();
         }
     }
 }

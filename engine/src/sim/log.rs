@@ -144,7 +144,7 @@ impl SimLog {
         let mut meta = match disk.current_bytes(META_FILE).as_deref().and_then(LogMeta::decode) {
             Some(meta) => meta,
             None if list_segments(&disk).is_empty() => {
-                let meta = LogMeta { salt: disk.random_u64(), generation: 0 };
+                let meta = LogMeta::new(disk.random_u64());
                 disk.write_file_durable(META_FILE, &meta.encode());
                 meta
             }

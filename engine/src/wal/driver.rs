@@ -88,8 +88,11 @@ pub struct OpenReport {
     pub scan: ScanOutcome,
     /// The checkpoint replay started from, with its state bytes.
     pub checkpoint: Option<(CheckpointTicket, Vec<u8>)>,
-    /// Bumped by every repair: acknowledged records may have been lost.
+    /// Bumped whenever acknowledged records may have been lost (a repair, or a crash under
+    /// `interval` or `none` durability).
     pub generation: u64,
+    /// Whether this open bumped the generation.
+    pub lost_acknowledged: bool,
     pub repaired: Option<Corruption>,
     pub recovery_time: Duration,
 }
@@ -144,6 +147,7 @@ struct Inner {
     preparer_wake: Notify,
     closed: Cell<bool>,
     checkpointing: Cell<bool>,
+    meta: Cell<LogMeta>,
     started: Instant,
     stats: Cell<LogStats>,
 }
@@ -222,6 +226,16 @@ impl ShardLog {
             }
             files.insert(segment, Rc::new(file));
         }
+        // A crash of a log that acknowledged before syncing may have lost acknowledged records:
+        // say so with a new generation. Then mark the log open until a clean close.
+        let mut lost_acknowledged = meta.may_have_lost_acknowledged();
+        if lost_acknowledged {
+            meta.generation += 1;
+        }
+        lost_acknowledged |= repaired.is_some();
+        meta.open = true;
+        meta.relaxed = config.durability != crate::config::Durability::Sync;
+        write_meta(dir, &meta)?;
         let core = LogCore::new(config, meta.salt, start, Box::new(glommio::allocate_dma_buffer));
         let inner = Rc::new(Inner {
             dir: dir.to_path_buf(),
@@ -234,6 +248,7 @@ impl ShardLog {
             preparer_wake: Notify::default(),
             closed: Cell::new(false),
             checkpointing: Cell::new(false),
+            meta: Cell::new(meta),
             started: Instant::now(),
             stats: Cell::new(LogStats::default()),
         });
@@ -247,6 +262,7 @@ impl ShardLog {
             scan,
             checkpoint: newest,
             generation: meta.generation,
+            lost_acknowledged,
             repaired,
             recovery_time: started.elapsed(),
         };
@@ -402,9 +418,21 @@ impl ShardLog {
     }
 
     /// Waits until everything appended is durable, then stops the log's tasks.
+    /// Waits until everything appended is durable, marks the log closed cleanly (unless that
+    /// failed), then stops the log's tasks.
     pub async fn close(&self) -> Result<(), LogError> {
         let last = Lsn(self.next_lsn().0 - 1);
         let result = self.durable(last).await;
+        if result.is_ok() {
+            let mut meta = self.inner.meta.get();
+            meta.open = false;
+            let dir = self.inner.dir.clone();
+            // The shard serves nothing more; the blocking write goes to glommio's thread pool.
+            let written = glommio::executor().spawn_blocking(move || write_meta(&dir, &meta)).await;
+            if written.is_ok() {
+                self.inner.meta.set(meta);
+            }
+        }
         self.inner.closed.set(true);
         self.inner.kick();
         self.inner.fail_waiters(LogError::Closed);
@@ -811,7 +839,7 @@ pub fn load_or_create_meta(dir: &Path, has_segments: bool) -> Result<LogMeta, Op
     match std::fs::read(&path) {
         Ok(bytes) => LogMeta::decode(&bytes).ok_or(OpenError::MetaMissing { path }),
         Err(error) if error.kind() == io::ErrorKind::NotFound && !has_segments => {
-            let meta = LogMeta { salt: random_u64().map_err(io_error(&path))?, generation: 0 };
+            let meta = LogMeta::new(random_u64().map_err(io_error(&path))?);
             write_meta(dir, &meta)?;
             Ok(meta)
         }
@@ -922,7 +950,7 @@ pub fn scan_offline(
     let meta_path = dir.join(META_FILE);
     let meta = match std::fs::read(&meta_path) {
         Ok(bytes) => LogMeta::decode(&bytes).ok_or(OpenError::MetaMissing { path: meta_path })?,
-        Err(_) if segments.is_empty() => LogMeta { salt: 0, generation: 0 },
+        Err(_) if segments.is_empty() => LogMeta::new(0),
         Err(_) => return Err(OpenError::MetaMissing { path: meta_path }),
     };
     let checkpoint_dir = dir.join(CHECKPOINT_DIR);
