@@ -8,6 +8,7 @@ use std::time::Duration;
 use ferrogram::engine::shard::ShardContext;
 use ferrogram::engine::{Engine, EngineConfig, EngineError, RecordKind, ShardId, VShard, VSHARD_COUNT};
 
+/// Proves requests to a shard whose thread panicked are answered `ShardGone`, within a bound.
 #[test]
 fn requests_to_a_dead_shard_fail_instead_of_hanging() {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ferrogram-dead-{}", std::process::id()));

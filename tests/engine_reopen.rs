@@ -26,6 +26,7 @@ fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
     futures_lite::future::block_on(future)
 }
 
+/// Proves appends read back, a checkpoint bounds replay, locks and shard counts are enforced.
 #[test]
 fn appends_read_back_checkpoint_and_reopen() {
     let dir = temp_dir("reopen");
@@ -103,6 +104,7 @@ fn appends_read_back_checkpoint_and_reopen() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Proves a full shard queue answers `Overloaded` at once and a dropped future still appends.
 #[test]
 fn full_queue_answers_overloaded_and_dropped_futures_still_append() {
     let dir = temp_dir("overload");

@@ -18,6 +18,7 @@ use ferrogram::stress::{payload_matches, STRESS_KIND};
 
 const SHARDS: usize = 2;
 
+/// Proves every acknowledged append survives SIGKILL at random moments, over several rounds.
 #[test]
 fn acknowledged_appends_survive_sigkill() {
     let seed = std::env::var("FERROGRAM_KILL_SEED")

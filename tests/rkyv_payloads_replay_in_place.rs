@@ -16,6 +16,7 @@ struct Event {
     text: String,
 }
 
+/// Proves archived records validate in place, unchanged, when replayed from the log.
 #[test]
 fn archived_records_replay_in_place() {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ferrogram-rkyv-{}", std::process::id()));

@@ -10,6 +10,7 @@ use ferrogram::engine::{Engine, EngineConfig, Lsn, RecordKind, ShardId, VShard};
 
 const KIND: RecordKind = RecordKind(3);
 
+/// Proves each shard can have its neighbour append and answer over the mesh.
 #[test]
 fn every_shard_appends_for_its_neighbour() {
     let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ferrogram-mesh-{}", std::process::id()));

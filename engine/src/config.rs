@@ -20,11 +20,20 @@ pub const MESH_CHANNEL_CAPACITY: usize = 1024;
 pub const SHARD_COUNT_MAX: usize = 256;
 /// Checkpoints kept on disk; the log keeps every segment the oldest of them needs.
 pub const CHECKPOINTS_RETAINED: usize = 2;
+/// After a full disk refused a new segment, how long before preparing one is tried again.
+pub const PREPARE_RETRY_MS: u64 = 1000;
+/// Size of each zero-filling write when a fresh segment is pre-written.
+pub const PREWRITE_CHUNK_BYTES: usize = 256 << 10;
+/// Longest a pre-write chunk waits for the log's own write or sync to finish first.
+pub const PREWRITE_YIELD: std::time::Duration = std::time::Duration::from_millis(2);
+/// Chunk the recovery read-ahead thread reads at a time.
+pub const PREFETCH_CHUNK_BYTES: u64 = 8 << 20;
 
 const _: () = assert!(SEGMENT_BYTES_DEFAULT.is_multiple_of(BLOCK_BYTES as u64));
 const _: () = assert!(BATCH_BYTES_MAX_DEFAULT.is_multiple_of(BLOCK_BYTES));
 const _: () = assert!(BATCH_BYTES_MAX_DEFAULT as u64 * 4 <= SEGMENT_BYTES_DEFAULT);
 const _: () = assert!(SHARD_COUNT_MAX <= crate::ids::VSHARD_COUNT);
+const _: () = assert!(PREWRITE_CHUNK_BYTES.is_multiple_of(BLOCK_BYTES));
 const _: () = assert!(CHECKPOINTS_RETAINED >= 2, "a torn newest checkpoint must leave an older one");
 
 /// When an append counts as acknowledged (DESIGN §4).

@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 
-use crate::config::{Durability, LogConfig, CHECKPOINTS_RETAINED};
+use crate::config::{Durability, LogConfig, CHECKPOINTS_RETAINED, PREPARE_RETRY_MS};
 use crate::ids::{Lsn, RecordKind, SegmentId, VShard};
 use crate::wal::format::{
     self, align_up, batch_span, encode_record, record_span, segment_seed, BatchHeader, BATCH_HEADER_BYTES, BLOCK_BYTES,
@@ -215,8 +215,6 @@ struct WriteInFlight {
 
 /// Milliseconds from any fixed origin; time enters the core only as an input.
 pub type NowMs = u64;
-
-const PREPARE_RETRY_MS: u64 = 1000;
 
 /// The sans-I/O log. See the module documentation.
 pub struct LogCore<B> {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 
-use crate::config::LogConfig;
+use crate::config::{LogConfig, PREFETCH_CHUNK_BYTES, PREWRITE_CHUNK_BYTES, PREWRITE_YIELD};
 use crate::ids::{Lsn, RecordKind, SegmentId, VShard};
 use crate::wal::checkpoint;
 use crate::wal::core::{
@@ -31,10 +31,6 @@ use crate::wal::recovery::{self, Corruption, ReplayFrom, ScanOutcome, SegmentIma
 
 const WAL_DIR: &str = "wal";
 const CHECKPOINT_DIR: &str = "checkpoints";
-/// Size of each zero-filling write when a fresh segment is pre-written.
-const PREWRITE_CHUNK_BYTES: usize = 256 << 10;
-/// Longest a pre-write chunk waits for the log's own write or sync to finish first.
-const PREWRITE_YIELD: Duration = Duration::from_millis(2);
 
 /// Why a log could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -277,6 +273,7 @@ impl ShardLog {
     }
 
     /// Appends the records of one request into one batch; see [`LogCore::append_all`].
+    /// `positions` runs while the log is borrowed: it must not call back into the log.
     pub fn append_all(
         &self,
         records: &[(RecordKind, VShard, &[u8])],
@@ -653,6 +650,14 @@ async fn create_segment(inner: &Inner, wal_dir: &Path, segment: SegmentId, bytes
             if inner.core.borrow().is_disk_busy() {
                 futures_lite::future::or(inner.preparer_wake.wait(), glommio::timer::sleep(PREWRITE_YIELD)).await;
             }
+            let left = bytes - offset;
+            if left < PREWRITE_CHUNK_BYTES as u64 {
+                // The segment size need not be a multiple of the chunk: never write past its end.
+                let mut tail = glommio::allocate_dma_buffer(left as usize);
+                tail.as_bytes_mut().fill(0);
+                file.write_at(tail, offset).await?;
+                break;
+            }
             file.write_rc_at(zeroes.clone(), offset).await?;
             offset += PREWRITE_CHUNK_BYTES as u64;
         }
@@ -675,6 +680,22 @@ async fn recycle_segment(inner: &Inner, wal_dir: &Path, old: SegmentId, new: Seg
         Some(file) => file,
         None => Rc::new(OpenOptions::new().read(true).write(true).dma_open(segment_path(wal_dir, old)).await?),
     };
+    let segment_bytes = inner.core.borrow().config().segment_bytes;
+    if file.file_size().await? != segment_bytes {
+        // Written under another --segment-mib: reusing it would write past its end. Replace it
+        // (the old file goes only once the new one exists, so a full disk can retry later).
+        let fresh = create_segment(inner, wal_dir, new, segment_bytes).await;
+        let fresh = match fresh {
+            Ok(fresh) => fresh,
+            Err(error) => {
+                inner.files.borrow_mut().insert(old, file);
+                return Err(error);
+            }
+        };
+        file.remove().await?;
+        inner.files.borrow_mut().insert(new, Rc::new(fresh));
+        return Ok(());
+    }
     file.rename(segment_path(wal_dir, new)).await?;
     sync_directory_async(wal_dir).await?;
     inner.files.borrow_mut().insert(new, file);
@@ -761,9 +782,6 @@ fn remove_temporary_files(dir: &Path) -> Result<(), OpenError> {
     }
     Ok(())
 }
-
-/// Chunk the recovery prefetcher reads ahead at a time.
-const PREFETCH_CHUNK_BYTES: u64 = 8 << 20;
 
 /// Maps the segments and runs the recovery scan over them from `from`, while a helper thread
 /// reads the segments ahead of it into the page cache: page faults through the mapping alone
