@@ -28,6 +28,9 @@ pub const PREWRITE_CHUNK_BYTES: usize = 256 << 10;
 pub const PREWRITE_YIELD: std::time::Duration = std::time::Duration::from_millis(2);
 /// Chunk the recovery read-ahead thread reads at a time.
 pub const PREFETCH_CHUNK_BYTES: u64 = 8 << 20;
+/// How many segments the recovery read-ahead may run ahead of the scan (bounds the page
+/// cache it fills for a log larger than memory).
+pub const PREFETCH_SEGMENTS_AHEAD: u64 = 4;
 
 const _: () = assert!(SEGMENT_BYTES_DEFAULT.is_multiple_of(BLOCK_BYTES as u64));
 const _: () = assert!(BATCH_BYTES_MAX_DEFAULT.is_multiple_of(BLOCK_BYTES));

@@ -13,12 +13,13 @@ use std::future::{poll_fn, Future};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 
-use crate::config::{LogConfig, PREFETCH_CHUNK_BYTES, PREWRITE_CHUNK_BYTES, PREWRITE_YIELD};
+use crate::config::{LogConfig, PREFETCH_CHUNK_BYTES, PREFETCH_SEGMENTS_AHEAD, PREWRITE_CHUNK_BYTES, PREWRITE_YIELD};
 use crate::ids::{Lsn, RecordKind, SegmentId, VShard};
 use crate::wal::checkpoint;
 use crate::wal::core::{
@@ -799,30 +800,42 @@ fn scan_segments(
         .zip(&maps)
         .map(|(&segment, map)| SegmentImage { segment, bytes: map.as_deref().unwrap_or(&[]) })
         .collect();
-    let ahead: Vec<PathBuf> = segments
+    let ahead: Vec<(SegmentId, PathBuf)> = segments
         .iter()
         .filter(|&&segment| segment >= from.position.segment)
-        .map(|&segment| segment_path(wal_dir, segment))
+        .map(|&segment| (segment, segment_path(wal_dir, segment)))
         .collect();
-    let stop = std::sync::atomic::AtomicBool::new(false);
+    let stop = AtomicBool::new(false);
+    let scanning = AtomicU64::new(from.position.segment.0);
+    let mut visit = visit;
     Ok(std::thread::scope(|scope| {
-        scope.spawn(|| prefetch(&ahead, &stop));
-        let result = recovery::scan(salt, &images, from, visit);
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        scope.spawn(|| prefetch(&ahead, &scanning, &stop));
+        let result = recovery::scan(salt, &images, from, |position, record| {
+            scanning.store(position.segment.0, Ordering::Relaxed);
+            visit(position, record);
+        });
+        stop.store(true, Ordering::Relaxed);
         result
     }))
 }
 
-/// Reads `files` in order into the page cache, until told to stop. Best effort: errors only
-/// mean the scan faults the pages in itself.
-fn prefetch(files: &[PathBuf], stop: &std::sync::atomic::AtomicBool) {
+/// Reads `files` in order into the page cache, at most `PREFETCH_SEGMENTS_AHEAD` segments
+/// ahead of the one being scanned, until told to stop. Best effort: errors only mean the scan
+/// faults the pages in itself.
+fn prefetch(files: &[(SegmentId, PathBuf)], scanning: &AtomicU64, stop: &AtomicBool) {
     use std::os::fd::AsRawFd;
-    for path in files {
+    for (segment, path) in files {
+        while segment.0 > scanning.load(Ordering::Relaxed) + PREFETCH_SEGMENTS_AHEAD {
+            if stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let Ok(file) = std::fs::File::open(path) else { continue };
         let length = file.metadata().map_or(0, |metadata| metadata.len());
         let mut offset = 0;
         while offset < length {
-            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if stop.load(Ordering::Relaxed) {
                 return;
             }
             // SAFETY: readahead only reads the open file into the page cache.
