@@ -157,12 +157,7 @@ impl SimLog {
         let mut passes = 0;
         let (records, outcome) = loop {
             let segments = list_segments(&disk);
-            let from = match &newest {
-                Some(checkpoint) => {
-                    ReplayFrom { position: checkpoint.ticket.replay_from, after_lsn: checkpoint.ticket.lsn }
-                }
-                None => ReplayFrom::start(segments.first().copied().unwrap_or(SegmentId(1))),
-            };
+            let from = ReplayFrom::after(newest.as_ref().map(|checkpoint| &checkpoint.ticket), &segments);
             let owned: Vec<(SegmentId, Vec<u8>)> = segments
                 .iter()
                 .map(|&segment| (segment, disk.current_bytes(&segment_file_name(segment)).unwrap_or_default()))

@@ -689,11 +689,6 @@ impl<B: IoBuffer> LogCore<B> {
             self.recyclable.push_back(segment);
         }
     }
-
-    /// Segments on disk that may be written or read.
-    pub fn segments(&self) -> impl Iterator<Item = SegmentId> + '_ {
-        self.segments.iter().copied()
-    }
 }
 
 /// Pads `bytes` to whole blocks; what a driver writes must be block aligned.

@@ -173,10 +173,7 @@ impl ShardLog {
         let mut meta = load_or_create_meta(dir, !segments.is_empty())?;
         let checkpoints = load_checkpoints(&checkpoint_dir, meta.salt)?;
         let newest = checkpoints.last().cloned();
-        let from = match &newest {
-            Some((ticket, _)) => ReplayFrom { position: ticket.replay_from, after_lsn: ticket.lsn },
-            None => ReplayFrom::start(segments.first().copied().unwrap_or(SegmentId(1))),
-        };
+        let from = ReplayFrom::after(newest.as_ref().map(|(ticket, _)| ticket), &segments);
 
         let mut repaired = None;
         let scan = match scan_segments(&wal_dir, &segments, meta.salt, from, &mut replay)? {
@@ -365,28 +362,25 @@ impl ShardLog {
         ticket: CheckpointTicket,
         state: &[u8],
     ) -> Result<CheckpointTicket, CheckpointError> {
-        {
-            let this = self;
-            this.durable(ticket.lsn).await?;
-            let salt = this.inner.core.borrow().salt();
-            let dir = this.inner.dir.join(CHECKPOINT_DIR);
-            let path = dir.join(checkpoint::file_name(ticket.lsn));
-            write_file_durably(&path, &checkpoint::encode(ticket, state, salt))
-                .await
-                .map_err(|source| CheckpointError::Io { path: path.clone(), source })?;
-            let dropped = this.inner.core.borrow_mut().checkpoint_written(ticket);
-            for old in dropped {
-                let old_path = dir.join(checkpoint::file_name(old.lsn));
-                if let Err(error) = glommio::io::remove(&old_path).await {
-                    let source = io::Error::from(error);
-                    if source.kind() != io::ErrorKind::NotFound {
-                        return Err(CheckpointError::Io { path: old_path, source });
-                    }
+        self.durable(ticket.lsn).await?;
+        let salt = self.inner.core.borrow().salt();
+        let dir = self.inner.dir.join(CHECKPOINT_DIR);
+        let path = dir.join(checkpoint::file_name(ticket.lsn));
+        write_file_durably(&path, &checkpoint::encode(ticket, state, salt))
+            .await
+            .map_err(|source| CheckpointError::Io { path: path.clone(), source })?;
+        let dropped = self.inner.core.borrow_mut().checkpoint_written(ticket);
+        for old in dropped {
+            let old_path = dir.join(checkpoint::file_name(old.lsn));
+            if let Err(error) = glommio::io::remove(&old_path).await {
+                let source = io::Error::from(error);
+                if source.kind() != io::ErrorKind::NotFound {
+                    return Err(CheckpointError::Io { path: old_path, source });
                 }
             }
-            this.inner.preparer_wake.notify();
-            Ok(ticket)
         }
+        self.inner.preparer_wake.notify();
+        Ok(ticket)
     }
 
     /// The host will not read segments below `segment` again; see [`LogCore::release_before`].
@@ -987,10 +981,7 @@ pub fn scan_offline(
     let checkpoint_dir = dir.join(CHECKPOINT_DIR);
     let checkpoints = if checkpoint_dir.exists() { load_checkpoints(&checkpoint_dir, meta.salt)? } else { Vec::new() };
     let newest = checkpoints.last().map(|(ticket, _)| *ticket);
-    let from = match newest {
-        Some(ticket) => ReplayFrom { position: ticket.replay_from, after_lsn: ticket.lsn },
-        None => ReplayFrom::start(segments.first().copied().unwrap_or(SegmentId(1))),
-    };
+    let from = ReplayFrom::after(newest.as_ref(), &segments);
     let scan = scan_segments(&wal_dir, &segments, meta.salt, from, visit)?
         .map_err(|corruption| OpenError::Corrupt { dir: dir.to_path_buf(), corruption })?;
     Ok((scan, newest))

@@ -13,7 +13,7 @@
 //!   but never synced) is a torn tail and is dropped whole.
 
 use crate::ids::{Lsn, SegmentId};
-use crate::wal::core::{LogPosition, RecordPosition};
+use crate::wal::core::{CheckpointTicket, LogPosition, RecordPosition};
 use crate::wal::format::{segment_seed, Batch, FormatError, Record, BATCH_HEADER_BYTES, BATCH_MAGIC, BLOCK_BYTES};
 
 /// One segment's bytes as found on disk.
@@ -34,6 +34,15 @@ impl ReplayFrom {
     /// Replay of a log without a checkpoint: from its first segment.
     pub fn start(first_segment: SegmentId) -> ReplayFrom {
         ReplayFrom { position: LogPosition { segment: first_segment, offset: 0 }, after_lsn: Lsn::ZERO }
+    }
+
+    /// Where replay starts: after the newest checkpoint if there is one, else at the first of
+    /// `segments` (sorted), or at segment 1 for an empty log.
+    pub fn after(checkpoint: Option<&CheckpointTicket>, segments: &[SegmentId]) -> ReplayFrom {
+        match checkpoint {
+            Some(ticket) => ReplayFrom { position: ticket.replay_from, after_lsn: ticket.lsn },
+            None => ReplayFrom::start(segments.first().copied().unwrap_or(SegmentId(1))),
+        }
     }
 }
 
