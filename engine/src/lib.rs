@@ -4,6 +4,7 @@
 pub mod config;
 pub mod engine;
 pub mod ids;
+pub mod messaging;
 pub mod preflight;
 pub mod shard;
 pub mod sim;

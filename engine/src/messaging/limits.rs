@@ -1,0 +1,48 @@
+//! Every size and count of the messaging model has a limit, kept here together (DESIGN §10).
+
+/// Characters of a message's text.
+pub const TEXT_CHARS_MAX: usize = 4096;
+/// Characters of a first or last name, or a chat title.
+pub const NAME_CHARS_MAX: usize = 64;
+pub const TITLE_CHARS_MAX: usize = 128;
+/// Usernames: 5 to 32 of `[a-z0-9_]`, starting with a letter (compared lower-case).
+pub const USERNAME_CHARS_MIN: usize = 5;
+pub const USERNAME_CHARS_MAX: usize = 32;
+/// Digits of an E.164 phone number (after the `+`).
+pub const PHONE_DIGITS_MIN: usize = 7;
+pub const PHONE_DIGITS_MAX: usize = 15;
+/// Messages in one history page, ids in one `get_messages` or delete.
+pub const HISTORY_PAGE_MAX: usize = 100;
+pub const MESSAGE_IDS_MAX: usize = 100;
+/// Chats up to this many members are fanned out on write into every member's box; above it
+/// (and for channels) members sync the chat with `get_chat_difference`.
+pub const FANOUT_MAX: usize = 1000;
+/// A chat fanned out on read goes back to fan-out on write only under this many members, so
+/// a chat at the boundary does not flip mode on every join and leave.
+pub const FANOUT_BACK_UNDER: usize = FANOUT_MAX * 9 / 10;
+/// Members given when a chat is created.
+pub const CREATE_MEMBERS_MAX: usize = 200;
+/// Updates a user's box keeps; older pts answer `DifferenceTooLong`.
+pub const BOX_HISTORY_MAX: usize = 10_000;
+/// Updates a chat's log keeps for `get_chat_difference`.
+pub const CHAT_LOG_HISTORY_MAX: usize = 10_000;
+/// Box and chat log entries older than this are dropped too.
+pub const HISTORY_AGE_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
+/// Updates in one page of `get_difference` or `get_chat_difference`.
+pub const DIFFERENCE_LIMIT_MAX: usize = 1000;
+/// How long a random_id is remembered per (chat, sender), and how many are remembered per shard.
+pub const IDEMPOTENCY_WINDOW_MS: u64 = 24 * 3600 * 1000;
+pub const IDEMPOTENCY_ENTRIES_MAX: usize = 4_000_000;
+/// Events a session's queue holds before the session is dropped and told to resync.
+pub const SESSION_QUEUE_MAX: usize = 4096;
+/// Online sessions per user.
+pub const SESSIONS_PER_USER_MAX: usize = 64;
+/// Chats in one dialogs page.
+pub const DIALOGS_PAGE_MAX: usize = 100;
+/// WAL bytes a shard writes between automatic checkpoints of its messaging state.
+pub const CHECKPOINT_EVERY_BYTES: u64 = 256 << 20;
+
+const _: () = assert!(FANOUT_BACK_UNDER < FANOUT_MAX);
+const _: () = assert!(CREATE_MEMBERS_MAX <= FANOUT_MAX);
+const _: () = assert!(HISTORY_PAGE_MAX <= MESSAGE_IDS_MAX * 10);
+const _: () = assert!(DIFFERENCE_LIMIT_MAX <= BOX_HISTORY_MAX);

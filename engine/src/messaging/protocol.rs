@@ -1,0 +1,344 @@
+//! What goes into and comes out of a shard's messaging core: the requests the embedding API
+//! routes to the shard owning their key, their responses, the messages shards send each other,
+//! and the effects a step leaves for its driver to perform.
+
+use std::sync::Arc;
+
+use crate::ids::ShardId;
+use crate::messaging::types::{
+    BoxState, ChatDifference, ChatId, ChatInfo, ChatKind, Dialog, ForwardedFrom, LiveEvent, Message, MessageId,
+    MessagingResult, Pts, RandomId, Role, SendAck, Sequenced, SessionId, UnixMs, Update, UserId, UserProfile,
+};
+
+/// Names a request inside the shard that received it from the host, so a reply produced on
+/// another shard finds its way back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Origin {
+    pub shard: ShardId,
+    pub request: u64,
+}
+
+/// A request, sent to the shard that owns the vshard of its key (noted on each variant).
+#[derive(Clone, Debug)]
+pub enum Request {
+    /// Phone's vshard.
+    SignUp {
+        phone: String,
+        first_name: String,
+        last_name: String,
+    },
+    /// Phone's vshard.
+    LookupPhone {
+        phone: String,
+    },
+    /// The users' shard (all of them on it).
+    GetUsers {
+        users: Vec<UserId>,
+    },
+    /// User's vshard.
+    SetName {
+        user: UserId,
+        first_name: String,
+        last_name: String,
+    },
+    /// Username's vshard: takes the index entry if it is free or already the user's.
+    ClaimUsername {
+        username: String,
+        user: UserId,
+    },
+    /// Username's vshard.
+    ReleaseUsername {
+        username: String,
+        user: UserId,
+    },
+    /// Username's vshard.
+    LookupUsername {
+        username: String,
+    },
+    /// User's vshard: sets the profile's username, answering the previous one.
+    SetUsername {
+        user: UserId,
+        username: Option<String>,
+    },
+    /// Pair's vshard: the private chat of the two users, created if new (both must exist).
+    OpenPrivate {
+        user: UserId,
+        peer: UserId,
+    },
+    /// Pair's vshard.
+    SetBlocked {
+        user: UserId,
+        peer: UserId,
+        blocked: bool,
+    },
+    /// Creator's vshard.
+    CreateChat {
+        kind: ChatKind,
+        creator: UserId,
+        title: String,
+        members: Vec<UserId>,
+    },
+    /// Chat's vshard, and every request below it up to `GetState`.
+    Join {
+        chat: ChatId,
+        user: UserId,
+    },
+    Leave {
+        chat: ChatId,
+        user: UserId,
+    },
+    AddMember {
+        chat: ChatId,
+        by: UserId,
+        user: UserId,
+    },
+    RemoveMember {
+        chat: ChatId,
+        by: UserId,
+        user: UserId,
+    },
+    Promote {
+        chat: ChatId,
+        by: UserId,
+        user: UserId,
+    },
+    Send(SendRequest),
+    Edit {
+        chat: ChatId,
+        user: UserId,
+        id: MessageId,
+        text: String,
+    },
+    Delete {
+        chat: ChatId,
+        user: UserId,
+        ids: Vec<MessageId>,
+        for_everyone: bool,
+    },
+    Pin {
+        chat: ChatId,
+        user: UserId,
+        id: Option<MessageId>,
+    },
+    GetHistory {
+        chat: ChatId,
+        user: UserId,
+        page: HistoryPage,
+    },
+    GetMessages {
+        chat: ChatId,
+        user: UserId,
+        ids: Vec<MessageId>,
+    },
+    /// Message bodies for one user's difference: every chat on this shard at once.
+    FetchMessages {
+        user: UserId,
+        wanted: Vec<(ChatId, Vec<MessageId>)>,
+    },
+    ReadHistory {
+        chat: ChatId,
+        user: UserId,
+        max_id: MessageId,
+    },
+    GetChat {
+        chat: ChatId,
+        user: UserId,
+    },
+    GetMembers {
+        chat: ChatId,
+        user: UserId,
+    },
+    GetChatDifference {
+        chat: ChatId,
+        user: UserId,
+        pts: Pts,
+        limit: usize,
+    },
+    /// Current top message and unread count of chats fanned out on read, for dialogs.
+    ChatTops {
+        user: UserId,
+        chats: Vec<ChatId>,
+    },
+    Typing {
+        chat: ChatId,
+        user: UserId,
+    },
+    /// User's vshard.
+    GetState {
+        user: UserId,
+    },
+    GetDifference {
+        user: UserId,
+        pts: Pts,
+        limit: usize,
+    },
+    GetDialogs {
+        user: UserId,
+    },
+    GetPresence {
+        user: UserId,
+    },
+    /// The session's shard (`session.shard()`): registers it with the user's shard, which
+    /// answers the box state in the same step.
+    Connect {
+        user: UserId,
+        session: SessionId,
+    },
+    Disconnect {
+        session: SessionId,
+    },
+    SubscribeChat {
+        session: SessionId,
+        chat: ChatId,
+    },
+    UnsubscribeChat {
+        session: SessionId,
+        chat: ChatId,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct SendRequest {
+    pub chat: ChatId,
+    pub sender: UserId,
+    pub random_id: RandomId,
+    pub text: String,
+    pub reply_to: Option<MessageId>,
+    /// Set by the API layer after it read the original (which the sender must be able to see).
+    pub forwarded_from: Option<ForwardedFrom>,
+}
+
+/// `get_history`'s window: newest first, starting below `offset_id` (0: from the top), within
+/// `(min_id, max_id)` when those are not 0.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HistoryPage {
+    pub offset_id: MessageId,
+    pub limit: usize,
+    pub min_id: MessageId,
+    pub max_id: MessageId,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    Done,
+    User(UserId),
+    MaybeUser(Option<UserId>),
+    Profiles(Vec<UserProfile>),
+    Username(Option<String>),
+    Chat(ChatId),
+    Sent(SendAck),
+    Messages(Vec<Message>),
+    ChatInfo(ChatInfo),
+    Members(Vec<(UserId, Role)>),
+    ChatDifference(ChatDifference),
+    Dialogs(Vec<Dialog>),
+    State(BoxState),
+    BoxDifference { updates: Vec<Sequenced>, state: BoxState, slice: bool },
+    Pts(Pts),
+    Presence { online: bool, last_seen: UnixMs },
+}
+
+/// What one shard's core sends another's.
+#[derive(Debug)]
+pub enum PeerMessage {
+    /// Box updates of a chat event for users on the receiving shard.
+    FanOut(FanOut),
+    /// The receiving shard's boxes durably hold (chat, chat_pts, part).
+    FanOutDone {
+        chat: ChatId,
+        chat_pts: Pts,
+        part: u8,
+        from: ShardId,
+    },
+    Reply {
+        origin: Origin,
+        result: MessagingResult<Response>,
+    },
+    Deliver(Vec<(SessionId, LiveEvent)>),
+    ChatLive {
+        chat: ChatId,
+        update: Sequenced,
+        message: Option<Arc<Message>>,
+    },
+    RegisterSession {
+        session: SessionId,
+        user: UserId,
+        origin: Origin,
+    },
+    SessionRegistered {
+        session: SessionId,
+        user: UserId,
+        origin: Origin,
+        result: MessagingResult<Response>,
+    },
+    UnregisterSession {
+        session: SessionId,
+        user: UserId,
+    },
+    Subscribe {
+        chat: ChatId,
+        user: UserId,
+        session: SessionId,
+        origin: Origin,
+    },
+    Subscribed {
+        chat: ChatId,
+        session: SessionId,
+        origin: Origin,
+        result: MessagingResult<Response>,
+    },
+    Unsubscribe {
+        chat: ChatId,
+        user: UserId,
+        shard: ShardId,
+    },
+    /// `user` is no longer a member: drop their sessions from the chat's subscribers.
+    DropSubscriber {
+        chat: ChatId,
+        user: UserId,
+    },
+    Typing {
+        chat: ChatId,
+        user: UserId,
+        to: Vec<UserId>,
+    },
+}
+
+#[derive(Debug)]
+pub struct FanOut {
+    pub chat: ChatId,
+    pub chat_pts: Pts,
+    /// Which of the event's consequences this is (a read has two).
+    pub part: u8,
+    pub date: UnixMs,
+    pub update: Update,
+    pub users: Vec<UserId>,
+    pub from: ShardId,
+    /// The sender is among `users`: answer the send with its new pts.
+    pub sender: Option<SenderReply>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct SenderReply {
+    pub origin: Origin,
+    pub user: UserId,
+    pub ack: SendAck,
+}
+
+/// What a step of the core leaves for its driver to do.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Answers to requests that arrived on this shard.
+    pub replies: Vec<(Origin, MessagingResult<Response>)>,
+    pub peers: Vec<(ShardId, PeerMessage)>,
+    /// Events for sessions held on this shard.
+    pub deliveries: Vec<(SessionId, LiveEvent)>,
+    /// Durable box updates of users with no online session (push uses these).
+    pub offline: Vec<(UserId, Sequenced)>,
+}
+
+impl Effects {
+    pub fn is_empty(&self) -> bool {
+        self.replies.is_empty() && self.peers.is_empty() && self.deliveries.is_empty() && self.offline.is_empty()
+    }
+}

@@ -1,0 +1,136 @@
+//! The messaging layer's WAL records. Every change to messaging state is one of these events,
+//! appended before it is applied; replay applies the same events in the same order with the
+//! same code (`State::apply`), so the state after recovery is the state that was acknowledged.
+
+use rkyv::rancor;
+
+use crate::ids::RecordKind;
+use crate::messaging::types::{ChatId, ChatKind, MemberChange, Message, MessageId, Pts, UnixMs, Update, UserId};
+
+/// The record kind of every messaging event. Records of other kinds in the same log belong to
+/// the host and are left alone.
+pub const EVENT_KIND: RecordKind = RecordKind(0x4d47); // "MG"
+
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum Event {
+    UserCreated {
+        user: UserId,
+        phone: String,
+        first_name: String,
+        last_name: String,
+        date: UnixMs,
+    },
+    NameSet {
+        user: UserId,
+        first_name: String,
+        last_name: String,
+    },
+    /// The username index entry, on the username's own vshard.
+    UsernameClaimed {
+        username: String,
+        user: UserId,
+    },
+    UsernameReleased {
+        username: String,
+        user: UserId,
+    },
+    /// The profile's username, on the user's vshard.
+    UsernameSet {
+        user: UserId,
+        username: Option<String>,
+    },
+    /// A block between two users, kept on their pair's vshard beside their private chat.
+    PairBlocked {
+        by: UserId,
+        peer: UserId,
+        blocked: bool,
+    },
+    ChatCreated {
+        chat: ChatId,
+        kind: ChatKind,
+        creator: UserId,
+        title: String,
+        members: Vec<UserId>,
+        date: UnixMs,
+    },
+    /// An event of a chat's log, numbered by the chat's pts.
+    Chat {
+        chat: ChatId,
+        pts: Pts,
+        date: UnixMs,
+        change: ChatChange,
+    },
+    /// Updates appended to the boxes of `users` (each with its new box pts), all caused by the
+    /// chat event (chat, chat_pts). A box ignores a chat pts it has already applied.
+    BoxAppended {
+        chat: ChatId,
+        chat_pts: Pts,
+        date: UnixMs,
+        update: Update,
+        users: Vec<(UserId, Pts)>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum ChatChange {
+    NewMessage(Message),
+    Edit { id: MessageId, text: String },
+    Delete { ids: Vec<MessageId> },
+    DeleteForMe { user: UserId, ids: Vec<MessageId> },
+    Pin { id: Option<MessageId> },
+    Member { user: UserId, change: MemberChange },
+    Read { user: UserId, max_id: MessageId },
+    SyncMode { fanout_on_read: bool },
+}
+
+/// Why a record's payload could not be read as an event.
+#[derive(Debug, thiserror::Error)]
+#[error("a messaging record does not decode: {0}")]
+pub struct DecodeError(rancor::Error);
+
+pub fn encode(event: &Event) -> Vec<u8> {
+    match rkyv::to_bytes::<rancor::Error>(event) {
+        Ok(bytes) => bytes.into_vec(),
+        // Serializing plain owned data into a growable buffer has no failure mode but memory.
+        Err(error) => panic!("archiving a messaging event failed: {error}"),
+    }
+}
+
+/// Decodes and validates a record payload (validation also catches a record written by
+/// another version of this layer).
+pub fn decode(payload: &[u8]) -> Result<Event, DecodeError> {
+    let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(payload.len());
+    aligned.extend_from_slice(payload);
+    rkyv::from_bytes::<Event, rancor::Error>(&aligned).map_err(DecodeError)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messaging::types::RandomId;
+
+    /// Proves events round-trip through their record payloads and a damaged payload is refused.
+    #[test]
+    fn events_round_trip() {
+        let event = Event::Chat {
+            chat: ChatId(7 << 12),
+            pts: Pts(3),
+            date: UnixMs(1000),
+            change: ChatChange::NewMessage(Message {
+                id: MessageId(3),
+                chat: ChatId(7 << 12),
+                sender: UserId(5),
+                date: UnixMs(1000),
+                random_id: RandomId(99),
+                text: "hello".into(),
+                reply_to: Some(MessageId(1)),
+                forwarded_from: None,
+                edit_date: None,
+                deleted: false,
+            }),
+        };
+        let bytes = encode(&event);
+        assert_eq!(decode(&bytes).expect("decodes"), event);
+        assert!(decode(&bytes[..bytes.len() - 4]).is_err(), "a truncated payload is refused");
+    }
+}

@@ -1,0 +1,533 @@
+//! A shard's durable messaging state and the one function that changes it, `State::apply`,
+//! used alike for a request's events right after they are appended and for events replayed
+//! from the log. `State::consequences` says which boxes an event reaches, computed from the
+//! state before the event: the membership as of each record (DESIGN §3).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use xxhash_rust::xxh3::Xxh3DefaultBuilder;
+
+use crate::ids::VShard;
+use crate::messaging::limits::{
+    BOX_HISTORY_MAX, CHAT_LOG_HISTORY_MAX, HISTORY_AGE_MS_MAX, IDEMPOTENCY_ENTRIES_MAX, IDEMPOTENCY_WINDOW_MS,
+};
+use crate::messaging::records::{ChatChange, Event};
+use crate::messaging::types::{
+    ChatId, ChatKind, MemberChange, Message, MessageId, Pts, RandomId, Role, Sequenced, UnixMs, Update, UserId,
+    UserProfile,
+};
+
+/// Deterministic hashing: the same events build the same maps on every run, so a simulation
+/// seed replays exactly.
+pub type Map<K, V> = HashMap<K, V, Xxh3DefaultBuilder>;
+
+#[derive(Debug, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct State {
+    pub users: Map<UserId, User>,
+    pub phones: Map<String, UserId>,
+    pub usernames: Map<String, UserId>,
+    /// Private chat index and blocks, by (lower user id, higher user id).
+    pub pairs: Map<(UserId, UserId), Pair>,
+    pub chats: Map<ChatId, Chat>,
+    /// Highest sequence allocated per vshard, for user and chat ids.
+    pub user_sequences: Map<u16, u64>,
+    pub chat_sequences: Map<u16, u64>,
+    /// Remembered random_ids, oldest first, for expiry and the memory cap.
+    pub idempotency_order: VecDeque<(UnixMs, ChatId, UserId, RandomId)>,
+}
+
+#[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct User {
+    pub profile: UserProfile,
+    pub update_box: UpdateBox,
+}
+
+#[derive(Debug, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct UpdateBox {
+    pub pts: Pts,
+    pub date: UnixMs,
+    /// The newest updates, oldest first; bounded by count and age.
+    pub entries: VecDeque<Sequenced>,
+    /// Per chat, the highest chat pts applied: fan-out is at-least-once, boxes make it once.
+    pub applied: Map<ChatId, Pts>,
+    pub dialogs: Map<ChatId, DialogState>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct DialogState {
+    pub top_message: MessageId,
+    pub top_date: UnixMs,
+    pub read_inbox_max: MessageId,
+    pub read_outbox_max: MessageId,
+    pub unread: u64,
+    pub fanout_on_read: bool,
+}
+
+#[derive(Debug, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Pair {
+    pub chat: Option<ChatId>,
+    /// Which of the two has blocked the other.
+    pub blocked_by: Vec<UserId>,
+}
+
+#[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Chat {
+    pub id: ChatId,
+    pub kind: ChatKind,
+    pub title: String,
+    pub creator: UserId,
+    pub members: BTreeMap<UserId, Member>,
+    /// Message `id` is at index `id - 1`.
+    pub messages: Vec<Message>,
+    pub pts: Pts,
+    pub last_date: UnixMs,
+    pub pinned: Option<MessageId>,
+    pub fanout_on_read: bool,
+    /// The highest message id some member other than its sender has read.
+    pub read_outbox_max: MessageId,
+    /// The newest events, oldest first, for `get_chat_difference`; bounded by count and age.
+    pub log: VecDeque<ChatLogEntry>,
+    pub random_ids: Map<(UserId, RandomId), Remembered>,
+}
+
+#[derive(Clone, Debug, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Member {
+    pub role: Role,
+    pub read_inbox_max: MessageId,
+    /// Messages this member deleted for themselves only.
+    pub hidden: BTreeSet<MessageId>,
+}
+
+impl Default for Role {
+    fn default() -> Role {
+        Role::Member
+    }
+}
+
+#[derive(Clone, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ChatLogEntry {
+    pub entry: Sequenced,
+    /// An event only one member may see (their read marker, their delete-for-me).
+    pub only_for: Option<UserId>,
+}
+
+#[derive(Clone, Copy, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Remembered {
+    pub id: MessageId,
+    pub content_hash: u64,
+    pub date: UnixMs,
+}
+
+/// One box update caused by a chat event, and the users whose boxes get it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Consequence {
+    pub update: Update,
+    pub users: Vec<UserId>,
+}
+
+impl Chat {
+    pub fn message(&self, id: MessageId) -> Option<&Message> {
+        (id.0 >= 1).then(|| self.messages.get(id.0 as usize - 1)).flatten()
+    }
+
+    pub fn top_message(&self) -> MessageId {
+        MessageId(self.messages.len() as u64)
+    }
+
+    pub fn role(&self, user: UserId) -> Option<Role> {
+        self.members.get(&user).map(|member| member.role)
+    }
+
+    pub fn is_admin(&self, user: UserId) -> bool {
+        matches!(self.role(user), Some(Role::Admin | Role::Creator))
+    }
+
+    /// Messages after `after` that `user` did not send and that still exist: their unread count.
+    pub fn unread_after(&self, user: UserId, after: MessageId) -> u64 {
+        let hidden = self.members.get(&user).map(|member| &member.hidden);
+        self.messages
+            .iter()
+            .skip(after.0 as usize)
+            .filter(|message| message.sender != user && !message.deleted)
+            .filter(|message| hidden.is_none_or(|hidden| !hidden.contains(&message.id)))
+            .count() as u64
+    }
+
+    /// Whether `user` may see message `id` (it exists, is not deleted and not hidden for them).
+    pub fn visible(&self, user: UserId, id: MessageId) -> Option<&Message> {
+        let message = self.message(id)?;
+        let hidden = self.members.get(&user).is_some_and(|member| member.hidden.contains(&id));
+        (!message.deleted && !hidden).then_some(message)
+    }
+
+    pub fn other_member(&self, user: UserId) -> Option<UserId> {
+        self.members.keys().copied().find(|&member| member != user)
+    }
+}
+
+/// A content fingerprint of a send, to tell a retry from a reuse of its random_id.
+pub fn content_hash(text: &str, reply_to: Option<MessageId>, forwarded: Option<(ChatId, MessageId)>) -> u64 {
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    hasher.update(text.as_bytes());
+    hasher.update(&reply_to.map_or(0, |id| id.0).to_le_bytes());
+    let (chat, message) = forwarded.map_or((0, 0), |(chat, message)| (chat.0, message.0));
+    hasher.update(&chat.to_le_bytes());
+    hasher.update(&message.to_le_bytes());
+    hasher.digest()
+}
+
+pub fn pair_key(a: UserId, b: UserId) -> (UserId, UserId) {
+    if a <= b {
+        (a, b)
+    } else {
+        (b, a)
+    }
+}
+
+impl State {
+    pub fn next_user_id(&self, vshard: VShard) -> UserId {
+        UserId::compose(self.user_sequences.get(&vshard.index()).copied().unwrap_or(0) + 1, vshard)
+    }
+
+    pub fn next_chat_id(&self, vshard: VShard) -> ChatId {
+        ChatId::compose(self.chat_sequences.get(&vshard.index()).copied().unwrap_or(0) + 1, vshard)
+    }
+
+    /// The box updates `event` causes, from the state before it is applied.
+    pub fn consequences(&self, event: &Event) -> Vec<Consequence> {
+        match event {
+            Event::ChatCreated { chat, kind, creator, members, .. } if *kind != ChatKind::Private => {
+                let change = MemberChange::Added { by: *creator };
+                let fanout_on_read = *kind == ChatKind::Channel;
+                members
+                    .iter()
+                    .map(|&user| Consequence {
+                        update: Update::ChatMember { chat: *chat, user, change, fanout_on_read },
+                        users: vec![user],
+                    })
+                    .collect()
+            }
+            Event::Chat { chat, change, date, .. } => match self.chats.get(chat) {
+                Some(state) => chat_consequences(state, change, *date),
+                None => Vec::new(),
+            },
+            _ => Vec::new(),
+        }
+    }
+
+    /// Applies one event. Events are validated before they are appended, so an event that
+    /// does not fit the state is a bug (or a log from another program): it panics rather than
+    /// build state on a broken invariant.
+    pub fn apply(&mut self, event: Event) {
+        match event {
+            Event::UserCreated { user, phone, first_name, last_name, date } => {
+                let sequence = self.user_sequences.entry(user.vshard().index()).or_default();
+                *sequence = (*sequence).max(user.0 >> 12);
+                self.phones.insert(phone.clone(), user);
+                let profile = UserProfile { id: user, phone, first_name, last_name, username: None, created: date };
+                let previous = self.users.insert(user, User { profile, update_box: UpdateBox::default() });
+                assert!(previous.is_none(), "user {user} created twice");
+            }
+            Event::NameSet { user, first_name, last_name } => {
+                if let Some(state) = self.users.get_mut(&user) {
+                    state.profile.first_name = first_name;
+                    state.profile.last_name = last_name;
+                }
+            }
+            Event::UsernameClaimed { username, user } => {
+                self.usernames.insert(username, user);
+            }
+            Event::UsernameReleased { username, user } => {
+                if self.usernames.get(&username) == Some(&user) {
+                    self.usernames.remove(&username);
+                }
+            }
+            Event::UsernameSet { user, username } => {
+                if let Some(state) = self.users.get_mut(&user) {
+                    state.profile.username = username;
+                }
+            }
+            Event::PairBlocked { by, peer, blocked } => {
+                let pair = self.pairs.entry(pair_key(by, peer)).or_default();
+                pair.blocked_by.retain(|&user| user != by);
+                if blocked {
+                    pair.blocked_by.push(by);
+                }
+            }
+            Event::ChatCreated { chat, kind, creator, title, members, date } => {
+                let sequence = self.chat_sequences.entry(chat.vshard().index()).or_default();
+                *sequence = (*sequence).max(chat.0 >> 12);
+                let mut state = Chat {
+                    id: chat,
+                    kind,
+                    title,
+                    creator,
+                    members: BTreeMap::new(),
+                    messages: Vec::new(),
+                    pts: Pts::ZERO,
+                    last_date: date,
+                    pinned: None,
+                    fanout_on_read: kind == ChatKind::Channel,
+                    read_outbox_max: MessageId(0),
+                    log: VecDeque::new(),
+                    random_ids: Map::default(),
+                };
+                for &user in &members {
+                    let role = if user == creator && kind != ChatKind::Private { Role::Creator } else { Role::Member };
+                    state.members.insert(user, Member { role, ..Member::default() });
+                }
+                if kind == ChatKind::Private {
+                    assert_eq!(members.len(), 2, "a private chat has two members");
+                    self.pairs.entry(pair_key(members[0], members[1])).or_default().chat = Some(chat);
+                } else {
+                    // Creation is the chat's first event: each member's box hears of it.
+                    state.pts = Pts(1);
+                    let fanout_on_read = state.fanout_on_read;
+                    let update =
+                        Update::ChatMember { chat, user: creator, change: MemberChange::Joined, fanout_on_read };
+                    push_log(&mut state, date, update, None);
+                }
+                let previous = self.chats.insert(chat, state);
+                assert!(previous.is_none(), "chat {chat} created twice");
+            }
+            Event::Chat { chat, pts, date, change } => {
+                let Some(state) = self.chats.get_mut(&chat) else { panic!("event for unknown chat {chat}") };
+                assert_eq!(pts, state.pts.next(), "chat {chat} pts must stay dense");
+                assert!(date >= state.last_date, "chat {chat} dates must not go backwards");
+                state.pts = pts;
+                state.last_date = date;
+                apply_chat_change(state, &mut self.idempotency_order, date, change);
+                expire_idempotency(&mut self.idempotency_order, &mut self.chats, date);
+            }
+            Event::BoxAppended { chat, chat_pts, date, update, users } => {
+                for (user, pts) in users {
+                    let Some(state) = self.users.get_mut(&user) else { continue };
+                    apply_box(&mut state.update_box, user, chat, chat_pts, pts, date, &update);
+                }
+            }
+        }
+    }
+}
+
+fn chat_consequences(chat: &Chat, change: &ChatChange, date: UnixMs) -> Vec<Consequence> {
+    let id = chat.id;
+    let everyone = || if chat.fanout_on_read { Vec::new() } else { chat.members.keys().copied().collect() };
+    let one = |update: Update, users: Vec<UserId>| vec![Consequence { update, users }];
+    match change {
+        ChatChange::NewMessage(message) => {
+            one(Update::NewMessage { chat: id, id: message.id, sender: message.sender, date: message.date }, everyone())
+        }
+        ChatChange::Edit { id: message, .. } => {
+            one(Update::EditMessage { chat: id, id: *message, edit_date: date }, everyone())
+        }
+        ChatChange::Delete { ids } => one(Update::DeleteMessages { chat: id, ids: ids.clone() }, everyone()),
+        ChatChange::DeleteForMe { user, ids } => {
+            one(Update::DeleteMessages { chat: id, ids: ids.clone() }, vec![*user])
+        }
+        ChatChange::Pin { id: message } => one(Update::PinMessage { chat: id, id: *message }, everyone()),
+        ChatChange::Member { user, change } => {
+            let mut users = everyone();
+            if !users.contains(user) {
+                users.push(*user);
+            }
+            let update =
+                Update::ChatMember { chat: id, user: *user, change: *change, fanout_on_read: chat.fanout_on_read };
+            one(update, users)
+        }
+        ChatChange::Read { user, max_id } => {
+            let unread = chat.unread_after(*user, *max_id);
+            let mut consequences = one(Update::ReadInbox { chat: id, max_id: *max_id, unread }, vec![*user]);
+            // The senders learn their messages were read (for a group: by someone).
+            let outbox_max = (*max_id).max(chat.read_outbox_max);
+            if !chat.fanout_on_read && outbox_max > chat.read_outbox_max {
+                let others: Vec<UserId> = chat.members.keys().copied().filter(|member| member != user).collect();
+                if !others.is_empty() {
+                    consequences.push(Consequence {
+                        update: Update::ReadOutbox { chat: id, max_id: outbox_max },
+                        users: others,
+                    });
+                }
+            }
+            consequences
+        }
+        ChatChange::SyncMode { fanout_on_read } => one(
+            Update::ChatSyncMode { chat: id, fanout_on_read: *fanout_on_read },
+            chat.members.keys().copied().collect(),
+        ),
+    }
+}
+
+fn apply_chat_change(
+    chat: &mut Chat,
+    order: &mut VecDeque<(UnixMs, ChatId, UserId, RandomId)>,
+    date: UnixMs,
+    change: ChatChange,
+) {
+    let id = chat.id;
+    match change {
+        ChatChange::NewMessage(message) => {
+            assert_eq!(message.id, chat.top_message().next(), "chat {id} message ids must stay dense");
+            let hash =
+                content_hash(&message.text, message.reply_to, message.forwarded_from.map(|f| (f.chat, f.message)));
+            if message.random_id.0 != 0 {
+                let remembered = Remembered { id: message.id, content_hash: hash, date };
+                chat.random_ids.insert((message.sender, message.random_id), remembered);
+                order.push_back((date, id, message.sender, message.random_id));
+            }
+            let update = Update::NewMessage { chat: id, id: message.id, sender: message.sender, date };
+            chat.messages.push(message);
+            push_log(chat, date, update, None);
+        }
+        ChatChange::Edit { id: message, text } => {
+            let Some(state) = chat.messages.get_mut(message.0 as usize - 1) else { panic!("edit of unknown message") };
+            state.text = text;
+            state.edit_date = Some(date);
+            push_log(chat, date, Update::EditMessage { chat: id, id: message, edit_date: date }, None);
+        }
+        ChatChange::Delete { ids } => {
+            for message in &ids {
+                if let Some(state) = chat.messages.get_mut(message.0 as usize - 1) {
+                    state.deleted = true;
+                    state.text = String::new();
+                    state.reply_to = None;
+                    state.forwarded_from = None;
+                }
+                if chat.pinned == Some(*message) {
+                    chat.pinned = None;
+                }
+            }
+            push_log(chat, date, Update::DeleteMessages { chat: id, ids }, None);
+        }
+        ChatChange::DeleteForMe { user, ids } => {
+            if let Some(member) = chat.members.get_mut(&user) {
+                member.hidden.extend(ids.iter().copied());
+            }
+            push_log(chat, date, Update::DeleteMessages { chat: id, ids }, Some(user));
+        }
+        ChatChange::Pin { id: message } => {
+            chat.pinned = message;
+            push_log(chat, date, Update::PinMessage { chat: id, id: message }, None);
+        }
+        ChatChange::Member { user, change } => {
+            match change {
+                MemberChange::Joined | MemberChange::Added { .. } => {
+                    chat.members.entry(user).or_default();
+                }
+                MemberChange::Left | MemberChange::Removed { .. } => {
+                    chat.members.remove(&user);
+                }
+                MemberChange::Promoted { .. } => {
+                    if let Some(member) = chat.members.get_mut(&user) {
+                        member.role = Role::Admin;
+                    }
+                }
+            }
+            let fanout_on_read = chat.fanout_on_read;
+            push_log(chat, date, Update::ChatMember { chat: id, user, change, fanout_on_read }, None);
+        }
+        ChatChange::Read { user, max_id } => {
+            let unread = chat.unread_after(user, max_id);
+            if let Some(member) = chat.members.get_mut(&user) {
+                member.read_inbox_max = member.read_inbox_max.max(max_id);
+            }
+            chat.read_outbox_max = chat.read_outbox_max.max(max_id);
+            push_log(chat, date, Update::ReadInbox { chat: id, max_id, unread }, Some(user));
+        }
+        ChatChange::SyncMode { fanout_on_read } => {
+            chat.fanout_on_read = fanout_on_read;
+            push_log(chat, date, Update::ChatSyncMode { chat: id, fanout_on_read }, None);
+        }
+    }
+}
+
+fn push_log(chat: &mut Chat, date: UnixMs, update: Update, only_for: Option<UserId>) {
+    chat.log.push_back(ChatLogEntry { entry: Sequenced { pts: chat.pts, date, update }, only_for });
+    while chat.log.len() > CHAT_LOG_HISTORY_MAX
+        || chat.log.front().is_some_and(|oldest| oldest.entry.date.0 + HISTORY_AGE_MS_MAX < date.0)
+    {
+        chat.log.pop_front();
+    }
+}
+
+/// Forgets random_ids older than the window, and the oldest beyond the memory cap. Runs on
+/// event dates, so replay forgets exactly what the live shard forgot.
+fn expire_idempotency(
+    order: &mut VecDeque<(UnixMs, ChatId, UserId, RandomId)>,
+    chats: &mut Map<ChatId, Chat>,
+    now: UnixMs,
+) {
+    while let Some(&(date, chat, sender, random_id)) = order.front() {
+        if date.0 + IDEMPOTENCY_WINDOW_MS >= now.0 && order.len() <= IDEMPOTENCY_ENTRIES_MAX {
+            break;
+        }
+        order.pop_front();
+        if let Some(state) = chats.get_mut(&chat) {
+            if state.random_ids.get(&(sender, random_id)).is_some_and(|remembered| remembered.date == date) {
+                state.random_ids.remove(&(sender, random_id));
+            }
+        }
+    }
+}
+
+fn apply_box(
+    update_box: &mut UpdateBox,
+    owner: UserId,
+    chat: ChatId,
+    chat_pts: Pts,
+    pts: Pts,
+    date: UnixMs,
+    update: &Update,
+) {
+    if update_box.applied.get(&chat).is_some_and(|&applied| applied >= chat_pts) {
+        return;
+    }
+    assert_eq!(pts, update_box.pts.next(), "box of user {owner} pts must stay dense");
+    update_box.applied.insert(chat, chat_pts);
+    update_box.pts = pts;
+    update_box.date = update_box.date.max(date);
+    let update = update.clone();
+    apply_dialog(update_box, owner, &update, date);
+    update_box.entries.push_back(Sequenced { pts, date, update });
+    while update_box.entries.len() > BOX_HISTORY_MAX
+        || update_box.entries.front().is_some_and(|oldest| oldest.date.0 + HISTORY_AGE_MS_MAX < date.0)
+    {
+        update_box.entries.pop_front();
+    }
+}
+
+fn apply_dialog(update_box: &mut UpdateBox, owner: UserId, update: &Update, date: UnixMs) {
+    match *update {
+        Update::NewMessage { chat, id, sender, date } => {
+            let dialog = update_box.dialogs.entry(chat).or_default();
+            dialog.top_message = dialog.top_message.max(id);
+            dialog.top_date = dialog.top_date.max(date);
+            if sender != owner && id > dialog.read_inbox_max {
+                dialog.unread += 1;
+            }
+        }
+        Update::ReadInbox { chat, max_id, unread } => {
+            let dialog = update_box.dialogs.entry(chat).or_default();
+            dialog.read_inbox_max = dialog.read_inbox_max.max(max_id);
+            dialog.unread = unread;
+        }
+        Update::ReadOutbox { chat, max_id } => {
+            let dialog = update_box.dialogs.entry(chat).or_default();
+            dialog.read_outbox_max = dialog.read_outbox_max.max(max_id);
+        }
+        Update::ChatMember { chat, user, change, fanout_on_read } if user == owner => match change {
+            MemberChange::Joined | MemberChange::Added { .. } => {
+                let dialog = update_box.dialogs.entry(chat).or_default();
+                dialog.top_date = dialog.top_date.max(date);
+                dialog.fanout_on_read = fanout_on_read;
+            }
+            MemberChange::Left | MemberChange::Removed { .. } => {
+                update_box.dialogs.remove(&chat);
+            }
+            MemberChange::Promoted { .. } => {}
+        },
+        Update::ChatSyncMode { chat, fanout_on_read } => {
+            update_box.dialogs.entry(chat).or_default().fanout_on_read = fanout_on_read;
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,388 @@
+//! The messaging model's public vocabulary (DESIGN §3): ids, what a user, chat, message and
+//! update look like from outside, and the typed errors of every operation.
+
+// rkyv's derive makes a public resolver type for each tuple-struct id, without `Debug`.
+#![allow(missing_debug_implementations)]
+
+use std::fmt;
+
+use crate::ids::{ShardId, VShard, VSHARD_COUNT};
+
+/// Bits of an id that hold its vshard: routing an id is a mask (DESIGN §2).
+const VSHARD_BITS: u32 = VSHARD_COUNT.trailing_zeros();
+
+macro_rules! id_type {
+    ($(#[$meta:meta])* $name:ident) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+        #[rkyv(derive(Debug, Hash, PartialEq, Eq, PartialOrd, Ord))]
+        pub struct $name(pub u64);
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "{}", self.0)
+            }
+        }
+    };
+}
+
+macro_rules! routed_id {
+    ($name:ident) => {
+        impl $name {
+            /// The id numbered `sequence` on `vshard`.
+            pub fn compose(sequence: u64, vshard: VShard) -> $name {
+                $name((sequence << VSHARD_BITS) | vshard.index() as u64)
+            }
+
+            /// The vshard that owns this id: its low 12 bits.
+            pub fn vshard(self) -> VShard {
+                VShard::of(self.0)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A user: allocated by the vshard of the user's phone number at sign-up.
+    UserId
+);
+routed_id!(UserId);
+id_type!(
+    /// A chat: a group or channel's is allocated by its creator's vshard, a private chat's by
+    /// the vshard of its pair of users.
+    ChatId
+);
+routed_id!(ChatId);
+id_type!(
+    /// A message, dense from 1 within its chat.
+    MessageId
+);
+id_type!(
+    /// A position in an update sequence (a user's box or a chat's log), dense from 1.
+    Pts
+);
+id_type!(
+    /// A client-chosen number that makes a send idempotent within its (chat, sender).
+    RandomId
+);
+id_type!(
+    /// Milliseconds since the Unix epoch. Time enters the model only as an input.
+    UnixMs
+);
+
+impl Pts {
+    pub const ZERO: Pts = Pts(0);
+
+    pub fn next(self) -> Pts {
+        Pts(self.0 + 1)
+    }
+}
+
+impl MessageId {
+    pub fn next(self) -> MessageId {
+        MessageId(self.0 + 1)
+    }
+}
+
+/// An online session: the connection shard that holds its queue is in the low 8 bits.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+pub struct SessionId(pub u64);
+
+impl SessionId {
+    pub fn compose(sequence: u64, shard: ShardId) -> SessionId {
+        SessionId((sequence << 8) | shard.0 as u64 & 0xff)
+    }
+
+    /// The shard that holds the session's queue.
+    pub fn shard(self) -> ShardId {
+        ShardId((self.0 & 0xff) as u16)
+    }
+}
+
+const _: () = assert!(crate::config::SHARD_COUNT_MAX <= 256, "a session id keeps its shard in 8 bits");
+
+/// The vshard of a private chat of `a` and `b`: the same whichever of them asks, and spread
+/// over all vshards so no account's vshard holds all of its private chats (DESIGN §2).
+pub fn pair_vshard(a: UserId, b: UserId) -> VShard {
+    let (low, high) = if a <= b { (a, b) } else { (b, a) };
+    let mut key = [0u8; 16];
+    key[..8].copy_from_slice(&low.0.to_le_bytes());
+    key[8..].copy_from_slice(&high.0.to_le_bytes());
+    VShard::of(xxhash_rust::xxh3::xxh3_64(&key))
+}
+
+/// The vshard of a phone number (E.164) or a username, which owns its index entry.
+pub fn key_vshard(key: &str) -> VShard {
+    VShard::of(xxhash_rust::xxh3::xxh3_64(key.as_bytes()))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum ChatKind {
+    /// Two users, addressed by the peer's user id.
+    Private,
+    /// Members and admins; every member may post.
+    Group,
+    /// Broadcast: admins post, subscribers read. Always fanned out on read.
+    Channel,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum Role {
+    Member,
+    Admin,
+    Creator,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct UserProfile {
+    pub id: UserId,
+    pub phone: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub username: Option<String>,
+    pub created: UnixMs,
+}
+
+/// Where a forwarded message first appeared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ForwardedFrom {
+    pub chat: ChatId,
+    pub message: MessageId,
+    pub sender: UserId,
+    pub date: UnixMs,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Message {
+    pub id: MessageId,
+    pub chat: ChatId,
+    pub sender: UserId,
+    pub date: UnixMs,
+    pub random_id: RandomId,
+    pub text: String,
+    pub reply_to: Option<MessageId>,
+    pub forwarded_from: Option<ForwardedFrom>,
+    pub edit_date: Option<UnixMs>,
+    /// Deleted for everyone: the id stays taken, the content is gone.
+    pub deleted: bool,
+}
+
+/// A chat as a member sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatInfo {
+    pub id: ChatId,
+    pub kind: ChatKind,
+    pub title: String,
+    pub members: usize,
+    /// The chat's own update sequence (what `get_chat_difference` reads).
+    pub pts: Pts,
+    pub top_message: MessageId,
+    pub pinned: Option<MessageId>,
+    /// Whether members sync it with `get_chat_difference` rather than through their boxes.
+    pub fanout_on_read: bool,
+    pub epoch: u64,
+    /// For a private chat: the two users.
+    pub private_pair: Option<(UserId, UserId)>,
+}
+
+/// What happened to a chat's membership.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum MemberChange {
+    Joined,
+    Added { by: UserId },
+    Left,
+    Removed { by: UserId },
+    Promoted { by: UserId },
+}
+
+/// One entry of a user's box or of a chat's log, as `get_difference`, `get_chat_difference`
+/// and the live stream hand it out.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum Update {
+    NewMessage {
+        chat: ChatId,
+        id: MessageId,
+        sender: UserId,
+        date: UnixMs,
+    },
+    EditMessage {
+        chat: ChatId,
+        id: MessageId,
+        edit_date: UnixMs,
+    },
+    DeleteMessages {
+        chat: ChatId,
+        ids: Vec<MessageId>,
+    },
+    ReadInbox {
+        chat: ChatId,
+        max_id: MessageId,
+        unread: u64,
+    },
+    ReadOutbox {
+        chat: ChatId,
+        max_id: MessageId,
+    },
+    PinMessage {
+        chat: ChatId,
+        id: Option<MessageId>,
+    },
+    /// A membership change; `fanout_on_read` says how the chat is synced now.
+    ChatMember {
+        chat: ChatId,
+        user: UserId,
+        change: MemberChange,
+        fanout_on_read: bool,
+    },
+    /// The chat crossed `FANOUT_MAX`: sync it per chat (`fanout_on_read`) or through the box.
+    ChatSyncMode {
+        chat: ChatId,
+        fanout_on_read: bool,
+    },
+}
+
+impl Update {
+    pub fn chat(&self) -> ChatId {
+        match self {
+            Update::NewMessage { chat, .. }
+            | Update::EditMessage { chat, .. }
+            | Update::DeleteMessages { chat, .. }
+            | Update::ReadInbox { chat, .. }
+            | Update::ReadOutbox { chat, .. }
+            | Update::PinMessage { chat, .. }
+            | Update::ChatMember { chat, .. }
+            | Update::ChatSyncMode { chat, .. } => *chat,
+        }
+    }
+
+    /// The message whose body a client needs to show this update, if any.
+    pub fn message(&self) -> Option<MessageId> {
+        match self {
+            Update::NewMessage { id, .. } | Update::EditMessage { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
+}
+
+/// An update with its place in a sequence.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Sequenced {
+    pub pts: Pts,
+    pub date: UnixMs,
+    pub update: Update,
+}
+
+/// The state of a user's box.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BoxState {
+    pub pts: Pts,
+    pub date: UnixMs,
+    /// Unread messages over the chats synced through the box.
+    pub unread: u64,
+    /// Bumped when acknowledged updates may have been lost: reload instead of trusting a pts.
+    pub epoch: u64,
+}
+
+/// What a send acknowledges (DESIGN §3): the message id and date, and the sender's new pts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SendAck {
+    pub chat: ChatId,
+    pub id: MessageId,
+    pub date: UnixMs,
+    /// The chat's pts of the new message.
+    pub chat_pts: Pts,
+    /// The sender's box pts of this message; `None` for a retry of a message already sent
+    /// (the first send's answer carried it) and for chats fanned out on read.
+    pub sender_pts: Option<Pts>,
+    /// Whether this answered a retry with the original message.
+    pub duplicate: bool,
+}
+
+/// A page of `get_difference`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Difference {
+    pub updates: Vec<Sequenced>,
+    /// The bodies of the messages the updates reference (where still visible).
+    pub messages: Vec<Message>,
+    pub state: BoxState,
+    /// More updates remain after this slice: ask again from `state.pts`... of the last update.
+    pub slice: bool,
+}
+
+/// A page of `get_chat_difference`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatDifference {
+    pub updates: Vec<Sequenced>,
+    pub messages: Vec<Message>,
+    pub pts: Pts,
+    pub epoch: u64,
+    pub slice: bool,
+}
+
+/// A user's dialog (a chat in their chat list).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Dialog {
+    pub chat: ChatId,
+    pub top_message: MessageId,
+    pub top_date: UnixMs,
+    pub read_inbox_max: MessageId,
+    pub read_outbox_max: MessageId,
+    pub unread: u64,
+    pub fanout_on_read: bool,
+}
+
+/// A live event on a session's stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LiveEvent {
+    /// A durable update of the user's box.
+    Box(Sequenced),
+    /// A durable update of a chat fanned out on read that the session subscribed to.
+    Chat { chat: ChatId, update: Sequenced, message: Option<std::sync::Arc<Message>> },
+    /// Someone is typing in a chat (ephemeral).
+    Typing { chat: ChatId, user: UserId },
+    /// The session's queue overflowed or the engine restarted it: resync with `get_difference`.
+    Resync,
+}
+
+/// Why a messaging operation was refused or failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MessagingError {
+    #[error("invalid argument: {0}")]
+    InvalidArgument(&'static str),
+    #[error("{what} is too long: {length} > {limit}")]
+    TooLong { what: &'static str, length: usize, limit: usize },
+    #[error("no such user {0}")]
+    UnknownUser(UserId),
+    #[error("no such chat {0}")]
+    UnknownChat(ChatId),
+    #[error("no such message {1} in chat {0}")]
+    UnknownMessage(ChatId, MessageId),
+    #[error("the phone number is already registered to user {0}")]
+    PhoneTaken(UserId),
+    #[error("the username is taken")]
+    UsernameTaken,
+    #[error("user {0} is not a member of the chat")]
+    NotMember(UserId),
+    #[error("this needs a chat admin")]
+    NotAdmin,
+    #[error("the user has blocked this conversation")]
+    Blocked,
+    #[error("only the message's sender may do this")]
+    NotSender,
+    #[error("the random_id was already used for a different message")]
+    RandomIdReused,
+    #[error("the update box no longer holds pts {0}: reload the state")]
+    DifferenceTooLong(Pts),
+    #[error("the shard's queue is full; retry later")]
+    Overloaded,
+    #[error("the engine is shutting down or a shard stopped")]
+    Unavailable,
+    #[error("storage failed: {0}")]
+    Storage(String),
+}
+
+pub type MessagingResult<T> = Result<T, MessagingError>;
