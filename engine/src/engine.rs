@@ -15,6 +15,8 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::{EngineConfig, MESH_CHANNEL_CAPACITY, SHARD_COUNT_MAX};
 use crate::ids::{Lsn, RecordKind, ShardId, VShard};
+use crate::messaging::driver::{Connected, OfflineHook};
+use crate::messaging::{MessagingError, MessagingResult, Request, Response, UserId};
 use crate::preflight::{self, PreflightError};
 use crate::shard::{self, HostTask, ShardContext, ShardRequest, ShardStart};
 use crate::vshards::{VShardTable, VShardTableError};
@@ -23,6 +25,23 @@ use crate::wal::{AppendError, CheckpointTicket, OwnedRecord, Record, RecordPosit
 
 /// Called for every record replayed while a shard opens, on that shard's executor.
 pub type ReplayHook = Arc<dyn Fn(ShardId, RecordPosition, Record<'_>) + Send + Sync>;
+
+/// The host's hooks into the shards.
+#[derive(Clone, Default)]
+pub struct EngineHooks {
+    pub replay: Option<ReplayHook>,
+    /// Durable box updates for users with no online session (push notifications).
+    pub offline: Option<OfflineHook>,
+}
+
+impl std::fmt::Debug for EngineHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineHooks")
+            .field("replay", &self.replay.is_some())
+            .field("offline", &self.offline.is_some())
+            .finish()
+    }
+}
 
 /// An acknowledged append: the records' shard, first LSN (the rest follow densely) and
 /// positions.
@@ -65,6 +84,8 @@ pub enum EngineError {
     Locked(PathBuf),
     #[error("{path}: {source}")]
     DataDir { path: PathBuf, source: Arc<std::io::Error> },
+    #[error("messaging state does not recover: {0}")]
+    Messaging(String),
 }
 
 /// The engine handle. Clone it freely; the shards stop when `shutdown` is called.
@@ -102,6 +123,11 @@ impl Engine {
 
     /// As [`Engine::open`], calling `replay` for every record recovered from each log.
     pub fn open_with_replay(config: EngineConfig, replay: Option<ReplayHook>) -> Result<Engine, EngineError> {
+        Engine::open_with_hooks(config, EngineHooks { replay, offline: None })
+    }
+
+    /// As [`Engine::open`], with the host's hooks.
+    pub fn open_with_hooks(config: EngineConfig, hooks: EngineHooks) -> Result<Engine, EngineError> {
         if config.shards == 0 || config.shards > SHARD_COUNT_MAX {
             return Err(EngineError::InvalidArgument("shard count must be between 1 and 256"));
         }
@@ -144,7 +170,8 @@ impl Engine {
                 mesh: mesh.clone(),
                 requests,
                 opened: opened_sender.clone(),
-                replay: replay.clone(),
+                replay: hooks.replay.clone(),
+                offline: hooks.offline.clone(),
             };
             let thread = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("shard-{index}"))
@@ -198,6 +225,11 @@ impl Engine {
             return Err(error);
         }
         Ok(engine)
+    }
+
+    /// The messaging API over this engine.
+    pub fn messenger(&self) -> crate::messaging::Messenger {
+        crate::messaging::Messenger::new(self.clone())
     }
 
     pub fn shard_count(&self) -> usize {
@@ -262,6 +294,26 @@ impl Engine {
         self.request(shard, move |reply| ShardRequest::Checkpoint { state, covers, reply })
     }
 
+    /// Sends a messaging request to `shard` (the owner of its key); see `messaging::api`.
+    pub(crate) fn messaging(
+        &self,
+        shard: ShardId,
+        request: Request,
+    ) -> impl Future<Output = MessagingResult<Response>> + Send + 'static {
+        let answer = self.request_raw(shard, move |reply| ShardRequest::Messaging { request, reply });
+        async move { answer.await.map_err(messaging_error)? }
+    }
+
+    /// Registers an online session of `user`, held on `shard` (the connection's core).
+    pub(crate) fn connect(
+        &self,
+        shard: ShardId,
+        user: UserId,
+    ) -> impl Future<Output = MessagingResult<Connected>> + Send + 'static {
+        let answer = self.request_raw(shard, move |reply| ShardRequest::Connect { user, reply });
+        async move { answer.await.map_err(messaging_error)? }
+    }
+
     /// Runs `service(context)` as a local task on every shard's executor: the host's own
     /// per-shard services (the gateway accepts connections this way).
     pub fn run_on_every_shard<F, Fut>(&self, service: F) -> Result<(), EngineError>
@@ -292,6 +344,17 @@ impl Engine {
         shard: ShardId,
         make: impl FnOnce(flume::Sender<Result<T, EngineError>>) -> ShardRequest,
     ) -> impl Future<Output = Result<T, EngineError>> + Send + 'static {
+        let answer = self.request_raw(shard, make);
+        async move { answer.await? }
+    }
+
+    /// Queues the request `make` builds around its reply channel; resolves with the answer,
+    /// or `ShardGone` if the shard dies first.
+    fn request_raw<R: Send + 'static>(
+        &self,
+        shard: ShardId,
+        make: impl FnOnce(flume::Sender<R>) -> ShardRequest,
+    ) -> impl Future<Output = Result<R, EngineError>> + Send + 'static {
         let (reply, receiver) = flume::bounded(1);
         // Queued now, not on first poll: dropping the future never undoes the request.
         let queued = match (self.inner.shards.get(shard.index()), self.inner.lifelines.get(shard.index())) {
@@ -302,7 +365,7 @@ impl Engine {
         };
         async move {
             let lifeline = queued?;
-            let answer = async { receiver.recv_async().await.map_err(|_| EngineError::ShardGone)? };
+            let answer = async { receiver.recv_async().await.map_err(|_| EngineError::ShardGone) };
             // A shard that died (a panic) answers nothing; its lifeline says so.
             let gone = async {
                 let _ = lifeline.recv_async().await;
@@ -364,6 +427,14 @@ impl Drop for EngineInner {
         if running {
             let _ = self.stop();
         }
+    }
+}
+
+fn messaging_error(error: EngineError) -> MessagingError {
+    match error {
+        EngineError::Overloaded => MessagingError::Overloaded,
+        EngineError::ShardGone => MessagingError::Unavailable,
+        other => MessagingError::Storage(other.to_string()),
     }
 }
 

@@ -9,6 +9,8 @@ use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 
 use crate::engine::{AppendAck, EngineError, ReplayHook};
 use crate::ids::{Lsn, RecordKind, ShardId, VShard};
+use crate::messaging::driver::{self as messaging_driver, Connected, MessagingDriver, OfflineHook};
+use crate::messaging::{MessagingCore, MessagingResult, Request, Response, UserId};
 use crate::vshards::VShardTable;
 use crate::wal::driver::{LogError, OpenReport, ShardLog};
 use crate::wal::{AppendError, CheckpointTicket, OwnedRecord, RecordPosition};
@@ -25,6 +27,8 @@ pub(crate) enum ShardRequest {
     Append { records: Vec<(RecordKind, VShard, Vec<u8>)>, reply: Reply<AppendAck> },
     Read { position: RecordPosition, reply: Reply<OwnedRecord> },
     Checkpoint { state: Vec<u8>, covers: Lsn, reply: Reply<CheckpointTicket> },
+    Messaging { request: Request, reply: flume::Sender<MessagingResult<Response>> },
+    Connect { user: UserId, reply: flume::Sender<MessagingResult<Connected>> },
     Run(HostTask),
     Shutdown { reply: Reply<()> },
 }
@@ -35,6 +39,7 @@ pub struct ShardContext {
     pub log: ShardLog,
     pub table: Arc<VShardTable>,
     mesh: Senders<MeshTask>,
+    pub(crate) messaging: MessagingDriver,
 }
 
 impl std::fmt::Debug for ShardContext {
@@ -85,6 +90,7 @@ pub(crate) struct ShardStart {
     pub requests: flume::Receiver<ShardRequest>,
     pub opened: std::sync::mpsc::Sender<(ShardId, Result<OpenReport, EngineError>)>,
     pub replay: Option<ReplayHook>,
+    pub offline: Option<OfflineHook>,
 }
 
 thread_local! {
@@ -100,7 +106,7 @@ pub(crate) fn hold_lifeline(lifeline: flume::Sender<()>) {
 
 /// The shard's main future: join the mesh, recover the log, then serve until shutdown.
 pub(crate) async fn run(start: ShardStart) {
-    let ShardStart { id, dir, log_config, repair, table, mesh, requests, opened, replay } = start;
+    let ShardStart { id, dir, log_config, repair, table, mesh, requests, opened, replay, offline } = start;
     // Every peer must join the mesh or all of them hang, so join before anything can fail.
     let Ok((senders, mut receivers)) = mesh.join().await else {
         let _ = opened.send((id, Err(EngineError::ShardGone)));
@@ -110,19 +116,50 @@ pub(crate) async fn run(start: ShardStart) {
         let _ = opened.send((id, Err(EngineError::Preflight(Arc::new(error)))));
         return;
     }
+    // Messaging state comes back from the checkpoint, then from every record after it.
+    let core = std::cell::RefCell::new(MessagingCore::new(id, table.clone()));
+    let mut host_state = Vec::new();
+    let mut restore_error = None;
+    let restore = |checkpoint: Option<&(CheckpointTicket, Vec<u8>)>| {
+        let Some((_, bytes)) = checkpoint else { return };
+        match messaging_driver::split(bytes) {
+            Some((host, snapshot)) => {
+                host_state = host.to_vec();
+                if let Err(error) = core.borrow_mut().restore(snapshot) {
+                    restore_error = Some(error.to_string());
+                }
+            }
+            None => restore_error = Some("the checkpoint does not split into host and messaging state".into()),
+        }
+    };
+    let mut replay_error = None;
     let replay_record = |position: RecordPosition, record: crate::wal::Record<'_>| {
+        if let Err(error) = core.borrow_mut().replay(record.kind, record.payload) {
+            replay_error.get_or_insert(format!("record {}: {error}", record.lsn));
+        }
         if let Some(hook) = &replay {
             hook(id, position, record);
         }
     };
-    let (log, report) = match ShardLog::open(&dir, log_config, repair, replay_record).await {
+    let (log, mut report) = match ShardLog::open(&dir, log_config, repair, restore, replay_record).await {
         Ok(opened) => opened,
         Err(error) => {
             let _ = opened.send((id, Err(EngineError::Open(Arc::new(error)))));
             return;
         }
     };
-    let context = Rc::new(ShardContext { id, log, table, mesh: senders });
+    if let Some(error) = restore_error.or(replay_error) {
+        let _ = opened.send((id, Err(EngineError::Messaging(format!("{}: {error}", dir.display())))));
+        return;
+    }
+    // The host sees its own part of the checkpoint.
+    if let Some((_, state)) = &mut report.checkpoint {
+        *state = host_state.clone();
+    }
+    let mut core = core.into_inner();
+    core.resume(report.generation, Lsn(log.next_lsn().0 - 1));
+    let messaging = MessagingDriver::new(core, table.shard_count(), offline, host_state);
+    let context = Rc::new(ShardContext { id, log, table, mesh: senders, messaging });
     for (_, receiver) in receivers.streams() {
         let context = context.clone();
         glommio::spawn_local(async move {
@@ -132,6 +169,7 @@ pub(crate) async fn run(start: ShardStart) {
         })
         .detach();
     }
+    MessagingDriver::start(&context);
     let _ = opened.send((id, Ok(report)));
     drop(opened);
     serve(&context, requests).await;
@@ -171,12 +209,15 @@ fn handle(context: &Rc<ShardContext>, request: ShardRequest) -> Option<Reply<()>
                 let _ = reply.send(Err(EngineError::StaleCheckpoint { covers, newest }));
                 return None;
             }
+            let state = context.messaging.checkpoint_bytes(state);
             let checkpoint = context.log.checkpoint(state);
             glommio::spawn_local(async move {
                 let _ = reply.send(checkpoint.await.map_err(|error| EngineError::Checkpoint(Arc::new(error))));
             })
             .detach();
         }
+        ShardRequest::Messaging { request, reply } => MessagingDriver::request(context, request, reply),
+        ShardRequest::Connect { user, reply } => MessagingDriver::connect(context, user, reply),
         ShardRequest::Run(task) => task(context.clone()),
         ShardRequest::Shutdown { reply } => return Some(reply),
     }

@@ -53,6 +53,8 @@ pub struct MessagingCore {
     effects: Effects,
     /// Record bytes appended since the last checkpoint.
     bytes_since_checkpoint: u64,
+    /// The time of the latest input.
+    now: UnixMs,
 }
 
 impl std::fmt::Debug for MessagingCore {
@@ -134,6 +136,7 @@ impl MessagingCore {
             live: Live::default(),
             effects: Effects::default(),
             bytes_since_checkpoint: 0,
+            now: UnixMs(0),
         }
     }
 
@@ -235,8 +238,33 @@ impl MessagingCore {
         self.pump_inbox(journal);
     }
 
+    /// The log failed: answer every waiting request with `error` and drop what else waits
+    /// (nothing more can become durable).
+    pub fn fail_waiting(&mut self, error: MessagingError) {
+        let waiting: Vec<Deferred> =
+            self.after_acked.drain(..).chain(self.after_durable.drain(..)).map(|(_, deferred)| deferred).collect();
+        for deferred in waiting {
+            match deferred {
+                Deferred::Reply(origin, _) => self.reply_now(origin, Err(error.clone())),
+                Deferred::Peer(shard, PeerMessage::SessionRegistered { session, user, origin, .. }) => {
+                    let message = PeerMessage::SessionRegistered { session, user, origin, result: Err(error.clone()) };
+                    self.send_peer(shard, message);
+                }
+                Deferred::Peer(shard, PeerMessage::Subscribed { chat, session, origin, .. }) => {
+                    let message = PeerMessage::Subscribed { chat, session, origin, result: Err(error.clone()) };
+                    self.send_peer(shard, message);
+                }
+                _ => {}
+            }
+        }
+        for (_, sender) in std::mem::take(&mut self.outbox_replies) {
+            self.reply_now(sender.origin, Err(error.clone()));
+        }
+    }
+
     /// A request from the host, arriving on the shard that owns its key.
     pub fn handle(&mut self, origin: Origin, request: Request, now: UnixMs, journal: &mut dyn Journal) {
+        self.now = self.now.max(now);
         if let Err(error) = self.dispatch(origin, request, now, journal) {
             self.reply_now(origin, Err(error));
         }
@@ -249,10 +277,11 @@ impl MessagingCore {
 
     /// A message from another shard's core.
     pub fn peer(&mut self, message: PeerMessage, now: UnixMs, journal: &mut dyn Journal) {
+        self.now = self.now.max(now);
         match message {
             PeerMessage::FanOut(fanout) => {
                 if self.inbox.is_empty() {
-                    if let Err(fanout) = self.fan_in(fanout, journal) {
+                    if let Some(fanout) = self.fan_in(fanout, journal) {
                         self.inbox.push_back(fanout);
                     }
                 } else {
@@ -602,7 +631,7 @@ impl MessagingCore {
                 if !state.fanout_on_read {
                     let others: Vec<UserId> = state.members.keys().copied().filter(|&m| m != user).collect();
                     for (shard, to) in self.group_by_shard(&others) {
-                        self.to_shard(shard, PeerMessage::Typing { chat, user, to });
+                        self.send_peer(shard, PeerMessage::Typing { chat, user, to });
                     }
                 }
                 self.reply_now(origin, Ok(Response::Done));
@@ -671,7 +700,7 @@ impl MessagingCore {
                 if home == self.shard {
                     self.peer(message, now, journal);
                 } else {
-                    self.to_shard(home, message);
+                    self.send_peer(home, message);
                 }
                 Ok(())
             }
@@ -1035,7 +1064,7 @@ impl MessagingCore {
 
     /// Applies a fan-out from another shard to the boxes here. Hands it back when the log
     /// has no room, to be retried in order.
-    fn fan_in(&mut self, fanout: FanOut, journal: &mut dyn Journal) -> std::result::Result<(), FanOut> {
+    fn fan_in(&mut self, fanout: FanOut, journal: &mut dyn Journal) -> Option<FanOut> {
         let mut users = Vec::new();
         for &user in &fanout.users {
             let Some(state) = self.state.users.get(&user) else { continue };
@@ -1058,7 +1087,7 @@ impl MessagingCore {
                 self.after_acked
                     .push_back((self.last_lsn, Deferred::Reply(sender.origin, Ok(Response::Sent(sender.ack)))));
             }
-            return Ok(());
+            return None;
         }
         let sender_pts = fanout.sender.and_then(|s| users.iter().find(|(u, _)| *u == s.user).map(|(_, pts)| *pts));
         let event = Event::BoxAppended {
@@ -1071,7 +1100,7 @@ impl MessagingCore {
         let bytes = records::encode(&event);
         let lsn = match journal.append_all(&[(EVENT_KIND, users[0].0.vshard(), &bytes)]) {
             Ok(lsn) => lsn,
-            Err(_) => return Err(fanout),
+            Err(_) => return Some(fanout),
         };
         self.bytes_since_checkpoint += bytes.len() as u64;
         self.last_lsn = lsn;
@@ -1085,12 +1114,12 @@ impl MessagingCore {
         }
         self.after_durable.push_back((lsn, Deferred::BoxLive { date: fanout.date, update: fanout.update, users }));
         self.after_durable.push_back((lsn, Deferred::Peer(fanout.from, confirm)));
-        Ok(())
+        None
     }
 
     fn pump_inbox(&mut self, journal: &mut dyn Journal) {
         while let Some(fanout) = self.inbox.pop_front() {
-            if let Err(fanout) = self.fan_in(fanout, journal) {
+            if let Some(fanout) = self.fan_in(fanout, journal) {
                 self.inbox.push_front(fanout);
                 break;
             }
@@ -1100,7 +1129,7 @@ impl MessagingCore {
     fn release(&mut self, deferred: Deferred) {
         match deferred {
             Deferred::Reply(origin, result) => self.reply_now(origin, result),
-            Deferred::Peer(shard, message) => self.to_shard(shard, message),
+            Deferred::Peer(shard, message) => self.send_peer(shard, message),
             Deferred::FanOut(key) => self.send_fanout(key),
             Deferred::BoxLive { date, update, users } => {
                 for (user, pts) in users {
@@ -1122,7 +1151,7 @@ impl MessagingCore {
                     if shard == self.shard {
                         self.deliver_chat(chat, update.clone(), message.clone());
                     } else {
-                        self.to_shard(
+                        self.send_peer(
                             shard,
                             PeerMessage::ChatLive { chat, update: update.clone(), message: message.clone() },
                         );
@@ -1156,7 +1185,7 @@ impl MessagingCore {
             .collect();
         self.outbox_replies.remove(&key);
         for (shard, fanout) in sends {
-            self.to_shard(shard, PeerMessage::FanOut(fanout));
+            self.send_peer(shard, PeerMessage::FanOut(fanout));
         }
     }
 
@@ -1339,8 +1368,8 @@ impl MessagingCore {
         }
     }
 
-    fn to_shard(&mut self, shard: ShardId, message: PeerMessage) {
-        self.effects.peers.push((shard, message));
+    fn send_peer(&mut self, shard: ShardId, message: PeerMessage) {
+        self.route_no_journal(shard, message);
     }
 
     /// Sends `message` to `shard`'s core, handling it here when that is this shard.
@@ -1348,19 +1377,15 @@ impl MessagingCore {
         if shard == self.shard {
             self.peer(message, now, journal);
         } else {
-            self.to_shard(shard, message);
+            self.effects.peers.push((shard, message));
         }
     }
 
-    /// As `route`, for messages that never append.
+    /// As `route`, for messages that never append (session and subscription bookkeeping,
+    /// replies, confirmations).
     fn route_no_journal(&mut self, shard: ShardId, message: PeerMessage) {
-        struct NoJournal;
-        impl Journal for NoJournal {
-            fn append_all(&mut self, _: &[(RecordKind, VShard, &[u8])]) -> std::result::Result<Lsn, AppendError> {
-                unreachable!("session bookkeeping never appends")
-            }
-        }
-        self.route(shard, message, UnixMs(0), &mut NoJournal);
+        let now = self.now;
+        self.route(shard, message, now, &mut NoJournal);
     }
 
     fn owner(&self, vshard: VShard) -> ShardId {
@@ -1485,6 +1510,15 @@ impl MessagingCore {
     }
 }
 
+/// The journal of steps that must not append: using it is a bug.
+struct NoJournal;
+
+impl Journal for NoJournal {
+    fn append_all(&mut self, _: &[(RecordKind, VShard, &[u8])]) -> std::result::Result<Lsn, AppendError> {
+        unreachable!("session bookkeeping and replies never append")
+    }
+}
+
 fn history(chat: &Chat, user: UserId, page: HistoryPage) -> Result<Vec<Message>> {
     if page.limit == 0 || page.limit > HISTORY_PAGE_MAX {
         return Err(MessagingError::InvalidArgument("history page limit must be 1 to 100"));
@@ -1496,7 +1530,7 @@ fn history(chat: &Chat, user: UserId, page: HistoryPage) -> Result<Vec<Message>>
         below = below.min(page.offset_id);
     }
     if page.max_id.0 != 0 {
-        below = below.min(page.max_id.next());
+        below = below.min(page.max_id);
     }
     let hidden = chat.members.get(&user).map(|member| &member.hidden);
     let messages = chat.messages[..(below.0.saturating_sub(1) as usize).min(chat.messages.len())]

@@ -1,13 +1,17 @@
 //! The messaging model (DESIGN §3, §5): users, chats, messages, update boxes, fan-out, sync
 //! and live delivery, as a sans-I/O core per shard (`core`) over the shard's WAL.
 
+pub mod api;
 pub mod core;
+pub mod driver;
 pub mod limits;
 pub mod protocol;
 pub mod records;
 pub mod state;
 pub mod types;
 
+pub use self::api::{DialogsOffset, Messenger, NewMessage};
 pub use self::core::{Journal, MessagingCore};
+pub use self::driver::{Connected, OfflineHook, SessionEvents};
 pub use self::protocol::{Effects, HistoryPage, Origin, PeerMessage, Request, Response, SendRequest};
 pub use self::types::*;

@@ -98,12 +98,6 @@ pub struct Member {
     pub hidden: BTreeSet<MessageId>,
 }
 
-impl Default for Role {
-    fn default() -> Role {
-        Role::Member
-    }
-}
-
 #[derive(Clone, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ChatLogEntry {
     pub entry: Sequenced,

@@ -129,8 +129,9 @@ pub enum ChatKind {
     Channel,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum Role {
+    #[default]
     Member,
     Admin,
     Creator,

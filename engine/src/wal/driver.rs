@@ -150,13 +150,14 @@ struct Inner {
 }
 
 impl ShardLog {
-    /// Opens (or creates) the log in `dir`, replaying every record after the newest checkpoint
-    /// through `replay`. Must run on a glommio executor whose DMA probe has been done
-    /// (`preflight::probe_dma_reads`).
+    /// Opens (or creates) the log in `dir`: hands the newest checkpoint (if any) to `restore`,
+    /// then replays every record after it through `replay`. Must run on a glommio executor
+    /// whose DMA probe has been done (`preflight::probe_dma_reads`).
     pub async fn open(
         dir: &Path,
         config: LogConfig,
         repair: bool,
+        restore: impl FnOnce(Option<&(CheckpointTicket, Vec<u8>)>),
         mut replay: impl FnMut(RecordPosition, Record<'_>),
     ) -> Result<(ShardLog, OpenReport), OpenError> {
         let started = Instant::now();
@@ -173,6 +174,7 @@ impl ShardLog {
         let mut meta = load_or_create_meta(dir, !segments.is_empty())?;
         let checkpoints = load_checkpoints(&checkpoint_dir, meta.salt)?;
         let newest = checkpoints.last().cloned();
+        restore(newest.as_ref());
         let from = ReplayFrom::after(newest.as_ref().map(|(ticket, _)| ticket), &segments);
 
         let mut repaired = None;
@@ -939,20 +941,20 @@ fn random_u64() -> io::Result<u64> {
 
 /// A single-task wake-up flag: `notify` before `wait` is not lost.
 #[derive(Default)]
-struct Notify {
+pub(crate) struct Notify {
     pending: Cell<bool>,
     waker: Cell<Option<Waker>>,
 }
 
 impl Notify {
-    fn notify(&self) {
+    pub(crate) fn notify(&self) {
         self.pending.set(true);
         if let Some(waker) = self.waker.take() {
             waker.wake();
         }
     }
 
-    fn wait(&self) -> impl Future<Output = ()> + '_ {
+    pub(crate) fn wait(&self) -> impl Future<Output = ()> + '_ {
         poll_fn(move |context| {
             if self.pending.replace(false) {
                 Poll::Ready(())

@@ -1,0 +1,411 @@
+//! The messaging embedding API: [`Messenger`], a cloneable `Send + Sync` handle whose async
+//! methods route each request to the shard owning its key (DESIGN §2) and join the few
+//! operations that span shards (sign-up checks, usernames, forwards, differences, dialogs).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use crate::engine::Engine;
+use crate::ids::{ShardId, VShard};
+use crate::messaging::driver::Connected;
+use crate::messaging::limits::{DIALOGS_PAGE_MAX, MESSAGE_IDS_MAX};
+use crate::messaging::protocol::{HistoryPage, Request, Response, SendRequest};
+use crate::messaging::types::*;
+
+/// The messaging API over an [`Engine`].
+#[derive(Clone, Debug)]
+pub struct Messenger {
+    engine: Engine,
+}
+
+/// A message to send.
+#[derive(Clone, Debug, Default)]
+pub struct NewMessage {
+    pub random_id: RandomId,
+    pub text: String,
+    pub reply_to: Option<MessageId>,
+}
+
+/// Where a dialogs page starts: after this (date, chat) in the newest-first order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DialogsOffset {
+    pub date: UnixMs,
+    pub chat: ChatId,
+}
+
+macro_rules! expect {
+    ($answer:expr, $variant:pat => $value:expr) => {
+        match $answer? {
+            $variant => Ok($value),
+            other => Err(unexpected(other)),
+        }
+    };
+}
+
+fn unexpected(response: Response) -> MessagingError {
+    MessagingError::Storage(format!("unexpected answer from a shard: {response:?}"))
+}
+
+impl Messenger {
+    pub fn new(engine: Engine) -> Messenger {
+        Messenger { engine }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    fn shard(&self, vshard: VShard) -> ShardId {
+        self.engine.shard_of(vshard)
+    }
+
+    fn call(
+        &self,
+        vshard: VShard,
+        request: Request,
+    ) -> impl Future<Output = MessagingResult<Response>> + Send + 'static {
+        self.engine.messaging(self.shard(vshard), request)
+    }
+
+    // Users.
+
+    /// Registers a user with a phone number (E.164, `+` and digits).
+    pub async fn sign_up(&self, phone: &str, first_name: &str, last_name: &str) -> MessagingResult<UserId> {
+        let request =
+            Request::SignUp { phone: phone.into(), first_name: first_name.into(), last_name: last_name.into() };
+        expect!(self.call(key_vshard(phone), request).await, Response::User(user) => user)
+    }
+
+    pub async fn lookup_phone(&self, phone: &str) -> MessagingResult<Option<UserId>> {
+        let request = Request::LookupPhone { phone: phone.into() };
+        expect!(self.call(key_vshard(phone), request).await, Response::MaybeUser(user) => user)
+    }
+
+    /// Profiles of `users`, in the order asked; one request per shard. Unknown users are an error.
+    pub async fn get_users(&self, users: &[UserId]) -> MessagingResult<Vec<UserProfile>> {
+        let mut by_shard: BTreeMap<ShardId, Vec<UserId>> = BTreeMap::new();
+        for &user in users {
+            by_shard.entry(self.shard(user.vshard())).or_default().push(user);
+        }
+        let calls: Vec<_> = by_shard
+            .into_iter()
+            .map(|(shard, users)| self.engine.messaging(shard, Request::GetUsers { users }))
+            .collect();
+        let mut found = Vec::new();
+        for call in calls {
+            found.extend(expect!(call.await, Response::Profiles(profiles) => profiles)?);
+        }
+        Ok(users.iter().filter_map(|user| found.iter().find(|p| p.id == *user).cloned()).collect())
+    }
+
+    pub async fn set_name(&self, user: UserId, first_name: &str, last_name: &str) -> MessagingResult<()> {
+        let request = Request::SetName { user, first_name: first_name.into(), last_name: last_name.into() };
+        expect!(self.call(user.vshard(), request).await, Response::Done => ())
+    }
+
+    /// Sets (or with `None` clears) the user's unique username. The index entry on the
+    /// username's vshard is taken first, so two users can never both hold a name; a crash
+    /// between the steps can leave a claimed name unused (it stays the user's).
+    pub async fn set_username(&self, user: UserId, username: Option<&str>) -> MessagingResult<()> {
+        let normalized = username.map(crate::messaging::core::normalize_username).transpose()?;
+        if let Some(name) = &normalized {
+            let claim = Request::ClaimUsername { username: name.clone(), user };
+            expect!(self.call(key_vshard(name), claim).await, Response::Done => ())?;
+        }
+        let set = Request::SetUsername { user, username: normalized.clone() };
+        let previous = expect!(self.call(user.vshard(), set).await, Response::Username(previous) => previous)?;
+        if let Some(previous) = previous.filter(|previous| Some(previous) != normalized.as_ref()) {
+            let release = Request::ReleaseUsername { username: previous.clone(), user };
+            expect!(self.call(key_vshard(&previous), release).await, Response::Done => ())?;
+        }
+        Ok(())
+    }
+
+    pub async fn lookup_username(&self, username: &str) -> MessagingResult<Option<UserId>> {
+        let name = crate::messaging::core::normalize_username(username)?;
+        let request = Request::LookupUsername { username: name.clone() };
+        expect!(self.call(key_vshard(&name), request).await, Response::MaybeUser(user) => user)
+    }
+
+    /// Blocks (or unblocks) `peer` for `user`: neither can then start or write to their
+    /// private chat.
+    pub async fn set_blocked(&self, user: UserId, peer: UserId, blocked: bool) -> MessagingResult<()> {
+        self.get_users(&[user, peer]).await?;
+        let request = Request::SetBlocked { user, peer, blocked };
+        expect!(self.call(pair_vshard(user, peer), request).await, Response::Done => ())
+    }
+
+    // Chats.
+
+    /// The private chat of `user` and `peer`, created on first use. Both users must exist.
+    pub async fn open_private(&self, user: UserId, peer: UserId) -> MessagingResult<ChatId> {
+        self.get_users(&[user, peer]).await?;
+        let request = Request::OpenPrivate { user, peer };
+        expect!(self.call(pair_vshard(user, peer), request).await, Response::Chat(chat) => chat)
+    }
+
+    pub async fn create_group(&self, creator: UserId, title: &str, members: &[UserId]) -> MessagingResult<ChatId> {
+        self.create_chat(ChatKind::Group, creator, title, members).await
+    }
+
+    pub async fn create_channel(&self, creator: UserId, title: &str) -> MessagingResult<ChatId> {
+        self.create_chat(ChatKind::Channel, creator, title, &[]).await
+    }
+
+    async fn create_chat(
+        &self,
+        kind: ChatKind,
+        creator: UserId,
+        title: &str,
+        members: &[UserId],
+    ) -> MessagingResult<ChatId> {
+        let mut everyone = vec![creator];
+        everyone.extend_from_slice(members);
+        self.get_users(&everyone).await?;
+        let request = Request::CreateChat { kind, creator, title: title.into(), members: members.to_vec() };
+        expect!(self.call(creator.vshard(), request).await, Response::Chat(chat) => chat)
+    }
+
+    pub async fn join(&self, chat: ChatId, user: UserId) -> MessagingResult<()> {
+        self.get_users(&[user]).await?;
+        expect!(self.call(chat.vshard(), Request::Join { chat, user }).await, Response::Done => ())
+    }
+
+    pub async fn leave(&self, chat: ChatId, user: UserId) -> MessagingResult<()> {
+        expect!(self.call(chat.vshard(), Request::Leave { chat, user }).await, Response::Done => ())
+    }
+
+    pub async fn add_member(&self, chat: ChatId, by: UserId, user: UserId) -> MessagingResult<()> {
+        self.get_users(&[user]).await?;
+        expect!(self.call(chat.vshard(), Request::AddMember { chat, by, user }).await, Response::Done => ())
+    }
+
+    pub async fn remove_member(&self, chat: ChatId, by: UserId, user: UserId) -> MessagingResult<()> {
+        expect!(self.call(chat.vshard(), Request::RemoveMember { chat, by, user }).await, Response::Done => ())
+    }
+
+    pub async fn promote(&self, chat: ChatId, by: UserId, user: UserId) -> MessagingResult<()> {
+        expect!(self.call(chat.vshard(), Request::Promote { chat, by, user }).await, Response::Done => ())
+    }
+
+    pub async fn get_chat(&self, chat: ChatId, user: UserId) -> MessagingResult<ChatInfo> {
+        expect!(self.call(chat.vshard(), Request::GetChat { chat, user }).await, Response::ChatInfo(info) => info)
+    }
+
+    pub async fn get_members(&self, chat: ChatId, user: UserId) -> MessagingResult<Vec<(UserId, Role)>> {
+        expect!(self.call(chat.vshard(), Request::GetMembers { chat, user }).await, Response::Members(m) => m)
+    }
+
+    // Messages.
+
+    /// Sends a message; idempotent per (chat, sender, random_id) within the idempotency window.
+    pub fn send(
+        &self,
+        chat: ChatId,
+        sender: UserId,
+        message: NewMessage,
+    ) -> impl Future<Output = MessagingResult<SendAck>> + Send + 'static {
+        let NewMessage { random_id, text, reply_to } = message;
+        let request = Request::Send(SendRequest { chat, sender, random_id, text, reply_to, forwarded_from: None });
+        let call = self.call(chat.vshard(), request);
+        async move { expect!(call.await, Response::Sent(ack) => ack) }
+    }
+
+    /// Forwards messages `ids` of `from` (which `user` must be able to see) into `to`; each
+    /// copy keeps its original sender and chat. `random_id` is the first copy's; the others
+    /// follow it.
+    pub async fn forward(
+        &self,
+        user: UserId,
+        from: ChatId,
+        ids: &[MessageId],
+        to: ChatId,
+        random_id: RandomId,
+    ) -> MessagingResult<Vec<SendAck>> {
+        let originals = self.get_messages(from, user, ids).await?;
+        let mut acks = Vec::with_capacity(originals.len());
+        for (index, original) in originals.into_iter().enumerate() {
+            let forwarded_from = original.forwarded_from.unwrap_or(ForwardedFrom {
+                chat: original.chat,
+                message: original.id,
+                sender: original.sender,
+                date: original.date,
+            });
+            let request = Request::Send(SendRequest {
+                chat: to,
+                sender: user,
+                random_id: RandomId(random_id.0.wrapping_add(index as u64)),
+                text: original.text,
+                reply_to: None,
+                forwarded_from: Some(forwarded_from),
+            });
+            acks.push(expect!(self.call(to.vshard(), request).await, Response::Sent(ack) => ack)?);
+        }
+        Ok(acks)
+    }
+
+    pub async fn edit(&self, chat: ChatId, user: UserId, id: MessageId, text: &str) -> MessagingResult<()> {
+        let request = Request::Edit { chat, user, id, text: text.into() };
+        expect!(self.call(chat.vshard(), request).await, Response::Done => ())
+    }
+
+    /// Deletes messages for everyone (a tombstone keeps the id) or for `user` only.
+    pub async fn delete(
+        &self,
+        chat: ChatId,
+        user: UserId,
+        ids: &[MessageId],
+        for_everyone: bool,
+    ) -> MessagingResult<()> {
+        let request = Request::Delete { chat, user, ids: ids.to_vec(), for_everyone };
+        expect!(self.call(chat.vshard(), request).await, Response::Done => ())
+    }
+
+    pub async fn pin(&self, chat: ChatId, user: UserId, id: Option<MessageId>) -> MessagingResult<()> {
+        expect!(self.call(chat.vshard(), Request::Pin { chat, user, id }).await, Response::Done => ())
+    }
+
+    /// A history page, newest first (see [`HistoryPage`]); at most 100 messages.
+    pub fn get_history(
+        &self,
+        chat: ChatId,
+        user: UserId,
+        page: HistoryPage,
+    ) -> impl Future<Output = MessagingResult<Vec<Message>>> + Send + 'static {
+        let call = self.call(chat.vshard(), Request::GetHistory { chat, user, page });
+        async move { expect!(call.await, Response::Messages(messages) => messages) }
+    }
+
+    /// The messages among `ids` that `user` can see.
+    pub async fn get_messages(&self, chat: ChatId, user: UserId, ids: &[MessageId]) -> MessagingResult<Vec<Message>> {
+        let request = Request::GetMessages { chat, user, ids: ids.to_vec() };
+        expect!(self.call(chat.vshard(), request).await, Response::Messages(messages) => messages)
+    }
+
+    /// Marks the chat read by `user` up to `max_id`.
+    pub async fn read_history(&self, chat: ChatId, user: UserId, max_id: MessageId) -> MessagingResult<()> {
+        expect!(self.call(chat.vshard(), Request::ReadHistory { chat, user, max_id }).await, Response::Done => ())
+    }
+
+    /// Tells the chat's online members that `user` is typing (never stored).
+    pub async fn typing(&self, chat: ChatId, user: UserId) -> MessagingResult<()> {
+        expect!(self.call(chat.vshard(), Request::Typing { chat, user }).await, Response::Done => ())
+    }
+
+    // Sync.
+
+    pub async fn get_state(&self, user: UserId) -> MessagingResult<BoxState> {
+        expect!(self.call(user.vshard(), Request::GetState { user }).await, Response::State(state) => state)
+    }
+
+    /// The box updates after `pts` (at most `limit`), with the messages they reference,
+    /// fetched with one request per chat shard.
+    pub async fn get_difference(&self, user: UserId, pts: Pts, limit: usize) -> MessagingResult<Difference> {
+        let request = Request::GetDifference { user, pts, limit };
+        let (updates, state, slice) = expect!(
+            self.call(user.vshard(), request).await,
+            Response::BoxDifference { updates, state, slice } => (updates, state, slice)
+        )?;
+        let mut wanted: BTreeMap<ShardId, BTreeMap<ChatId, Vec<MessageId>>> = BTreeMap::new();
+        for update in &updates {
+            if let Some(id) = update.update.message() {
+                let chat = update.update.chat();
+                let ids = wanted.entry(self.shard(chat.vshard())).or_default().entry(chat).or_default();
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+        let calls: Vec<_> = wanted
+            .into_iter()
+            .map(|(shard, chats)| {
+                let request = Request::FetchMessages { user, wanted: chats.into_iter().collect() };
+                self.engine.messaging(shard, request)
+            })
+            .collect();
+        let mut messages = Vec::new();
+        for call in calls {
+            messages.extend(expect!(call.await, Response::Messages(found) => found)?);
+        }
+        Ok(Difference { updates, messages, state, slice })
+    }
+
+    /// The updates of a chat fanned out on read after `pts`.
+    pub async fn get_chat_difference(
+        &self,
+        chat: ChatId,
+        user: UserId,
+        pts: Pts,
+        limit: usize,
+    ) -> MessagingResult<ChatDifference> {
+        let request = Request::GetChatDifference { chat, user, pts, limit };
+        expect!(self.call(chat.vshard(), request).await, Response::ChatDifference(difference) => difference)
+    }
+
+    /// A page of the user's dialogs, by last activity, newest first.
+    pub async fn get_dialogs(
+        &self,
+        user: UserId,
+        offset: Option<DialogsOffset>,
+        limit: usize,
+    ) -> MessagingResult<Vec<Dialog>> {
+        if limit == 0 || limit > DIALOGS_PAGE_MAX {
+            return Err(MessagingError::InvalidArgument("dialogs page limit must be 1 to 100"));
+        }
+        let mut dialogs =
+            expect!(self.call(user.vshard(), Request::GetDialogs { user }).await, Response::Dialogs(d) => d)?;
+        // Chats fanned out on read are not in the box: ask their shards for the current top.
+        let mut by_shard: BTreeMap<ShardId, Vec<ChatId>> = BTreeMap::new();
+        for dialog in dialogs.iter().filter(|dialog| dialog.fanout_on_read) {
+            by_shard.entry(self.shard(dialog.chat.vshard())).or_default().push(dialog.chat);
+        }
+        for (shard, chats) in by_shard {
+            for chunk in chats.chunks(MESSAGE_IDS_MAX * 10) {
+                let request = Request::ChatTops { user, chats: chunk.to_vec() };
+                let tops = expect!(self.engine.messaging(shard, request).await, Response::Dialogs(d) => d)?;
+                for top in tops {
+                    if let Some(dialog) = dialogs.iter_mut().find(|dialog| dialog.chat == top.chat) {
+                        *dialog = Dialog { top_date: top.top_date.max(dialog.top_date), ..top };
+                    }
+                }
+            }
+        }
+        dialogs.sort_by_key(|dialog| std::cmp::Reverse((dialog.top_date, dialog.chat)));
+        let start = match offset {
+            Some(offset) => dialogs.iter().position(|d| (d.top_date, d.chat) < (offset.date, offset.chat)),
+            None => Some(0),
+        };
+        Ok(start.map_or_else(Vec::new, |start| dialogs.into_iter().skip(start).take(limit).collect()))
+    }
+
+    // Sessions and presence.
+
+    /// Registers an online session of `user` held on `shard` (the core its connection lives
+    /// on). The box state comes back in the same step: every update after it arrives live.
+    pub async fn connect(&self, user: UserId, shard: ShardId) -> MessagingResult<Connected> {
+        self.engine.connect(shard, user).await
+    }
+
+    pub async fn disconnect(&self, session: SessionId) -> MessagingResult<()> {
+        expect!(self.engine.messaging(session.shard(), Request::Disconnect { session }).await, Response::Done => ())
+    }
+
+    /// Streams a chat fanned out on read to `session`; answers the chat's pts at subscription.
+    pub async fn subscribe_chat(&self, session: SessionId, chat: ChatId) -> MessagingResult<Pts> {
+        let request = Request::SubscribeChat { session, chat };
+        expect!(self.engine.messaging(session.shard(), request).await, Response::Pts(pts) => pts)
+    }
+
+    pub async fn unsubscribe_chat(&self, session: SessionId, chat: ChatId) -> MessagingResult<()> {
+        let request = Request::UnsubscribeChat { session, chat };
+        expect!(self.engine.messaging(session.shard(), request).await, Response::Done => ())
+    }
+
+    /// Whether the user has an online session, and when they were last seen.
+    pub async fn get_presence(&self, user: UserId) -> MessagingResult<(bool, UnixMs)> {
+        expect!(
+            self.call(user.vshard(), Request::GetPresence { user }).await,
+            Response::Presence { online, last_seen } => (online, last_seen)
+        )
+    }
+}

@@ -1,0 +1,394 @@
+//! Runs a shard's [`MessagingCore`] on its glommio executor: feeds it requests, peer batches
+//! from the channel mesh and the log's watermarks, and performs its effects — replies to the
+//! host, one mesh message per destination shard per step, events into session queues, offline
+//! notices, and automatic checkpoints.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::ids::{Lsn, RecordKind, ShardId, VShard};
+use crate::messaging::core::{Journal, MessagingCore};
+use crate::messaging::limits::SESSION_QUEUE_MAX;
+use crate::messaging::protocol::{Effects, Origin, PeerMessage, Request, Response};
+use crate::messaging::state::Map;
+use crate::messaging::types::{
+    BoxState, LiveEvent, MessagingError, MessagingResult, Sequenced, SessionId, UnixMs, UserId,
+};
+use crate::shard::{MeshTask, ShardContext};
+use crate::wal::driver::{Notify, ShardLog};
+use crate::wal::AppendError;
+
+/// Told about every durable box update of a user with no online session (push uses it).
+/// Runs on the user's shard: it must not block.
+pub type OfflineHook = Arc<dyn Fn(UserId, &Sequenced) + Send + Sync>;
+
+/// A session registered with [`crate::messaging::api::Messenger::connect`].
+#[derive(Debug)]
+pub struct Connected {
+    pub session: SessionId,
+    /// The box state at registration: every later update arrives on `events`.
+    pub state: BoxState,
+    pub events: SessionEvents,
+}
+
+/// A session's live events. Bounded: a session that falls `SESSION_QUEUE_MAX` events behind is
+/// dropped, and its stream ends with [`LiveEvent::Resync`].
+#[derive(Debug)]
+pub struct SessionEvents {
+    receiver: flume::Receiver<LiveEvent>,
+    overflowed: Arc<AtomicBool>,
+    ended: bool,
+}
+
+impl SessionEvents {
+    /// The next event; `None` once the session is gone.
+    pub async fn next(&mut self) -> Option<LiveEvent> {
+        match self.receiver.recv_async().await {
+            Ok(event) => Some(event),
+            Err(_) => self.end(),
+        }
+    }
+
+    /// The next event if one is queued.
+    pub fn try_next(&mut self) -> Option<LiveEvent> {
+        match self.receiver.try_recv() {
+            Ok(event) => Some(event),
+            Err(flume::TryRecvError::Empty) => None,
+            Err(flume::TryRecvError::Disconnected) => self.end(),
+        }
+    }
+
+    /// The next event, waiting at most `timeout` (from a thread outside the engine).
+    pub fn next_timeout(&mut self, timeout: Duration) -> Option<LiveEvent> {
+        match self.receiver.recv_timeout(timeout) {
+            Ok(event) => Some(event),
+            Err(flume::RecvTimeoutError::Timeout) => None,
+            Err(flume::RecvTimeoutError::Disconnected) => self.end(),
+        }
+    }
+
+    fn end(&mut self) -> Option<LiveEvent> {
+        if !self.ended && self.overflowed.load(Ordering::Acquire) {
+            self.ended = true;
+            return Some(LiveEvent::Resync);
+        }
+        self.ended = true;
+        None
+    }
+}
+
+enum Pending {
+    Plain(flume::Sender<MessagingResult<Response>>),
+    Connect { session: SessionId, events: SessionEvents, reply: flume::Sender<MessagingResult<Connected>> },
+}
+
+struct Sink {
+    sender: flume::Sender<LiveEvent>,
+    overflowed: Arc<AtomicBool>,
+}
+
+/// The messaging side of a shard. Lives on its executor only.
+pub(crate) struct MessagingDriver {
+    core: RefCell<MessagingCore>,
+    pending: RefCell<Map<u64, Pending>>,
+    next_request: Cell<u64>,
+    next_session: Cell<u64>,
+    sinks: RefCell<Map<SessionId, Sink>>,
+    /// Wakes the watermark task when the core has new things waiting.
+    wake: Notify,
+    /// Per destination shard: mesh tasks waiting for room in the channel, in order.
+    outgoing: RefCell<Vec<VecDeque<MeshTask>>>,
+    offline: Option<OfflineHook>,
+    /// The host's last checkpoint state, carried into the automatic checkpoints.
+    host_state: RefCell<Vec<u8>>,
+    checkpointing: Rc<Cell<bool>>,
+}
+
+impl MessagingDriver {
+    pub(crate) fn new(
+        core: MessagingCore,
+        shard_count: usize,
+        offline: Option<OfflineHook>,
+        host_state: Vec<u8>,
+    ) -> MessagingDriver {
+        MessagingDriver {
+            core: RefCell::new(core),
+            pending: RefCell::new(Map::default()),
+            next_request: Cell::new(1),
+            next_session: Cell::new(1),
+            sinks: RefCell::new(Map::default()),
+            wake: Notify::default(),
+            outgoing: RefCell::new((0..shard_count).map(|_| VecDeque::new()).collect()),
+            offline,
+            host_state: RefCell::new(host_state),
+            checkpointing: Rc::new(Cell::new(false)),
+        }
+    }
+
+    /// Starts the watermark task and re-sends what recovery left in the outbox.
+    pub(crate) fn start(context: &Rc<ShardContext>) {
+        glommio::spawn_local(watermarks(context.clone())).detach();
+        perform(context);
+    }
+
+    pub(crate) fn request(
+        context: &Rc<ShardContext>,
+        request: Request,
+        reply: flume::Sender<MessagingResult<Response>>,
+    ) {
+        let driver = &context.messaging;
+        let origin = driver.origin(context.id, Pending::Plain(reply));
+        driver.core.borrow_mut().handle(origin, request, now(), &mut LogJournal(&context.log));
+        perform(context);
+    }
+
+    pub(crate) fn connect(context: &Rc<ShardContext>, user: UserId, reply: flume::Sender<MessagingResult<Connected>>) {
+        let driver = &context.messaging;
+        let sequence = driver.next_session.get();
+        driver.next_session.set(sequence + 1);
+        let session = SessionId::compose(sequence, context.id);
+        let (sender, receiver) = flume::bounded(SESSION_QUEUE_MAX);
+        let overflowed = Arc::new(AtomicBool::new(false));
+        driver.sinks.borrow_mut().insert(session, Sink { sender, overflowed: overflowed.clone() });
+        let events = SessionEvents { receiver, overflowed, ended: false };
+        let origin = driver.origin(context.id, Pending::Connect { session, events, reply });
+        driver.core.borrow_mut().handle(
+            origin,
+            Request::Connect { user, session },
+            now(),
+            &mut LogJournal(&context.log),
+        );
+        perform(context);
+    }
+
+    /// A batch of peer messages from another shard's core.
+    pub(crate) fn receive(context: &Rc<ShardContext>, messages: Vec<PeerMessage>) {
+        {
+            let mut core = context.messaging.core.borrow_mut();
+            let now = now();
+            for message in messages {
+                core.peer(message, now, &mut LogJournal(&context.log));
+            }
+        }
+        perform(context);
+    }
+
+    /// The host checkpoints `host_state`: the checkpoint holds it and the messaging state.
+    pub(crate) fn checkpoint_bytes(&self, host_state: Vec<u8>) -> Vec<u8> {
+        let snapshot = self.core.borrow_mut().snapshot();
+        let bytes = combine(&host_state, &snapshot);
+        *self.host_state.borrow_mut() = host_state;
+        bytes
+    }
+
+    fn origin(&self, shard: ShardId, pending: Pending) -> Origin {
+        let request = self.next_request.get();
+        self.next_request.set(request + 1);
+        self.pending.borrow_mut().insert(request, pending);
+        Origin { shard, request }
+    }
+}
+
+/// Splits a checkpoint into (host state, messaging snapshot).
+pub(crate) fn split(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let length = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
+    let host = bytes.get(8..8usize.checked_add(length)?)?;
+    Some((host, &bytes[8 + length..]))
+}
+
+fn combine(host: &[u8], snapshot: &[u8]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(8 + host.len() + snapshot.len());
+    bytes.extend_from_slice(&(host.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(host);
+    bytes.extend_from_slice(snapshot);
+    bytes
+}
+
+pub(crate) struct LogJournal<'a>(pub &'a ShardLog);
+
+impl Journal for LogJournal<'_> {
+    fn append_all(&mut self, records: &[(RecordKind, VShard, &[u8])]) -> Result<Lsn, AppendError> {
+        self.0.append_all(records, |_| {})
+    }
+}
+
+fn now() -> UnixMs {
+    let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    UnixMs(since_epoch.as_millis() as u64)
+}
+
+/// Performs what the core produced, until it produces nothing more.
+fn perform(context: &Rc<ShardContext>) {
+    let driver = &context.messaging;
+    loop {
+        let effects = driver.core.borrow_mut().take_effects();
+        if effects.is_empty() {
+            break;
+        }
+        let Effects { replies, peers, deliveries, offline } = effects;
+        for (origin, result) in replies {
+            let Some(pending) = driver.pending.borrow_mut().remove(&origin.request) else { continue };
+            match pending {
+                Pending::Plain(reply) => {
+                    let _ = reply.send(result);
+                }
+                Pending::Connect { session, events, reply } => {
+                    let connected = match result {
+                        Ok(Response::State(state)) => Ok(Connected { session, state, events }),
+                        Ok(_) => Err(MessagingError::Storage("unexpected answer to connect".into())),
+                        Err(error) => Err(error),
+                    };
+                    if connected.is_err() {
+                        driver.sinks.borrow_mut().remove(&session);
+                    }
+                    if let Err(Ok(connected)) = reply.send(connected).map_err(|unsent| unsent.into_inner()) {
+                        // The host stopped waiting: the session has no reader.
+                        driver.sinks.borrow_mut().remove(&connected.session);
+                        driver.core.borrow_mut().session_lost(connected.session);
+                    }
+                }
+            }
+        }
+        send_batches(context, peers);
+        for (session, event) in deliveries {
+            let lost = match driver.sinks.borrow().get(&session) {
+                None => false,
+                Some(sink) => match sink.sender.try_send(event) {
+                    Ok(()) => false,
+                    Err(flume::TrySendError::Full(_)) => {
+                        sink.overflowed.store(true, Ordering::Release);
+                        true
+                    }
+                    Err(flume::TrySendError::Disconnected(_)) => true,
+                },
+            };
+            if lost {
+                driver.sinks.borrow_mut().remove(&session);
+                driver.core.borrow_mut().session_lost(session);
+            }
+        }
+        if let Some(hook) = &driver.offline {
+            for (user, update) in &offline {
+                hook(*user, update);
+            }
+        }
+    }
+    // Wake the watermark task only for new waits: waking it for nothing would spin.
+    let core = driver.core.borrow();
+    if core.waiting() != (None, None) || core.has_inbox() {
+        driver.wake.notify();
+    }
+    drop(core);
+    maybe_checkpoint(context);
+}
+
+/// One mesh message per run of messages to the same shard.
+fn send_batches(context: &Rc<ShardContext>, peers: Vec<(ShardId, PeerMessage)>) {
+    let mut batch: Vec<PeerMessage> = Vec::new();
+    let mut batch_shard = None;
+    for (shard, message) in peers {
+        if batch_shard != Some(shard) {
+            if let Some(previous) = batch_shard {
+                send_batch(context, previous, std::mem::take(&mut batch));
+            }
+            batch_shard = Some(shard);
+        }
+        batch.push(message);
+    }
+    if let Some(shard) = batch_shard {
+        send_batch(context, shard, batch);
+    }
+}
+
+fn send_batch(context: &Rc<ShardContext>, shard: ShardId, batch: Vec<PeerMessage>) {
+    let task: MeshTask = Box::new(move |context: &Rc<ShardContext>| MessagingDriver::receive(context, batch));
+    let mut outgoing = context.messaging.outgoing.borrow_mut();
+    let Some(queue) = outgoing.get_mut(shard.index()) else { return };
+    if queue.is_empty() {
+        match context.try_send_to(shard, task) {
+            Ok(()) => return,
+            Err(task) => queue.push_back(task),
+        }
+        // The channel is full: a flusher sends the queue in order as room appears.
+        let context = context.clone();
+        glommio::spawn_local(async move {
+            loop {
+                let task = context.messaging.outgoing.borrow_mut()[shard.index()].pop_front();
+                let Some(task) = task else { break };
+                if context.send_to(shard, task).await.is_err() {
+                    break;
+                }
+            }
+        })
+        .detach();
+    } else {
+        queue.push_back(task);
+    }
+}
+
+fn maybe_checkpoint(context: &Rc<ShardContext>) {
+    let driver = &context.messaging;
+    if driver.checkpointing.get() || !driver.core.borrow().wants_checkpoint() {
+        return;
+    }
+    let host_state = driver.host_state.borrow().clone();
+    let bytes = driver.checkpoint_bytes(host_state);
+    driver.checkpointing.set(true);
+    let checkpoint = context.log.checkpoint(bytes);
+    let busy = driver.checkpointing.clone();
+    glommio::spawn_local(async move {
+        // A failed checkpoint is retried after the next interval; the log is what is durable.
+        let _ = checkpoint.await;
+        busy.set(false);
+    })
+    .detach();
+}
+
+/// Waits for the log's watermarks to pass what the core waits on, then lets it release.
+async fn watermarks(context: Rc<ShardContext>) {
+    let driver = &context.messaging;
+    loop {
+        let (acked, durable) = driver.core.borrow().waiting();
+        let result = match (acked, durable) {
+            (None, None) => {
+                if driver.core.borrow().has_inbox() {
+                    glommio::timer::sleep(Duration::from_millis(1)).await;
+                } else {
+                    driver.wake.wait().await;
+                }
+                Ok(())
+            }
+            (acked, durable) => {
+                let log = &context.log;
+                let acked = async {
+                    match acked {
+                        Some(lsn) => log.acked(lsn).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let durable = async {
+                    match durable {
+                        Some(lsn) => log.durable(lsn).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                futures_lite::future::or(acked, durable).await
+            }
+        };
+        if let Err(error) = result {
+            // The log stopped: nothing waiting will ever be released. Fail the waiting
+            // requests instead of leaving their callers hanging.
+            driver.core.borrow_mut().fail_waiting(MessagingError::Storage(error.to_string()));
+            perform(&context);
+            return;
+        }
+        let (acked, durable) = (context.log.acked_lsn(), context.log.durable_lsn());
+        driver.core.borrow_mut().advance(acked, durable, &mut LogJournal(&context.log));
+        perform(&context);
+        glommio::yield_if_needed().await;
+    }
+}
