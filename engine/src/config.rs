@@ -129,6 +129,9 @@ pub struct EngineConfig {
     /// Truncate the log at the first corrupt batch instead of refusing to open. Bumps the
     /// log's generation, so the layers above know acknowledged data may have been lost.
     pub repair: bool,
+    /// WAL bytes of messaging records a shard writes between automatic checkpoints of its
+    /// messaging state (restart replays at most about this much).
+    pub checkpoint_every_bytes: u64,
 }
 
 impl EngineConfig {
@@ -140,6 +143,7 @@ impl EngineConfig {
             cpus: None,
             shard_queue_depth: SHARD_QUEUE_DEPTH_DEFAULT,
             repair: false,
+            checkpoint_every_bytes: crate::messaging::limits::CHECKPOINT_EVERY_BYTES,
         }
     }
 }

@@ -172,6 +172,7 @@ impl Engine {
                 opened: opened_sender.clone(),
                 replay: hooks.replay.clone(),
                 offline: hooks.offline.clone(),
+                checkpoint_every_bytes: config.checkpoint_every_bytes,
             };
             let thread = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("shard-{index}"))

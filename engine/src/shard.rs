@@ -91,6 +91,7 @@ pub(crate) struct ShardStart {
     pub opened: std::sync::mpsc::Sender<(ShardId, Result<OpenReport, EngineError>)>,
     pub replay: Option<ReplayHook>,
     pub offline: Option<OfflineHook>,
+    pub checkpoint_every_bytes: u64,
 }
 
 thread_local! {
@@ -106,7 +107,19 @@ pub(crate) fn hold_lifeline(lifeline: flume::Sender<()>) {
 
 /// The shard's main future: join the mesh, recover the log, then serve until shutdown.
 pub(crate) async fn run(start: ShardStart) {
-    let ShardStart { id, dir, log_config, repair, table, mesh, requests, opened, replay, offline } = start;
+    let ShardStart {
+        id,
+        dir,
+        log_config,
+        repair,
+        table,
+        mesh,
+        requests,
+        opened,
+        replay,
+        offline,
+        checkpoint_every_bytes,
+    } = start;
     // Every peer must join the mesh or all of them hang, so join before anything can fail.
     let Ok((senders, mut receivers)) = mesh.join().await else {
         let _ = opened.send((id, Err(EngineError::ShardGone)));
@@ -157,6 +170,7 @@ pub(crate) async fn run(start: ShardStart) {
         *state = host_state.clone();
     }
     let mut core = core.into_inner();
+    core.set_checkpoint_every(checkpoint_every_bytes);
     core.resume(report.generation, Lsn(log.next_lsn().0 - 1));
     let messaging = MessagingDriver::new(core, table.shard_count(), offline, host_state);
     let context = Rc::new(ShardContext { id, log, table, mesh: senders, messaging });

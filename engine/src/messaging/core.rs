@@ -55,6 +55,7 @@ pub struct MessagingCore {
     bytes_since_checkpoint: u64,
     /// The time of the latest input.
     now: UnixMs,
+    checkpoint_every_bytes: u64,
 }
 
 impl std::fmt::Debug for MessagingCore {
@@ -137,6 +138,7 @@ impl MessagingCore {
             effects: Effects::default(),
             bytes_since_checkpoint: 0,
             now: UnixMs(0),
+            checkpoint_every_bytes: CHECKPOINT_EVERY_BYTES,
         }
     }
 
@@ -172,9 +174,14 @@ impl MessagingCore {
         }
     }
 
+    /// Take a checkpoint after this many bytes of records (default `CHECKPOINT_EVERY_BYTES`).
+    pub fn set_checkpoint_every(&mut self, bytes: u64) {
+        self.checkpoint_every_bytes = bytes.max(1);
+    }
+
     /// Whether enough has been written since the last checkpoint to take another.
     pub fn wants_checkpoint(&self) -> bool {
-        self.bytes_since_checkpoint >= CHECKPOINT_EVERY_BYTES
+        self.bytes_since_checkpoint >= self.checkpoint_every_bytes
     }
 
     /// Applies a record replayed from the log (any kind; other kinds are the host's).
