@@ -417,7 +417,9 @@ fn apply_chat_change(
                 }
             }
             let fanout_on_read = chat.fanout_on_read;
-            push_log(chat, date, Update::ChatMember { chat: id, user, change, fanout_on_read }, None);
+            // A channel's subscriber list is not public: only the member sees their change.
+            let only_for = (chat.kind == ChatKind::Channel).then_some(user);
+            push_log(chat, date, Update::ChatMember { chat: id, user, change, fanout_on_read }, only_for);
         }
         ChatChange::Read { user, max_id } => {
             let unread = chat.unread_after(user, max_id);
