@@ -275,16 +275,20 @@ pub enum PeerMessage {
         session: SessionId,
         user: UserId,
     },
+    /// `counted` is false when the session already subscribed (only the pts is wanted).
     Subscribe {
         chat: ChatId,
         user: UserId,
         session: SessionId,
         origin: Origin,
+        counted: bool,
     },
     Subscribed {
         chat: ChatId,
+        user: UserId,
         session: SessionId,
         origin: Origin,
+        counted: bool,
         result: MessagingResult<Response>,
     },
     Unsubscribe {

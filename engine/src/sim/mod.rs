@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod disk;
 pub mod log;
+pub mod messaging;
 pub mod rng;
 
 pub use self::cluster::SimCluster;

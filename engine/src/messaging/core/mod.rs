@@ -1,0 +1,772 @@
+//! A shard's messaging core: a sans-I/O state machine (DESIGN §2). Requests and peer
+//! messages go in with the time; records go out through a [`Journal`]; everything a client or
+//! another shard may see waits in a queue until the log's watermarks say the records behind
+//! it are acknowledged (replies) or durable (fan-out, live updates), then leaves as
+//! [`Effects`]. The glommio driver and the simulator run this same code.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use crate::ids::{Lsn, RecordKind, ShardId, VShard};
+use crate::messaging::limits::*;
+use crate::messaging::protocol::{
+    Effects, FanOut, HistoryPage, Origin, PeerMessage, Request, Response, SendRequest, SenderReply,
+};
+use crate::messaging::records::{self, ChatChange, Event, EVENT_KIND};
+use crate::messaging::state::{content_hash, pair_key, Chat, Map, State, User};
+use crate::messaging::types::*;
+use crate::vshards::VShardTable;
+use crate::wal::AppendError;
+
+mod requests;
+mod sessions;
+
+pub use self::requests::normalize_username;
+
+/// Where the core's records go: the shard's log, or the simulator's.
+pub trait Journal {
+    /// Appends the records of one step together (same batch, durable together) and returns
+    /// the first one's LSN; the others follow densely.
+    fn append_all(&mut self, records: &[(RecordKind, VShard, &[u8])]) -> std::result::Result<Lsn, AppendError>;
+}
+
+/// One shard's messaging state machine.
+pub struct MessagingCore {
+    shard: ShardId,
+    table: Arc<VShardTable>,
+    /// The log's generation: bumped when acknowledged records may have been lost, so every
+    /// box and chat of the shard has this epoch.
+    epoch: u64,
+    state: State,
+    /// Cross-shard consequences not yet confirmed durable by every destination (DESIGN §3).
+    outbox: BTreeMap<(ChatId, Pts, u8), OutboxEntry>,
+    /// Sender replies riding on outbox entries; never durable (a restarted shard has no
+    /// waiting sender).
+    outbox_replies: Map<(ChatId, Pts, u8), SenderReply>,
+    /// Fan-outs received while the log had no room, in arrival order (order matters: a box
+    /// skips chat pts at or below what it applied).
+    inbox: VecDeque<FanOut>,
+    after_acked: VecDeque<(Lsn, Deferred)>,
+    after_durable: VecDeque<(Lsn, Deferred)>,
+    acked: Lsn,
+    durable: Lsn,
+    /// The newest record of each chat and box, so reads wait only for what they show.
+    chat_lsn: Map<ChatId, Lsn>,
+    box_lsn: Map<UserId, Lsn>,
+    last_lsn: Lsn,
+    live: Live,
+    effects: Effects,
+    /// Record bytes appended since the last checkpoint.
+    bytes_since_checkpoint: u64,
+    /// The time of the latest input.
+    now: UnixMs,
+    checkpoint_every_bytes: u64,
+    /// Set once the log failed: whatever comes to wait on it later is answered with this.
+    failed: Option<MessagingError>,
+}
+
+impl std::fmt::Debug for MessagingCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MessagingCore")
+            .field("shard", &self.shard)
+            .field("users", &self.state.users.len())
+            .field("chats", &self.state.chats.len())
+            .field("outbox", &self.outbox.len())
+            .field("last_lsn", &self.last_lsn)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Ephemeral state: online sessions, subscriptions, presence. Never in the WAL.
+#[derive(Default)]
+struct Live {
+    /// On a user's shard: their online sessions.
+    sessions: Map<UserId, Vec<SessionId>>,
+    presence: Map<UserId, (bool, UnixMs)>,
+    /// On a connection shard: sessions held here, and per chat the subscribed ones.
+    hub: Map<SessionId, HubSession>,
+    hub_chats: Map<ChatId, Vec<SessionId>>,
+    /// On a chat's shard: per connection shard, subscribed sessions per user.
+    subscribers: Map<ChatId, BTreeMap<ShardId, BTreeMap<UserId, u32>>>,
+}
+
+struct HubSession {
+    user: UserId,
+    chats: Vec<ChatId>,
+}
+
+#[derive(Clone, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct OutboxEntry {
+    pub date: UnixMs,
+    pub update: Update,
+    pub targets: BTreeMap<u16, Vec<UserId>>,
+}
+
+enum Deferred {
+    Reply(Origin, MessagingResult<Response>),
+    Peer(ShardId, PeerMessage),
+    FanOut((ChatId, Pts, u8)),
+    BoxLive { date: UnixMs, update: Update, users: Vec<(UserId, Pts)> },
+    ChatLive { chat: ChatId, update: Sequenced, message: Option<Arc<Message>> },
+}
+
+/// A checkpoint's contents: the durable state and the unconfirmed outbox.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct Snapshot {
+    state: State,
+    outbox: Vec<((ChatId, Pts, u8), OutboxEntry)>,
+}
+
+/// Why a checkpoint could not be restored.
+#[derive(Debug, thiserror::Error)]
+#[error("the messaging checkpoint does not decode: {0}")]
+pub struct RestoreError(rkyv::rancor::Error);
+
+type Result<T> = std::result::Result<T, MessagingError>;
+
+impl MessagingCore {
+    pub fn new(shard: ShardId, table: Arc<VShardTable>) -> MessagingCore {
+        MessagingCore {
+            shard,
+            table,
+            epoch: 0,
+            state: State::default(),
+            outbox: BTreeMap::new(),
+            outbox_replies: Map::default(),
+            inbox: VecDeque::new(),
+            after_acked: VecDeque::new(),
+            after_durable: VecDeque::new(),
+            acked: Lsn::ZERO,
+            durable: Lsn::ZERO,
+            chat_lsn: Map::default(),
+            box_lsn: Map::default(),
+            last_lsn: Lsn::ZERO,
+            live: Live::default(),
+            effects: Effects::default(),
+            bytes_since_checkpoint: 0,
+            now: UnixMs(0),
+            checkpoint_every_bytes: CHECKPOINT_EVERY_BYTES,
+            failed: None,
+        }
+    }
+
+    pub fn shard(&self) -> ShardId {
+        self.shard
+    }
+
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Loads a checkpoint's state; call before replaying the records after it.
+    pub fn restore(&mut self, snapshot: &[u8]) -> std::result::Result<(), RestoreError> {
+        let mut aligned = rkyv::util::AlignedVec::<16>::with_capacity(snapshot.len());
+        aligned.extend_from_slice(snapshot);
+        let snapshot = rkyv::from_bytes::<Snapshot, rkyv::rancor::Error>(&aligned).map_err(RestoreError)?;
+        self.state = snapshot.state;
+        self.outbox = snapshot.outbox.into_iter().collect();
+        Ok(())
+    }
+
+    /// The checkpoint of everything applied so far.
+    pub fn snapshot(&mut self) -> Vec<u8> {
+        let state = std::mem::take(&mut self.state);
+        let snapshot =
+            Snapshot { state, outbox: self.outbox.iter().map(|(key, entry)| (*key, entry.clone())).collect() };
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&snapshot);
+        self.state = snapshot.state;
+        self.bytes_since_checkpoint = 0;
+        match bytes {
+            Ok(bytes) => bytes.into_vec(),
+            Err(error) => panic!("archiving the messaging state failed: {error}"),
+        }
+    }
+
+    /// Take a checkpoint after this many bytes of records (default `CHECKPOINT_EVERY_BYTES`).
+    pub fn set_checkpoint_every(&mut self, bytes: u64) {
+        self.checkpoint_every_bytes = bytes.max(1);
+    }
+
+    /// Whether enough has been written since the last checkpoint to take another.
+    pub fn wants_checkpoint(&self) -> bool {
+        self.bytes_since_checkpoint >= self.checkpoint_every_bytes
+    }
+
+    /// Applies a record replayed from the log (any kind; other kinds are the host's).
+    pub fn replay(&mut self, kind: RecordKind, payload: &[u8]) -> std::result::Result<(), records::DecodeError> {
+        if kind != EVENT_KIND {
+            return Ok(());
+        }
+        let event = records::decode(payload)?;
+        for (part, consequence) in self.state.consequences(&event).into_iter().enumerate() {
+            let (chat, chat_pts, date) = event_key(&event);
+            let targets = self.remote_targets(&consequence.users);
+            if !targets.is_empty() {
+                let entry = OutboxEntry { date, update: consequence.update, targets };
+                self.outbox.insert((chat, chat_pts, part as u8), entry);
+            }
+        }
+        self.state.apply(event);
+        Ok(())
+    }
+
+    /// After open: sets the epoch and watermarks, and re-sends every unconfirmed fan-out (boxes
+    /// skip what they already hold).
+    pub fn resume(&mut self, epoch: u64, recovered: Lsn) {
+        self.epoch = epoch;
+        self.acked = recovered;
+        self.durable = recovered;
+        self.last_lsn = recovered;
+        let keys: Vec<_> = self.outbox.keys().copied().collect();
+        for key in keys {
+            self.send_fanout(key);
+        }
+    }
+
+    /// What the step produced; the driver performs it.
+    pub fn take_effects(&mut self) -> Effects {
+        std::mem::take(&mut self.effects)
+    }
+
+    /// The lowest LSN something waits on, per watermark: the driver waits for it.
+    pub fn waiting(&self) -> (Option<Lsn>, Option<Lsn>) {
+        (self.after_acked.front().map(|(lsn, _)| *lsn), self.after_durable.front().map(|(lsn, _)| *lsn))
+    }
+
+    /// Fan-outs are waiting for room in the log.
+    pub fn has_inbox(&self) -> bool {
+        !self.inbox.is_empty()
+    }
+
+    /// The log's watermarks moved: release what waited on them.
+    pub fn advance(&mut self, acked: Lsn, durable: Lsn, journal: &mut dyn Journal) {
+        self.acked = self.acked.max(acked);
+        self.durable = self.durable.max(durable);
+        while self.after_acked.front().is_some_and(|(lsn, _)| *lsn <= self.acked) {
+            let Some((_, deferred)) = self.after_acked.pop_front() else { break };
+            self.release(deferred);
+        }
+        while self.after_durable.front().is_some_and(|(lsn, _)| *lsn <= self.durable) {
+            let Some((_, deferred)) = self.after_durable.pop_front() else { break };
+            self.release(deferred);
+        }
+        self.pump_inbox(journal);
+    }
+
+    /// The log failed: answer every waiting request with `error` and drop what else waits
+    /// (nothing more can become durable).
+    pub fn fail_waiting(&mut self, error: MessagingError) {
+        self.failed = Some(error.clone());
+        let waiting: Vec<Deferred> =
+            self.after_acked.drain(..).chain(self.after_durable.drain(..)).map(|(_, deferred)| deferred).collect();
+        for deferred in waiting {
+            match deferred {
+                Deferred::Reply(origin, _) => self.reply_now(origin, Err(error.clone())),
+                Deferred::Peer(shard, PeerMessage::SessionRegistered { session, user, origin, .. }) => {
+                    let message = PeerMessage::SessionRegistered { session, user, origin, result: Err(error.clone()) };
+                    self.send_peer(shard, message);
+                }
+                Deferred::Peer(shard, PeerMessage::Subscribed { chat, user, session, origin, counted, .. }) => {
+                    let result = Err(error.clone());
+                    let message = PeerMessage::Subscribed { chat, user, session, origin, counted, result };
+                    self.send_peer(shard, message);
+                }
+                _ => {}
+            }
+        }
+        for (_, sender) in std::mem::take(&mut self.outbox_replies) {
+            self.reply_now(sender.origin, Err(error.clone()));
+        }
+        // Fan-outs waiting for room in the log never get it now; some carry a sender's answer.
+        let senders: Vec<SenderReply> = self.inbox.iter_mut().filter_map(|fanout| fanout.sender.take()).collect();
+        for sender in senders {
+            self.reply_now(sender.origin, Err(error.clone()));
+        }
+    }
+
+    /// A request from the host, arriving on the shard that owns its key.
+    pub fn handle(&mut self, origin: Origin, request: Request, now: UnixMs, journal: &mut dyn Journal) {
+        self.now = self.now.max(now);
+        if let Err(error) = self.dispatch(origin, request, now, journal) {
+            self.reply_now(origin, Err(error));
+        }
+        self.fail_if_failed();
+    }
+
+    /// After the log failed no watermark moves again: answer what an input left waiting now.
+    fn fail_if_failed(&mut self) {
+        if let Some(error) = self.failed.clone() {
+            self.fail_waiting(error);
+        }
+    }
+
+    /// A session's queue overflowed or its receiver went away: forget it.
+    pub fn session_lost(&mut self, session: SessionId) {
+        self.drop_hub_session(session);
+    }
+
+    /// A message from another shard's core.
+    pub fn peer(&mut self, message: PeerMessage, now: UnixMs, journal: &mut dyn Journal) {
+        self.now = self.now.max(now);
+        match message {
+            PeerMessage::FanOut(fanout) => {
+                if self.inbox.is_empty() {
+                    if let Some(fanout) = self.fan_in(fanout, journal) {
+                        self.inbox.push_back(fanout);
+                    }
+                } else {
+                    self.inbox.push_back(fanout);
+                }
+            }
+            PeerMessage::FanOutDone { chat, chat_pts, part, from } => {
+                let key = (chat, chat_pts, part);
+                if let Some(entry) = self.outbox.get_mut(&key) {
+                    entry.targets.remove(&from.0);
+                    if entry.targets.is_empty() {
+                        self.outbox.remove(&key);
+                    }
+                }
+            }
+            PeerMessage::Reply { origin, result } => self.effects.replies.push((origin, result)),
+            PeerMessage::Deliver(events) => {
+                let events = events.into_iter().filter(|(session, _)| self.live.hub.contains_key(session));
+                self.effects.deliveries.extend(events);
+            }
+            PeerMessage::ChatLive { chat, update, message } => self.deliver_chat(chat, update, message),
+            PeerMessage::RegisterSession { session, user, origin } => self.register_session(session, user, origin, now),
+            PeerMessage::SessionRegistered { session, user, origin, result } => {
+                if result.is_ok() {
+                    self.live.hub.insert(session, HubSession { user, chats: Vec::new() });
+                }
+                self.effects.replies.push((origin, result));
+            }
+            PeerMessage::UnregisterSession { session, user } => self.unregister_session(session, user, now),
+            PeerMessage::Subscribe { chat, user, session, origin, counted } => {
+                self.subscribe_at_chat(chat, user, session, origin, counted)
+            }
+            PeerMessage::Subscribed { chat, user, session, origin, counted, result } => {
+                self.subscribed(chat, user, session, origin, counted, result)
+            }
+            PeerMessage::Unsubscribe { chat, user, shard } => self.unsubscribe_at_chat(chat, user, shard),
+            PeerMessage::DropSubscriber { chat, user } => {
+                let sessions: Vec<SessionId> =
+                    self.live.hub.iter().filter(|(_, s)| s.user == user).map(|(id, _)| *id).collect();
+                for session in sessions {
+                    self.hub_unsubscribe(session, chat);
+                }
+            }
+            PeerMessage::Typing { chat, user, to } => {
+                for recipient in to {
+                    for session in self.live.sessions.get(&recipient).cloned().unwrap_or_default() {
+                        self.deliver(session, LiveEvent::Typing { chat, user });
+                    }
+                }
+            }
+        }
+        self.fail_if_failed();
+    }
+
+    /// Appends and applies a chat event dated no earlier than the chat's last one.
+    fn commit_chat(
+        &mut self,
+        chat: ChatId,
+        change: ChatChange,
+        now: UnixMs,
+        sender: Option<SenderReply>,
+        journal: &mut dyn Journal,
+    ) -> Result<Lsn> {
+        let state = self.chat(chat)?;
+        let date = now.max(state.last_date);
+        let event = Event::Chat { chat, pts: state.pts.next(), date, change };
+        self.commit(event, sender, journal)
+    }
+
+    /// Appends an event with no box consequences; returns its LSN.
+    fn commit_plain(&mut self, event: Event, journal: &mut dyn Journal) -> Result<Lsn> {
+        self.commit(event, None, journal)
+    }
+
+    /// Appends `event` together with the box updates it causes on this shard, applies them,
+    /// and queues its consequences: fan-out to other shards and live updates once durable,
+    /// the sender's answer once acknowledged. Returns the event's LSN.
+    fn commit(&mut self, event: Event, sender: Option<SenderReply>, journal: &mut dyn Journal) -> Result<Lsn> {
+        let consequences = self.state.consequences(&event);
+        let (chat, chat_pts, date) = event_key(&event);
+        let mut local_events = Vec::new();
+        let mut remote = Vec::new();
+        let mut sender_pts = None;
+        for (part, consequence) in consequences.into_iter().enumerate() {
+            let mut local = Vec::new();
+            for &user in &consequence.users {
+                if self.owner(user.vshard()) == self.shard {
+                    if let Some(state) = self.state.users.get(&user) {
+                        let pts = state.update_box.pts.next();
+                        if sender.is_some_and(|reply| reply.user == user) {
+                            sender_pts = Some(pts);
+                        }
+                        local.push((user, pts));
+                    }
+                }
+            }
+            let targets = self.remote_targets(&consequence.users);
+            if !local.is_empty() {
+                local_events.push(Event::BoxAppended {
+                    chat,
+                    chat_pts,
+                    date,
+                    update: consequence.update.clone(),
+                    users: local,
+                });
+            }
+            if !targets.is_empty() {
+                remote.push(((chat, chat_pts, part as u8), OutboxEntry { date, update: consequence.update, targets }));
+            }
+        }
+        let vshard = event_vshard(&event);
+        let mut payloads = Vec::with_capacity(1 + local_events.len());
+        payloads.push((vshard, records::encode(&event)));
+        for box_event in &local_events {
+            let Event::BoxAppended { users, .. } = box_event else { unreachable!() };
+            payloads.push((users[0].0.vshard(), records::encode(box_event)));
+        }
+        let refs: Vec<(RecordKind, VShard, &[u8])> =
+            payloads.iter().map(|(vshard, bytes)| (EVENT_KIND, *vshard, bytes.as_slice())).collect();
+        let first = journal.append_all(&refs).map_err(append_error)?;
+        let last = Lsn(first.0 + payloads.len() as u64 - 1);
+        self.bytes_since_checkpoint += payloads.iter().map(|(_, bytes)| bytes.len() as u64).sum::<u64>();
+        self.last_lsn = last;
+
+        // Applied only once appended: an append refused for lack of room changes nothing.
+        let live_message = match &event {
+            Event::Chat { change: ChatChange::NewMessage(message), .. } => Some(Arc::new(message.clone())),
+            _ => None,
+        };
+        let on_read =
+            matches!(&event, Event::Chat { chat, .. } if self.state.chats.get(chat).is_some_and(|c| c.fanout_on_read));
+        self.state.apply(event);
+        if chat != ChatId(0) {
+            self.chat_lsn.insert(chat, first);
+        }
+        for box_event in local_events {
+            let Event::BoxAppended { date, update, users, .. } = &box_event else { unreachable!() };
+            for (user, _) in users {
+                self.box_lsn.insert(*user, last);
+            }
+            let deferred = Deferred::BoxLive { date: *date, update: update.clone(), users: users.clone() };
+            self.state.apply(box_event);
+            self.after_durable.push_back((last, deferred));
+        }
+        if on_read && chat_pts != Pts::ZERO {
+            if let Some(entry) = self.state.chats.get(&chat).and_then(|c| c.log.back()) {
+                if entry.only_for.is_none() {
+                    let deferred = Deferred::ChatLive { chat, update: entry.entry.clone(), message: live_message };
+                    self.after_durable.push_back((first, deferred));
+                }
+            }
+        }
+        let mut reply = sender;
+        for (key, entry) in remote {
+            if let Some(sender) = reply {
+                if entry
+                    .targets
+                    .get(&self.owner(sender.user.vshard()).0)
+                    .is_some_and(|users| users.contains(&sender.user))
+                {
+                    self.outbox_replies.insert(key, sender);
+                    reply = None;
+                }
+            }
+            self.outbox.insert(key, entry);
+            self.after_durable.push_back((first, Deferred::FanOut(key)));
+        }
+        if let Some(sender) = reply {
+            // The sender's box is here (its pts is known) or the chat is fanned out on read.
+            let ack = SendAck { sender_pts, ..sender.ack };
+            self.after_acked.push_back((last, Deferred::Reply(sender.origin, Ok(Response::Sent(ack)))));
+        }
+        Ok(first)
+    }
+
+    /// Applies a fan-out from another shard to the boxes here. Hands it back when the log
+    /// has no room, to be retried in order.
+    fn fan_in(&mut self, fanout: FanOut, journal: &mut dyn Journal) -> Option<FanOut> {
+        let mut users = Vec::new();
+        for &user in &fanout.users {
+            let Some(state) = self.state.users.get(&user) else { continue };
+            let update_box = &state.update_box;
+            if update_box.applied.get(&fanout.chat).is_some_and(|&applied| applied >= fanout.chat_pts) {
+                continue;
+            }
+            users.push((user, update_box.pts.next()));
+        }
+        let confirm = PeerMessage::FanOutDone {
+            chat: fanout.chat,
+            chat_pts: fanout.chat_pts,
+            part: fanout.part,
+            from: self.shard,
+        };
+        if users.is_empty() {
+            // Already held (a re-send after a restart): confirm once what holds it is durable.
+            self.after_durable.push_back((self.last_lsn, Deferred::Peer(fanout.from, confirm)));
+            if let Some(sender) = fanout.sender {
+                self.after_acked
+                    .push_back((self.last_lsn, Deferred::Reply(sender.origin, Ok(Response::Sent(sender.ack)))));
+            }
+            return None;
+        }
+        let sender_pts = fanout.sender.and_then(|s| users.iter().find(|(u, _)| *u == s.user).map(|(_, pts)| *pts));
+        let event = Event::BoxAppended {
+            chat: fanout.chat,
+            chat_pts: fanout.chat_pts,
+            date: fanout.date,
+            update: fanout.update.clone(),
+            users: users.clone(),
+        };
+        let bytes = records::encode(&event);
+        let lsn = match journal.append_all(&[(EVENT_KIND, users[0].0.vshard(), &bytes)]) {
+            Ok(lsn) => lsn,
+            Err(_) => return Some(fanout),
+        };
+        self.bytes_since_checkpoint += bytes.len() as u64;
+        self.last_lsn = lsn;
+        for (user, _) in &users {
+            self.box_lsn.insert(*user, lsn);
+        }
+        self.state.apply(event);
+        if let Some(sender) = fanout.sender {
+            let ack = SendAck { sender_pts, ..sender.ack };
+            self.after_acked.push_back((lsn, Deferred::Reply(sender.origin, Ok(Response::Sent(ack)))));
+        }
+        self.after_durable.push_back((lsn, Deferred::BoxLive { date: fanout.date, update: fanout.update, users }));
+        self.after_durable.push_back((lsn, Deferred::Peer(fanout.from, confirm)));
+        None
+    }
+
+    fn pump_inbox(&mut self, journal: &mut dyn Journal) {
+        while let Some(fanout) = self.inbox.pop_front() {
+            if let Some(fanout) = self.fan_in(fanout, journal) {
+                self.inbox.push_front(fanout);
+                break;
+            }
+        }
+    }
+
+    fn release(&mut self, deferred: Deferred) {
+        match deferred {
+            Deferred::Reply(origin, result) => self.reply_now(origin, result),
+            Deferred::Peer(shard, message) => self.send_peer(shard, message),
+            Deferred::FanOut(key) => self.send_fanout(key),
+            Deferred::BoxLive { date, update, users } => {
+                for (user, pts) in users {
+                    let sequenced = Sequenced { pts, date, update: update.clone() };
+                    match self.live.sessions.get(&user) {
+                        Some(sessions) if !sessions.is_empty() => {
+                            for session in sessions.clone() {
+                                self.deliver(session, LiveEvent::Box(sequenced.clone()));
+                            }
+                        }
+                        _ => self.effects.offline.push((user, sequenced)),
+                    }
+                }
+            }
+            Deferred::ChatLive { chat, update, message } => {
+                let shards: Vec<ShardId> =
+                    self.live.subscribers.get(&chat).map(|s| s.keys().copied().collect()).unwrap_or_default();
+                for shard in shards {
+                    if shard == self.shard {
+                        self.deliver_chat(chat, update.clone(), message.clone());
+                    } else {
+                        self.send_peer(
+                            shard,
+                            PeerMessage::ChatLive { chat, update: update.clone(), message: message.clone() },
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn send_fanout(&mut self, key: (ChatId, Pts, u8)) {
+        let Some(entry) = self.outbox.get(&key) else { return };
+        let (chat, chat_pts, part) = key;
+        let sends: Vec<(ShardId, FanOut)> = entry
+            .targets
+            .iter()
+            .map(|(&shard, users)| {
+                let shard = ShardId(shard);
+                let sender = self.outbox_replies.get(&key).copied().filter(|s| users.contains(&s.user));
+                let fanout = FanOut {
+                    chat,
+                    chat_pts,
+                    part,
+                    date: entry.date,
+                    update: entry.update.clone(),
+                    users: users.clone(),
+                    from: self.shard,
+                    sender,
+                };
+                (shard, fanout)
+            })
+            .collect();
+        self.outbox_replies.remove(&key);
+        for (shard, fanout) in sends {
+            self.send_peer(shard, PeerMessage::FanOut(fanout));
+        }
+    }
+
+    /// Releases replies whose LSN is already acknowledged, keeping their order.
+    fn advance_replies_only(&mut self) {
+        while self.after_acked.front().is_some_and(|(lsn, _)| *lsn <= self.acked) {
+            let Some((_, deferred)) = self.after_acked.pop_front() else { break };
+            self.release(deferred);
+        }
+    }
+
+    fn reply_now(&mut self, origin: Origin, result: MessagingResult<Response>) {
+        if origin.shard == self.shard {
+            self.effects.replies.push((origin, result));
+        } else {
+            self.effects.peers.push((origin.shard, PeerMessage::Reply { origin, result }));
+        }
+    }
+
+    /// Answers once everything the answer shows (up to `lsn`) is acknowledged: a client must
+    /// never see a message, or hold a pts, that a crash could take back.
+    fn reply_after_acked(&mut self, lsn: Lsn, origin: Origin, result: MessagingResult<Response>) {
+        if lsn <= self.acked && self.after_acked.is_empty() {
+            self.reply_now(origin, result);
+        } else {
+            self.after_acked.push_back((lsn, Deferred::Reply(origin, result)));
+        }
+    }
+
+    fn send_peer(&mut self, shard: ShardId, message: PeerMessage) {
+        self.route_no_journal(shard, message);
+    }
+
+    /// Sends `message` to `shard`'s core, handling it here when that is this shard.
+    fn route(&mut self, shard: ShardId, message: PeerMessage, now: UnixMs, journal: &mut dyn Journal) {
+        if shard == self.shard {
+            self.peer(message, now, journal);
+        } else {
+            self.effects.peers.push((shard, message));
+        }
+    }
+
+    /// As `route`, for messages that never append (session and subscription bookkeeping,
+    /// replies, confirmations).
+    fn route_no_journal(&mut self, shard: ShardId, message: PeerMessage) {
+        let now = self.now;
+        self.route(shard, message, now, &mut NoJournal);
+    }
+
+    fn owner(&self, vshard: VShard) -> ShardId {
+        self.table.owner(vshard)
+    }
+
+    fn check_owned(&self, vshard: VShard) -> Result<VShard> {
+        if self.owner(vshard) != self.shard {
+            return Err(MessagingError::InvalidArgument("request sent to a shard that does not own its key"));
+        }
+        Ok(vshard)
+    }
+
+    fn remote_targets(&self, users: &[UserId]) -> BTreeMap<u16, Vec<UserId>> {
+        let mut targets: BTreeMap<u16, Vec<UserId>> = BTreeMap::new();
+        for &user in users {
+            let shard = self.owner(user.vshard());
+            if shard != self.shard {
+                targets.entry(shard.0).or_default().push(user);
+            }
+        }
+        targets
+    }
+
+    fn group_by_shard(&self, users: &[UserId]) -> BTreeMap<ShardId, Vec<UserId>> {
+        let mut groups: BTreeMap<ShardId, Vec<UserId>> = BTreeMap::new();
+        for &user in users {
+            groups.entry(self.owner(user.vshard())).or_default().push(user);
+        }
+        groups
+    }
+
+    fn user(&self, user: UserId) -> Result<&User> {
+        if self.owner(user.vshard()) != self.shard {
+            return Err(MessagingError::InvalidArgument("request sent to a shard that does not own its user"));
+        }
+        self.state.users.get(&user).ok_or(MessagingError::UnknownUser(user))
+    }
+
+    fn chat(&self, chat: ChatId) -> Result<&Chat> {
+        if self.owner(chat.vshard()) != self.shard {
+            return Err(MessagingError::InvalidArgument("request sent to a shard that does not own its chat"));
+        }
+        self.state.chats.get(&chat).ok_or(MessagingError::UnknownChat(chat))
+    }
+
+    fn require_member(&self, chat: &Chat, user: UserId) -> Result<()> {
+        chat.role(user).map(|_| ()).ok_or(MessagingError::NotMember(user))
+    }
+
+    fn require_admin(&self, chat: &Chat, user: UserId) -> Result<()> {
+        self.require_member(chat, user)?;
+        if chat.is_admin(user) {
+            Ok(())
+        } else {
+            Err(MessagingError::NotAdmin)
+        }
+    }
+
+    fn chat_lsn(&self, chat: ChatId) -> Lsn {
+        self.chat_lsn.get(&chat).copied().unwrap_or(Lsn::ZERO)
+    }
+
+    fn box_lsn(&self, user: UserId) -> Lsn {
+        self.box_lsn.get(&user).copied().unwrap_or(Lsn::ZERO)
+    }
+
+    fn box_state(&self, user: UserId) -> Result<BoxState> {
+        let update_box = &self.user(user)?.update_box;
+        let unread = update_box.dialogs.values().filter(|d| !d.fanout_on_read).map(|d| d.unread).sum();
+        Ok(BoxState { pts: update_box.pts, date: update_box.date, unread, epoch: self.epoch })
+    }
+}
+
+/// The journal of steps that must not append: using it is a bug.
+struct NoJournal;
+
+impl Journal for NoJournal {
+    fn append_all(&mut self, _: &[(RecordKind, VShard, &[u8])]) -> std::result::Result<Lsn, AppendError> {
+        unreachable!("session bookkeeping and replies never append")
+    }
+}
+
+fn event_key(event: &Event) -> (ChatId, Pts, UnixMs) {
+    match event {
+        Event::Chat { chat, pts, date, .. } => (*chat, *pts, *date),
+        Event::ChatCreated { chat, date, kind, .. } => {
+            (*chat, if *kind == ChatKind::Private { Pts::ZERO } else { Pts(1) }, *date)
+        }
+        Event::UserCreated { date, .. } => (ChatId(0), Pts::ZERO, *date),
+        _ => (ChatId(0), Pts::ZERO, UnixMs(0)),
+    }
+}
+
+fn event_vshard(event: &Event) -> VShard {
+    match event {
+        Event::UserCreated { user, .. } | Event::NameSet { user, .. } | Event::UsernameSet { user, .. } => {
+            user.vshard()
+        }
+        Event::UsernameClaimed { username, .. } | Event::UsernameReleased { username, .. } => key_vshard(username),
+        Event::PairBlocked { by, peer, .. } => pair_vshard(*by, *peer),
+        Event::ChatCreated { chat, .. } | Event::Chat { chat, .. } => chat.vshard(),
+        Event::BoxAppended { users, chat, .. } => users.first().map_or(chat.vshard(), |(user, _)| user.vshard()),
+    }
+}
+
+fn append_error(error: AppendError) -> MessagingError {
+    match error {
+        AppendError::Backpressure => MessagingError::Overloaded,
+        other => MessagingError::Storage(other.to_string()),
+    }
+}

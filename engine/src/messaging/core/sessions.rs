@@ -1,0 +1,180 @@
+//! Online sessions and subscriptions: which sessions a user has, which sessions a connection
+//! shard holds and which chats they follow, and delivering live events to them.
+
+use super::*;
+
+impl MessagingCore {
+    pub(super) fn deliver(&mut self, session: SessionId, event: LiveEvent) {
+        if session.shard() == self.shard {
+            if self.live.hub.contains_key(&session) {
+                self.effects.deliveries.push((session, event));
+            }
+            return;
+        }
+        // Batched per destination shard: consecutive deliveries to one shard share a message.
+        if let Some((shard, PeerMessage::Deliver(events))) = self.effects.peers.last_mut() {
+            if *shard == session.shard() {
+                events.push((session, event));
+                return;
+            }
+        }
+        self.effects.peers.push((session.shard(), PeerMessage::Deliver(vec![(session, event)])));
+    }
+
+    pub(super) fn deliver_chat(&mut self, chat: ChatId, update: Sequenced, message: Option<Arc<Message>>) {
+        let Some(sessions) = self.live.hub_chats.get(&chat) else { return };
+        let events = sessions
+            .iter()
+            .map(|&session| (session, LiveEvent::Chat { chat, update: update.clone(), message: message.clone() }));
+        self.effects.deliveries.extend(events);
+    }
+
+    pub(super) fn register_session(&mut self, session: SessionId, user: UserId, origin: Origin, now: UnixMs) {
+        let result = self.box_state(user).and_then(|state| {
+            let sessions = self.live.sessions.entry(user).or_default();
+            if sessions.len() >= SESSIONS_PER_USER_MAX {
+                return Err(MessagingError::TooLong {
+                    what: "online sessions",
+                    length: sessions.len(),
+                    limit: SESSIONS_PER_USER_MAX,
+                });
+            }
+            sessions.push(session);
+            self.live.presence.insert(user, (true, now));
+            Ok(Response::State(state))
+        });
+        let message = PeerMessage::SessionRegistered { session, user, origin, result };
+        // Answered once the box state it reports is acknowledged, in order with live updates.
+        let lsn = self.box_lsn(user);
+        self.after_acked.push_back((lsn, Deferred::Peer(session.shard(), message)));
+        if lsn <= self.acked {
+            self.advance_replies_only();
+        }
+    }
+
+    pub(super) fn unregister_session(&mut self, session: SessionId, user: UserId, now: UnixMs) {
+        if let Some(sessions) = self.live.sessions.get_mut(&user) {
+            sessions.retain(|&s| s != session);
+            if sessions.is_empty() {
+                self.live.sessions.remove(&user);
+                self.live.presence.insert(user, (false, now));
+            }
+        }
+    }
+
+    pub(super) fn drop_hub_session(&mut self, session: SessionId) {
+        let Some(hub) = self.live.hub.remove(&session) else { return };
+        for chat in hub.chats {
+            if let Some(sessions) = self.live.hub_chats.get_mut(&chat) {
+                sessions.retain(|&s| s != session);
+                if sessions.is_empty() {
+                    self.live.hub_chats.remove(&chat);
+                }
+            }
+            let message = PeerMessage::Unsubscribe { chat, user: hub.user, shard: self.shard };
+            self.route_no_journal(self.owner(chat.vshard()), message);
+        }
+        let message = PeerMessage::UnregisterSession { session, user: hub.user };
+        self.route_no_journal(self.owner(hub.user.vshard()), message);
+    }
+
+    pub(super) fn subscribe_at_chat(
+        &mut self,
+        chat: ChatId,
+        user: UserId,
+        session: SessionId,
+        origin: Origin,
+        counted: bool,
+    ) {
+        let result = match self.state.chats.get(&chat) {
+            None => Err(MessagingError::UnknownChat(chat)),
+            Some(state) if !state.members.contains_key(&user) => Err(MessagingError::NotMember(user)),
+            Some(state) if !counted => Ok(Response::Pts(state.pts)),
+            Some(state) => {
+                let pts = state.pts;
+                *self
+                    .live
+                    .subscribers
+                    .entry(chat)
+                    .or_default()
+                    .entry(session.shard())
+                    .or_default()
+                    .entry(user)
+                    .or_default() += 1;
+                Ok(Response::Pts(pts))
+            }
+        };
+        let counted = counted && result.is_ok();
+        let message = PeerMessage::Subscribed { chat, user, session, origin, counted, result };
+        let lsn = self.chat_lsn(chat);
+        self.after_acked.push_back((lsn, Deferred::Peer(session.shard(), message)));
+        if lsn <= self.acked {
+            self.advance_replies_only();
+        }
+    }
+
+    pub(super) fn subscribed(
+        &mut self,
+        chat: ChatId,
+        user: UserId,
+        session: SessionId,
+        origin: Origin,
+        counted: bool,
+        result: MessagingResult<Response>,
+    ) {
+        if result.is_ok() {
+            match self.live.hub.get_mut(&session) {
+                Some(hub) => {
+                    if !hub.chats.contains(&chat) {
+                        hub.chats.push(chat);
+                        self.live.hub_chats.entry(chat).or_default().push(session);
+                    }
+                }
+                None => {
+                    // The session went away meanwhile; give the count back.
+                    if counted {
+                        let message = PeerMessage::Unsubscribe { chat, user, shard: self.shard };
+                        self.route_no_journal(self.owner(chat.vshard()), message);
+                    }
+                    self.effects.replies.push((origin, Err(MessagingError::InvalidArgument("unknown session"))));
+                    return;
+                }
+            }
+        }
+        self.effects.replies.push((origin, result));
+    }
+
+    pub(super) fn unsubscribe_at_chat(&mut self, chat: ChatId, user: UserId, shard: ShardId) {
+        let Some(by_shard) = self.live.subscribers.get_mut(&chat) else { return };
+        if let Some(users) = by_shard.get_mut(&shard) {
+            if let Some(count) = users.get_mut(&user) {
+                *count -= 1;
+                if *count == 0 {
+                    users.remove(&user);
+                }
+            }
+            if users.is_empty() {
+                by_shard.remove(&shard);
+            }
+        }
+        if by_shard.is_empty() {
+            self.live.subscribers.remove(&chat);
+        }
+    }
+
+    pub(super) fn hub_unsubscribe(&mut self, session: SessionId, chat: ChatId) {
+        let Some(hub) = self.live.hub.get_mut(&session) else { return };
+        if !hub.chats.contains(&chat) {
+            return;
+        }
+        hub.chats.retain(|&c| c != chat);
+        let user = hub.user;
+        if let Some(sessions) = self.live.hub_chats.get_mut(&chat) {
+            sessions.retain(|&s| s != session);
+            if sessions.is_empty() {
+                self.live.hub_chats.remove(&chat);
+            }
+        }
+        self.route_no_journal(self.owner(chat.vshard()), PeerMessage::Unsubscribe { chat, user, shard: self.shard });
+    }
+}
