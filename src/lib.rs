@@ -3,4 +3,5 @@
 
 pub use engine;
 
+pub mod messaging_bench;
 pub mod stress;

@@ -1,4 +1,5 @@
-//! The `ferrogram` binary. So far: `stress` (durable appends on every shard, with figures)
+//! The `ferrogram` binary. So far: `stress` (durable appends on every shard, with figures),
+//! `bench-messaging` (messaging benchmarks through the embedding API)
 //! and `admin check` (verify a data directory's logs offline). The server (`serve`) comes
 //! with the network protocol.
 
@@ -8,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use engine::{Durability, EngineConfig, ShardId};
+use ferrogram::messaging_bench::{self, BenchParams, DrainMode, RestartPhase, Scenario};
 use ferrogram::stress::{self, StressParams};
 use hdrhistogram::Histogram;
 
@@ -26,6 +28,9 @@ enum Command {
     /// Start the engine on a data directory and append records as fast as they are
     /// acknowledged (or at --rate), then print throughput and latency.
     Stress(StressArgs),
+    /// In-process messaging benchmarks through the Messenger API: private-chat sends, group
+    /// sends, a channel post to every online subscriber, history pages, restart time.
+    BenchMessaging(BenchMessagingArgs),
     /// Offline tools on a data directory (the engine must not be running on it).
     #[command(subcommand)]
     Admin(AdminCommand),
@@ -67,6 +72,88 @@ struct StressArgs {
     report_acks: bool,
 }
 
+#[derive(clap::Args)]
+struct BenchMessagingArgs {
+    #[arg(long, value_enum)]
+    scenario: Scenario,
+    /// Emptied first (unless `--scenario restart --restart-phase open`).
+    #[arg(long, default_value = "./bench-data")]
+    data_dir: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    shards: usize,
+    /// CPUs to pin the shards to, e.g. `0` or `0,1`; default: shard i on CPU i.
+    #[arg(long, value_delimiter = ',')]
+    cpus: Option<Vec<usize>>,
+    /// CPU to pin the load thread to (default: not pinned).
+    #[arg(long)]
+    load_cpu: Option<usize>,
+    /// CPU to pin the threads draining the sessions' live streams to (default: the load thread's).
+    #[arg(long)]
+    drain_cpu: Option<usize>,
+    #[arg(long, default_value_t = 1)]
+    drain_threads: usize,
+    /// wake: a task per session woken by each delivery; poll: sweep every stream, no wakers.
+    #[arg(long, value_enum, default_value = "wake")]
+    drain_mode: DrainMode,
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Open loop: requests per second (over all shards); latency from intended send times.
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Closed loop: requests outstanding (default 4096 for sends, 1 for history pages).
+    #[arg(long)]
+    in_flight: Option<usize>,
+    /// sync | interval:<ms> | none
+    #[arg(long, default_value = "sync")]
+    durability: Durability,
+    #[arg(long, default_value_t = 64)]
+    segment_mib: u64,
+    /// dm, restart: users signed up.
+    #[arg(long, default_value_t = 10_000)]
+    users: usize,
+    /// dm, restart: private chats between distinct random pairs of users.
+    #[arg(long, default_value_t = 10_000)]
+    chats: usize,
+    /// group: members, all online.
+    #[arg(long, default_value_t = 200)]
+    members: usize,
+    /// channel: subscribers, all online and subscribed.
+    #[arg(long, default_value_t = 50_000)]
+    subscribers: usize,
+    /// channel: posts by the admin.
+    #[arg(long, default_value_t = 100)]
+    posts: usize,
+    #[arg(long, default_value_t = 100)]
+    post_interval_ms: u64,
+    /// history: messages in the chat.
+    #[arg(long, default_value_t = 10_000)]
+    messages: usize,
+    /// history: messages per page.
+    #[arg(long, default_value_t = 50)]
+    page: usize,
+    /// history: sends per second into another chat while pages are read.
+    #[arg(long)]
+    background_rate: Option<u64>,
+    /// history: pages also read straight from a messaging core on one thread (0: skip).
+    #[arg(long, default_value_t = 100_000)]
+    core_reads: usize,
+    /// restart: messages written before the restart.
+    #[arg(long, default_value_t = 10_000_000)]
+    restart_messages: u64,
+    #[arg(long, value_enum, default_value = "both")]
+    restart_phase: RestartPhase,
+    /// restart: stop the writer by exiting without shutdown.
+    #[arg(long)]
+    unclean: bool,
+    /// restart: drop the page cache before opening (needs root).
+    #[arg(long)]
+    drop_caches: bool,
+    #[arg(long, default_value_t = 64)]
+    text_bytes: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
 #[derive(Subcommand)]
 enum AdminCommand {
     /// Verify every shard's log (checksums, LSN continuity, torn tail vs corruption).
@@ -79,6 +166,7 @@ enum AdminCommand {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Stress(args) => stress_command(args),
+        Command::BenchMessaging(args) => bench_messaging_command(args),
         Command::Admin(AdminCommand::Check { data_dir }) => check_command(&data_dir),
     }
 }
@@ -121,6 +209,41 @@ fn stress_command(args: StressArgs) -> anyhow::Result<()> {
         bail!("the workload stopped: {error}");
     }
     Ok(())
+}
+
+fn bench_messaging_command(args: BenchMessagingArgs) -> anyhow::Result<()> {
+    let mut config = EngineConfig::new(&args.data_dir);
+    config.shards = args.shards;
+    config.cpus = args.cpus.clone();
+    config.log.durability = args.durability;
+    config.log.segment_bytes = args.segment_mib << 20;
+    let params = BenchParams {
+        scenario: args.scenario,
+        duration: Duration::from_secs_f64(args.seconds),
+        rate: args.rate,
+        in_flight: args.in_flight,
+        users: args.users,
+        chats: args.chats,
+        members: args.members,
+        subscribers: args.subscribers,
+        posts: args.posts,
+        post_interval: Duration::from_millis(args.post_interval_ms),
+        messages: args.messages,
+        page: args.page,
+        background_rate: args.background_rate,
+        core_reads: args.core_reads,
+        restart_messages: args.restart_messages,
+        restart_phase: args.restart_phase,
+        unclean: args.unclean,
+        drop_caches: args.drop_caches,
+        text_bytes: args.text_bytes,
+        seed: args.seed,
+        load_cpu: args.load_cpu,
+        drain_cpu: args.drain_cpu,
+        drain_threads: args.drain_threads,
+        drain_mode: args.drain_mode,
+    };
+    messaging_bench::run(config, params)
 }
 
 fn print_results(args: &StressArgs, results: &[stress::ShardResult]) {
