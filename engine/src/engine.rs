@@ -15,6 +15,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use crate::config::{EngineConfig, MESH_CHANNEL_CAPACITY, SHARD_COUNT_MAX};
 use crate::ids::{Lsn, RecordKind, ShardId, VShard};
+use crate::lifeline::{Lifeline, LifelineGuard};
 use crate::messaging::driver::{Connected, OfflineHook};
 use crate::messaging::{MessagingError, MessagingResult, Request, Response, UserId};
 use crate::preflight::{self, PreflightError};
@@ -99,7 +100,7 @@ struct EngineInner {
     table: Arc<VShardTable>,
     shards: Vec<flume::Sender<ShardRequest>>,
     /// Disconnected once a shard's thread has ended, however it ended.
-    lifelines: Vec<flume::Receiver<()>>,
+    lifelines: Vec<Arc<Lifeline>>,
     reports: Vec<OpenReport>,
     threads: Mutex<Vec<glommio::ExecutorJoinHandle<()>>>,
     /// The data directory's lock, held until shutdown.
@@ -157,8 +158,8 @@ impl Engine {
                 Some(list) => list[index % list.len()],
                 None => cpus[index % cpus.len()],
             };
-            let (lifeline, alive) = flume::bounded::<()>(1);
-            lifelines.push(alive);
+            let lifeline = Arc::new(Lifeline::default());
+            lifelines.push(lifeline.clone());
             let (sender, requests) = flume::bounded(config.shard_queue_depth);
             senders.push(sender);
             let start = ShardStart {
@@ -177,7 +178,7 @@ impl Engine {
             let thread = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("shard-{index}"))
                 .spawn(move || {
-                    shard::hold_lifeline(lifeline);
+                    shard::hold_lifeline(LifelineGuard(lifeline));
                     shard::run(start)
                 })
                 .map_err(|error| EngineError::Executor(error.to_string()))?;
@@ -200,7 +201,7 @@ impl Engine {
                 }
                 // A shard whose thread ended (a panic) without answering never will.
                 Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    if (0..config.shards).any(|index| !answered[index] && lifelines[index].is_disconnected()) {
+                    if (0..config.shards).any(|index| !answered[index] && lifelines[index].is_dead()) {
                         first_error.get_or_insert(EngineError::ShardGone);
                         break;
                     }
@@ -369,7 +370,7 @@ impl Engine {
             let answer = async { receiver.recv_async().await.map_err(|_| EngineError::ShardGone) };
             // A shard that died (a panic) answers nothing; its lifeline says so.
             let gone = async {
-                let _ = lifeline.recv_async().await;
+                lifeline.gone().await;
                 Err(EngineError::ShardGone)
             };
             futures_lite::future::or(answer, gone).await
@@ -393,7 +394,7 @@ impl EngineInner {
                         replies.push((receiver, lifeline));
                         break;
                     }
-                    Err(flume::SendTimeoutError::Timeout(unsent)) if !lifeline.is_disconnected() => request = unsent,
+                    Err(flume::SendTimeoutError::Timeout(unsent)) if !lifeline.is_dead() => request = unsent,
                     Err(_) => break,
                 }
             }
@@ -406,7 +407,7 @@ impl EngineInner {
                         result = result.and(Err(error));
                         break;
                     }
-                    Err(flume::RecvTimeoutError::Timeout) if !lifeline.is_disconnected() => {}
+                    Err(flume::RecvTimeoutError::Timeout) if !lifeline.is_dead() => {}
                     Err(_) => break,
                 }
             }

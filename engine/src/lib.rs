@@ -4,6 +4,7 @@
 pub mod config;
 pub mod engine;
 pub mod ids;
+mod lifeline;
 pub mod messaging;
 pub mod preflight;
 pub mod shard;

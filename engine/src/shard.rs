@@ -97,11 +97,11 @@ pub(crate) struct ShardStart {
 thread_local! {
     /// Dropped when the shard's thread ends, however it ends: the engine handle watches the
     /// other end to answer `ShardGone` instead of waiting forever on a dead shard.
-    static LIFELINE: std::cell::RefCell<Option<flume::Sender<()>>> = const { std::cell::RefCell::new(None) };
+    static LIFELINE: std::cell::RefCell<Option<crate::lifeline::LifelineGuard>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Ties `lifeline` to the current thread's life. Call first thing on a shard's thread.
-pub(crate) fn hold_lifeline(lifeline: flume::Sender<()>) {
+pub(crate) fn hold_lifeline(lifeline: crate::lifeline::LifelineGuard) {
     LIFELINE.with(|slot| *slot.borrow_mut() = Some(lifeline));
 }
 

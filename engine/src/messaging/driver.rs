@@ -225,12 +225,13 @@ fn now() -> UnixMs {
 fn perform(context: &Rc<ShardContext>) {
     let driver = &context.messaging;
     loop {
-        let effects = driver.core.borrow_mut().take_effects();
+        let mut effects = driver.core.borrow_mut().take_effects();
         if effects.is_empty() {
+            driver.core.borrow_mut().recycle_effects(effects);
             break;
         }
-        let Effects { replies, peers, deliveries, offline } = effects;
-        for (origin, result) in replies {
+        let Effects { replies, peers, deliveries, offline } = &mut effects;
+        for (origin, result) in replies.drain(..) {
             let Some(pending) = driver.pending.borrow_mut().remove(&origin.request) else { continue };
             match pending {
                 Pending::Plain(reply) => {
@@ -253,8 +254,8 @@ fn perform(context: &Rc<ShardContext>) {
                 }
             }
         }
-        send_batches(context, peers);
-        for (session, event) in deliveries {
+        send_batches(context, peers.drain(..));
+        for (session, event) in deliveries.drain(..) {
             let lost = match driver.sinks.borrow().get(&session) {
                 None => false,
                 Some(sink) => match sink.sender.try_send(event) {
@@ -272,10 +273,12 @@ fn perform(context: &Rc<ShardContext>) {
             }
         }
         if let Some(hook) = &driver.offline {
-            for (user, update) in &offline {
+            for (user, update) in offline.iter() {
                 hook(*user, update);
             }
         }
+        // The next step fills the same vectors: no allocation per step (STYLE, hot paths).
+        driver.core.borrow_mut().recycle_effects(effects);
     }
     // Wake the watermark task only for new waits: waking it for nothing would spin.
     let core = driver.core.borrow();
@@ -287,7 +290,7 @@ fn perform(context: &Rc<ShardContext>) {
 }
 
 /// One mesh message per run of messages to the same shard.
-fn send_batches(context: &Rc<ShardContext>, peers: Vec<(ShardId, PeerMessage)>) {
+fn send_batches(context: &Rc<ShardContext>, peers: impl Iterator<Item = (ShardId, PeerMessage)>) {
     let mut batch: Vec<PeerMessage> = Vec::new();
     let mut batch_shard = None;
     for (shard, message) in peers {
