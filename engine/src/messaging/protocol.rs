@@ -19,6 +19,7 @@ pub struct Origin {
 }
 
 /// A request, sent to the shard that owns the vshard of its key (noted on each variant).
+/// Checks that need another shard (that a user given by id exists) are `Messenger`'s.
 #[derive(Clone, Debug)]
 pub enum Request {
     /// Phone's vshard.
@@ -60,7 +61,8 @@ pub enum Request {
         user: UserId,
         username: Option<String>,
     },
-    /// Pair's vshard: the private chat of the two users, created if new (both must exist).
+    /// Pair's vshard: the private chat of the two users, created if new. Both must exist:
+    /// their profiles live on other shards, so `Messenger` checks that before it asks.
     OpenPrivate {
         user: UserId,
         peer: UserId,
