@@ -681,6 +681,15 @@ impl MessagingCore {
         }
     }
 
+    /// Sends `message` to `shard` once `lsn` is acknowledged, in order with the replies
+    /// already waiting.
+    fn peer_after_acked(&mut self, lsn: Lsn, shard: ShardId, message: PeerMessage) {
+        self.after_acked.push_back((lsn, Deferred::Peer(shard, message)));
+        if lsn <= self.acked {
+            self.advance_replies_only();
+        }
+    }
+
     /// Releases replies whose LSN is already acknowledged, keeping their order.
     fn advance_replies_only(&mut self) {
         while self.after_acked.front().is_some_and(|(lsn, _)| *lsn <= self.acked) {

@@ -45,11 +45,7 @@ impl MessagingCore {
         });
         let message = PeerMessage::SessionRegistered { session, user, origin, result };
         // Answered once the box state it reports is acknowledged, in order with live updates.
-        let lsn = self.box_lsn(user);
-        self.after_acked.push_back((lsn, Deferred::Peer(session.shard(), message)));
-        if lsn <= self.acked {
-            self.advance_replies_only();
-        }
+        self.peer_after_acked(self.box_lsn(user), session.shard(), message);
     }
 
     pub(super) fn unregister_session(&mut self, session: SessionId, user: UserId, now: UnixMs) {
@@ -106,11 +102,7 @@ impl MessagingCore {
         };
         let counted = counted && result.is_ok();
         let message = PeerMessage::Subscribed { chat, user, session, origin, counted, result };
-        let lsn = self.chat_lsn(chat);
-        self.after_acked.push_back((lsn, Deferred::Peer(session.shard(), message)));
-        if lsn <= self.acked {
-            self.advance_replies_only();
-        }
+        self.peer_after_acked(self.chat_lsn(chat), session.shard(), message);
     }
 
     pub(super) fn subscribed(
