@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::ids::{Lsn, RecordKind, ShardId, VShard};
 use crate::messaging::core::{Journal, MessagingCore};
-use crate::messaging::limits::SESSION_QUEUE_MAX;
+use crate::messaging::limits::{CHECKPOINT_PIECES_PER_STEP, SESSION_QUEUE_MAX};
 use crate::messaging::protocol::{Effects, Origin, PeerMessage, Request, Response};
 use crate::messaging::state::Map;
 use crate::messaging::types::{
@@ -338,15 +338,27 @@ fn maybe_checkpoint(context: &Rc<ShardContext>) {
     if driver.checkpointing.get() || !driver.core.borrow().wants_checkpoint() {
         return;
     }
-    let host_state = driver.host_state.borrow().clone();
-    let bytes = driver.checkpoint_bytes(host_state);
+    // The log's ticket and the core's snapshot are taken in this same step; the pieces are
+    // then written a few at a time between other work, so the shard keeps serving.
     driver.checkpointing.set(true);
-    let checkpoint = context.log.checkpoint(bytes);
-    let busy = driver.checkpointing.clone();
+    driver.core.borrow_mut().begin_checkpoint();
+    let host_state = driver.host_state.borrow().clone();
+    let producer = context.clone();
+    let state = async move {
+        while !producer.messaging.core.borrow_mut().checkpoint_step(CHECKPOINT_PIECES_PER_STEP) {
+            futures_lite::future::yield_now().await;
+        }
+        let snapshot = producer.messaging.core.borrow_mut().finish_checkpoint()?;
+        Some(combine(&host_state, &snapshot))
+    };
+    let checkpoint = context.log.checkpoint_with(state);
+    let context = context.clone();
     glommio::spawn_local(async move {
         // A failed checkpoint is retried after the next interval; the log is what is durable.
         let _ = checkpoint.await;
-        busy.set(false);
+        // Refused (another checkpoint was being written): drop the one begun.
+        let _ = context.messaging.core.borrow_mut().finish_checkpoint();
+        context.messaging.checkpointing.set(false);
     })
     .detach();
 }

@@ -41,6 +41,8 @@ pub const SESSIONS_PER_USER_MAX: usize = 64;
 pub const DIALOGS_PAGE_MAX: usize = 100;
 /// WAL bytes a shard writes between automatic checkpoints of its messaging state.
 pub const CHECKPOINT_EVERY_BYTES: u64 = 256 << 20;
+/// Users and chats an automatic checkpoint archives before it lets other work run.
+pub const CHECKPOINT_PIECES_PER_STEP: usize = 64;
 
 const _: () = assert!(FANOUT_BACK_UNDER < FANOUT_MAX);
 const _: () = assert!(CREATE_MEMBERS_MAX <= FANOUT_MAX);

@@ -291,7 +291,6 @@ impl State {
                 state.pts = pts;
                 state.last_date = date;
                 apply_chat_change(state, &mut self.idempotency_order, date, change);
-                expire_idempotency(&mut self.idempotency_order, &mut self.chats, date);
             }
             Event::BoxAppended { chat, chat_pts, date, update, users } => {
                 for (user, pts) in users {
@@ -445,8 +444,16 @@ fn push_log(chat: &mut Chat, date: UnixMs, update: Update, only_for: Option<User
     }
 }
 
-/// Forgets random_ids older than the window, and the oldest beyond the memory cap. Runs on
-/// event dates, so replay forgets exactly what the live shard forgot.
+impl State {
+    /// Forgets random_ids older than the window before `now`, and the oldest beyond the
+    /// memory cap. Called after each chat event, except while a checkpoint is being taken
+    /// piece by piece (it touches other chats); forgetting later changes nothing a client
+    /// sees, because a send checks the window's dates itself.
+    pub fn expire_idempotency(&mut self, now: UnixMs) {
+        expire_idempotency(&mut self.idempotency_order, &mut self.chats, now);
+    }
+}
+
 fn expire_idempotency(
     order: &mut VecDeque<(UnixMs, ChatId, UserId, RandomId)>,
     chats: &mut Map<ChatId, Chat>,

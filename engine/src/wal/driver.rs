@@ -77,6 +77,8 @@ pub enum CheckpointError {
     Io { path: PathBuf, source: io::Error },
     #[error("another checkpoint of this log is being written")]
     Busy,
+    #[error("the checkpoint's state was not produced")]
+    Abandoned,
 }
 
 /// What opening found.
@@ -348,6 +350,15 @@ impl ShardLog {
         &self,
         state: Vec<u8>,
     ) -> impl Future<Output = Result<CheckpointTicket, CheckpointError>> + 'static {
+        self.checkpoint_with(async move { Some(state) })
+    }
+
+    /// As [`ShardLog::checkpoint`], for a state still being produced: the ticket is taken now,
+    /// and `state` must resolve to the shard's state as it is now (or `None` to give up).
+    pub fn checkpoint_with(
+        &self,
+        state: impl Future<Output = Option<Vec<u8>>> + 'static,
+    ) -> impl Future<Output = Result<CheckpointTicket, CheckpointError>> + 'static {
         let ticket = self.inner.core.borrow().checkpoint_ticket();
         // One checkpoint at a time: they must complete in ticket order, and they share names.
         // The guard frees the slot however the future ends, dropped unpolled included.
@@ -355,6 +366,7 @@ impl ShardLog {
         let log = self.clone();
         async move {
             let Some(_slot) = slot else { return Err(CheckpointError::Busy) };
+            let Some(state) = state.await else { return Err(CheckpointError::Abandoned) };
             log.write_checkpoint(ticket, &state).await
         }
     }

@@ -63,6 +63,8 @@ pub struct MessagingCore {
     checkpoint_every_bytes: u64,
     /// Performed effects handed back by the driver, reused by the next step.
     spare_effects: Effects,
+    /// A checkpoint being taken piece by piece while the shard keeps serving.
+    checkpoint: Option<CheckpointInProgress>,
     /// Set once the log failed: whatever comes to wait on it later is answered with this.
     failed: Option<MessagingError>,
 }
@@ -129,7 +131,21 @@ struct SnapshotHeader {
     chats: u64,
 }
 
-const SNAPSHOT_MAGIC: &[u8; 8] = b"FGMSNAP1";
+const SNAPSHOT_MAGIC: &[u8; 8] = b"FGMSNAP2";
+const PIECE_HEADER: u64 = 0;
+const PIECE_USER: u64 = 1;
+const PIECE_CHAT: u64 = 2;
+
+/// See [`MessagingCore::begin_checkpoint`].
+struct CheckpointInProgress {
+    out: Vec<u8>,
+    /// Still to write, in the order `checkpoint_step` takes them.
+    users: Vec<UserId>,
+    chats: Vec<ChatId>,
+    /// Not written yet (by a step or by `preserve`).
+    pending_users: Map<UserId, ()>,
+    pending_chats: Map<ChatId, ()>,
+}
 
 /// Why a checkpoint could not be restored.
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +182,7 @@ impl MessagingCore {
             now: UnixMs(0),
             checkpoint_every_bytes: CHECKPOINT_EVERY_BYTES,
             spare_effects: Effects::default(),
+            checkpoint: None,
             failed: None,
         }
     }
@@ -181,7 +198,7 @@ impl MessagingCore {
     /// Loads a checkpoint's state; call before replaying the records after it.
     pub fn restore(&mut self, snapshot: &[u8]) -> std::result::Result<(), RestoreError> {
         let mut pieces = SnapshotPieces::new(snapshot)?;
-        let header: SnapshotHeader = pieces.next()?;
+        let header: SnapshotHeader = pieces.next(PIECE_HEADER)?;
         let mut state = State {
             phones: header.phones,
             usernames: header.usernames,
@@ -192,14 +209,24 @@ impl MessagingCore {
             ..State::default()
         };
         state.users.reserve(header.users as usize);
-        for _ in 0..header.users {
-            let user: User = pieces.next()?;
-            state.users.insert(user.profile.id, user);
-        }
         state.chats.reserve(header.chats as usize);
-        for _ in 0..header.chats {
-            let chat: Chat = pieces.next()?;
-            state.chats.insert(chat.id, chat);
+        // Users and chats come in any order (a checkpoint taken piece by piece writes first
+        // whatever was about to change).
+        while !pieces.is_empty() {
+            match pieces.tag()? {
+                PIECE_USER => {
+                    let user: User = pieces.next(PIECE_USER)?;
+                    state.users.insert(user.profile.id, user);
+                }
+                PIECE_CHAT => {
+                    let chat: Chat = pieces.next(PIECE_CHAT)?;
+                    state.chats.insert(chat.id, chat);
+                }
+                _ => return Err(RestoreError::Format("a piece of unknown kind")),
+            }
+        }
+        if state.users.len() as u64 != header.users || state.chats.len() as u64 != header.chats {
+            return Err(RestoreError::Format("the checkpoint misses users or chats its header counts"));
         }
         self.state = state;
         self.outbox = header.outbox.into_iter().collect();
@@ -222,19 +249,115 @@ impl MessagingCore {
         };
         let mut out = Vec::new();
         out.extend_from_slice(SNAPSHOT_MAGIC);
-        push_piece(&mut out, &header);
+        push_piece(&mut out, PIECE_HEADER, &header);
         let SnapshotHeader { phones, usernames, pairs, user_sequences, chat_sequences, idempotency_order, .. } = header;
         (state.phones, state.usernames, state.pairs) = (phones, usernames, pairs);
         (state.user_sequences, state.chat_sequences, state.idempotency_order) =
             (user_sequences, chat_sequences, idempotency_order);
         for user in state.users.values() {
-            push_piece(&mut out, user);
+            push_piece(&mut out, PIECE_USER, user);
         }
         for chat in state.chats.values() {
-            push_piece(&mut out, chat);
+            push_piece(&mut out, PIECE_CHAT, chat);
         }
         self.bytes_since_checkpoint = 0;
         out
+    }
+
+    /// Starts a checkpoint of the state as it is now, to be written piece by piece
+    /// ([`MessagingCore::checkpoint_step`]) while the shard keeps serving. A user or chat
+    /// about to change is written first, as it was: the finished checkpoint is the state of
+    /// this moment, exactly what a log checkpoint ticket taken now covers.
+    pub fn begin_checkpoint(&mut self) {
+        let header_only = {
+            let state = &mut self.state;
+            let header = SnapshotHeader {
+                phones: std::mem::take(&mut state.phones),
+                usernames: std::mem::take(&mut state.usernames),
+                pairs: std::mem::take(&mut state.pairs),
+                user_sequences: std::mem::take(&mut state.user_sequences),
+                chat_sequences: std::mem::take(&mut state.chat_sequences),
+                idempotency_order: std::mem::take(&mut state.idempotency_order),
+                outbox: self.outbox.iter().map(|(key, entry)| (*key, entry.clone())).collect(),
+                users: state.users.len() as u64,
+                chats: state.chats.len() as u64,
+            };
+            let mut out = Vec::new();
+            out.extend_from_slice(SNAPSHOT_MAGIC);
+            push_piece(&mut out, PIECE_HEADER, &header);
+            let SnapshotHeader { phones, usernames, pairs, user_sequences, chat_sequences, idempotency_order, .. } =
+                header;
+            (state.phones, state.usernames, state.pairs) = (phones, usernames, pairs);
+            (state.user_sequences, state.chat_sequences, state.idempotency_order) =
+                (user_sequences, chat_sequences, idempotency_order);
+            out
+        };
+        let users: Vec<UserId> = self.state.users.keys().copied().collect();
+        let chats: Vec<ChatId> = self.state.chats.keys().copied().collect();
+        self.checkpoint = Some(CheckpointInProgress {
+            out: header_only,
+            pending_users: users.iter().map(|&user| (user, ())).collect(),
+            pending_chats: chats.iter().map(|&chat| (chat, ())).collect(),
+            users,
+            chats,
+        });
+        self.bytes_since_checkpoint = 0;
+    }
+
+    /// Writes up to `pieces` more users and chats of the checkpoint begun; true once all are.
+    pub fn checkpoint_step(&mut self, pieces: usize) -> bool {
+        let (Some(progress), state) = (&mut self.checkpoint, &self.state) else { return true };
+        let mut written = 0;
+        while written < pieces {
+            if let Some(user) = progress.users.pop() {
+                if progress.pending_users.remove(&user).is_some() {
+                    push_piece(&mut progress.out, PIECE_USER, &state.users[&user]);
+                    written += 1;
+                }
+            } else if let Some(chat) = progress.chats.pop() {
+                if progress.pending_chats.remove(&chat).is_some() {
+                    push_piece(&mut progress.out, PIECE_CHAT, &state.chats[&chat]);
+                    written += 1;
+                }
+            } else {
+                return true;
+            }
+        }
+        progress.users.is_empty() && progress.chats.is_empty()
+    }
+
+    /// The bytes of the checkpoint begun, once every piece is written (else `None`, and the
+    /// checkpoint is dropped). Idempotency expiry, paused meanwhile, resumes.
+    pub fn finish_checkpoint(&mut self) -> Option<Vec<u8>> {
+        let progress = self.checkpoint.take()?;
+        let complete = progress.pending_users.is_empty() && progress.pending_chats.is_empty();
+        complete.then_some(progress.out)
+    }
+
+    /// Writes, as they are now, the users and chats `event` is about to change that a
+    /// checkpoint in progress has not written yet.
+    fn preserve(&mut self, event: &Event) {
+        let (Some(progress), state) = (&mut self.checkpoint, &self.state) else { return };
+        let mut user = |user: UserId| {
+            if progress.pending_users.remove(&user).is_some() {
+                push_piece(&mut progress.out, PIECE_USER, &state.users[&user]);
+            }
+        };
+        match event {
+            Event::BoxAppended { users, .. } => users.iter().for_each(|&(id, _)| user(id)),
+            Event::NameSet { user: id, .. } | Event::UsernameSet { user: id, .. } => user(*id),
+            Event::Chat { chat, .. } => {
+                if progress.pending_chats.remove(chat).is_some() {
+                    push_piece(&mut progress.out, PIECE_CHAT, &state.chats[chat]);
+                }
+            }
+            // New users and chats are not in the checkpoint; the indexes are in its header.
+            Event::UserCreated { .. }
+            | Event::ChatCreated { .. }
+            | Event::UsernameClaimed { .. }
+            | Event::UsernameReleased { .. }
+            | Event::PairBlocked { .. } => {}
+        }
     }
 
     /// Take a checkpoint after this many bytes of records (default `CHECKPOINT_EVERY_BYTES`).
@@ -261,7 +384,11 @@ impl MessagingCore {
                 self.outbox.insert((chat, chat_pts, part as u8), entry);
             }
         }
+        let expire = matches!(event, Event::Chat { .. }).then_some(event_key(&event).2);
         self.state.apply(event);
+        if let Some(date) = expire {
+            self.state.expire_idempotency(date);
+        }
         Ok(())
     }
 
@@ -510,7 +637,12 @@ impl MessagingCore {
         };
         let on_read =
             matches!(&event, Event::Chat { chat, .. } if self.state.chats.get(chat).is_some_and(|c| c.fanout_on_read));
+        let expire = matches!(event, Event::Chat { .. }).then_some(date);
+        self.preserve(&event);
         self.state.apply(event);
+        if let Some(date) = expire.filter(|_| self.checkpoint.is_none()) {
+            self.state.expire_idempotency(date);
+        }
         if chat != ChatId(0) {
             self.chat_lsn.insert(chat, first);
         }
@@ -520,6 +652,7 @@ impl MessagingCore {
                 self.box_lsn.insert(*user, last);
             }
             let deferred = Deferred::BoxLive { date: *date, update: update.clone(), users: users.clone() };
+            self.preserve(&box_event);
             self.state.apply(box_event);
             self.after_durable.push_back((last, deferred));
         }
@@ -599,6 +732,7 @@ impl MessagingCore {
         for (user, _) in &users {
             self.box_lsn.insert(*user, lsn);
         }
+        self.preserve(&event);
         self.state.apply(event);
         if let Some(sender) = fanout.sender {
             let ack = SendAck { sender_pts, ..sender.ack };
@@ -849,9 +983,9 @@ fn append_error(error: AppendError) -> MessagingError {
     }
 }
 
-/// Appends one archived piece: its length (u64) and its bytes, padded to 16 so the next
-/// piece starts aligned.
-fn push_piece<T>(out: &mut Vec<u8>, value: &T)
+/// Appends one archived piece: its kind and length (u64 each) and its bytes, padded to 16 so
+/// the next piece starts aligned.
+fn push_piece<T>(out: &mut Vec<u8>, tag: u64, value: &T)
 where
     T: for<'a> rkyv::Serialize<
         rkyv::api::high::HighSerializer<
@@ -866,6 +1000,7 @@ where
         // One user or one chat: far from the 4 GiB an archive can address.
         Err(error) => panic!("archiving a piece of the messaging state failed: {error}"),
     };
+    out.extend_from_slice(&tag.to_le_bytes());
     out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
     out.extend_from_slice(&bytes);
     out.resize(out.len().next_multiple_of(16), 0);
@@ -886,12 +1021,26 @@ impl<'a> SnapshotPieces<'a> {
         Ok(SnapshotPieces { bytes, offset: 8, aligned: rkyv::util::AlignedVec::new() })
     }
 
-    fn next<T>(&mut self) -> std::result::Result<T, RestoreError>
+    fn is_empty(&self) -> bool {
+        self.offset >= self.bytes.len()
+    }
+
+    /// The kind of the next piece.
+    fn tag(&self) -> std::result::Result<u64, RestoreError> {
+        let tag = self.bytes.get(self.offset..self.offset + 8).ok_or(RestoreError::Format("a piece is cut short"))?;
+        Ok(u64::from_le_bytes(tag.try_into().map_err(|_| RestoreError::Format("a piece is cut short"))?))
+    }
+
+    fn next<T>(&mut self, tag: u64) -> std::result::Result<T, RestoreError>
     where
         T: rkyv::Archive,
         T::Archived: for<'b> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'b, rkyv::rancor::Error>>
             + rkyv::Deserialize<T, rkyv::api::high::HighDeserializer<rkyv::rancor::Error>>,
     {
+        if self.tag()? != tag {
+            return Err(RestoreError::Format("a piece of the wrong kind"));
+        }
+        self.offset += 8;
         let truncated = || RestoreError::Format("the checkpoint ends inside a piece");
         let length = self.bytes.get(self.offset..self.offset + 8).ok_or_else(truncated)?;
         let length = u64::from_le_bytes(length.try_into().map_err(|_| truncated())?) as usize;
@@ -927,6 +1076,110 @@ mod tests {
             Some((_, Ok(response))) => response,
             other => panic!("request failed: {other:?}"),
         }
+    }
+
+    /// A journal that keeps every record, to replay them.
+    #[derive(Default)]
+    struct RecordingJournal(Vec<(RecordKind, Vec<u8>)>);
+
+    impl Journal for RecordingJournal {
+        fn append_all(&mut self, records: &[(RecordKind, VShard, &[u8])]) -> std::result::Result<Lsn, AppendError> {
+            let first = Lsn(self.0.len() as u64 + 1);
+            self.0.extend(records.iter().map(|(kind, _, payload)| (*kind, payload.to_vec())));
+            Ok(first)
+        }
+    }
+
+    /// What two states must agree on: every box and every chat, in id order.
+    fn digest(state: &State) -> Vec<String> {
+        let mut lines: Vec<String> = state
+            .users
+            .values()
+            .map(|user| format!("{:?} {:?} {:?}", user.profile, user.update_box.pts, user.update_box.entries))
+            .collect();
+        lines.extend(state.chats.values().map(|chat| {
+            let members: Vec<_> = chat.members.iter().map(|(id, m)| (*id, m.read_inbox_max)).collect();
+            format!("{} {:?} {:?} {:?} {:?}", chat.id, chat.pts, chat.messages, members, chat.log.len())
+        }));
+        lines.sort();
+        lines
+    }
+
+    /// Proves a checkpoint taken piece by piece while sends, reads and edits go on is the
+    /// state of the moment it began: restored and replayed from there, it equals the live state.
+    #[test]
+    fn checkpoint_taken_piece_by_piece_is_the_state_when_it_began() {
+        let table = Arc::new(VShardTable::round_robin(1));
+        let mut core = MessagingCore::new(ShardId(0), table.clone());
+        core.resume(0, Lsn::ZERO);
+        let mut journal = RecordingJournal::default();
+        let mut request = 0;
+        let mut call = |core: &mut MessagingCore, journal: &mut RecordingJournal, r: Request| {
+            request += 1;
+            core.handle(Origin { shard: ShardId(0), request }, r, UnixMs(1_700_000_000_000 + request), journal);
+            let last = Lsn(journal.0.len() as u64);
+            core.advance(last, last, journal);
+            match core.take_effects().replies.pop() {
+                Some((_, Ok(response))) => response,
+                other => panic!("request failed: {other:?}"),
+            }
+        };
+        let mut users = Vec::new();
+        for index in 0..40 {
+            let phone = format!("+1555000{index:04}");
+            let request = Request::SignUp { phone, first_name: "U".into(), last_name: String::new() };
+            let Response::User(user) = call(&mut core, &mut journal, request) else { panic!() };
+            users.push(user);
+        }
+        let mut chats = Vec::new();
+        for pair in users.chunks(2) {
+            let Response::Chat(chat) =
+                call(&mut core, &mut journal, Request::OpenPrivate { user: pair[0], peer: pair[1] })
+            else {
+                panic!()
+            };
+            chats.push((chat, pair[0], pair[1]));
+        }
+        let send = |chat, sender, random_id: u64| {
+            Request::Send(SendRequest {
+                chat,
+                sender,
+                random_id: RandomId(random_id),
+                text: format!("text {random_id}"),
+                reply_to: None,
+                forwarded_from: None,
+            })
+        };
+        for (index, &(chat, sender, _)) in chats.iter().enumerate() {
+            call(&mut core, &mut journal, send(chat, sender, index as u64 + 1));
+        }
+        // Begin; then change half the chats and boxes between small steps.
+        core.begin_checkpoint();
+        let began_at = journal.0.len();
+        let mut random_id = 1000;
+        let mut done = false;
+        while !done {
+            done = core.checkpoint_step(3);
+            for &(chat, sender, reader) in chats.iter().step_by(2) {
+                random_id += 1;
+                call(&mut core, &mut journal, send(chat, sender, random_id));
+                call(&mut core, &mut journal, Request::ReadHistory { chat, user: reader, max_id: MessageId(1) });
+            }
+            let (chat, sender, _) = chats[3];
+            call(
+                &mut core,
+                &mut journal,
+                Request::Edit { chat, user: sender, id: MessageId(1), text: "edited".into() },
+            );
+        }
+        let bytes = core.finish_checkpoint().expect("every piece was written");
+        let mut restored = MessagingCore::new(ShardId(0), table);
+        restored.restore(&bytes).expect("restores");
+        for (kind, payload) in &journal.0[began_at..] {
+            restored.replay(*kind, payload).expect("replays");
+        }
+        assert_eq!(digest(restored.state()), digest(core.state()));
+        assert_ne!(began_at, journal.0.len(), "the state changed while the checkpoint was taken");
     }
 
     /// Proves a checkpoint restores users, chats and messages, and a damaged one is refused.
