@@ -24,6 +24,9 @@ pub const CHECKPOINTS_RETAINED: usize = 2;
 pub const PREPARE_RETRY_MS: u64 = 1000;
 /// Size of each zero-filling write when a fresh segment is pre-written.
 pub const PREWRITE_CHUNK_BYTES: usize = 256 << 10;
+/// A checkpoint file being written is synced every this many bytes (see `write_file_durably`).
+pub const CHECKPOINT_SYNC_EVERY_BYTES: usize = 8 << 20;
+const _: () = assert!(CHECKPOINT_SYNC_EVERY_BYTES.is_multiple_of(PREWRITE_CHUNK_BYTES));
 /// Longest a pre-write chunk waits for the log's own write or sync to finish first.
 pub const PREWRITE_YIELD: std::time::Duration = std::time::Duration::from_millis(2);
 /// Chunk the recovery read-ahead thread reads at a time.

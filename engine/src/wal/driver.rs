@@ -19,7 +19,10 @@ use std::time::{Duration, Instant};
 
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 
-use crate::config::{LogConfig, PREFETCH_CHUNK_BYTES, PREFETCH_SEGMENTS_AHEAD, PREWRITE_CHUNK_BYTES, PREWRITE_YIELD};
+use crate::config::{
+    LogConfig, CHECKPOINT_SYNC_EVERY_BYTES, PREFETCH_CHUNK_BYTES, PREFETCH_SEGMENTS_AHEAD, PREWRITE_CHUNK_BYTES,
+    PREWRITE_YIELD,
+};
 use crate::ids::{Lsn, RecordKind, SegmentId, VShard};
 use crate::wal::checkpoint;
 use crate::wal::core::{
@@ -727,6 +730,11 @@ async fn write_file_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
             buffer.as_bytes_mut()[copied..].fill(0);
             file.write_at(buffer, offset as u64).await?;
             offset += chunk;
+            // Sync as it grows: one fdatasync of a whole large file commits all its block
+            // allocations at once, and the log's own fdatasync waits behind that commit.
+            if offset % CHECKPOINT_SYNC_EVERY_BYTES == 0 {
+                file.fdatasync().await?;
+            }
         }
         file.fdatasync().await?;
         file.rename(path).await?;
