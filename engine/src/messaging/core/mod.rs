@@ -235,7 +235,21 @@ impl MessagingCore {
 
     /// The checkpoint of everything applied so far (see [`SnapshotHeader`] for its layout).
     pub fn snapshot(&mut self) -> Vec<u8> {
+        let mut out = self.snapshot_header();
+        for user in self.state.users.values() {
+            push_piece(&mut out, PIECE_USER, user);
+        }
+        for chat in self.state.chats.values() {
+            push_piece(&mut out, PIECE_CHAT, chat);
+        }
+        self.bytes_since_checkpoint = 0;
+        out
+    }
+
+    /// A checkpoint's first bytes: the magic and the header of the state as it is now.
+    fn snapshot_header(&mut self) -> Vec<u8> {
         let state = &mut self.state;
+        // The indexes are moved into the header to archive them, not copied, then moved back.
         let header = SnapshotHeader {
             phones: std::mem::take(&mut state.phones),
             usernames: std::mem::take(&mut state.usernames),
@@ -254,13 +268,6 @@ impl MessagingCore {
         (state.phones, state.usernames, state.pairs) = (phones, usernames, pairs);
         (state.user_sequences, state.chat_sequences, state.idempotency_order) =
             (user_sequences, chat_sequences, idempotency_order);
-        for user in state.users.values() {
-            push_piece(&mut out, PIECE_USER, user);
-        }
-        for chat in state.chats.values() {
-            push_piece(&mut out, PIECE_CHAT, chat);
-        }
-        self.bytes_since_checkpoint = 0;
         out
     }
 
@@ -269,29 +276,7 @@ impl MessagingCore {
     /// about to change is written first, as it was: the finished checkpoint is the state of
     /// this moment, exactly what a log checkpoint ticket taken now covers.
     pub fn begin_checkpoint(&mut self) {
-        let header_only = {
-            let state = &mut self.state;
-            let header = SnapshotHeader {
-                phones: std::mem::take(&mut state.phones),
-                usernames: std::mem::take(&mut state.usernames),
-                pairs: std::mem::take(&mut state.pairs),
-                user_sequences: std::mem::take(&mut state.user_sequences),
-                chat_sequences: std::mem::take(&mut state.chat_sequences),
-                idempotency_order: std::mem::take(&mut state.idempotency_order),
-                outbox: self.outbox.iter().map(|(key, entry)| (*key, entry.clone())).collect(),
-                users: state.users.len() as u64,
-                chats: state.chats.len() as u64,
-            };
-            let mut out = Vec::new();
-            out.extend_from_slice(SNAPSHOT_MAGIC);
-            push_piece(&mut out, PIECE_HEADER, &header);
-            let SnapshotHeader { phones, usernames, pairs, user_sequences, chat_sequences, idempotency_order, .. } =
-                header;
-            (state.phones, state.usernames, state.pairs) = (phones, usernames, pairs);
-            (state.user_sequences, state.chat_sequences, state.idempotency_order) =
-                (user_sequences, chat_sequences, idempotency_order);
-            out
-        };
+        let header_only = self.snapshot_header();
         let users: Vec<UserId> = self.state.users.keys().copied().collect();
         let chats: Vec<ChatId> = self.state.chats.keys().copied().collect();
         self.checkpoint = Some(CheckpointInProgress {
