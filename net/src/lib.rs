@@ -1,0 +1,12 @@
+//! ferrogram's wire protocol (DESIGN §6): length-prefixed frames, versioned handshake,
+//! requests with a client-chosen `req_id`, unsolicited updates, rkyv payloads validated before
+//! use, typed errors. `net` knows nothing of storage.
+
+pub mod codec;
+pub mod frame;
+pub mod limits;
+pub mod protocol;
+
+pub use codec::{DecodeError, EncodeError};
+pub use frame::{FrameError, FrameHeader, FrameType};
+pub use protocol::*;
