@@ -17,7 +17,7 @@ use crate::config::{EngineConfig, MESH_CHANNEL_CAPACITY, SHARD_COUNT_MAX};
 use crate::ids::{Lsn, RecordKind, ShardId, VShard};
 use crate::lifeline::{Lifeline, LifelineGuard};
 use crate::messaging::driver::{Connected, OfflineHook};
-use crate::messaging::{MessagingError, MessagingResult, Request, Response, UserId};
+use crate::messaging::{AuthorizationId, MessagingError, MessagingResult, Request, Response, UserId};
 use crate::preflight::{self, PreflightError};
 use crate::shard::{self, HostTask, ShardContext, ShardRequest, ShardStart};
 use crate::vshards::{VShardTable, VShardTableError};
@@ -306,13 +306,15 @@ impl Engine {
         async move { answer.await.map_err(messaging_error)? }
     }
 
-    /// Registers an online session of `user`, held on `shard` (the connection's core).
+    /// Registers an online session of `user`, held on `shard` (the connection's core), under
+    /// one of the user's authorizations if one is given.
     pub(crate) fn connect(
         &self,
         shard: ShardId,
         user: UserId,
+        authorization: Option<AuthorizationId>,
     ) -> impl Future<Output = MessagingResult<Connected>> + Send + 'static {
-        let answer = self.request_raw(shard, move |reply| ShardRequest::Connect { user, reply });
+        let answer = self.request_raw(shard, move |reply| ShardRequest::Connect { user, authorization, reply });
         async move { answer.await.map_err(messaging_error)? }
     }
 

@@ -10,7 +10,7 @@ use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 use crate::engine::{AppendAck, EngineError, ReplayHook};
 use crate::ids::{Lsn, RecordKind, ShardId, VShard};
 use crate::messaging::driver::{self as messaging_driver, Connected, MessagingDriver, OfflineHook};
-use crate::messaging::{MessagingCore, MessagingResult, Request, Response, UserId};
+use crate::messaging::{AuthorizationId, MessagingCore, MessagingResult, Request, Response, UserId};
 use crate::vshards::VShardTable;
 use crate::wal::driver::{LogError, OpenReport, ShardLog};
 use crate::wal::{AppendError, CheckpointTicket, OwnedRecord, RecordPosition};
@@ -28,7 +28,7 @@ pub(crate) enum ShardRequest {
     Read { position: RecordPosition, reply: Reply<OwnedRecord> },
     Checkpoint { state: Vec<u8>, covers: Lsn, reply: Reply<CheckpointTicket> },
     Messaging { request: Request, reply: flume::Sender<MessagingResult<Response>> },
-    Connect { user: UserId, reply: flume::Sender<MessagingResult<Connected>> },
+    Connect { user: UserId, authorization: Option<AuthorizationId>, reply: flume::Sender<MessagingResult<Connected>> },
     Run(HostTask),
     Shutdown { reply: Reply<()> },
 }
@@ -231,7 +231,9 @@ fn handle(context: &Rc<ShardContext>, request: ShardRequest) -> Option<Reply<()>
             .detach();
         }
         ShardRequest::Messaging { request, reply } => MessagingDriver::request(context, request, reply),
-        ShardRequest::Connect { user, reply } => MessagingDriver::connect(context, user, reply),
+        ShardRequest::Connect { user, authorization, reply } => {
+            MessagingDriver::connect(context, user, authorization, reply)
+        }
         ShardRequest::Run(task) => task(context.clone()),
         ShardRequest::Shutdown { reply } => return Some(reply),
     }

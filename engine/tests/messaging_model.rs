@@ -907,7 +907,10 @@ impl Run {
         // connection there), whose answer must find its way back.
         let owner = self.sim.route(&request);
         let origin = match request {
-            Request::Connect { .. } | Request::SubscribeChat { .. } | Request::Disconnect { .. } => owner,
+            Request::Connect { .. }
+            | Request::ConnectAuthorized { .. }
+            | Request::SubscribeChat { .. }
+            | Request::Disconnect { .. } => owner,
             _ if self.rng.chance(1, 4) => ShardId(self.rng.index(SHARDS) as u16),
             _ => owner,
         };
@@ -1381,6 +1384,9 @@ impl Run {
                     }
                     LiveEvent::Typing { .. } => {}
                     LiveEvent::Resync => panic!("{context}: session {session:?} was told to resync"),
+                    LiveEvent::Revoked => {
+                        panic!("{context}: session {session:?} was revoked (the model never revokes)")
+                    }
                 }
             }
         }

@@ -8,8 +8,9 @@ use ferrogram_engine::messaging::limits::{
     TEXT_CHARS_MAX,
 };
 use ferrogram_engine::messaging::{
-    ChatId, ChatInfo, ChatKind, Dialog, ForwardedFrom, HistoryPage, LiveEvent, Message, MessageId, MessagingError,
-    MessagingResult, Pts, RandomId, Request, Response, SendAck, SendRequest, Update, UserId,
+    AuthorizationId, ChatId, ChatInfo, ChatKind, Dialog, ForwardedFrom, HistoryPage, LiveEvent, Message, MessageId,
+    MessagingError, MessagingResult, Pts, RandomId, Request, Response, SendAck, SendRequest, SessionId, Update, UserId,
+    SECRET_HASH_BYTES,
 };
 use ferrogram_engine::sim::messaging::{CrashKind, MessagingSim};
 use ferrogram_engine::sim::OpKind;
@@ -745,4 +746,142 @@ fn reads_move_markers_and_unread_counts() {
         other => panic!("state: {other:?}"),
     };
     assert_eq!(state.unread, 0);
+}
+
+fn create_authorization(sim: &mut MessagingSim, user: UserId, secret: u8) -> AuthorizationId {
+    let request = Request::CreateAuthorization {
+        user,
+        secret_hash: [secret; SECRET_HASH_BYTES],
+        device: format!("device {secret}"),
+    };
+    match sim.call(request) {
+        Ok(Response::Authorization(id)) => id,
+        other => panic!("create authorization: {other:?}"),
+    }
+}
+
+fn check_authorization(sim: &mut MessagingSim, id: AuthorizationId, secret: u8) -> MessagingResult<UserId> {
+    sim.call(Request::CheckAuthorization { id, secret_hash: [secret; SECRET_HASH_BYTES] }).map(
+        |response| match response {
+            Response::User(user) => user,
+            other => panic!("check authorization answered {other:?}"),
+        },
+    )
+}
+
+/// Proves authorizations are allocated on their user's vshard, so a check routed by the id
+/// alone reaches the user's shard, and that revoking one ends the sessions connected under
+/// it on whichever shard holds them, while the user's other sessions keep their updates.
+#[test]
+fn revoking_an_authorization_ends_its_sessions_on_every_shard() {
+    let mut sim = sim(17);
+    let u = users(&mut sim, 6);
+    let user = u[0];
+    let home = sim.table().owner(user.vshard());
+    let phone = create_authorization(&mut sim, user, 1);
+    let laptop = create_authorization(&mut sim, user, 2);
+    assert_eq!(sim.table().owner(phone.vshard()), home, "an authorization lives on its user's shard");
+    assert_eq!(check_authorization(&mut sim, phone, 1), Ok(user));
+    assert_eq!(check_authorization(&mut sim, phone, 2), Err(MessagingError::Unauthorized));
+
+    // One session under each authorization and a plain one, each held by another shard.
+    let connect = |sim: &mut MessagingSim, shard: u16, authorization: Option<AuthorizationId>| {
+        let session = sim.new_session(ShardId(shard));
+        let request = match authorization {
+            Some(authorization) => Request::ConnectAuthorized { user, authorization, session },
+            None => Request::Connect { user, session },
+        };
+        (session, sim.call(request))
+    };
+    let shards = SHARDS as u16;
+    let (phone_session, answer) = connect(&mut sim, (home.0 + 1) % shards, Some(phone));
+    assert!(matches!(answer, Ok(Response::State(_))), "{answer:?}");
+    let (laptop_session, answer) = connect(&mut sim, home.0, Some(laptop));
+    assert!(matches!(answer, Ok(Response::State(_))), "{answer:?}");
+    let (plain_session, answer) = connect(&mut sim, (home.0 + 2) % shards, None);
+    assert!(matches!(answer, Ok(Response::State(_))), "{answer:?}");
+
+    done(sim.call(Request::RevokeAuthorization { user, id: phone })).expect("revoke");
+    sim.run_until_quiet().expect("quiet");
+    assert!(sim.session_revoked(phone_session), "the session under the revoked authorization ended");
+    assert!(!sim.session_revoked(laptop_session) && !sim.session_revoked(plain_session));
+    assert_eq!(check_authorization(&mut sim, phone, 1), Err(MessagingError::Unauthorized));
+    let (_, answer) = connect(&mut sim, home.0, Some(phone));
+    assert_eq!(answer, Err(MessagingError::Unauthorized), "a revoked authorization cannot connect again");
+
+    sim.take_session_events();
+    let chat = open_private(&mut sim, u[1], user).expect("open");
+    send(&mut sim, chat, u[1], 1, "hello").expect("send");
+    sim.run_until_quiet().expect("quiet");
+    let events = sim.take_session_events();
+    let got = |session: SessionId| events.get(&session).is_some_and(|events| !events.is_empty());
+    assert!(got(laptop_session) && got(plain_session), "the user's other sessions still get updates");
+    assert!(!got(phone_session), "the revoked session gets none");
+}
+
+/// Proves a session connecting under an authorization while it is being revoked either is
+/// refused or is ended: the end never overtakes the registration and leaves it open.
+#[test]
+fn a_connect_racing_a_revocation_never_outlives_it() {
+    let mut outcomes = [0; 2];
+    for seed in 0..40 {
+        let mut sim = sim(1000 + seed);
+        let u = users(&mut sim, 4);
+        let user = u[(seed % 4) as usize];
+        let home = sim.table().owner(user.vshard());
+        let id = create_authorization(&mut sim, user, 7);
+        let session = sim.new_session(ShardId(((home.0 as u64 + 1 + seed % 2) % SHARDS as u64) as u16));
+        // A change still being written makes the registration's answer wait in the queue
+        // the revocation's end of session joins after it.
+        let rename = sim.submit(Request::SetName { user, first_name: "Renamed".into(), last_name: String::new() });
+        let connect = sim.submit(Request::ConnectAuthorized { user, authorization: id, session });
+        for _ in 0..seed % 8 {
+            sim.step();
+        }
+        let revoke = sim.submit(Request::RevokeAuthorization { user, id });
+        sim.run_until_quiet().expect("quiet");
+        assert_eq!(sim.take_reply(rename), Some(Ok(Response::Done)), "seed {seed}");
+        assert_eq!(sim.take_reply(revoke), Some(Ok(Response::Done)), "seed {seed}");
+        match sim.take_reply(connect) {
+            Some(Ok(Response::State(_))) => {
+                assert!(sim.session_revoked(session), "seed {seed}: a session connected in time is ended");
+                outcomes[0] += 1;
+            }
+            Some(Err(MessagingError::Unauthorized)) => {
+                assert!(!sim.session_revoked(session), "seed {seed}");
+                outcomes[1] += 1;
+            }
+            other => panic!("seed {seed}: connect answered {other:?}"),
+        }
+    }
+    assert!(outcomes[0] > 0 && outcomes[1] > 0, "both orders happened: {outcomes:?}");
+}
+
+/// Proves authorizations and revocations survive a power loss, from a checkpoint and from the
+/// log after it, and ids are not given out again after recovery.
+#[test]
+fn authorizations_survive_a_crash_across_a_checkpoint() {
+    let mut sim = sim(18);
+    let u = users(&mut sim, 3);
+    let before = [create_authorization(&mut sim, u[0], 1), create_authorization(&mut sim, u[0], 2)];
+    done(sim.call(Request::RevokeAuthorization { user: u[0], id: before[1] })).expect("revoke");
+    let home = sim.table().owner(u[0].vshard());
+    sim.checkpoint(home).expect("checkpoint");
+    let after = [create_authorization(&mut sim, u[0], 3), create_authorization(&mut sim, u[0], 4)];
+    done(sim.call(Request::RevokeAuthorization { user: u[0], id: before[0] })).expect("revoke");
+    done(sim.call(Request::RevokeAuthorization { user: u[0], id: after[1] })).expect("revoke");
+    sim.run_until_quiet().expect("quiet");
+    sim.crash(CrashKind::PowerLoss).expect("recover");
+
+    assert_eq!(check_authorization(&mut sim, after[0], 3), Ok(u[0]));
+    for (id, secret) in [(before[0], 1), (before[1], 2), (after[1], 4)] {
+        assert_eq!(check_authorization(&mut sim, id, secret), Err(MessagingError::Unauthorized), "{id}");
+    }
+    let listed = match sim.call(Request::ListAuthorizations { user: u[0] }) {
+        Ok(Response::Authorizations(list)) => list.into_iter().map(|info| info.id).collect::<Vec<_>>(),
+        other => panic!("list: {other:?}"),
+    };
+    assert_eq!(listed, [after[0]]);
+    let next = create_authorization(&mut sim, u[0], 5);
+    assert!(next > after[1], "{next} is not an id given out before the crash");
 }

@@ -378,12 +378,65 @@ impl Messenger {
         Ok(start.map_or_else(Vec::new, |start| dialogs.into_iter().skip(start).take(limit).collect()))
     }
 
+    // Login authorizations (the gateway's logged-in devices).
+
+    /// Creates a login authorization of `user` on the user's shard and returns its id. The
+    /// host hands the client a token of the id and a random secret, and gives the engine only
+    /// the secret's hash. At most `AUTHORIZATIONS_PER_USER_MAX` live ones per user
+    /// (`TooManyAuthorizations`); `device` is at most `AUTHORIZATION_DEVICE_MAX` characters.
+    pub async fn create_authorization(
+        &self,
+        user: UserId,
+        secret_hash: [u8; SECRET_HASH_BYTES],
+        device: &str,
+    ) -> MessagingResult<AuthorizationId> {
+        let request = Request::CreateAuthorization { user, secret_hash, device: device.into() };
+        expect!(self.call(user.vshard(), request).await, Response::Authorization(id) => id)
+    }
+
+    /// The user holding authorization `id`, if it is live and `secret_hash` matches (compared
+    /// in constant time). Anything else is `Unauthorized`, never saying which. Writes nothing.
+    pub async fn check_authorization(
+        &self,
+        id: AuthorizationId,
+        secret_hash: [u8; SECRET_HASH_BYTES],
+    ) -> MessagingResult<UserId> {
+        let request = Request::CheckAuthorization { id, secret_hash };
+        expect!(self.call(id.vshard(), request).await, Response::User(user) => user)
+    }
+
+    /// The user's live authorizations, oldest first.
+    pub async fn list_authorizations(&self, user: UserId) -> MessagingResult<Vec<AuthorizationInfo>> {
+        let request = Request::ListAuthorizations { user };
+        expect!(self.call(user.vshard(), request).await, Response::Authorizations(list) => list)
+    }
+
+    /// Revokes one of the user's authorizations for good (it is durable before this returns)
+    /// and ends the sessions connected under it. An id that is not a live authorization of
+    /// this user — unknown, already revoked, or someone else's — is `Unauthorized`.
+    pub async fn revoke_authorization(&self, user: UserId, id: AuthorizationId) -> MessagingResult<()> {
+        let request = Request::RevokeAuthorization { user, id };
+        expect!(self.call(user.vshard(), request).await, Response::Done => ())
+    }
+
     // Sessions and presence.
 
     /// Registers an online session of `user` held on `shard` (the core its connection lives
     /// on). The box state comes back in the same step: every update after it arrives live.
     pub async fn connect(&self, user: UserId, shard: ShardId) -> MessagingResult<Connected> {
-        self.engine.connect(shard, user).await
+        self.engine.connect(shard, user, None).await
+    }
+
+    /// As [`Messenger::connect`], for a session opened under one of the user's authorizations:
+    /// refused with `Unauthorized` unless it is live and the user's, and ended when it is
+    /// revoked: its stream then ends with [`LiveEvent::Revoked`].
+    pub async fn connect_authorized(
+        &self,
+        user: UserId,
+        authorization: AuthorizationId,
+        shard: ShardId,
+    ) -> MessagingResult<Connected> {
+        self.engine.connect(shard, user, Some(authorization)).await
     }
 
     pub async fn disconnect(&self, session: SessionId) -> MessagingResult<()> {

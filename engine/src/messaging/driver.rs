@@ -16,7 +16,7 @@ use crate::messaging::limits::{CHECKPOINT_PIECES_PER_STEP, SESSION_QUEUE_MAX};
 use crate::messaging::protocol::{Effects, Origin, PeerMessage, Request, Response};
 use crate::messaging::state::Map;
 use crate::messaging::types::{
-    BoxState, LiveEvent, MessagingError, MessagingResult, Sequenced, SessionId, UnixMs, UserId,
+    AuthorizationId, BoxState, LiveEvent, MessagingError, MessagingResult, Sequenced, SessionId, UnixMs, UserId,
 };
 use crate::shard::{MeshTask, ShardContext};
 use crate::wal::driver::{Notify, ShardLog};
@@ -36,11 +36,14 @@ pub struct Connected {
 }
 
 /// A session's live events. Bounded: a session that falls `SESSION_QUEUE_MAX` events behind is
-/// dropped, and its stream ends with [`LiveEvent::Resync`].
+/// dropped, and its stream ends with [`LiveEvent::Resync`]. A session connected under an
+/// authorization that is then revoked is dropped too: its stream ends, after the events
+/// already queued, with [`LiveEvent::Revoked`].
 #[derive(Debug)]
 pub struct SessionEvents {
     receiver: flume::Receiver<LiveEvent>,
     overflowed: Arc<AtomicBool>,
+    revoked: Arc<AtomicBool>,
     ended: bool,
 }
 
@@ -71,13 +74,17 @@ impl SessionEvents {
         }
     }
 
+    /// The stream's last event, once: why the engine dropped the session, if it did.
     fn end(&mut self) -> Option<LiveEvent> {
-        if !self.ended && self.overflowed.load(Ordering::Acquire) {
-            self.ended = true;
-            return Some(LiveEvent::Resync);
+        if self.ended {
+            return None;
         }
         self.ended = true;
-        None
+        // A revoked session must not resync: its authorization would be refused anyway.
+        if self.revoked.load(Ordering::Acquire) {
+            return Some(LiveEvent::Revoked);
+        }
+        self.overflowed.load(Ordering::Acquire).then_some(LiveEvent::Resync)
     }
 }
 
@@ -89,6 +96,7 @@ enum Pending {
 struct Sink {
     sender: flume::Sender<LiveEvent>,
     overflowed: Arc<AtomicBool>,
+    revoked: Arc<AtomicBool>,
 }
 
 /// The messaging side of a shard. Lives on its executor only.
@@ -146,22 +154,28 @@ impl MessagingDriver {
         perform(context);
     }
 
-    pub(crate) fn connect(context: &Rc<ShardContext>, user: UserId, reply: flume::Sender<MessagingResult<Connected>>) {
+    pub(crate) fn connect(
+        context: &Rc<ShardContext>,
+        user: UserId,
+        authorization: Option<AuthorizationId>,
+        reply: flume::Sender<MessagingResult<Connected>>,
+    ) {
         let driver = &context.messaging;
         let sequence = driver.next_session.get();
         driver.next_session.set(sequence + 1);
         let session = SessionId::compose(sequence, context.id);
         let (sender, receiver) = flume::bounded(SESSION_QUEUE_MAX);
         let overflowed = Arc::new(AtomicBool::new(false));
-        driver.sinks.borrow_mut().insert(session, Sink { sender, overflowed: overflowed.clone() });
-        let events = SessionEvents { receiver, overflowed, ended: false };
+        let revoked = Arc::new(AtomicBool::new(false));
+        let sink = Sink { sender, overflowed: overflowed.clone(), revoked: revoked.clone() };
+        driver.sinks.borrow_mut().insert(session, sink);
+        let events = SessionEvents { receiver, overflowed, revoked, ended: false };
         let origin = driver.origin(context.id, Pending::Connect { session, events, reply });
-        driver.core.borrow_mut().handle(
-            origin,
-            Request::Connect { user, session },
-            now(),
-            &mut LogJournal(&context.log),
-        );
+        let request = match authorization {
+            Some(authorization) => Request::ConnectAuthorized { user, authorization, session },
+            None => Request::Connect { user, session },
+        };
+        driver.core.borrow_mut().handle(origin, request, now(), &mut LogJournal(&context.log));
         perform(context);
     }
 
@@ -230,7 +244,7 @@ fn perform(context: &Rc<ShardContext>) {
             driver.core.borrow_mut().recycle_effects(effects);
             break;
         }
-        let Effects { replies, peers, deliveries, offline } = &mut effects;
+        let Effects { replies, peers, deliveries, offline, revoked } = &mut effects;
         for (origin, result) in replies.drain(..) {
             let Some(pending) = driver.pending.borrow_mut().remove(&origin.request) else { continue };
             match pending {
@@ -270,6 +284,13 @@ fn perform(context: &Rc<ShardContext>) {
             if lost {
                 driver.sinks.borrow_mut().remove(&session);
                 driver.core.borrow_mut().session_lost(session);
+            }
+        }
+        for session in revoked.drain(..) {
+            // The core has dropped the session; dropping its sender ends the stream once the
+            // events already queued are read.
+            if let Some(sink) = driver.sinks.borrow_mut().remove(&session) {
+                sink.revoked.store(true, Ordering::Release);
             }
         }
         if let Some(hook) = &driver.offline {

@@ -37,6 +37,10 @@ pub const IDEMPOTENCY_ENTRIES_MAX: usize = 4_000_000;
 pub const SESSION_QUEUE_MAX: usize = 4096;
 /// Online sessions per user.
 pub const SESSIONS_PER_USER_MAX: usize = 64;
+/// Login authorizations a user holds at once (revoked ones do not count), and characters of
+/// an authorization's device description.
+pub const AUTHORIZATIONS_PER_USER_MAX: usize = 64;
+pub const AUTHORIZATION_DEVICE_MAX: usize = 128;
 /// Chats in one dialogs page.
 pub const DIALOGS_PAGE_MAX: usize = 100;
 /// WAL bytes a shard writes between automatic checkpoints of its messaging state.
@@ -48,3 +52,5 @@ const _: () = assert!(FANOUT_BACK_UNDER < FANOUT_MAX);
 const _: () = assert!(CREATE_MEMBERS_MAX <= FANOUT_MAX);
 const _: () = assert!(HISTORY_PAGE_MAX <= MESSAGE_IDS_MAX * 10);
 const _: () = assert!(DIFFERENCE_LIMIT_MAX <= BOX_HISTORY_MAX);
+// Every authorization may have an online session at once.
+const _: () = assert!(AUTHORIZATIONS_PER_USER_MAX <= SESSIONS_PER_USER_MAX);

@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use crate::ids::ShardId;
 use crate::messaging::types::{
-    BoxState, ChatDifference, ChatId, ChatInfo, ChatKind, Dialog, ForwardedFrom, LiveEvent, Message, MessageId,
-    MessagingResult, Pts, RandomId, Role, SendAck, Sequenced, SessionId, UnixMs, Update, UserId, UserProfile,
+    AuthorizationId, AuthorizationInfo, BoxState, ChatDifference, ChatId, ChatInfo, ChatKind, Dialog, ForwardedFrom,
+    LiveEvent, Message, MessageId, MessagingResult, Pts, RandomId, Role, SendAck, Sequenced, SessionId, UnixMs, Update,
+    UserId, UserProfile, SECRET_HASH_BYTES,
 };
 
 /// Names a request inside the shard that received it from the host, so a reply produced on
@@ -180,10 +181,40 @@ pub enum Request {
     GetPresence {
         user: UserId,
     },
+    /// User's vshard: a new login authorization of the user, answered with its id.
+    CreateAuthorization {
+        user: UserId,
+        secret_hash: [u8; SECRET_HASH_BYTES],
+        device: String,
+    },
+    /// The id's vshard (its user's): the user, if the authorization is live and the hash
+    /// matches. Never writes to the log.
+    CheckAuthorization {
+        id: AuthorizationId,
+        secret_hash: [u8; SECRET_HASH_BYTES],
+    },
+    /// User's vshard.
+    ListAuthorizations {
+        user: UserId,
+    },
+    /// User's vshard: revokes one of the user's authorizations and ends the sessions that
+    /// connected under it.
+    RevokeAuthorization {
+        user: UserId,
+        id: AuthorizationId,
+    },
     /// The session's shard (`session.shard()`): registers it with the user's shard, which
     /// answers the box state in the same step.
     Connect {
         user: UserId,
+        session: SessionId,
+    },
+    /// The session's shard: as `Connect`, for a session opened under one of the user's
+    /// authorizations; the user's shard refuses it unless the authorization is live, and
+    /// ends it when the authorization is revoked.
+    ConnectAuthorized {
+        user: UserId,
+        authorization: AuthorizationId,
         session: SessionId,
     },
     Disconnect {
@@ -238,6 +269,8 @@ pub enum Response {
     BoxDifference { updates: Vec<Sequenced>, state: BoxState, slice: bool },
     Pts(Pts),
     Presence { online: bool, last_seen: UnixMs },
+    Authorization(AuthorizationId),
+    Authorizations(Vec<AuthorizationInfo>),
 }
 
 /// What one shard's core sends another's.
@@ -262,9 +295,11 @@ pub enum PeerMessage {
         update: Sequenced,
         message: Option<Arc<Message>>,
     },
+    /// `authorization`: the one the session connected under, if any.
     RegisterSession {
         session: SessionId,
         user: UserId,
+        authorization: Option<AuthorizationId>,
         origin: Origin,
     },
     SessionRegistered {
@@ -276,6 +311,11 @@ pub enum PeerMessage {
     UnregisterSession {
         session: SessionId,
         user: UserId,
+    },
+    /// The authorization `session` connected under was revoked: drop the session and end its
+    /// stream. The user's shard has already forgotten it.
+    EndRevokedSession {
+        session: SessionId,
     },
     /// `counted` is false when the session already subscribed (only the pts is wanted).
     Subscribe {
@@ -341,10 +381,17 @@ pub struct Effects {
     pub deliveries: Vec<(SessionId, LiveEvent)>,
     /// Durable box updates of users with no online session (push uses these).
     pub offline: Vec<(UserId, Sequenced)>,
+    /// Sessions held on this shard whose authorization was revoked: end their streams with
+    /// `LiveEvent::Revoked`.
+    pub revoked: Vec<SessionId>,
 }
 
 impl Effects {
     pub fn is_empty(&self) -> bool {
-        self.replies.is_empty() && self.peers.is_empty() && self.deliveries.is_empty() && self.offline.is_empty()
+        self.replies.is_empty()
+            && self.peers.is_empty()
+            && self.deliveries.is_empty()
+            && self.offline.is_empty()
+            && self.revoked.is_empty()
     }
 }

@@ -5,7 +5,9 @@
 use rkyv::rancor;
 
 use crate::ids::RecordKind;
-use crate::messaging::types::{ChatId, ChatKind, MemberChange, Message, MessageId, Pts, UnixMs, Update, UserId};
+use crate::messaging::types::{
+    AuthorizationId, ChatId, ChatKind, MemberChange, Message, MessageId, Pts, UnixMs, Update, UserId, SECRET_HASH_BYTES,
+};
 
 /// The record kind of every messaging event. Records of other kinds in the same log belong to
 /// the host and are left alone.
@@ -68,6 +70,19 @@ pub enum Event {
         date: UnixMs,
         update: Update,
         users: Vec<(UserId, Pts)>,
+    },
+    /// A login authorization of `user`, on the user's vshard. Only the secret's hash is kept.
+    AuthorizationCreated {
+        id: AuthorizationId,
+        user: UserId,
+        secret_hash: [u8; SECRET_HASH_BYTES],
+        device: String,
+        date: UnixMs,
+    },
+    /// The authorization is gone for good: its token no longer checks, its id is not reused.
+    AuthorizationRevoked {
+        id: AuthorizationId,
+        user: UserId,
     },
 }
 
@@ -132,5 +147,28 @@ mod tests {
         let bytes = encode(&event);
         assert_eq!(decode(&bytes).expect("decodes"), event);
         assert!(decode(&bytes[..bytes.len() - 4]).is_err(), "a truncated payload is refused");
+    }
+
+    /// Proves authorization events round-trip, and a payload whose device text is not UTF-8
+    /// or that is cut short is refused rather than applied.
+    #[test]
+    fn authorization_events_round_trip_and_refuse_damage() {
+        let created = Event::AuthorizationCreated {
+            id: AuthorizationId(9 << 12 | 5),
+            user: UserId(3 << 12 | 5),
+            secret_hash: [0xa5; SECRET_HASH_BYTES],
+            device: "phone, version 1.0".into(),
+            date: UnixMs(1000),
+        };
+        let revoked = Event::AuthorizationRevoked { id: AuthorizationId(9 << 12 | 5), user: UserId(3 << 12 | 5) };
+        for event in [&created, &revoked] {
+            let bytes = encode(event);
+            assert_eq!(&decode(&bytes).expect("decodes"), event);
+            assert!(decode(&bytes[..bytes.len() - 4]).is_err(), "a truncated payload is refused");
+        }
+        let mut bytes = encode(&created);
+        let at = bytes.windows(5).position(|w| w == b"phone").expect("the device text is in the payload");
+        bytes[at] = 0xff;
+        assert!(decode(&bytes).is_err(), "a device text that is not UTF-8 is refused");
     }
 }

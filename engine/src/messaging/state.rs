@@ -13,8 +13,8 @@ use crate::messaging::limits::{
 };
 use crate::messaging::records::{ChatChange, Event};
 use crate::messaging::types::{
-    ChatId, ChatKind, MemberChange, Message, MessageId, Pts, RandomId, Role, Sequenced, UnixMs, Update, UserId,
-    UserProfile,
+    AuthorizationId, ChatId, ChatKind, MemberChange, Message, MessageId, Pts, RandomId, Role, Sequenced, UnixMs,
+    Update, UserId, UserProfile, SECRET_HASH_BYTES,
 };
 
 /// Deterministic hashing: the same events build the same maps on every run, so a simulation
@@ -34,6 +34,37 @@ pub struct State {
     pub chat_sequences: Map<u16, u64>,
     /// Remembered random_ids, oldest first, for expiry and the memory cap.
     pub idempotency_order: VecDeque<(UnixMs, ChatId, UserId, RandomId)>,
+    /// Each user's live login authorizations, oldest first; a revoked one is removed. Kept
+    /// beside `users` rather than in `User` so a checkpoint stores them as pieces of their own
+    /// and one written before authorizations existed still restores.
+    pub authorizations: Map<UserId, Vec<Authorization>>,
+    /// Which user holds each live authorization. Derived from `authorizations`: a checkpoint
+    /// does not store it, restore rebuilds it.
+    pub authorization_owners: Map<AuthorizationId, UserId>,
+    /// Highest sequence allocated per vshard for authorization ids, revoked ones included, so
+    /// an id is never given out twice.
+    pub authorization_sequences: Map<u16, u64>,
+}
+
+#[derive(Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct Authorization {
+    pub id: AuthorizationId,
+    pub user: UserId,
+    pub secret_hash: [u8; SECRET_HASH_BYTES],
+    pub device: String,
+    pub created: UnixMs,
+}
+
+impl std::fmt::Debug for Authorization {
+    // The hash stays out of logs and panic messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authorization")
+            .field("id", &self.id)
+            .field("user", &self.user)
+            .field("device", &self.device)
+            .field("created", &self.created)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -187,6 +218,16 @@ impl State {
         ChatId::compose(self.chat_sequences.get(&vshard.index()).copied().unwrap_or(0) + 1, vshard)
     }
 
+    pub fn next_authorization_id(&self, vshard: VShard) -> AuthorizationId {
+        AuthorizationId::compose(self.authorization_sequences.get(&vshard.index()).copied().unwrap_or(0) + 1, vshard)
+    }
+
+    /// The live authorization `id`.
+    pub fn authorization(&self, id: AuthorizationId) -> Option<&Authorization> {
+        let user = self.authorization_owners.get(&id)?;
+        self.authorizations.get(user)?.iter().find(|authorization| authorization.id == id)
+    }
+
     /// The box updates `event` causes, from the state before it is applied.
     pub fn consequences(&self, event: &Event) -> Vec<Consequence> {
         match event {
@@ -298,8 +339,37 @@ impl State {
                     apply_box(&mut state.update_box, user, chat, chat_pts, pts, date, &update);
                 }
             }
+            Event::AuthorizationCreated { id, user, secret_hash, device, date } => {
+                let sequence = self.authorization_sequences.entry(id.vshard().index()).or_default();
+                *sequence = (*sequence).max(id.0 >> 12);
+                let previous = self.authorization_owners.insert(id, user);
+                assert!(previous.is_none(), "authorization {id} created twice");
+                let authorization = Authorization { id, user, secret_hash, device, created: date };
+                self.authorizations.entry(user).or_default().push(authorization);
+            }
+            Event::AuthorizationRevoked { id, user } => {
+                // Checked before it was appended; applying it twice changes nothing.
+                if self.authorization_owners.get(&id) == Some(&user) {
+                    self.authorization_owners.remove(&id);
+                }
+                if let Some(authorizations) = self.authorizations.get_mut(&user) {
+                    authorizations.retain(|authorization| authorization.id != id);
+                    if authorizations.is_empty() {
+                        self.authorizations.remove(&user);
+                    }
+                }
+            }
         }
     }
+}
+
+/// Whether two secret hashes are equal, in time that does not depend on where they differ:
+/// every byte is compared, with no early exit, so timing a wrong guess says nothing about
+/// how much of it was right.
+pub fn secret_hash_matches(stored: &[u8; SECRET_HASH_BYTES], given: &[u8; SECRET_HASH_BYTES]) -> bool {
+    let difference = stored.iter().zip(given).fold(0u8, |difference, (a, b)| difference | (a ^ b));
+    // Keeps the compiler from turning the fold back into a comparison that stops early.
+    std::hint::black_box(difference) == 0
 }
 
 fn chat_consequences(chat: &Chat, change: &ChatChange, date: UnixMs) -> Vec<Consequence> {

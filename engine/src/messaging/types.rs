@@ -55,6 +55,13 @@ id_type!(
 );
 routed_id!(ChatId);
 id_type!(
+    /// A login authorization (Telegram's word for a logged-in device; an online live-update
+    /// stream is a [`SessionId`]). Allocated on its user's vshard, so routing the id of a login
+    /// token finds the user's shard.
+    AuthorizationId
+);
+routed_id!(AuthorizationId);
+id_type!(
     /// A message, dense from 1 within its chat.
     MessageId
 );
@@ -145,6 +152,22 @@ pub struct UserProfile {
     pub last_name: String,
     pub username: Option<String>,
     pub created: UnixMs,
+}
+
+/// Bytes of an authorization's secret hash. The host hashes the token's secret (the gateway
+/// uses SHA-256); the engine stores the hash and compares it, never sees the secret.
+pub const SECRET_HASH_BYTES: usize = 32;
+
+/// A login authorization as its user's device list shows it (the secret hash stays inside).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AuthorizationInfo {
+    pub id: AuthorizationId,
+    pub user: UserId,
+    pub device: String,
+    pub created: UnixMs,
+    /// The last successful check since the user's shard started, if any. Kept in memory only:
+    /// a check never writes to the WAL, so this is lost on restart.
+    pub last_used: Option<UnixMs>,
 }
 
 /// Where a forwarded message first appeared.
@@ -346,6 +369,9 @@ pub enum LiveEvent {
     Typing { chat: ChatId, user: UserId },
     /// The session's queue overflowed or the engine restarted it: resync with `get_difference`.
     Resync,
+    /// The authorization the session connected under was revoked: the session is gone and
+    /// this is its stream's last event (see `Messenger::connect_authorized`).
+    Revoked,
 }
 
 /// Why a messaging operation was refused or failed.
@@ -366,6 +392,12 @@ pub enum MessagingError {
     PhoneTaken(UserId),
     #[error("the username is taken")]
     UsernameTaken,
+    /// The authorization does not exist, was revoked, is not the user's, or the secret does
+    /// not match: deliberately one error, so an answer never says which.
+    #[error("not authorized")]
+    Unauthorized,
+    #[error("the user has too many authorizations: revoke one first")]
+    TooManyAuthorizations,
     #[error("user {0} is not a member of the chat")]
     NotMember(UserId),
     #[error("this needs a chat admin")]

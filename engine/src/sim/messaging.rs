@@ -16,7 +16,7 @@
 //!   step that produced it, before any other input;
 //! - on restart: `restore` the checkpoint, `replay` every record after it, then `resume`.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use crate::config::{Durability, LogConfig};
@@ -60,7 +60,11 @@ pub fn request_shard(table: &VShardTable, request: &Request) -> ShardId {
         | Request::GetState { user }
         | Request::GetDifference { user, .. }
         | Request::GetDialogs { user }
-        | Request::GetPresence { user } => user.vshard(),
+        | Request::GetPresence { user }
+        | Request::CreateAuthorization { user, .. }
+        | Request::ListAuthorizations { user }
+        | Request::RevokeAuthorization { user, .. } => user.vshard(),
+        Request::CheckAuthorization { id, .. } => id.vshard(),
         Request::OpenPrivate { user, peer } | Request::SetBlocked { user, peer, .. } => pair_vshard(*user, *peer),
         Request::CreateChat { creator, .. } => creator.vshard(),
         Request::Join { chat, .. }
@@ -82,6 +86,7 @@ pub fn request_shard(table: &VShardTable, request: &Request) -> ShardId {
         Request::FetchMessages { wanted, .. } => wanted.first().map_or(VShard::of(0), |(chat, _)| chat.vshard()),
         Request::ChatTops { chats, .. } => chats.first().map_or(VShard::of(0), |chat| chat.vshard()),
         Request::Connect { session, .. }
+        | Request::ConnectAuthorized { session, .. }
         | Request::Disconnect { session }
         | Request::SubscribeChat { session, .. }
         | Request::UnsubscribeChat { session, .. } => return session.shard(),
@@ -184,6 +189,8 @@ pub struct MessagingSim {
     waiting: BTreeMap<u64, ShardId>,
     replies: BTreeMap<u64, MessagingResult<Response>>,
     sessions: BTreeMap<SessionId, Vec<LiveEvent>>,
+    /// Sessions their shard ended because their authorization was revoked.
+    revoked: BTreeSet<SessionId>,
     offline: Vec<(UserId, Sequenced)>,
     /// Per shard, crashes that may have lost acknowledged records (see `crash`).
     epoch_bumps: Vec<u64>,
@@ -233,6 +240,7 @@ impl MessagingSim {
             waiting: BTreeMap::new(),
             replies: BTreeMap::new(),
             sessions: BTreeMap::new(),
+            revoked: BTreeSet::new(),
             offline: Vec::new(),
             epoch_bumps: vec![0; shard_count],
             stats: SimStats::default(),
@@ -373,6 +381,11 @@ impl MessagingSim {
         self.sessions.get(&session).map_or(&[], Vec::as_slice)
     }
 
+    /// Whether `session`'s shard ended it because its authorization was revoked.
+    pub fn session_revoked(&self, session: SessionId) -> bool {
+        self.revoked.contains(&session)
+    }
+
     /// Every session's events so far, leaving the sessions registered with empty logs.
     pub fn take_session_events(&mut self) -> BTreeMap<SessionId, Vec<LiveEvent>> {
         self.sessions.iter_mut().map(|(session, events)| (*session, std::mem::take(events))).collect()
@@ -493,6 +506,7 @@ impl MessagingSim {
             lost_sessions: std::mem::take(&mut self.sessions).into_keys().collect(),
             shards: Vec::new(),
         };
+        self.revoked.clear();
         for queue in &mut self.mesh {
             queue.clear();
         }
@@ -590,7 +604,8 @@ impl MessagingSim {
     fn drain(&mut self, shard: ShardId) {
         let count = self.shards.len();
         for _ in 0..SELF_ROUNDS_MAX {
-            let Effects { replies, peers, deliveries, offline } = self.shards[shard.index()].core.take_effects();
+            let Effects { replies, peers, deliveries, offline, revoked } =
+                self.shards[shard.index()].core.take_effects();
             let mut to_self = Vec::new();
             for (origin, result) in replies {
                 assert_eq!(
@@ -609,6 +624,10 @@ impl MessagingSim {
                 assert_eq!(session.shard(), shard, "{shard} delivered to {session:?}, held by another shard");
                 self.stats.deliveries += 1;
                 self.sessions.entry(session).or_default().push(event);
+            }
+            for session in revoked {
+                assert_eq!(session.shard(), shard, "{shard} ended {session:?}, held by another shard");
+                self.revoked.insert(session);
             }
             self.stats.offline += offline.len() as u64;
             self.offline.extend(offline);

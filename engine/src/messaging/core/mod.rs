@@ -13,7 +13,7 @@ use crate::messaging::protocol::{
     Effects, FanOut, HistoryPage, Origin, PeerMessage, Request, Response, SendRequest, SenderReply,
 };
 use crate::messaging::records::{self, ChatChange, Event, EVENT_KIND};
-use crate::messaging::state::{content_hash, pair_key, Chat, Map, State, User};
+use crate::messaging::state::{content_hash, pair_key, secret_hash_matches, Authorization, Chat, Map, State, User};
 use crate::messaging::types::*;
 use crate::vshards::VShardTable;
 use crate::wal::AppendError;
@@ -92,6 +92,13 @@ struct Live {
     hub_chats: Map<ChatId, Vec<SessionId>>,
     /// On a chat's shard: per connection shard, subscribed sessions per user.
     subscribers: Map<ChatId, BTreeMap<ShardId, BTreeMap<UserId, u32>>>,
+    /// On a user's shard: the authorization each online session connected under, if any.
+    /// Kept where revocation happens, so registering a session and revoking its authorization
+    /// are ordered by the one shard that does both.
+    session_authorizations: Map<SessionId, AuthorizationId>,
+    /// On a user's shard: each authorization's last successful check since the shard started.
+    /// Never in the WAL: a check must not cost a write.
+    authorization_used: Map<AuthorizationId, UnixMs>,
 }
 
 struct HubSession {
@@ -115,8 +122,9 @@ enum Deferred {
 }
 
 /// The part of a checkpoint that is not users or chats: the indexes, id sequences,
-/// idempotency order and the unconfirmed outbox. A checkpoint is this header, then each user,
-/// then each chat, each archived on its own: one archive of everything would outgrow rkyv's
+/// idempotency order and the unconfirmed outbox. A checkpoint is this header, then an
+/// [`AuthorizationsHeader`], then each user (followed by its authorizations, if it has any)
+/// and each chat, each archived on its own: one archive of everything would outgrow rkyv's
 /// 32-bit relative offsets (it did, at about 6 M messages on one shard).
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct SnapshotHeader {
@@ -131,10 +139,27 @@ struct SnapshotHeader {
     chats: u64,
 }
 
-const SNAPSHOT_MAGIC: &[u8; 8] = b"FGMSNAP2";
+/// What a version 3 checkpoint adds to version 2, right after the header: the authorization id
+/// sequences, and how many users' authorization pieces follow (so a checkpoint that lost some
+/// is refused like one that lost users).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct AuthorizationsHeader {
+    sequences: Map<u16, u64>,
+    users: u64,
+}
+
+/// Version 3 is version 2 plus authorizations: the same header, then an
+/// [`AuthorizationsHeader`] piece, and a piece of authorizations after each user that has
+/// some. A version 2 checkpoint (written before authorizations existed) restores with none;
+/// an older build refuses version 3 by its magic rather than lose the authorizations.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"FGMSNAP3";
+const SNAPSHOT_MAGIC_V2: &[u8; 8] = b"FGMSNAP2";
 const PIECE_HEADER: u64 = 0;
 const PIECE_USER: u64 = 1;
 const PIECE_CHAT: u64 = 2;
+const PIECE_AUTHORIZATIONS_HEADER: u64 = 3;
+/// One user's live authorizations, oldest first (never empty).
+const PIECE_AUTHORIZATIONS: u64 = 4;
 
 /// See [`MessagingCore::begin_checkpoint`].
 struct CheckpointInProgress {
@@ -199,6 +224,10 @@ impl MessagingCore {
     pub fn restore(&mut self, snapshot: &[u8]) -> std::result::Result<(), RestoreError> {
         let mut pieces = SnapshotPieces::new(snapshot)?;
         let header: SnapshotHeader = pieces.next(PIECE_HEADER)?;
+        let authorizations_header = match pieces.version {
+            2 => AuthorizationsHeader { sequences: Map::default(), users: 0 },
+            _ => pieces.next(PIECE_AUTHORIZATIONS_HEADER)?,
+        };
         let mut state = State {
             phones: header.phones,
             usernames: header.usernames,
@@ -206,6 +235,7 @@ impl MessagingCore {
             user_sequences: header.user_sequences,
             chat_sequences: header.chat_sequences,
             idempotency_order: header.idempotency_order,
+            authorization_sequences: authorizations_header.sequences,
             ..State::default()
         };
         state.users.reserve(header.users as usize);
@@ -222,11 +252,21 @@ impl MessagingCore {
                     let chat: Chat = pieces.next(PIECE_CHAT)?;
                     state.chats.insert(chat.id, chat);
                 }
+                PIECE_AUTHORIZATIONS if pieces.version >= 3 => {
+                    let authorizations: Vec<Authorization> = pieces.next(PIECE_AUTHORIZATIONS)?;
+                    restore_authorizations(&mut state, authorizations)?;
+                }
                 _ => return Err(RestoreError::Format("a piece of unknown kind")),
             }
         }
         if state.users.len() as u64 != header.users || state.chats.len() as u64 != header.chats {
             return Err(RestoreError::Format("the checkpoint misses users or chats its header counts"));
+        }
+        if state.authorizations.len() as u64 != authorizations_header.users {
+            return Err(RestoreError::Format("the checkpoint misses authorizations its header counts"));
+        }
+        if state.authorizations.keys().any(|user| !state.users.contains_key(user)) {
+            return Err(RestoreError::Format("authorizations of a user the checkpoint does not hold"));
         }
         self.state = state;
         self.outbox = header.outbox.into_iter().collect();
@@ -236,8 +276,8 @@ impl MessagingCore {
     /// The checkpoint of everything applied so far (see [`SnapshotHeader`] for its layout).
     pub fn snapshot(&mut self) -> Vec<u8> {
         let mut out = self.snapshot_header();
-        for user in self.state.users.values() {
-            push_piece(&mut out, PIECE_USER, user);
+        for user in self.state.users.keys() {
+            push_user(&mut out, &self.state, *user);
         }
         for chat in self.state.chats.values() {
             push_piece(&mut out, PIECE_CHAT, chat);
@@ -268,6 +308,12 @@ impl MessagingCore {
         (state.phones, state.usernames, state.pairs) = (phones, usernames, pairs);
         (state.user_sequences, state.chat_sequences, state.idempotency_order) =
             (user_sequences, chat_sequences, idempotency_order);
+        let authorizations_header = AuthorizationsHeader {
+            sequences: std::mem::take(&mut state.authorization_sequences),
+            users: state.authorizations.len() as u64,
+        };
+        push_piece(&mut out, PIECE_AUTHORIZATIONS_HEADER, &authorizations_header);
+        state.authorization_sequences = authorizations_header.sequences;
         out
     }
 
@@ -296,7 +342,7 @@ impl MessagingCore {
         while written < pieces {
             if let Some(user) = progress.users.pop() {
                 if progress.pending_users.remove(&user).is_some() {
-                    push_piece(&mut progress.out, PIECE_USER, &state.users[&user]);
+                    push_user(&mut progress.out, state, user);
                     written += 1;
                 }
             } else if let Some(chat) = progress.chats.pop() {
@@ -325,12 +371,15 @@ impl MessagingCore {
         let (Some(progress), state) = (&mut self.checkpoint, &self.state) else { return };
         let mut user = |user: UserId| {
             if progress.pending_users.remove(&user).is_some() {
-                push_piece(&mut progress.out, PIECE_USER, &state.users[&user]);
+                push_user(&mut progress.out, state, user);
             }
         };
         match event {
             Event::BoxAppended { users, .. } => users.iter().for_each(|&(id, _)| user(id)),
-            Event::NameSet { user: id, .. } | Event::UsernameSet { user: id, .. } => user(*id),
+            Event::NameSet { user: id, .. }
+            | Event::UsernameSet { user: id, .. }
+            | Event::AuthorizationCreated { user: id, .. }
+            | Event::AuthorizationRevoked { user: id, .. } => user(*id),
             Event::Chat { chat, .. } => {
                 if progress.pending_chats.remove(chat).is_some() {
                     push_piece(&mut progress.out, PIECE_CHAT, &state.chats[chat]);
@@ -402,6 +451,7 @@ impl MessagingCore {
         effects.peers.clear();
         effects.deliveries.clear();
         effects.offline.clear();
+        effects.revoked.clear();
         if self.spare_effects.replies.capacity() == 0 {
             self.spare_effects = effects;
         }
@@ -449,6 +499,11 @@ impl MessagingCore {
                     let result = Err(error.clone());
                     let message = PeerMessage::Subscribed { chat, user, session, origin, counted, result };
                     self.send_peer(shard, message);
+                }
+                // Whether or not the revocation survives, ending the session is safe: it can
+                // connect again if its authorization turns out to be live.
+                Deferred::Peer(shard, message @ PeerMessage::EndRevokedSession { .. }) => {
+                    self.send_peer(shard, message)
                 }
                 _ => {}
             }
@@ -512,7 +567,9 @@ impl MessagingCore {
                 self.effects.deliveries.extend(events);
             }
             PeerMessage::ChatLive { chat, update, message } => self.deliver_chat(chat, update, message),
-            PeerMessage::RegisterSession { session, user, origin } => self.register_session(session, user, origin, now),
+            PeerMessage::RegisterSession { session, user, authorization, origin } => {
+                self.register_session(session, user, authorization, origin, now)
+            }
             PeerMessage::SessionRegistered { session, user, origin, result } => {
                 if result.is_ok() {
                     self.live.hub.insert(session, HubSession { user, chats: Vec::new() });
@@ -520,6 +577,7 @@ impl MessagingCore {
                 self.effects.replies.push((origin, result));
             }
             PeerMessage::UnregisterSession { session, user } => self.unregister_session(session, user, now),
+            PeerMessage::EndRevokedSession { session } => self.end_revoked_session(session),
             PeerMessage::Subscribe { chat, user, session, origin, counted } => {
                 self.subscribe_at_chat(chat, user, session, origin, counted)
             }
@@ -951,9 +1009,11 @@ fn event_key(event: &Event) -> (ChatId, Pts, UnixMs) {
 
 fn event_vshard(event: &Event) -> VShard {
     match event {
-        Event::UserCreated { user, .. } | Event::NameSet { user, .. } | Event::UsernameSet { user, .. } => {
-            user.vshard()
-        }
+        Event::UserCreated { user, .. }
+        | Event::NameSet { user, .. }
+        | Event::UsernameSet { user, .. }
+        | Event::AuthorizationCreated { user, .. }
+        | Event::AuthorizationRevoked { user, .. } => user.vshard(),
         Event::UsernameClaimed { username, .. } | Event::UsernameReleased { username, .. } => key_vshard(username),
         Event::PairBlocked { by, peer, .. } => pair_vshard(*by, *peer),
         Event::ChatCreated { chat, .. } | Event::Chat { chat, .. } => chat.vshard(),
@@ -966,6 +1026,34 @@ fn append_error(error: AppendError) -> MessagingError {
         AppendError::Backpressure => MessagingError::Overloaded,
         other => MessagingError::Storage(other.to_string()),
     }
+}
+
+/// Appends a user's piece, and its authorizations' piece if it has any.
+fn push_user(out: &mut Vec<u8>, state: &State, user: UserId) {
+    push_piece(out, PIECE_USER, &state.users[&user]);
+    if let Some(authorizations) = state.authorizations.get(&user) {
+        push_piece(out, PIECE_AUTHORIZATIONS, authorizations);
+    }
+}
+
+/// Adds one user's authorizations piece to a state being restored, indexing them.
+fn restore_authorizations(
+    state: &mut State,
+    authorizations: Vec<Authorization>,
+) -> std::result::Result<(), RestoreError> {
+    let user = authorizations.first().ok_or(RestoreError::Format("an empty authorizations piece"))?.user;
+    for authorization in &authorizations {
+        if authorization.user != user || authorization.id.vshard() != user.vshard() {
+            return Err(RestoreError::Format("an authorization in another user's piece"));
+        }
+        if state.authorization_owners.insert(authorization.id, user).is_some() {
+            return Err(RestoreError::Format("an authorization appears twice"));
+        }
+    }
+    if state.authorizations.insert(user, authorizations).is_some() {
+        return Err(RestoreError::Format("a user's authorizations appear twice"));
+    }
+    Ok(())
 }
 
 /// Appends one archived piece: its kind and length (u64 each) and its bytes, padded to 16 so
@@ -996,14 +1084,18 @@ struct SnapshotPieces<'a> {
     bytes: &'a [u8],
     offset: usize,
     aligned: rkyv::util::AlignedVec<16>,
+    /// The format version its magic names: 2 or 3.
+    version: u8,
 }
 
 impl<'a> SnapshotPieces<'a> {
     fn new(bytes: &'a [u8]) -> std::result::Result<SnapshotPieces<'a>, RestoreError> {
-        if bytes.get(..8) != Some(SNAPSHOT_MAGIC.as_slice()) {
-            return Err(RestoreError::Format("not a messaging checkpoint of this version"));
-        }
-        Ok(SnapshotPieces { bytes, offset: 8, aligned: rkyv::util::AlignedVec::new() })
+        let version = match bytes.get(..8) {
+            Some(magic) if magic == SNAPSHOT_MAGIC.as_slice() => 3,
+            Some(magic) if magic == SNAPSHOT_MAGIC_V2.as_slice() => 2,
+            _ => return Err(RestoreError::Format("not a messaging checkpoint of this version")),
+        };
+        Ok(SnapshotPieces { bytes, offset: 8, aligned: rkyv::util::AlignedVec::new(), version })
     }
 
     fn is_empty(&self) -> bool {
@@ -1075,13 +1167,23 @@ mod tests {
         }
     }
 
-    /// What two states must agree on: every box and every chat, in id order.
+    /// What two states must agree on: every box, every chat and every authorization, in id
+    /// order.
     fn digest(state: &State) -> Vec<String> {
         let mut lines: Vec<String> = state
             .users
             .values()
             .map(|user| format!("{:?} {:?} {:?}", user.profile, user.update_box.pts, user.update_box.entries))
             .collect();
+        lines.extend(state.authorizations.iter().map(|(user, authorizations)| {
+            let hashes: Vec<_> = authorizations.iter().map(|authorization| authorization.secret_hash).collect();
+            format!("authorizations of {user}: {authorizations:?} {hashes:?}")
+        }));
+        let mut owners: Vec<_> = state.authorization_owners.iter().collect();
+        owners.sort();
+        let mut sequences: Vec<_> = state.authorization_sequences.iter().collect();
+        sequences.sort();
+        lines.push(format!("authorization owners {owners:?} sequences {sequences:?}"));
         lines.extend(state.chats.values().map(|chat| {
             let members: Vec<_> = chat.members.iter().map(|(id, m)| (*id, m.read_inbox_max)).collect();
             format!("{} {:?} {:?} {:?} {:?}", chat.id, chat.pts, chat.messages, members, chat.log.len())
@@ -1165,6 +1267,389 @@ mod tests {
         }
         assert_eq!(digest(restored.state()), digest(core.state()));
         assert_ne!(began_at, journal.0.len(), "the state changed while the checkpoint was taken");
+    }
+
+    /// One request on a one-shard core whose log is acknowledged and durable at once: its
+    /// answer, and everything else the step produced.
+    fn step(
+        core: &mut MessagingCore,
+        journal: &mut MemoryJournal,
+        request: Request,
+    ) -> (MessagingResult<Response>, Effects) {
+        let origin = Origin { shard: ShardId(0), request: journal.0 };
+        core.handle(origin, request, UnixMs(1_700_000_000_000), journal);
+        let last = Lsn(journal.0 - 1);
+        core.advance(last, last, journal);
+        let mut effects = core.take_effects();
+        let position = effects.replies.iter().position(|(replied, _)| *replied == origin).expect("answered");
+        let (_, result) = effects.replies.remove(position);
+        (result, effects)
+    }
+
+    fn try_call(core: &mut MessagingCore, journal: &mut MemoryJournal, request: Request) -> MessagingResult<Response> {
+        step(core, journal, request).0
+    }
+
+    fn sign_up_user(core: &mut MessagingCore, journal: &mut MemoryJournal, phone: &str) -> UserId {
+        let request = Request::SignUp { phone: phone.into(), first_name: "A".into(), last_name: String::new() };
+        match call(core, journal, request) {
+            Response::User(user) => user,
+            other => panic!("sign up answered {other:?}"),
+        }
+    }
+
+    fn create_authorization(
+        core: &mut MessagingCore,
+        journal: &mut MemoryJournal,
+        user: UserId,
+        secret_hash: [u8; SECRET_HASH_BYTES],
+        device: &str,
+    ) -> MessagingResult<AuthorizationId> {
+        let request = Request::CreateAuthorization { user, secret_hash, device: device.into() };
+        try_call(core, journal, request).map(|response| match response {
+            Response::Authorization(id) => id,
+            other => panic!("create_authorization answered {other:?}"),
+        })
+    }
+
+    fn check_authorization(
+        core: &mut MessagingCore,
+        journal: &mut MemoryJournal,
+        id: AuthorizationId,
+        secret_hash: [u8; SECRET_HASH_BYTES],
+    ) -> MessagingResult<UserId> {
+        try_call(core, journal, Request::CheckAuthorization { id, secret_hash }).map(|response| match response {
+            Response::User(user) => user,
+            other => panic!("check_authorization answered {other:?}"),
+        })
+    }
+
+    fn list_authorizations(
+        core: &mut MessagingCore,
+        journal: &mut MemoryJournal,
+        user: UserId,
+    ) -> Vec<AuthorizationInfo> {
+        match call(core, journal, Request::ListAuthorizations { user }) {
+            Response::Authorizations(list) => list,
+            other => panic!("list_authorizations answered {other:?}"),
+        }
+    }
+
+    /// A secret hash that differs from `[seed; 32]` only in byte `at` (none if `at` is 32).
+    fn hash(seed: u8, at: usize) -> [u8; SECRET_HASH_BYTES] {
+        let mut hash = [seed; SECRET_HASH_BYTES];
+        if let Some(byte) = hash.get_mut(at) {
+            *byte ^= 1;
+        }
+        hash
+    }
+
+    /// Proves an authorization checks with its own secret hash only, answers one error for a
+    /// wrong hash (differing in its first or last byte), an unknown id or a revoked one, is
+    /// listed with its device, and is revoked only by its own user, for good.
+    #[test]
+    fn authorizations_check_their_own_secret_until_revoked() {
+        let table = Arc::new(VShardTable::round_robin(1));
+        let mut core = MessagingCore::new(ShardId(0), table);
+        let mut journal = MemoryJournal(1);
+        let alice = sign_up_user(&mut core, &mut journal, "+15550001111");
+        let bob = sign_up_user(&mut core, &mut journal, "+15550002222");
+        let phone = create_authorization(&mut core, &mut journal, alice, hash(1, 32), "phone").expect("create");
+        let laptop = create_authorization(&mut core, &mut journal, alice, hash(2, 32), "laptop").expect("create");
+        assert_ne!(phone, laptop);
+        assert_eq!(phone.vshard(), alice.vshard(), "an authorization lives on its user's vshard");
+
+        assert_eq!(check_authorization(&mut core, &mut journal, phone, hash(1, 32)), Ok(alice));
+        for wrong in [hash(2, 32), hash(1, 0), hash(1, SECRET_HASH_BYTES - 1)] {
+            assert_eq!(check_authorization(&mut core, &mut journal, phone, wrong), Err(MessagingError::Unauthorized));
+        }
+        let unknown = AuthorizationId::compose(1000, alice.vshard());
+        assert_eq!(
+            check_authorization(&mut core, &mut journal, unknown, hash(1, 32)),
+            Err(MessagingError::Unauthorized)
+        );
+
+        let list = list_authorizations(&mut core, &mut journal, alice);
+        assert_eq!(
+            list.iter().map(|info| (info.id, info.device.as_str())).collect::<Vec<_>>(),
+            [(phone, "phone"), (laptop, "laptop")]
+        );
+        assert!(list.iter().all(|info| info.user == alice && info.created.0 > 0));
+        assert!(list[0].last_used.is_some() && list[1].last_used.is_none(), "only a successful check counts as use");
+        assert!(list_authorizations(&mut core, &mut journal, bob).is_empty());
+
+        // Bob cannot revoke Alice's authorization, and is not told it exists.
+        let revoke = |user, id| Request::RevokeAuthorization { user, id };
+        assert_eq!(try_call(&mut core, &mut journal, revoke(bob, phone)), Err(MessagingError::Unauthorized));
+        assert_eq!(try_call(&mut core, &mut journal, revoke(alice, phone)), Ok(Response::Done));
+        assert_eq!(check_authorization(&mut core, &mut journal, phone, hash(1, 32)), Err(MessagingError::Unauthorized));
+        assert_eq!(try_call(&mut core, &mut journal, revoke(alice, phone)), Err(MessagingError::Unauthorized));
+        assert_eq!(check_authorization(&mut core, &mut journal, laptop, hash(2, 32)), Ok(alice));
+        let list = list_authorizations(&mut core, &mut journal, alice);
+        assert_eq!(list.iter().map(|info| info.id).collect::<Vec<_>>(), [laptop]);
+    }
+
+    /// Proves what creating an authorization refuses: an unknown user, a device description
+    /// too long or with control characters, a hash of zeros, and more than
+    /// `AUTHORIZATIONS_PER_USER_MAX` live ones; revoking one makes room, and ids are never
+    /// given out twice.
+    #[test]
+    fn creating_authorizations_is_validated_and_capped() {
+        let table = Arc::new(VShardTable::round_robin(1));
+        let mut core = MessagingCore::new(ShardId(0), table);
+        let mut journal = MemoryJournal(1);
+        let alice = sign_up_user(&mut core, &mut journal, "+15550001111");
+        let nobody = UserId::compose(999, alice.vshard());
+        assert_eq!(
+            create_authorization(&mut core, &mut journal, nobody, hash(1, 32), "phone"),
+            Err(MessagingError::UnknownUser(nobody))
+        );
+        let longest = "é".repeat(AUTHORIZATION_DEVICE_MAX);
+        create_authorization(&mut core, &mut journal, alice, hash(1, 32), &longest).expect("the longest device");
+        let too_long = format!("{longest}x");
+        assert_eq!(
+            create_authorization(&mut core, &mut journal, alice, hash(1, 32), &too_long),
+            Err(MessagingError::TooLong {
+                what: "device",
+                length: AUTHORIZATION_DEVICE_MAX + 1,
+                limit: AUTHORIZATION_DEVICE_MAX
+            })
+        );
+        assert!(matches!(
+            create_authorization(&mut core, &mut journal, alice, hash(1, 32), "line\nbreak"),
+            Err(MessagingError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            create_authorization(&mut core, &mut journal, alice, [0; SECRET_HASH_BYTES], "phone"),
+            Err(MessagingError::InvalidArgument(_))
+        ));
+
+        let mut ids = vec![list_authorizations(&mut core, &mut journal, alice)[0].id];
+        while ids.len() < AUTHORIZATIONS_PER_USER_MAX {
+            let device = format!("device {}", ids.len());
+            ids.push(
+                create_authorization(&mut core, &mut journal, alice, hash(2, 32), &device).expect("under the cap"),
+            );
+        }
+        assert_eq!(
+            create_authorization(&mut core, &mut journal, alice, hash(3, 32), "one too many"),
+            Err(MessagingError::TooManyAuthorizations)
+        );
+        let newest = *ids.last().expect("some");
+        let request = Request::RevokeAuthorization { user: alice, id: newest };
+        assert_eq!(try_call(&mut core, &mut journal, request), Ok(Response::Done));
+        let again = create_authorization(&mut core, &mut journal, alice, hash(3, 32), "again").expect("room again");
+        assert!(again > newest, "a revoked id is not given out again");
+        assert_eq!(list_authorizations(&mut core, &mut journal, alice).len(), AUTHORIZATIONS_PER_USER_MAX);
+    }
+
+    /// Proves a session connected under an authorization is refused unless the authorization is
+    /// live and its user's, and that revoking it ends exactly the sessions connected under it:
+    /// their shard drops them (the driver ends their streams) and they get no more updates.
+    #[test]
+    fn revoking_an_authorization_ends_its_sessions() {
+        let table = Arc::new(VShardTable::round_robin(1));
+        let mut core = MessagingCore::new(ShardId(0), table);
+        let mut journal = MemoryJournal(1);
+        let alice = sign_up_user(&mut core, &mut journal, "+15550001111");
+        let bob = sign_up_user(&mut core, &mut journal, "+15550002222");
+        let phone = create_authorization(&mut core, &mut journal, alice, hash(1, 32), "phone").expect("create");
+        let laptop = create_authorization(&mut core, &mut journal, alice, hash(2, 32), "laptop").expect("create");
+        let bobs = create_authorization(&mut core, &mut journal, bob, hash(3, 32), "bob's").expect("create");
+        let session = |sequence| SessionId::compose(sequence, ShardId(0));
+        let connect = |sequence, authorization| Request::ConnectAuthorized {
+            user: alice,
+            authorization,
+            session: session(sequence),
+        };
+        assert!(matches!(try_call(&mut core, &mut journal, connect(1, phone)), Ok(Response::State(_))));
+        assert!(matches!(try_call(&mut core, &mut journal, connect(2, laptop)), Ok(Response::State(_))));
+        let plain = Request::Connect { user: alice, session: session(3) };
+        assert!(matches!(try_call(&mut core, &mut journal, plain), Ok(Response::State(_))));
+        assert_eq!(try_call(&mut core, &mut journal, connect(4, bobs)), Err(MessagingError::Unauthorized));
+
+        let (result, effects) = step(&mut core, &mut journal, Request::RevokeAuthorization { user: alice, id: phone });
+        assert_eq!(result, Ok(Response::Done));
+        assert_eq!(effects.revoked, [session(1)], "only the session connected under the revoked authorization ends");
+        assert_eq!(try_call(&mut core, &mut journal, connect(5, phone)), Err(MessagingError::Unauthorized));
+
+        let Response::Chat(chat) = call(&mut core, &mut journal, Request::OpenPrivate { user: bob, peer: alice })
+        else {
+            panic!("open private")
+        };
+        let send = SendRequest {
+            chat,
+            sender: bob,
+            random_id: RandomId(1),
+            text: "still there?".into(),
+            reply_to: None,
+            forwarded_from: None,
+        };
+        let (result, effects) = step(&mut core, &mut journal, Request::Send(send));
+        assert!(matches!(result, Ok(Response::Sent(_))), "{result:?}");
+        let mut reached: Vec<SessionId> = effects.deliveries.iter().map(|(session, _)| *session).collect();
+        reached.sort();
+        assert_eq!(reached, [session(2), session(3)], "the revoked session gets no more updates");
+    }
+
+    /// Splits a checkpoint into its pieces: (kind, the piece's bytes with its kind, length and
+    /// padding).
+    fn split_pieces(bytes: &[u8]) -> Vec<(u64, &[u8])> {
+        let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        let mut pieces = Vec::new();
+        let mut offset = 8;
+        while offset < bytes.len() {
+            let end = (offset + 16 + word(offset + 8) as usize).next_multiple_of(16);
+            pieces.push((word(offset), &bytes[offset..end]));
+            offset = end;
+        }
+        pieces
+    }
+
+    fn join_pieces<'a>(magic: &[u8; 8], pieces: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+        let mut bytes = magic.to_vec();
+        pieces.into_iter().for_each(|piece| bytes.extend_from_slice(piece));
+        bytes
+    }
+
+    /// Proves a full checkpoint holds the authorizations and their id sequences: restored, the
+    /// live ones check, the revoked ones do not, and the next id is not one given out before
+    /// (the newest was revoked, so only the stored sequence knows it). A checkpoint missing a
+    /// user's authorizations is refused, and one of the previous version (before
+    /// authorizations) still restores.
+    #[test]
+    fn checkpoints_hold_authorizations() {
+        let table = Arc::new(VShardTable::round_robin(1));
+        let mut core = MessagingCore::new(ShardId(0), table.clone());
+        let mut journal = MemoryJournal(1);
+        let alice = sign_up_user(&mut core, &mut journal, "+15550001111");
+        let bob = sign_up_user(&mut core, &mut journal, "+15550002222");
+        let kept = create_authorization(&mut core, &mut journal, alice, hash(1, 32), "kept").expect("create");
+        let bobs = create_authorization(&mut core, &mut journal, bob, hash(2, 32), "bob's").expect("create");
+        let revoked = create_authorization(&mut core, &mut journal, alice, hash(3, 32), "revoked").expect("create");
+        assert!(revoked > kept && revoked > bobs);
+        let request = Request::RevokeAuthorization { user: alice, id: revoked };
+        assert_eq!(try_call(&mut core, &mut journal, request), Ok(Response::Done));
+
+        let bytes = core.snapshot();
+        let mut restored = MessagingCore::new(ShardId(0), table.clone());
+        restored.restore(&bytes).expect("restores");
+        restored.resume(0, Lsn(journal.0 - 1));
+        assert_eq!(digest(restored.state()), digest(core.state()));
+        assert_eq!(check_authorization(&mut restored, &mut journal, kept, hash(1, 32)), Ok(alice));
+        assert_eq!(check_authorization(&mut restored, &mut journal, bobs, hash(2, 32)), Ok(bob));
+        assert_eq!(
+            check_authorization(&mut restored, &mut journal, revoked, hash(3, 32)),
+            Err(MessagingError::Unauthorized)
+        );
+        let next = create_authorization(&mut restored, &mut journal, alice, hash(4, 32), "next").expect("create");
+        assert!(next > revoked, "the id sequence is restored: {next} after {revoked}");
+
+        let pieces = split_pieces(&bytes);
+        let kinds: Vec<u64> = pieces.iter().map(|(kind, _)| *kind).collect();
+        assert_eq!(kinds.iter().filter(|&&kind| kind == PIECE_AUTHORIZATIONS).count(), 2, "{kinds:?}");
+        let missing = join_pieces(
+            SNAPSHOT_MAGIC,
+            pieces.iter().filter(|(kind, _)| *kind != PIECE_AUTHORIZATIONS).map(|(_, piece)| *piece),
+        );
+        let first_authorizations = pieces.iter().position(|(kind, _)| *kind == PIECE_AUTHORIZATIONS).expect("some");
+        let one_missing = join_pieces(
+            SNAPSHOT_MAGIC,
+            pieces.iter().enumerate().filter(|(index, _)| *index != first_authorizations).map(|(_, (_, p))| *p),
+        );
+        for damaged in [&missing, &one_missing] {
+            let mut refused = MessagingCore::new(ShardId(0), table.clone());
+            assert!(
+                matches!(refused.restore(damaged), Err(RestoreError::Format(_))),
+                "a checkpoint missing authorizations is refused"
+            );
+        }
+
+        // Version 2 is version 3 without the authorization pieces.
+        let version_2 = join_pieces(
+            SNAPSHOT_MAGIC_V2,
+            pieces
+                .iter()
+                .filter(|(kind, _)| *kind != PIECE_AUTHORIZATIONS && *kind != PIECE_AUTHORIZATIONS_HEADER)
+                .map(|(_, piece)| *piece),
+        );
+        let mut old = MessagingCore::new(ShardId(0), table.clone());
+        old.restore(&version_2).expect("a version 2 checkpoint restores");
+        assert_eq!(old.state().users.len(), 2);
+        assert!(old.state().authorizations.is_empty() && old.state().authorization_owners.is_empty());
+        // ... and a version 2 checkpoint cannot smuggle in authorization pieces.
+        let mixed = join_pieces(
+            SNAPSHOT_MAGIC_V2,
+            pieces.iter().filter(|(kind, _)| *kind != PIECE_AUTHORIZATIONS_HEADER).map(|(_, p)| *p),
+        );
+        let mut refused = MessagingCore::new(ShardId(0), table);
+        assert!(refused.restore(&mixed).is_err(), "a version 2 checkpoint holds no authorizations");
+    }
+
+    /// Proves a checkpoint taken piece by piece while authorizations are created and revoked
+    /// (of users already written and of users not yet written) is the state when it began:
+    /// restored and replayed from there, it equals the live state.
+    #[test]
+    fn checkpoint_piece_by_piece_holds_authorizations_as_they_were() {
+        let table = Arc::new(VShardTable::round_robin(1));
+        let mut core = MessagingCore::new(ShardId(0), table.clone());
+        core.resume(0, Lsn::ZERO);
+        let mut journal = RecordingJournal::default();
+        let mut request = 0;
+        let mut call = |core: &mut MessagingCore, journal: &mut RecordingJournal, r: Request| {
+            request += 1;
+            core.handle(Origin { shard: ShardId(0), request }, r, UnixMs(1_700_000_000_000 + request), journal);
+            let last = Lsn(journal.0.len() as u64);
+            core.advance(last, last, journal);
+            match core.take_effects().replies.pop() {
+                Some((_, Ok(response))) => response,
+                other => panic!("request failed: {other:?}"),
+            }
+        };
+        let mut users = Vec::new();
+        let mut authorizations = Vec::new();
+        for index in 0..30u8 {
+            let phone = format!("+1555000{index:04}");
+            let request = Request::SignUp { phone, first_name: "U".into(), last_name: String::new() };
+            let Response::User(user) = call(&mut core, &mut journal, request) else { panic!() };
+            users.push(user);
+            if index % 3 != 0 {
+                let request = Request::CreateAuthorization { user, secret_hash: hash(index, 32), device: "d".into() };
+                let Response::Authorization(id) = call(&mut core, &mut journal, request) else { panic!() };
+                authorizations.push((user, id));
+            }
+        }
+        core.begin_checkpoint();
+        let began_at = journal.0.len();
+        let mut done = false;
+        let mut round = 0;
+        while !done {
+            done = core.checkpoint_step(4);
+            round += 1;
+            // Users without authorizations get one, users with one lose it.
+            for &user in users.iter().skip(round % 3).step_by(5) {
+                match authorizations.iter().position(|(holder, _)| *holder == user) {
+                    Some(index) => {
+                        let (_, id) = authorizations.remove(index);
+                        call(&mut core, &mut journal, Request::RevokeAuthorization { user, id });
+                    }
+                    None => {
+                        let secret_hash = hash(100 + round as u8, 32);
+                        let request = Request::CreateAuthorization { user, secret_hash, device: "new".into() };
+                        let Response::Authorization(id) = call(&mut core, &mut journal, request) else { panic!() };
+                        authorizations.push((user, id));
+                    }
+                }
+            }
+        }
+        let bytes = core.finish_checkpoint().expect("every piece was written");
+        let mut restored = MessagingCore::new(ShardId(0), table);
+        restored.restore(&bytes).expect("restores");
+        for (kind, payload) in &journal.0[began_at..] {
+            restored.replay(*kind, payload).expect("replays");
+        }
+        assert_eq!(digest(restored.state()), digest(core.state()));
+        assert_ne!(began_at, journal.0.len(), "authorizations changed while the checkpoint was taken");
     }
 
     /// Proves a checkpoint restores users, chats and messages, and a damaged one is refused.

@@ -370,18 +370,79 @@ impl MessagingCore {
                 self.reply_now(origin, Ok(Response::Presence { online, last_seen }));
                 Ok(())
             }
-            Request::Connect { user, session } => {
-                if session.shard() != self.shard {
-                    return Err(MessagingError::InvalidArgument("a session connects on its own shard"));
+            Request::CreateAuthorization { user, secret_hash, device } => {
+                check_length(&device, "device", AUTHORIZATION_DEVICE_MAX)?;
+                if device.chars().any(char::is_control) {
+                    return Err(MessagingError::InvalidArgument("a device must not hold control characters"));
                 }
-                let home = self.owner(user.vshard());
-                let message = PeerMessage::RegisterSession { session, user, origin };
-                if home == self.shard {
-                    self.peer(message, now, journal);
-                } else {
-                    self.send_peer(home, message);
+                if secret_hash == [0; SECRET_HASH_BYTES] {
+                    return Err(MessagingError::InvalidArgument("a secret hash of zeros is not a hash"));
                 }
+                self.user(user)?;
+                if self.state.authorizations.get(&user).map_or(0, Vec::len) >= AUTHORIZATIONS_PER_USER_MAX {
+                    return Err(MessagingError::TooManyAuthorizations);
+                }
+                let id = self.state.next_authorization_id(user.vshard());
+                let event = Event::AuthorizationCreated { id, user, secret_hash, device, date: now };
+                let lsn = self.commit_plain(event, journal)?;
+                self.box_lsn.insert(user, lsn);
+                self.reply_after_acked(lsn, origin, Ok(Response::Authorization(id)));
                 Ok(())
+            }
+            Request::CheckAuthorization { id, secret_hash } => {
+                self.check_owned(id.vshard())?;
+                // An unknown (or revoked) id and a wrong secret answer the same error. Ids are
+                // dense, so whether one exists is no secret; whether a secret is right is, and
+                // the comparison takes the same time wherever the hashes differ.
+                let Some(authorization) = self.state.authorization(id) else {
+                    return Err(MessagingError::Unauthorized);
+                };
+                let user = authorization.user;
+                let result = if secret_hash_matches(&authorization.secret_hash, &secret_hash) {
+                    self.live.authorization_used.insert(id, now);
+                    Ok(Response::User(user))
+                } else {
+                    Err(MessagingError::Unauthorized)
+                };
+                // A client is never let in on an authorization a crash could take back.
+                self.reply_after_acked(self.box_lsn(user), origin, result);
+                Ok(())
+            }
+            Request::ListAuthorizations { user } => {
+                self.user(user)?;
+                let used = &self.live.authorization_used;
+                let list = self.state.authorizations.get(&user).map_or_else(Vec::new, |authorizations| {
+                    authorizations
+                        .iter()
+                        .map(|authorization| AuthorizationInfo {
+                            id: authorization.id,
+                            user,
+                            device: authorization.device.clone(),
+                            created: authorization.created,
+                            last_used: used.get(&authorization.id).copied(),
+                        })
+                        .collect()
+                });
+                self.reply_after_acked(self.box_lsn(user), origin, Ok(Response::Authorizations(list)));
+                Ok(())
+            }
+            Request::RevokeAuthorization { user, id } => {
+                self.user(user)?;
+                // Another user's authorization is refused like a missing one: the answer does
+                // not tell whether the id exists.
+                if self.state.authorization(id).is_none_or(|authorization| authorization.user != user) {
+                    return Err(MessagingError::Unauthorized);
+                }
+                let lsn = self.commit_plain(Event::AuthorizationRevoked { id, user }, journal)?;
+                self.box_lsn.insert(user, lsn);
+                self.live.authorization_used.remove(&id);
+                self.end_sessions_of(user, id, lsn, now);
+                self.reply_after_acked(lsn, origin, Ok(Response::Done));
+                Ok(())
+            }
+            Request::Connect { user, session } => self.connect(origin, user, None, session, now, journal),
+            Request::ConnectAuthorized { user, authorization, session } => {
+                self.connect(origin, user, Some(authorization), session, now, journal)
             }
             Request::Disconnect { session } => {
                 self.drop_hub_session(session);
@@ -405,6 +466,29 @@ impl MessagingCore {
                 Ok(())
             }
         }
+    }
+
+    /// Registers `session` (held here) with its user's shard, which answers the box state.
+    pub(super) fn connect(
+        &mut self,
+        origin: Origin,
+        user: UserId,
+        authorization: Option<AuthorizationId>,
+        session: SessionId,
+        now: UnixMs,
+        journal: &mut dyn Journal,
+    ) -> Result<()> {
+        if session.shard() != self.shard {
+            return Err(MessagingError::InvalidArgument("a session connects on its own shard"));
+        }
+        let home = self.owner(user.vshard());
+        let message = PeerMessage::RegisterSession { session, user, authorization, origin };
+        if home == self.shard {
+            self.peer(message, now, journal);
+        } else {
+            self.send_peer(home, message);
+        }
+        Ok(())
     }
 
     pub(super) fn sign_up(

@@ -29,8 +29,22 @@ impl MessagingCore {
         self.effects.deliveries.extend(events);
     }
 
-    pub(super) fn register_session(&mut self, session: SessionId, user: UserId, origin: Origin, now: UnixMs) {
+    pub(super) fn register_session(
+        &mut self,
+        session: SessionId,
+        user: UserId,
+        authorization: Option<AuthorizationId>,
+        origin: Origin,
+        now: UnixMs,
+    ) {
         let result = self.box_state(user).and_then(|state| {
+            if let Some(id) = authorization {
+                // Checked here, on the shard that revokes: a revocation is either before this
+                // (refused) or after it (and then ends this session).
+                if self.state.authorization(id).is_none_or(|found| found.user != user) {
+                    return Err(MessagingError::Unauthorized);
+                }
+            }
             let sessions = self.live.sessions.entry(user).or_default();
             if sessions.len() >= SESSIONS_PER_USER_MAX {
                 return Err(MessagingError::TooLong {
@@ -40,6 +54,9 @@ impl MessagingCore {
                 });
             }
             sessions.push(session);
+            if let Some(id) = authorization {
+                self.live.session_authorizations.insert(session, id);
+            }
             self.live.presence.insert(user, (true, now));
             Ok(Response::State(state))
         });
@@ -49,12 +66,40 @@ impl MessagingCore {
     }
 
     pub(super) fn unregister_session(&mut self, session: SessionId, user: UserId, now: UnixMs) {
+        self.live.session_authorizations.remove(&session);
         if let Some(sessions) = self.live.sessions.get_mut(&user) {
             sessions.retain(|&s| s != session);
             if sessions.is_empty() {
                 self.live.sessions.remove(&user);
                 self.live.presence.insert(user, (false, now));
             }
+        }
+    }
+
+    /// On the user's shard, once authorization `id` is revoked by the record at `lsn`: forgets
+    /// the sessions that connected under it at once (they get no more updates) and tells their
+    /// shards to end them.
+    pub(super) fn end_sessions_of(&mut self, user: UserId, id: AuthorizationId, lsn: Lsn, now: UnixMs) {
+        let Some(sessions) = self.live.sessions.get(&user) else { return };
+        let revoked: Vec<SessionId> = sessions
+            .iter()
+            .copied()
+            .filter(|session| self.live.session_authorizations.get(session) == Some(&id))
+            .collect();
+        for session in revoked {
+            self.unregister_session(session, user, now);
+            // Queued behind the session's registration answer (it waits on the same queue), so
+            // its shard never hears of the end before the start.
+            self.peer_after_acked(lsn, session.shard(), PeerMessage::EndRevokedSession { session });
+        }
+    }
+
+    /// On the session's shard: its authorization was revoked. Drops it and has the driver end
+    /// its stream; a session already gone is left alone.
+    pub(super) fn end_revoked_session(&mut self, session: SessionId) {
+        if self.live.hub.contains_key(&session) {
+            self.drop_hub_session(session);
+            self.effects.revoked.push(session);
         }
     }
 
