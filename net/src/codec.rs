@@ -182,7 +182,8 @@ mod tests {
         assert_eq!(decode_hello(body_of(&out).1).unwrap(), hello);
 
         out.clear();
-        let updates = Updates { events: vec![LiveEvent::Resync, LiveEvent::Typing { chat: ChatId(1), user: UserId(2) }] };
+        let updates =
+            Updates { events: vec![LiveEvent::Resync, LiveEvent::Typing { chat: ChatId(1), user: UserId(2) }] };
         encode_updates(&mut out, &updates).unwrap();
         assert_eq!(decode_updates(body_of(&out).1).unwrap(), updates);
     }
@@ -219,12 +220,8 @@ mod tests {
     // An oversized message is refused at encode time instead of producing an unreadable frame.
     #[test]
     fn oversized_messages_are_refused() {
-        let request = Request::SendMessage {
-            chat: ChatId(1),
-            random_id: 1,
-            text: "x".repeat(FRAME_MAX),
-            reply_to: None,
-        };
+        let request =
+            Request::SendMessage { chat: ChatId(1), random_id: 1, text: "x".repeat(FRAME_MAX), reply_to: None };
         let error = encode_request(&mut Vec::new(), 1, &request).unwrap_err();
         assert!(error.bytes > FRAME_MAX);
     }

@@ -79,69 +79,172 @@ pub struct Limits {
 pub enum Request {
     // Login and authorizations.
     /// Sends a login code to `phone` (E.164: `+` and 8 to 15 digits).
-    SendCode { phone: String },
+    SendCode {
+        phone: String,
+    },
     /// Logs in with the code; answers `Authorized`, or `SignUpRequired` for a new phone
     /// (the code stays valid for the `SignUp` that follows).
-    SignIn { phone: String, code: String },
+    SignIn {
+        phone: String,
+        code: String,
+    },
     /// Registers the phone (after `SignIn` answered `SignUpRequired`) and logs in.
-    SignUp { phone: String, code: String, first_name: String, last_name: String },
+    SignUp {
+        phone: String,
+        code: String,
+        first_name: String,
+        last_name: String,
+    },
     /// Authorizes this connection with a token from an earlier login.
-    Authenticate { token: Vec<u8> },
+    Authenticate {
+        token: Vec<u8>,
+    },
     /// Revokes this connection's authorization.
     LogOut,
     GetAuthorizations,
-    RevokeAuthorization { id: AuthorizationId },
+    RevokeAuthorization {
+        id: AuthorizationId,
+    },
 
     // Users.
     GetSelf,
-    GetUsers { ids: Vec<UserId> },
-    SetName { first_name: String, last_name: String },
+    GetUsers {
+        ids: Vec<UserId>,
+    },
+    SetName {
+        first_name: String,
+        last_name: String,
+    },
     /// `None` removes the username.
-    SetUsername { username: Option<String> },
-    ResolveUsername { username: String },
-    ResolvePhone { phone: String },
-    SetBlocked { peer: UserId, blocked: bool },
+    SetUsername {
+        username: Option<String>,
+    },
+    ResolveUsername {
+        username: String,
+    },
+    ResolvePhone {
+        phone: String,
+    },
+    SetBlocked {
+        peer: UserId,
+        blocked: bool,
+    },
 
     // Chats.
     /// The private chat with `peer` (created on first use; one per pair).
-    OpenPrivate { peer: UserId },
-    CreateGroup { title: String, members: Vec<UserId> },
-    CreateChannel { title: String },
-    JoinChat { chat: ChatId },
-    LeaveChat { chat: ChatId },
-    AddMember { chat: ChatId, user: UserId },
-    RemoveMember { chat: ChatId, user: UserId },
-    PromoteMember { chat: ChatId, user: UserId },
-    GetChat { chat: ChatId },
-    GetMembers { chat: ChatId },
+    OpenPrivate {
+        peer: UserId,
+    },
+    CreateGroup {
+        title: String,
+        members: Vec<UserId>,
+    },
+    CreateChannel {
+        title: String,
+    },
+    JoinChat {
+        chat: ChatId,
+    },
+    LeaveChat {
+        chat: ChatId,
+    },
+    AddMember {
+        chat: ChatId,
+        user: UserId,
+    },
+    RemoveMember {
+        chat: ChatId,
+        user: UserId,
+    },
+    PromoteMember {
+        chat: ChatId,
+        user: UserId,
+    },
+    GetChat {
+        chat: ChatId,
+    },
+    GetMembers {
+        chat: ChatId,
+    },
 
     // Messages.
     /// Idempotent per (chat, sender, random_id) for 24 hours.
-    SendMessage { chat: ChatId, random_id: u64, text: String, reply_to: Option<MessageId> },
+    SendMessage {
+        chat: ChatId,
+        random_id: u64,
+        text: String,
+        reply_to: Option<MessageId>,
+    },
     /// Copies `ids` of `from_chat` into `to_chat`; copy `i` uses `random_id + i`.
-    ForwardMessages { from_chat: ChatId, ids: Vec<MessageId>, to_chat: ChatId, random_id: u64 },
-    EditMessage { chat: ChatId, id: MessageId, text: String },
-    DeleteMessages { chat: ChatId, ids: Vec<MessageId>, for_everyone: bool },
+    ForwardMessages {
+        from_chat: ChatId,
+        ids: Vec<MessageId>,
+        to_chat: ChatId,
+        random_id: u64,
+    },
+    EditMessage {
+        chat: ChatId,
+        id: MessageId,
+        text: String,
+    },
+    DeleteMessages {
+        chat: ChatId,
+        ids: Vec<MessageId>,
+        for_everyone: bool,
+    },
     /// `None` unpins.
-    PinMessage { chat: ChatId, id: Option<MessageId> },
+    PinMessage {
+        chat: ChatId,
+        id: Option<MessageId>,
+    },
     /// Newest first: messages below `offset_id` (0: from the newest), above `min_id`, at or
     /// below `max_id` (0: no bound); at most `limit` (≤ 100).
-    GetHistory { chat: ChatId, offset_id: MessageId, limit: u32, min_id: MessageId, max_id: MessageId },
-    GetMessages { chat: ChatId, ids: Vec<MessageId> },
-    ReadHistory { chat: ChatId, max_id: MessageId },
+    GetHistory {
+        chat: ChatId,
+        offset_id: MessageId,
+        limit: u32,
+        min_id: MessageId,
+        max_id: MessageId,
+    },
+    GetMessages {
+        chat: ChatId,
+        ids: Vec<MessageId>,
+    },
+    ReadHistory {
+        chat: ChatId,
+        max_id: MessageId,
+    },
     /// Tells the chat's online members this user is typing; never stored.
-    SetTyping { chat: ChatId },
+    SetTyping {
+        chat: ChatId,
+    },
 
     // Sync.
     GetState,
-    GetDifference { pts: Pts, limit: u32 },
-    GetChatDifference { chat: ChatId, pts: Pts, limit: u32 },
+    GetDifference {
+        pts: Pts,
+        limit: u32,
+    },
+    GetChatDifference {
+        chat: ChatId,
+        pts: Pts,
+        limit: u32,
+    },
     /// Newest first; the offset is the (date, chat) of the last dialog of the previous page.
-    GetDialogs { offset: Option<DialogsOffset>, limit: u32 },
+    GetDialogs {
+        offset: Option<DialogsOffset>,
+        limit: u32,
+    },
     /// Streams a chat fanned out on read (a channel) to this connection; answers its pts.
-    SubscribeChat { chat: ChatId },
-    UnsubscribeChat { chat: ChatId },
-    GetPresence { user: UserId },
+    SubscribeChat {
+        chat: ChatId,
+    },
+    UnsubscribeChat {
+        chat: ChatId,
+    },
+    GetPresence {
+        user: UserId,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -162,11 +265,19 @@ pub enum Outcome {
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum Response {
     Done,
-    CodeSent { code_length: u8, timeout_s: u32 },
+    CodeSent {
+        code_length: u8,
+        timeout_s: u32,
+    },
     SignUpRequired,
     /// The connection is authorized as `user`: live updates start after `state`. `token` is
     /// the new login's token after `SignIn`/`SignUp`, empty after `Authenticate`.
-    Authorized { user: User, token: Vec<u8>, authorization: AuthorizationId, state: BoxState },
+    Authorized {
+        user: User,
+        token: Vec<u8>,
+        authorization: AuthorizationId,
+        state: BoxState,
+    },
     Authorizations(Vec<Authorization>),
     User(User),
     Users(Vec<User>),
@@ -182,7 +293,10 @@ pub enum Response {
     ChatDifference(ChatDifference),
     Dialogs(Vec<Dialog>),
     Pts(Pts),
-    Presence { online: bool, last_seen: UnixMs },
+    Presence {
+        online: bool,
+        last_seen: UnixMs,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -355,10 +469,20 @@ pub struct Updates {
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum LiveEvent {
     /// A durable update of the user's box, with the message body for new and edited messages.
-    Box { update: Sequenced, message: Option<Message> },
+    Box {
+        update: Sequenced,
+        message: Option<Message>,
+    },
     /// A durable update of a subscribed chat fanned out on read.
-    Chat { chat: ChatId, update: Sequenced, message: Option<Message> },
-    Typing { chat: ChatId, user: UserId },
+    Chat {
+        chat: ChatId,
+        update: Sequenced,
+        message: Option<Message>,
+    },
+    Typing {
+        chat: ChatId,
+        user: UserId,
+    },
     /// The stream lost events (the connection fell behind or the server restarted its
     /// session): catch up with `GetDifference` from the last pts applied.
     Resync,
@@ -383,7 +507,11 @@ impl ErrorBody {
     }
 
     pub fn flood_wait(retry_after_s: u32) -> ErrorBody {
-        ErrorBody { code: ErrorCode::FloodWait, message: format!("too many requests: retry in {retry_after_s} s"), retry_after_s }
+        ErrorBody {
+            code: ErrorCode::FloodWait,
+            message: format!("too many requests: retry in {retry_after_s} s"),
+            retry_after_s,
+        }
     }
 }
 
