@@ -1,7 +1,9 @@
-//! The `ferrogram` binary. So far: `stress` (durable appends on every shard, with figures),
-//! `bench-messaging` (messaging benchmarks through the embedding API)
-//! and `admin check` (verify a data directory's logs offline). The server (`serve`) comes
-//! with the network protocol.
+//! The `ferrogram` binary: `serve` (the server), the command-line client (`login`, `chat`,
+//! `send`, ...), `stress` (durable appends on every shard, with figures), `bench-messaging`
+//! (messaging benchmarks through the embedding API) and `admin check` (verify a data
+//! directory's logs offline).
+
+mod client;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,6 +27,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the server: the engine on --data-dir with the gateway listening on every core.
+    Serve(ferrogram::serve::ServeArgs),
+    #[command(flatten)]
+    Client(client::ClientCommand),
     /// Start the engine on a data directory and append records as fast as they are
     /// acknowledged (or at --rate), then print throughput and latency.
     Stress(StressArgs),
@@ -163,8 +169,29 @@ enum AdminCommand {
     },
 }
 
+/// Structured logs on standard error; `RUST_LOG` filters them (default: info).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
 fn main() -> anyhow::Result<()> {
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Serve(args) => ferrogram::serve::serve(&args),
+        Command::Client(command) => {
+            if let Err(error) = client::run(command) {
+                eprintln!("error: {error:#}");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Stress(args) => stress_command(args),
         Command::BenchMessaging(args) => bench_messaging_command(args),
         Command::Admin(AdminCommand::Check { data_dir }) => check_command(&data_dir),

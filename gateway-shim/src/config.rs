@@ -1,0 +1,128 @@
+//! The gateway's configuration and its limits (DESIGN §8, §10), with the defaults a public
+//! deployment would start from. `ferrogram serve` fills it from flags, a TOML file and the
+//! environment.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::login::CodeSender;
+
+/// How long a client has to send `Hello` after connecting.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a frame may take to arrive once its header has: a client announcing a large frame
+/// and trickling it in holds its budget at most this long.
+pub const FRAME_BODY_TIMEOUT: Duration = Duration::from_secs(15);
+/// Requests one connection may have in flight; more are answered `OVERLOADED`.
+pub const REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX: usize = 256;
+/// Outbound bytes and frames queued for one connection before it counts as not reading and
+/// is closed (it catches up later with `GetDifference`).
+pub const OUTBOUND_BYTES_PER_CONNECTION_MAX: usize = 4 * 1024 * 1024;
+pub const OUTBOUND_FRAMES_PER_CONNECTION_MAX: usize = 8192;
+/// One socket write carries at most this many bytes of queued frames.
+pub const WRITE_BATCH_BYTES_MAX: usize = 256 * 1024;
+/// Live events packed into one `Updates` frame.
+pub const UPDATES_PER_FRAME_MAX: usize = 256;
+/// How long shutdown waits for in-flight requests before closing connections anyway.
+pub const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Login codes: digits, lifetime, wrong attempts allowed, and how many may be pending.
+pub const LOGIN_CODE_DIGITS: usize = 5;
+pub const LOGIN_CODE_LIFETIME: Duration = Duration::from_secs(300);
+pub const LOGIN_CODE_ATTEMPTS_MAX: u32 = 5;
+pub const LOGIN_CODES_PENDING_MAX: usize = 1_000_000;
+/// The longest device description stored with an authorization (the engine checks it too).
+pub const DEVICE_DESCRIPTION_MAX: usize = 128;
+
+const _: () = assert!(WRITE_BATCH_BYTES_MAX <= OUTBOUND_BYTES_PER_CONNECTION_MAX);
+const _: () = assert!(ferrogram_net::limits::FRAME_MAX <= OUTBOUND_BYTES_PER_CONNECTION_MAX / 2);
+
+/// Everything the gateway needs to serve.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// Every shard listens on this address (SO_REUSEPORT splits connections between them).
+    pub listen: SocketAddr,
+    pub code_sender: CodeSender,
+    pub limits: GatewayLimits,
+    /// A client silent for this long is disconnected.
+    pub idle_timeout: Duration,
+}
+
+/// Budgets and rate limits. Rates are per second unless named otherwise.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GatewayLimits {
+    /// Open connections from one IP address, over all cores.
+    pub connections_per_ip_max: u32,
+    /// Open connections per shard.
+    pub connections_per_shard_max: usize,
+    /// Bytes of request frames a shard holds while reading and handling them.
+    pub request_bytes_per_shard_max: u64,
+    /// Bytes of response and update frames a shard holds queued for its connections.
+    pub outbound_bytes_per_shard_max: u64,
+    /// Requests per second from one IP address, over all cores.
+    pub requests_per_ip_per_second: u32,
+    /// Login requests (send code, sign in, sign up, authenticate) from one IP, per minute.
+    pub logins_per_ip_per_minute: u32,
+    /// Login codes sent to one phone number, per hour.
+    pub codes_per_phone_per_hour: u32,
+    /// Message writes (send, forward, edit, delete) per authorization, per second.
+    pub sends_per_session_per_second: u32,
+    /// All other requests per authorization, per second.
+    pub requests_per_session_per_second: u32,
+}
+
+impl Default for GatewayLimits {
+    fn default() -> GatewayLimits {
+        GatewayLimits {
+            connections_per_ip_max: 1000,
+            connections_per_shard_max: 100_000,
+            request_bytes_per_shard_max: 64 * 1024 * 1024,
+            outbound_bytes_per_shard_max: 256 * 1024 * 1024,
+            requests_per_ip_per_second: 20_000,
+            logins_per_ip_per_minute: 120,
+            codes_per_phone_per_hour: 10,
+            sends_per_session_per_second: 200,
+            requests_per_session_per_second: 1000,
+        }
+    }
+}
+
+impl GatewayConfig {
+    pub fn new(listen: SocketAddr, code_sender: CodeSender) -> GatewayConfig {
+        GatewayConfig { listen, code_sender, limits: GatewayLimits::default(), idle_timeout: Duration::from_secs(300) }
+    }
+
+    /// Refuses settings that cannot work, and a fixed login code on a non-loopback address.
+    pub fn validate(&self) -> Result<(), crate::GatewayError> {
+        use crate::GatewayError::Config;
+        if matches!(self.code_sender, CodeSender::Fixed(_)) && !self.listen.ip().is_loopback() {
+            return Err(Config(format!(
+                "the fixed: code sender accepts one code for every phone and is for development and \
+                 benchmarks only: refusing it on the non-loopback address {}",
+                self.listen
+            )));
+        }
+        let limits = &self.limits;
+        let positive = [
+            ("connections_per_ip_max", u64::from(limits.connections_per_ip_max)),
+            ("connections_per_shard_max", limits.connections_per_shard_max as u64),
+            ("request_bytes_per_shard_max", limits.request_bytes_per_shard_max),
+            ("requests_per_ip_per_second", u64::from(limits.requests_per_ip_per_second)),
+            ("logins_per_ip_per_minute", u64::from(limits.logins_per_ip_per_minute)),
+            ("codes_per_phone_per_hour", u64::from(limits.codes_per_phone_per_hour)),
+            ("sends_per_session_per_second", u64::from(limits.sends_per_session_per_second)),
+            ("requests_per_session_per_second", u64::from(limits.requests_per_session_per_second)),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(Config(format!("{name} must be at least 1")));
+        }
+        if limits.request_bytes_per_shard_max < ferrogram_net::limits::FRAME_MAX as u64 {
+            return Err(Config("request_bytes_per_shard_max must hold at least one maximal frame".into()));
+        }
+        if limits.outbound_bytes_per_shard_max < OUTBOUND_BYTES_PER_CONNECTION_MAX as u64 {
+            return Err(Config("outbound_bytes_per_shard_max must hold at least one connection's queue".into()));
+        }
+        if self.idle_timeout < Duration::from_secs(1) {
+            return Err(Config("idle_timeout must be at least one second".into()));
+        }
+        Ok(())
+    }
+}

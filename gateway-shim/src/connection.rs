@@ -1,0 +1,525 @@
+//! One client connection, served on the core that accepted it (DESIGN §5, §6).
+//!
+//! Three tasks share a [`Connection`]: the reader (this file's [`serve`]), which reads frames
+//! and spawns one task per request; the writer, which sends queued frames in batches, one
+//! socket write per batch; and, once the connection is authorized, the update pump
+//! (`updates.rs`). The reader and writer use two descriptors of the same socket, so neither
+//! waits for the other.
+//!
+//! Memory is bounded by budgets, never by trust: a frame's length is checked against
+//! `FRAME_MAX` and its bytes are reserved from the shard's request budget before anything is
+//! allocated; responses and updates are reserved from the shard's outbound budget and the
+//! connection's own queue limit, and a connection that does not read is closed. An idle
+//! connection holds no read buffer.
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use engine::messaging::{AuthorizationId, SessionId, UserId};
+use ferrogram_net::codec::{self, DecodeError};
+use ferrogram_net::frame::{FrameError, FrameHeader, FrameType, PING_BYTES_MAX};
+use ferrogram_net::limits::{FRAME_HEADER_BYTES, FRAME_MAX, PROTOCOL_VERSION};
+use ferrogram_net::{ErrorBody, ErrorCode, Outcome};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use glommio::sync::{Semaphore, StaticPermit};
+
+use crate::config::{
+    FRAME_BODY_TIMEOUT, HANDSHAKE_TIMEOUT, OUTBOUND_BYTES_PER_CONNECTION_MAX, OUTBOUND_FRAMES_PER_CONNECTION_MAX,
+    REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX, WRITE_BATCH_BYTES_MAX,
+};
+use crate::shard::ShardGateway;
+
+/// The bytes read from the socket at once while frames are arriving. Freed whenever it is
+/// empty, so an idle connection costs no buffer.
+const READ_BUFFER_BYTES: usize = 16 * 1024;
+
+/// Why a connection ended, for the metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CloseReason {
+    ClientClosed,
+    BadInput,
+    Timeout,
+    SlowReader,
+    Shutdown,
+    Revoked,
+}
+
+/// Who the connection acts for, once authorized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Authorized {
+    pub user: UserId,
+    pub authorization: AuthorizationId,
+    /// The engine's live session; `None` while it is being registered again after a resync.
+    pub session: Option<SessionId>,
+}
+
+pub(crate) struct Connection {
+    pub shard: Rc<ShardGateway>,
+    pub ip: IpAddr,
+    pub client_name: RefCell<String>,
+    pub auth: Cell<Option<Authorized>>,
+    /// Bumped each time the connection is authorized, so an update pump of an earlier login
+    /// knows to stop.
+    pub auth_generation: Cell<u64>,
+    fd: RawFd,
+    queue: RefCell<VecDeque<(Vec<u8>, StaticPermit)>>,
+    queued_bytes: Cell<usize>,
+    doorbell: (flume::Sender<()>, flume::Receiver<()>),
+    closed: Cell<Option<CloseReason>>,
+    in_flight: Cell<usize>,
+    /// Woken when the last in-flight request finishes (graceful shutdown waits for it).
+    drained: Rc<Semaphore>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").field("ip", &self.ip).field("fd", &self.fd).finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    pub fn is_closed(&self) -> bool {
+        self.closed.get().is_some()
+    }
+
+    /// Closes the connection: later frames are dropped, both socket directions are shut so the
+    /// reader and writer wake up, and the update pump stops.
+    pub fn close(&self, reason: CloseReason) {
+        if self.closed.get().is_some() {
+            return;
+        }
+        self.closed.set(Some(reason));
+        let metrics = self.shard.metrics();
+        match reason {
+            CloseReason::BadInput => metrics.connections_closed_bad_input.fetch_add(1, Relaxed),
+            CloseReason::Timeout => metrics.connections_closed_timeout.fetch_add(1, Relaxed),
+            CloseReason::SlowReader => metrics.connections_dropped_slow.fetch_add(1, Relaxed),
+            _ => 0,
+        };
+        if reason != CloseReason::Shutdown && reason != CloseReason::Revoked {
+            // Nothing more will be written: release the queue's budget now.
+            self.queue.borrow_mut().clear();
+            self.queued_bytes.set(0);
+            self.shut_socket();
+        }
+        // The writer flushes what is queued (for a graceful close) and then shuts the socket.
+        let _ = self.doorbell.0.try_send(());
+    }
+
+    fn shut_socket(&self) {
+        // SAFETY: `fd` belongs to the reader's `TcpStream`, which lives as long as the reader
+        // task, and the reader task holds this connection; `shutdown` does not close the
+        // descriptor, so there is no reuse hazard.
+        unsafe {
+            libc::shutdown(self.fd, libc::SHUT_RDWR);
+        }
+    }
+
+    /// Queues a frame. A connection over its queue limit, or a shard over its outbound budget,
+    /// is closed as not reading: it catches up with `GetDifference` when it comes back.
+    pub fn send_frame(&self, frame: Vec<u8>) -> bool {
+        if self.closed.get().is_some_and(|reason| reason != CloseReason::Shutdown && reason != CloseReason::Revoked) {
+            return false;
+        }
+        let bytes = frame.len();
+        let over_queue = self.queued_bytes.get() + bytes > OUTBOUND_BYTES_PER_CONNECTION_MAX
+            || self.queue.borrow().len() >= OUTBOUND_FRAMES_PER_CONNECTION_MAX;
+        let permit =
+            if over_queue { None } else { self.shard.outbound_budget.try_acquire_static_permit(bytes as u64).ok() };
+        let Some(permit) = permit else {
+            self.close(CloseReason::SlowReader);
+            return false;
+        };
+        self.queue.borrow_mut().push_back((frame, permit));
+        self.queued_bytes.set(self.queued_bytes.get() + bytes);
+        let _ = self.doorbell.0.try_send(());
+        true
+    }
+
+    /// Encodes and queues the outcome of request `req_id`.
+    pub fn respond(&self, req_id: u64, outcome: &Outcome) {
+        if let Outcome::Err(error) = outcome {
+            self.shard.metrics().count_error(error.code);
+        }
+        let mut frame = Vec::new();
+        if let Err(error) = codec::encode_response(&mut frame, req_id, outcome) {
+            // Responses are bounded by the limits the requests were checked against.
+            tracing::error!(%error, "a response does not fit a frame");
+            let too_large = Outcome::Err(ErrorBody::new(ErrorCode::TooLarge, "the response is too large"));
+            frame.clear();
+            if codec::encode_response(&mut frame, req_id, &too_large).is_err() {
+                return;
+            }
+        }
+        self.send_frame(frame);
+    }
+
+    /// Sends a connection-level error frame, and closes the connection if `close` says so.
+    pub fn fail(&self, error: ErrorBody, close: Option<CloseReason>) {
+        self.shard.metrics().count_error(error.code);
+        let mut frame = Vec::new();
+        if codec::encode_error(&mut frame, &error).is_ok() {
+            self.send_frame(frame);
+        }
+        if let Some(reason) = close {
+            self.close_after_flush(reason);
+        }
+    }
+
+    /// Closes the connection once the writer has sent what is queued (an error frame that
+    /// explains the close, or the answers of a graceful shutdown).
+    pub fn close_after_flush(&self, reason: CloseReason) {
+        if self.closed.get().is_some() {
+            return;
+        }
+        self.closed.set(Some(reason));
+        let metrics = self.shard.metrics();
+        match reason {
+            CloseReason::BadInput => metrics.connections_closed_bad_input.fetch_add(1, Relaxed),
+            CloseReason::Timeout => metrics.connections_closed_timeout.fetch_add(1, Relaxed),
+            _ => 0,
+        };
+        let _ = self.doorbell.0.try_send(());
+    }
+
+    /// Waits until no request is in flight (for graceful shutdown), at most `timeout`.
+    pub async fn drain(&self, timeout: Duration) {
+        if self.in_flight.get() == 0 {
+            return;
+        }
+        let drained = self.drained.clone();
+        within(timeout, async move { drained.acquire(1).await }).await;
+    }
+}
+
+/// Serves one accepted connection until it closes.
+pub(crate) async fn serve(shard: Rc<ShardGateway>, stream: TcpStream, ip: IpAddr) {
+    let fd = stream.as_raw_fd();
+    // SAFETY: `dup` returns a new descriptor for the same socket, owned from here on by the
+    // writer's `TcpStream` alone; the reader keeps the original.
+    let writer = unsafe {
+        let duplicate = libc::dup(fd);
+        if duplicate < 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot duplicate a connection's descriptor");
+            return;
+        }
+        TcpStream::from_raw_fd(duplicate)
+    };
+    let _ = stream.set_nodelay(true);
+    let connection = Rc::new(Connection {
+        shard: shard.clone(),
+        ip,
+        client_name: RefCell::new(String::new()),
+        auth: Cell::new(None),
+        auth_generation: Cell::new(0),
+        fd,
+        queue: RefCell::new(VecDeque::new()),
+        queued_bytes: Cell::new(0),
+        doorbell: flume::bounded(1),
+        closed: Cell::new(None),
+        in_flight: Cell::new(0),
+        drained: Rc::new(Semaphore::new(0)),
+    });
+    let id = shard.register(&connection);
+    let writer_task = glommio::spawn_local(write_loop(connection.clone(), writer));
+    let reason = read_loop(&connection, stream).await;
+    connection.close(reason);
+    writer_task.await;
+    crate::updates::end_session(&connection).await;
+    shard.unregister(id);
+}
+
+async fn read_loop(connection: &Rc<Connection>, mut stream: TcpStream) -> CloseReason {
+    let mut reader = FrameReader::default();
+    let shard = &connection.shard;
+
+    // Handshake: the first frame must be a Hello, within the handshake timeout.
+    let first = match within(HANDSHAKE_TIMEOUT, reader.next(&mut stream, shard, HANDSHAKE_TIMEOUT)).await {
+        None => return CloseReason::Timeout,
+        Some(Err(end)) => return end.report(connection),
+        Some(Ok(frame)) => frame,
+    };
+    if first.header.frame_type != Some(FrameType::Hello) {
+        connection
+            .fail(ErrorBody::new(ErrorCode::Malformed, "the first frame must be Hello"), Some(CloseReason::BadInput));
+        return CloseReason::BadInput;
+    }
+    let hello = match codec::decode_hello(&first.body) {
+        Ok(hello) => hello,
+        Err(_) => {
+            connection.fail(
+                ErrorBody::new(ErrorCode::Malformed, "Hello is not a valid archive"),
+                Some(CloseReason::BadInput),
+            );
+            return CloseReason::BadInput;
+        }
+    };
+    if hello.protocol_version != PROTOCOL_VERSION {
+        let message = format!(
+            "protocol version {} is not supported; this server speaks version {PROTOCOL_VERSION}",
+            hello.protocol_version
+        );
+        connection.fail(ErrorBody::new(ErrorCode::UnsupportedVersion, message), Some(CloseReason::BadInput));
+        return CloseReason::BadInput;
+    }
+    let mut name = hello.client;
+    name.truncate(ferrogram_net::limits::CLIENT_NAME_MAX.min(name.len()));
+    while !name.is_char_boundary(name.len()) {
+        name.pop();
+    }
+    *connection.client_name.borrow_mut() = name;
+    let mut welcome = Vec::new();
+    if codec::encode_welcome(&mut welcome, &shard.welcome()).is_ok() {
+        connection.send_frame(welcome);
+    }
+    drop(first);
+
+    let idle_timeout = shard.gateway.config.idle_timeout;
+    loop {
+        if let Some(reason) = connection.closed.get() {
+            return reason;
+        }
+        let frame = match reader.next(&mut stream, shard, idle_timeout).await {
+            Ok(frame) => frame,
+            Err(end) => return end.report(connection),
+        };
+        match frame.header.frame_type {
+            Some(FrameType::Request) => match codec::decode_request(&frame.body) {
+                Err(DecodeError::MissingReqId { .. }) | Err(_) => {
+                    connection.fail(
+                        ErrorBody::new(ErrorCode::Malformed, "a request body must start with its 8-byte req_id"),
+                        Some(CloseReason::BadInput),
+                    );
+                    return CloseReason::BadInput;
+                }
+                Ok((req_id, Err(_))) => {
+                    shard.metrics().count_request(crate::dispatch::MALFORMED_INDEX);
+                    let error = ErrorBody::new(ErrorCode::Malformed, "the request payload is not a valid archive");
+                    connection.respond(req_id, &Outcome::Err(error));
+                }
+                Ok((req_id, Ok(request))) => {
+                    if connection.in_flight.get() >= REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX {
+                        let mut error = ErrorBody::new(ErrorCode::Overloaded, "too many requests in flight");
+                        error.retry_after_s = 1;
+                        connection.respond(req_id, &Outcome::Err(error));
+                        continue;
+                    }
+                    connection.in_flight.set(connection.in_flight.get() + 1);
+                    let connection = connection.clone();
+                    let permit = frame.permit;
+                    glommio::spawn_local(async move {
+                        let outcome = crate::dispatch::handle(&connection, request).await;
+                        // The request's bytes stay reserved until it has been answered.
+                        drop(permit);
+                        connection.respond(req_id, &outcome);
+                        let in_flight = connection.in_flight.get() - 1;
+                        connection.in_flight.set(in_flight);
+                        if in_flight == 0 {
+                            connection.drained.signal(1);
+                        }
+                    })
+                    .detach();
+                }
+            },
+            Some(FrameType::Ping) => {
+                if frame.body.len() > PING_BYTES_MAX {
+                    connection.fail(ErrorBody::new(ErrorCode::TooLarge, "a ping carries at most 64 bytes"), None);
+                    continue;
+                }
+                let mut pong = Vec::new();
+                if codec::encode_ping(&mut pong, FrameType::Pong, &frame.body).is_ok() {
+                    connection.send_frame(pong);
+                }
+            }
+            Some(FrameType::Pong) => {}
+            Some(FrameType::Hello) => {
+                connection.fail(ErrorBody::new(ErrorCode::Malformed, "Hello was already received"), None);
+            }
+            Some(other) => {
+                let message = format!("a client may not send {other:?} frames");
+                connection.fail(ErrorBody::new(ErrorCode::Malformed, message), Some(CloseReason::BadInput));
+                return CloseReason::BadInput;
+            }
+            None => {
+                // The length was valid, so the stream is still framed: refuse this one frame.
+                let message = format!("unknown frame type {}", frame.header.type_byte);
+                connection.fail(ErrorBody::new(ErrorCode::Malformed, message), None);
+            }
+        }
+    }
+}
+
+/// Sends queued frames, as many as fit one batch per socket write.
+async fn write_loop(connection: Rc<Connection>, mut stream: TcpStream) {
+    let mut batch: Vec<u8> = Vec::new();
+    loop {
+        {
+            let mut queue = connection.queue.borrow_mut();
+            while let Some((frame, _permit)) = queue.front() {
+                if !batch.is_empty() && batch.len() + frame.len() > WRITE_BATCH_BYTES_MAX {
+                    break;
+                }
+                batch.extend_from_slice(frame);
+                let bytes = frame.len();
+                queue.pop_front();
+                connection.queued_bytes.set(connection.queued_bytes.get() - bytes);
+            }
+        }
+        if batch.is_empty() {
+            if connection.closed.get().is_some() {
+                break;
+            }
+            if connection.doorbell.1.recv_async().await.is_err() {
+                break;
+            }
+            continue;
+        }
+        let written = stream.write_all(&batch).await;
+        batch.clear();
+        if batch.capacity() > WRITE_BATCH_BYTES_MAX {
+            batch = Vec::new();
+        }
+        if written.is_err() {
+            connection.close(CloseReason::ClientClosed);
+            break;
+        }
+    }
+    let _ = stream.flush().await;
+    connection.shut_socket();
+}
+
+/// A frame read off the socket, with its bytes reserved from the shard's request budget.
+struct Frame {
+    header: FrameHeader,
+    body: Vec<u8>,
+    permit: StaticPermit,
+}
+
+/// Why reading stopped.
+enum ReadEnd {
+    Closed,
+    Timeout,
+    TooLarge(FrameError),
+    Budget,
+}
+
+impl ReadEnd {
+    fn report(self, connection: &Connection) -> CloseReason {
+        match self {
+            ReadEnd::Closed => CloseReason::ClientClosed,
+            ReadEnd::Timeout => CloseReason::Timeout,
+            ReadEnd::TooLarge(error) => {
+                let code = if matches!(error, FrameError::TooLarge { .. }) {
+                    ErrorCode::TooLarge
+                } else {
+                    ErrorCode::Malformed
+                };
+                connection.fail(ErrorBody::new(code, error.to_string()), Some(CloseReason::BadInput));
+                CloseReason::BadInput
+            }
+            ReadEnd::Budget => {
+                let mut error = ErrorBody::new(ErrorCode::Overloaded, "the server is holding too many request bytes");
+                error.retry_after_s = 1;
+                connection.fail(error, Some(CloseReason::Timeout));
+                CloseReason::Timeout
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct FrameReader {
+    buffer: Vec<u8>,
+    start: usize,
+}
+
+impl FrameReader {
+    /// Reads the next frame. Waiting for its first byte may take `idle_timeout`; once a frame
+    /// has begun, all of it must arrive within `FRAME_BODY_TIMEOUT`.
+    async fn next(
+        &mut self,
+        stream: &mut TcpStream,
+        shard: &ShardGateway,
+        idle_timeout: Duration,
+    ) -> Result<Frame, ReadEnd> {
+        if self.start == self.buffer.len() {
+            self.buffer = Vec::new();
+            self.start = 0;
+            // Wait for the next byte without holding a buffer.
+            let mut probe = [0u8; 1];
+            match within(idle_timeout, stream.peek(&mut probe)).await {
+                None => return Err(ReadEnd::Timeout),
+                Some(Ok(0)) | Some(Err(_)) => return Err(ReadEnd::Closed),
+                Some(Ok(_)) => {}
+            }
+        }
+        match within(FRAME_BODY_TIMEOUT, self.read_frame(stream, shard)).await {
+            Some(result) => result,
+            None => Err(ReadEnd::Timeout),
+        }
+    }
+
+    async fn read_frame(&mut self, stream: &mut TcpStream, shard: &ShardGateway) -> Result<Frame, ReadEnd> {
+        while self.buffered() < FRAME_HEADER_BYTES {
+            self.fill(stream).await?;
+        }
+        let mut header_bytes = [0u8; FRAME_HEADER_BYTES];
+        header_bytes.copy_from_slice(&self.buffer[self.start..self.start + FRAME_HEADER_BYTES]);
+        let header = FrameHeader::parse(header_bytes, FRAME_MAX).map_err(ReadEnd::TooLarge)?;
+        self.start += FRAME_HEADER_BYTES;
+        // Reserve the body's bytes before allocating them; waits while the shard is at budget
+        // (bounded by the frame timeout around this call).
+        let permit = shard
+            .request_budget
+            .acquire_static_permit(header.body_bytes.max(1) as u64)
+            .await
+            .map_err(|_| ReadEnd::Budget)?;
+        let mut body = Vec::with_capacity(header.body_bytes);
+        let take = self.buffered().min(header.body_bytes);
+        body.extend_from_slice(&self.buffer[self.start..self.start + take]);
+        self.start += take;
+        if body.len() < header.body_bytes {
+            // The rest goes straight into the body.
+            let already = body.len();
+            body.resize(header.body_bytes, 0);
+            stream.read_exact(&mut body[already..]).await.map_err(|_| ReadEnd::Closed)?;
+        }
+        Ok(Frame { header, body, permit })
+    }
+
+    fn buffered(&self) -> usize {
+        self.buffer.len() - self.start
+    }
+
+    async fn fill(&mut self, stream: &mut TcpStream) -> Result<(), ReadEnd> {
+        if self.start > 0 {
+            self.buffer.drain(..self.start);
+            self.start = 0;
+        }
+        let filled = self.buffer.len();
+        self.buffer.resize(READ_BUFFER_BYTES.max(filled), 0);
+        match stream.read(&mut self.buffer[filled..]).await {
+            Ok(0) | Err(_) => Err(ReadEnd::Closed),
+            Ok(read) => {
+                self.buffer.truncate(filled + read);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Runs `future` for at most `duration`.
+pub(crate) async fn within<T>(duration: Duration, future: impl Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(future.await) }, async {
+        glommio::timer::sleep(duration).await;
+        None
+    })
+    .await
+}

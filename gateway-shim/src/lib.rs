@@ -1,0 +1,145 @@
+//! The gateway shim (DESIGN §8): phone login, authorizations, rate limits and the routing of
+//! client requests and live updates between the wire protocol (`net`) and the engine. It runs
+//! on the engine's own shards: one listener per core (SO_REUSEPORT), each connection served
+//! on the core that accepted it.
+
+mod connection;
+mod convert;
+mod dispatch;
+mod shard;
+mod updates;
+mod webhook;
+
+pub mod config;
+pub mod login;
+pub mod metrics;
+pub mod rate;
+pub mod token;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use engine::messaging::Messenger;
+use engine::Engine;
+
+pub use config::{GatewayConfig, GatewayLimits};
+pub use login::CodeSender;
+pub use metrics::Metrics;
+
+/// Why the gateway could not start or stop.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GatewayError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("the operating system has no randomness to offer")]
+    Random,
+    #[error("cannot listen: {0}")]
+    Listen(String),
+    #[error("the engine failed: {0}")]
+    Engine(#[from] engine::EngineError),
+}
+
+/// What every shard's part of the gateway shares: configuration, login codes, rate limits,
+/// metrics and the engine handle.
+pub(crate) struct Gateway {
+    pub config: GatewayConfig,
+    pub messenger: Messenger,
+    pub codes: login::LoginCodes,
+    pub rates: rate::RateLimits,
+    pub metrics: Arc<Metrics>,
+    stopping: AtomicBool,
+}
+
+impl Gateway {
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+}
+
+/// A running gateway.
+pub struct GatewayHandle {
+    gateway: Arc<Gateway>,
+    engine: Engine,
+    listen: SocketAddr,
+}
+
+impl std::fmt::Debug for GatewayHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayHandle").field("listen", &self.listen).finish_non_exhaustive()
+    }
+}
+
+impl GatewayHandle {
+    /// Starts listening on every shard of `engine`. Port 0 picks a free port.
+    pub fn start(engine: Engine, mut config: GatewayConfig) -> Result<GatewayHandle, GatewayError> {
+        config.validate()?;
+        if config.listen.port() == 0 {
+            // Every shard must bind the same port: pick one now.
+            let probe =
+                std::net::TcpListener::bind(config.listen).map_err(|error| GatewayError::Listen(error.to_string()))?;
+            config.listen = probe.local_addr().map_err(|error| GatewayError::Listen(error.to_string()))?;
+        }
+        if matches!(config.code_sender, CodeSender::Fixed(_)) {
+            tracing::warn!(
+                "the fixed: code sender is on: every login accepts one code; development and benchmarks only"
+            );
+        }
+        let metrics = Arc::new(Metrics::new(engine.shard_count(), matches!(config.code_sender, CodeSender::Fixed(_))));
+        let gateway = Arc::new(Gateway {
+            codes: login::LoginCodes::new(config.code_sender.clone())?,
+            rates: rate::RateLimits::new(&config.limits),
+            messenger: engine.messenger(),
+            metrics,
+            stopping: AtomicBool::new(false),
+            config,
+        });
+        let (bound, results) = flume::unbounded();
+        let service_gateway = gateway.clone();
+        engine.run_on_every_shard(move |context| shard::listen(service_gateway.clone(), context.id, bound.clone()))?;
+        for _ in 0..engine.shard_count() {
+            match results.recv_timeout(Duration::from_secs(30)) {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => return Err(GatewayError::Listen(error)),
+                Err(_) => return Err(GatewayError::Listen("a shard did not start its listener".into())),
+            }
+        }
+        let listen = gateway.config.listen;
+        tracing::info!(%listen, shards = engine.shard_count(), "listening");
+        Ok(GatewayHandle { gateway, engine, listen })
+    }
+
+    /// The address clients connect to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listen
+    }
+
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.gateway.metrics.clone()
+    }
+
+    /// Graceful shutdown: stop accepting, let in-flight requests finish and their answers go
+    /// out, close every connection, then stop the engine (which makes every append durable).
+    pub fn shutdown(self) -> Result<(), GatewayError> {
+        self.gateway.stopping.store(true, Ordering::Relaxed);
+        let (done, finished) = flume::unbounded();
+        self.engine.run_on_every_shard(move |_| {
+            let done = done.clone();
+            async move {
+                shard::stop().await;
+                let _ = done.send(());
+            }
+        })?;
+        for _ in 0..self.engine.shard_count() {
+            // Each shard bounds its own drain; this only guards against a stuck shard.
+            if finished.recv_timeout(config::SHUTDOWN_DRAIN_TIMEOUT + Duration::from_secs(5)).is_err() {
+                tracing::warn!("a shard did not finish closing its connections in time");
+                break;
+            }
+        }
+        self.engine.shutdown()?;
+        Ok(())
+    }
+}

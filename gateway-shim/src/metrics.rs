@@ -1,0 +1,264 @@
+//! Counters and latency histograms in Prometheus text format (`--metrics ADDR`).
+//!
+//! Each shard writes only its own [`ShardMetrics`] (relaxed atomics, no sharing between
+//! writers); the scrape thread reads them all. The send → ack histogram sits behind a mutex
+//! that only its shard and a scrape ever take.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ferrogram_net::ErrorCode;
+use hdrhistogram::Histogram;
+
+/// Request kinds counted separately, by the name `request_name` gives them.
+pub const REQUEST_NAMES: [&str; 43] = [
+    "send_code",
+    "sign_in",
+    "sign_up",
+    "authenticate",
+    "log_out",
+    "get_authorizations",
+    "revoke_authorization",
+    "get_self",
+    "get_users",
+    "set_name",
+    "set_username",
+    "resolve_username",
+    "resolve_phone",
+    "set_blocked",
+    "open_private",
+    "create_group",
+    "create_channel",
+    "join_chat",
+    "leave_chat",
+    "add_member",
+    "remove_member",
+    "promote_member",
+    "get_chat",
+    "get_members",
+    "send_message",
+    "forward_messages",
+    "edit_message",
+    "delete_messages",
+    "pin_message",
+    "get_history",
+    "get_messages",
+    "read_history",
+    "set_typing",
+    "get_state",
+    "get_difference",
+    "get_chat_difference",
+    "get_dialogs",
+    "subscribe_chat",
+    "unsubscribe_chat",
+    "get_presence",
+    "malformed",
+    "unauthorized",
+    "refused",
+];
+
+/// One shard's counters.
+#[derive(Debug)]
+pub struct ShardMetrics {
+    pub connections_open: AtomicU64,
+    pub connections_accepted: AtomicU64,
+    /// Refused at accept: per-IP or per-shard cap.
+    pub connections_refused: AtomicU64,
+    /// Closed because the client did not read its updates fast enough.
+    pub connections_dropped_slow: AtomicU64,
+    /// Closed for a protocol violation (bad frame, bad handshake) or a timeout.
+    pub connections_closed_bad_input: AtomicU64,
+    pub connections_closed_timeout: AtomicU64,
+    pub requests: [AtomicU64; REQUEST_NAMES.len()],
+    pub errors: [AtomicU64; ErrorCode::ALL.len()],
+    pub updates_sent: AtomicU64,
+    pub update_frames_sent: AtomicU64,
+    pub resyncs: AtomicU64,
+    send_ack_us: Mutex<Histogram<u64>>,
+}
+
+impl Default for ShardMetrics {
+    fn default() -> ShardMetrics {
+        ShardMetrics {
+            connections_open: AtomicU64::new(0),
+            connections_accepted: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
+            connections_dropped_slow: AtomicU64::new(0),
+            connections_closed_bad_input: AtomicU64::new(0),
+            connections_closed_timeout: AtomicU64::new(0),
+            requests: std::array::from_fn(|_| AtomicU64::new(0)),
+            errors: std::array::from_fn(|_| AtomicU64::new(0)),
+            updates_sent: AtomicU64::new(0),
+            update_frames_sent: AtomicU64::new(0),
+            resyncs: AtomicU64::new(0),
+            // 1 µs to 1 h at 3 significant digits: the bounds are constants that always work.
+            send_ack_us: Mutex::new(
+                Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                    .unwrap_or_else(|_| unreachable!("constant histogram bounds are valid")),
+            ),
+        }
+    }
+}
+
+impl ShardMetrics {
+    pub fn count_request(&self, index: usize) {
+        self.requests[index].fetch_add(1, Relaxed);
+    }
+
+    pub fn count_error(&self, code: ErrorCode) {
+        if let Some(index) = ErrorCode::ALL.iter().position(|c| *c == code) {
+            self.errors[index].fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn record_send_ack(&self, latency: Duration) {
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).clamp(1, 3_600_000_000);
+        if let Ok(mut histogram) = self.send_ack_us.lock() {
+            let _ = histogram.record(micros);
+        }
+    }
+}
+
+/// Every shard's metrics, plus process-wide facts.
+#[derive(Debug)]
+pub struct Metrics {
+    pub shards: Vec<ShardMetrics>,
+    /// Set when the `fixed:` code sender is on: every login accepts one code.
+    pub insecure_fixed_code: bool,
+}
+
+impl Metrics {
+    pub fn new(shards: usize, insecure_fixed_code: bool) -> Metrics {
+        Metrics { shards: (0..shards).map(|_| ShardMetrics::default()).collect(), insecure_fixed_code }
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let gauge = |out: &mut String, name: &str, help: &str, kind: &str, value: &dyn Fn(&ShardMetrics) -> u64| {
+            let _ = writeln!(out, "# HELP ferrogram_{name} {help}\n# TYPE ferrogram_{name} {kind}");
+            for (shard, metrics) in self.shards.iter().enumerate() {
+                let _ = writeln!(out, "ferrogram_{name}{{shard=\"{shard}\"}} {}", value(metrics));
+            }
+        };
+        gauge(&mut out, "connections_open", "Open client connections.", "gauge", &|m| m.connections_open.load(Relaxed));
+        gauge(&mut out, "connections_accepted_total", "Connections accepted.", "counter", &|m| {
+            m.connections_accepted.load(Relaxed)
+        });
+        gauge(&mut out, "connections_refused_total", "Connections refused at a cap.", "counter", &|m| {
+            m.connections_refused.load(Relaxed)
+        });
+        gauge(
+            &mut out,
+            "connections_dropped_slow_total",
+            "Connections closed for not reading (queue drops).",
+            "counter",
+            &|m| m.connections_dropped_slow.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "connections_closed_bad_input_total",
+            "Connections closed for protocol violations.",
+            "counter",
+            &|m| m.connections_closed_bad_input.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "connections_closed_timeout_total",
+            "Connections closed by a handshake, frame or idle timeout.",
+            "counter",
+            &|m| m.connections_closed_timeout.load(Relaxed),
+        );
+        gauge(&mut out, "updates_sent_total", "Live events sent.", "counter", &|m| m.updates_sent.load(Relaxed));
+        gauge(&mut out, "update_frames_sent_total", "Updates frames sent.", "counter", &|m| {
+            m.update_frames_sent.load(Relaxed)
+        });
+        gauge(
+            &mut out,
+            "resyncs_total",
+            "Live streams that overflowed and told the client to resync.",
+            "counter",
+            &|m| m.resyncs.load(Relaxed),
+        );
+
+        let _ = writeln!(
+            out,
+            "# HELP ferrogram_requests_total Requests by method.\n# TYPE ferrogram_requests_total counter"
+        );
+        for (shard, metrics) in self.shards.iter().enumerate() {
+            for (index, name) in REQUEST_NAMES.iter().enumerate() {
+                let value = metrics.requests[index].load(Relaxed);
+                if value > 0 {
+                    let _ = writeln!(out, "ferrogram_requests_total{{shard=\"{shard}\",method=\"{name}\"}} {value}");
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ferrogram_errors_total Errors answered, by code.\n# TYPE ferrogram_errors_total counter"
+        );
+        for (shard, metrics) in self.shards.iter().enumerate() {
+            for (index, code) in ErrorCode::ALL.iter().enumerate() {
+                let value = metrics.errors[index].load(Relaxed);
+                let _ = writeln!(out, "ferrogram_errors_total{{shard=\"{shard}\",code=\"{}\"}} {value}", code.name());
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ferrogram_send_ack_seconds Send to acknowledgement latency.\n# TYPE ferrogram_send_ack_seconds summary"
+        );
+        for (shard, metrics) in self.shards.iter().enumerate() {
+            let Ok(histogram) = metrics.send_ack_us.lock() else { continue };
+            for quantile in [0.5, 0.9, 0.99, 0.999, 1.0] {
+                let seconds = histogram.value_at_quantile(quantile) as f64 / 1e6;
+                let _ =
+                    writeln!(out, "ferrogram_send_ack_seconds{{shard=\"{shard}\",quantile=\"{quantile}\"}} {seconds}");
+            }
+            let sum = histogram.mean() * histogram.len() as f64 / 1e6;
+            let _ = writeln!(out, "ferrogram_send_ack_seconds_sum{{shard=\"{shard}\"}} {sum}");
+            let _ = writeln!(out, "ferrogram_send_ack_seconds_count{{shard=\"{shard}\"}} {}", histogram.len());
+        }
+        let _ = writeln!(
+            out,
+            "# HELP ferrogram_insecure_fixed_login_code 1 when every login accepts one fixed code.\n\
+             # TYPE ferrogram_insecure_fixed_login_code gauge\nferrogram_insecure_fixed_login_code {}",
+            u8::from(self.insecure_fixed_code)
+        );
+        out
+    }
+}
+
+/// Serves `GET /metrics` (any path, really) on `address` from a thread of its own.
+pub fn serve(metrics: Arc<Metrics>, address: SocketAddr) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(address)?;
+    let bound = listener.local_addr()?;
+    std::thread::Builder::new().name("metrics".into()).spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let _ = stream.set_write_timeout(Some(Duration::from_secs(5)));
+            // Read the request head (bounded) and answer whatever was asked with the metrics.
+            let mut reader = BufReader::new(&stream);
+            let mut line = String::new();
+            for _ in 0..100 {
+                line.clear();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) if line == "\r\n" || line == "\n" => break,
+                    Ok(_) => {}
+                }
+            }
+            let body = metrics.render();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body.as_bytes()));
+        }
+    })?;
+    Ok(bound)
+}

@@ -1,0 +1,185 @@
+//! The gateway's part of one shard: its listener, budgets and open connections. Lives on the
+//! shard's executor only (`Rc`, no locks).
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use engine::ShardId;
+use ferrogram_net::codec;
+use ferrogram_net::limits::{
+    DIALOGS_PAGE_MAX, DIFFERENCE_LIMIT_MAX, FRAME_MAX, HISTORY_PAGE_MAX, IDS_PER_REQUEST_MAX, MESSAGE_TEXT_MAX,
+    PROTOCOL_VERSION,
+};
+use ferrogram_net::{ErrorBody, ErrorCode, Limits, UnixMs, Welcome};
+use futures_lite::AsyncWriteExt;
+use glommio::net::TcpListener;
+use glommio::sync::Semaphore;
+
+use crate::config::{REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX, SHUTDOWN_DRAIN_TIMEOUT};
+use crate::connection::{self, within, CloseReason, Connection};
+use crate::metrics::ShardMetrics;
+use crate::Gateway;
+
+thread_local! {
+    /// The shard's gateway, found again by the shutdown task.
+    static SHARD_GATEWAY: RefCell<Option<Rc<ShardGateway>>> = const { RefCell::new(None) };
+}
+
+pub(crate) struct ShardGateway {
+    pub gateway: Arc<Gateway>,
+    pub shard: ShardId,
+    pub request_budget: Rc<Semaphore>,
+    pub outbound_budget: Rc<Semaphore>,
+    connections: RefCell<HashMap<u64, Weak<Connection>>>,
+    next_connection: Cell<u64>,
+    stop: (flume::Sender<()>, flume::Receiver<()>),
+}
+
+impl ShardGateway {
+    pub fn metrics(&self) -> &ShardMetrics {
+        &self.gateway.metrics.shards[self.shard.index()]
+    }
+
+    pub fn welcome(&self) -> Welcome {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        Welcome {
+            version: PROTOCOL_VERSION,
+            server_time: UnixMs(u64::try_from(now.as_millis()).unwrap_or(u64::MAX)),
+            limits: Limits {
+                frame_max: FRAME_MAX as u32,
+                message_text_max: MESSAGE_TEXT_MAX as u32,
+                history_page_max: HISTORY_PAGE_MAX,
+                difference_limit_max: DIFFERENCE_LIMIT_MAX,
+                dialogs_page_max: DIALOGS_PAGE_MAX,
+                ids_per_request_max: IDS_PER_REQUEST_MAX as u32,
+                requests_in_flight_max: REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX as u32,
+            },
+        }
+    }
+
+    pub fn register(&self, connection: &Rc<Connection>) -> u64 {
+        let id = self.next_connection.get();
+        self.next_connection.set(id + 1);
+        self.connections.borrow_mut().insert(id, Rc::downgrade(connection));
+        self.metrics().connections_open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        id
+    }
+
+    pub fn unregister(&self, id: u64) {
+        if let Some(connection) = self.connections.borrow_mut().remove(&id).and_then(|weak| weak.upgrade()) {
+            self.gateway.rates.disconnect(connection.ip);
+        }
+        self.metrics().connections_open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Binds this shard's listener (SO_REUSEPORT: every shard on the same address) and serves
+/// connections until [`stop`]. Reports the bind's result on `bound`.
+pub(crate) async fn listen(gateway: Arc<Gateway>, shard: ShardId, bound: flume::Sender<Result<(), String>>) {
+    let listener = match TcpListener::bind(gateway.config.listen) {
+        Ok(listener) => listener,
+        Err(error) => {
+            let _ = bound.send(Err(format!("shard {shard}: cannot listen on {}: {error}", gateway.config.listen)));
+            return;
+        }
+    };
+    let limits = &gateway.config.limits;
+    let state = Rc::new(ShardGateway {
+        request_budget: Rc::new(Semaphore::new(limits.request_bytes_per_shard_max)),
+        outbound_budget: Rc::new(Semaphore::new(limits.outbound_bytes_per_shard_max)),
+        gateway: gateway.clone(),
+        shard,
+        connections: RefCell::new(HashMap::new()),
+        next_connection: Cell::new(0),
+        stop: flume::bounded(1),
+    });
+    SHARD_GATEWAY.with(|slot| *slot.borrow_mut() = Some(state.clone()));
+    let _ = bound.send(Ok(()));
+    if shard.index() == 0 {
+        glommio::spawn_local(forget_idle_rate_limits(gateway.clone())).detach();
+    }
+
+    loop {
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            let _ = state.stop.1.recv_async().await;
+            None
+        })
+        .await;
+        let stream = match accepted {
+            None => break,
+            Some(Ok(stream)) => stream,
+            Some(Err(error)) => {
+                // Out of descriptors or memory: back off instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(peer) = stream.peer_addr() else { continue };
+        let metrics = state.metrics();
+        let shard_full = state.connections.borrow().len() >= limits.connections_per_shard_max;
+        if shard_full || !gateway.rates.connect(peer.ip()) {
+            metrics.connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            glommio::spawn_local(refuse(stream, shard_full)).detach();
+            continue;
+        }
+        metrics.connections_accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        glommio::spawn_local(connection::serve(state.clone(), stream, peer.ip())).detach();
+    }
+}
+
+/// Tells a connection over a cap why it is refused, briefly, then closes it.
+async fn refuse(mut stream: glommio::net::TcpStream, shard_full: bool) {
+    let error = if shard_full {
+        ErrorBody {
+            code: ErrorCode::Overloaded,
+            message: "the server is at its connection limit".into(),
+            retry_after_s: 5,
+        }
+    } else {
+        ErrorBody {
+            code: ErrorCode::FloodWait,
+            message: "too many connections from this address".into(),
+            retry_after_s: 5,
+        }
+    };
+    let mut frame = Vec::new();
+    if codec::encode_error(&mut frame, &error).is_ok() {
+        within(Duration::from_secs(1), stream.write_all(&frame)).await;
+    }
+}
+
+async fn forget_idle_rate_limits(gateway: Arc<Gateway>) {
+    loop {
+        glommio::timer::sleep(Duration::from_secs(60)).await;
+        if gateway.stopping() {
+            return;
+        }
+        gateway.rates.forget_idle();
+    }
+}
+
+/// Stops this shard's gateway: no more accepts; each connection finishes its in-flight
+/// requests (at most `SHUTDOWN_DRAIN_TIMEOUT`), flushes its answers and closes.
+pub(crate) async fn stop() {
+    let Some(state) = SHARD_GATEWAY.with(|slot| slot.borrow_mut().take()) else { return };
+    let _ = state.stop.0.try_send(());
+    let connections: Vec<Rc<Connection>> =
+        state.connections.borrow().values().filter_map(|weak| weak.upgrade()).collect();
+    let deadline = std::time::Instant::now() + SHUTDOWN_DRAIN_TIMEOUT;
+    for connection in &connections {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        connection.drain(left).await;
+        connection.close_after_flush(CloseReason::Shutdown);
+    }
+    // Give the writers a moment to flush the last answers.
+    let flushed = async {
+        while !state.connections.borrow().is_empty() {
+            glommio::timer::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    within(Duration::from_secs(2), flushed).await;
+}

@@ -1,0 +1,152 @@
+//! Authorizing a connection and pumping its live updates (DESIGN §5).
+//!
+//! Authorizing registers an engine session on the connection's own shard and starts a pump
+//! that turns its live events into `Updates` frames, one frame per batch of whatever is queued.
+//! New and edited messages travel with their bodies, fetched with one request per chat of the
+//! batch, so a client can show them without asking.
+
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use engine::messaging::{self as model, AuthorizationId, BoxState, MessagingResult, SessionEvents, UserId};
+use ferrogram_net::{codec, LiveEvent, Updates};
+
+use crate::config::UPDATES_PER_FRAME_MAX;
+use crate::connection::{Authorized, CloseReason, Connection};
+use crate::convert;
+
+/// Authorizes `connection` as `user` and starts its live updates; answers the box state at
+/// registration (every later update arrives live).
+pub(crate) async fn authorize(
+    connection: &Rc<Connection>,
+    user: UserId,
+    authorization: AuthorizationId,
+) -> MessagingResult<BoxState> {
+    let messenger = &connection.shard.gateway.messenger;
+    let connected = messenger.connect_authorized(user, authorization, connection.shard.shard).await?;
+    if connection.is_closed() {
+        let _ = messenger.disconnect(connected.session).await;
+        return Err(model::MessagingError::Unavailable);
+    }
+    let generation = connection.auth_generation.get() + 1;
+    connection.auth_generation.set(generation);
+    connection.auth.set(Some(Authorized { user, authorization, session: Some(connected.session) }));
+    glommio::spawn_local(pump(connection.clone(), connected.events, generation)).detach();
+    Ok(connected.state)
+}
+
+/// Ends the connection's engine session, if it has one (on close or log out).
+pub(crate) async fn end_session(connection: &Connection) {
+    let session = connection.auth.get().and_then(|auth| auth.session);
+    connection.auth_generation.set(connection.auth_generation.get() + 1);
+    connection.auth.set(None);
+    if let Some(session) = session {
+        let _ = connection.shard.gateway.messenger.disconnect(session).await;
+    }
+}
+
+async fn pump(connection: Rc<Connection>, mut events: SessionEvents, generation: u64) {
+    let current = |connection: &Connection| !connection.is_closed() && connection.auth_generation.get() == generation;
+    while let Some(first) = events.next().await {
+        if !current(&connection) {
+            return;
+        }
+        let mut batch = vec![first];
+        while batch.len() < UPDATES_PER_FRAME_MAX {
+            match events.try_next() {
+                Some(event) => batch.push(event),
+                None => break,
+            }
+        }
+        let Some(auth) = connection.auth.get() else { return };
+        let (wire, resync, revoked) = convert_batch(&connection, auth.user, batch).await;
+        if !current(&connection) {
+            return;
+        }
+        let metrics = connection.shard.metrics();
+        metrics.updates_sent.fetch_add(wire.len() as u64, Relaxed);
+        metrics.update_frames_sent.fetch_add(1, Relaxed);
+        let mut frame = Vec::new();
+        if codec::encode_updates(&mut frame, &Updates { events: wire }).is_ok() {
+            connection.send_frame(frame);
+        }
+        if revoked {
+            connection.auth.set(None);
+            connection.close_after_flush(CloseReason::Revoked);
+            return;
+        }
+        if resync {
+            // The engine dropped the session (its queue overflowed or its shard restarted it):
+            // register again; the client catches up with `GetDifference`.
+            metrics.resyncs.fetch_add(1, Relaxed);
+            let messenger = &connection.shard.gateway.messenger;
+            match messenger.connect_authorized(auth.user, auth.authorization, connection.shard.shard).await {
+                Ok(connected) if current(&connection) => {
+                    connection.auth.set(Some(Authorized { session: Some(connected.session), ..auth }));
+                    events = connected.events;
+                }
+                Ok(connected) => {
+                    let _ = messenger.disconnect(connected.session).await;
+                    return;
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot register a session again after a resync");
+                    connection.close(CloseReason::Shutdown);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Converts a batch of engine events, fetching the bodies of new and edited messages.
+async fn convert_batch(
+    connection: &Connection,
+    user: UserId,
+    batch: Vec<model::LiveEvent>,
+) -> (Vec<LiveEvent>, bool, bool) {
+    let mut wanted: BTreeMap<model::ChatId, Vec<model::MessageId>> = BTreeMap::new();
+    for event in &batch {
+        if let model::LiveEvent::Box(sequenced) = event {
+            if let Some(id) = sequenced.update.message() {
+                wanted.entry(sequenced.update.chat()).or_default().push(id);
+            }
+        }
+    }
+    let mut bodies: HashMap<(model::ChatId, model::MessageId), ferrogram_net::Message> = HashMap::new();
+    let messenger = &connection.shard.gateway.messenger;
+    for (chat, ids) in wanted {
+        // A message deleted or a chat left since is simply sent without its body.
+        if let Ok(messages) = messenger.get_messages(chat, user, &ids).await {
+            bodies.extend(messages.iter().map(|message| ((message.chat, message.id), convert::message(message))));
+        }
+    }
+    let (mut resync, mut revoked) = (false, false);
+    let mut wire = Vec::with_capacity(batch.len());
+    for event in batch {
+        wire.push(match event {
+            model::LiveEvent::Box(sequenced) => {
+                let message = sequenced.update.message().and_then(|id| bodies.remove(&(sequenced.update.chat(), id)));
+                LiveEvent::Box { update: convert::sequenced(&sequenced), message }
+            }
+            model::LiveEvent::Chat { chat, update, message } => LiveEvent::Chat {
+                chat: ferrogram_net::ChatId(chat.0),
+                update: convert::sequenced(&update),
+                message: message.as_deref().map(convert::message),
+            },
+            model::LiveEvent::Typing { chat, user } => {
+                LiveEvent::Typing { chat: ferrogram_net::ChatId(chat.0), user: ferrogram_net::UserId(user.0) }
+            }
+            model::LiveEvent::Resync => {
+                resync = true;
+                LiveEvent::Resync
+            }
+            model::LiveEvent::Revoked => {
+                revoked = true;
+                LiveEvent::Revoked
+            }
+        });
+    }
+    (wire, resync, revoked)
+}
