@@ -69,6 +69,8 @@ pub(crate) struct Connection {
     /// knows to stop.
     pub auth_generation: Cell<u64>,
     fd: RawFd,
+    /// Whether `fd` is still owned by the reader's stream.
+    fd_open: Cell<bool>,
     queue: RefCell<VecDeque<(Vec<u8>, StaticPermit)>>,
     queued_bytes: Cell<usize>,
     doorbell: (flume::Sender<()>, flume::Receiver<()>),
@@ -114,9 +116,13 @@ impl Connection {
     }
 
     fn shut_socket(&self) {
-        // SAFETY: `fd` belongs to the reader's `TcpStream`, which lives as long as the reader
-        // task, and the reader task holds this connection; `shutdown` does not close the
-        // descriptor, so there is no reuse hazard.
+        // Once the reader's stream is dropped its descriptor number may already belong to
+        // another connection: never shut it then.
+        if !self.fd_open.get() {
+            return;
+        }
+        // SAFETY: `fd_open` says the reader's `TcpStream` still owns `fd` (`serve` clears it
+        // before dropping the stream), so this is our socket; `shutdown` does not close it.
         unsafe {
             libc::shutdown(self.fd, libc::SHUT_RDWR);
         }
@@ -220,6 +226,7 @@ pub(crate) async fn serve(shard: Rc<ShardGateway>, stream: TcpStream, ip: IpAddr
         auth: Cell::new(None),
         auth_generation: Cell::new(0),
         fd,
+        fd_open: Cell::new(true),
         queue: RefCell::new(VecDeque::new()),
         queued_bytes: Cell::new(0),
         doorbell: flume::bounded(1),
@@ -229,19 +236,23 @@ pub(crate) async fn serve(shard: Rc<ShardGateway>, stream: TcpStream, ip: IpAddr
     });
     let id = shard.register(&connection);
     let writer_task = glommio::spawn_local(write_loop(connection.clone(), writer));
-    let reason = read_loop(&connection, stream).await;
+    let mut stream = stream;
+    let reason = read_loop(&connection, &mut stream).await;
     connection.close(reason);
     writer_task.await;
+    // The writer is done with the socket; from here on `fd` may be reused by a new connection.
+    connection.fd_open.set(false);
+    drop(stream);
     crate::updates::end_session(&connection).await;
     shard.unregister(id);
 }
 
-async fn read_loop(connection: &Rc<Connection>, mut stream: TcpStream) -> CloseReason {
+async fn read_loop(connection: &Rc<Connection>, stream: &mut TcpStream) -> CloseReason {
     let mut reader = FrameReader::default();
     let shard = &connection.shard;
 
     // Handshake: the first frame must be a Hello, within the handshake timeout.
-    let first = match within(HANDSHAKE_TIMEOUT, reader.next(&mut stream, shard, HANDSHAKE_TIMEOUT)).await {
+    let first = match within(HANDSHAKE_TIMEOUT, reader.next(stream, shard, HANDSHAKE_TIMEOUT)).await {
         None => return CloseReason::Timeout,
         Some(Err(end)) => return end.report(connection),
         Some(Ok(frame)) => frame,
@@ -286,7 +297,7 @@ async fn read_loop(connection: &Rc<Connection>, mut stream: TcpStream) -> CloseR
         if let Some(reason) = connection.closed.get() {
             return reason;
         }
-        let frame = match reader.next(&mut stream, shard, idle_timeout).await {
+        let frame = match reader.next(stream, shard, idle_timeout).await {
             Ok(frame) => frame,
             Err(end) => return end.report(connection),
         };
