@@ -55,3 +55,52 @@ impl WebhookSender {
         self.queue.try_send((phone.to_owned(), code.to_owned())).map_err(|_| QueueFull)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+
+    // The webhook sender POSTs the phone and code as JSON to the relay, retrying a relay that
+    // failed once.
+    #[test]
+    fn codes_are_posted_as_json() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/sms", listener.local_addr().unwrap());
+        let receiver = std::thread::spawn(move || {
+            let mut bodies = Vec::new();
+            for attempt in 0..2 {
+                let (stream, _) = listener.accept().unwrap();
+                stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut reader = BufReader::new(stream);
+                let mut head = String::new();
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = value.trim().parse().unwrap();
+                    }
+                    head.push_str(&line);
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).unwrap();
+                let status = if attempt == 0 { "500 Internal Server Error" } else { "200 OK" };
+                let mut stream = reader.into_inner();
+                write!(stream, "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").unwrap();
+                bodies.push((head, String::from_utf8(body).unwrap()));
+            }
+            bodies
+        });
+        let sender = WebhookSender::start(url);
+        sender.send("+15551234567", "42424").unwrap();
+        let bodies = receiver.join().unwrap();
+        assert!(bodies[1].0.starts_with("POST /sms HTTP/1.1"), "{}", bodies[1].0);
+        assert!(bodies[1].0.to_ascii_lowercase().contains("content-type: application/json"));
+        assert_eq!(bodies[1].1, r#"{"phone":"+15551234567","code":"42424"}"#);
+        assert_eq!(bodies[0].1, bodies[1].1, "the retry sends the same code");
+    }
+}
