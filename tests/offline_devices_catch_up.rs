@@ -101,7 +101,7 @@ fn typing_and_presence_reach_online_peers() {
         events.iter().any(|event| matches!(event, LiveEvent::Typing { .. }))
     });
     assert!(
-        events.iter().any(|event| *event == LiveEvent::Typing { chat, user: bob_login.user.id }),
+        events.contains(&LiveEvent::Typing { chat, user: bob_login.user.id }),
         "alice sees bob typing: {events:?}"
     );
     assert_eq!(alice.get_state().expect("state").pts, before.pts, "typing is not an update of the box");
