@@ -98,7 +98,7 @@ impl GatewayHandle {
         });
         let (bound, results) = flume::unbounded();
         let service_gateway = gateway.clone();
-        engine.run_on_every_shard(move |context| shard::listen(service_gateway.clone(), context.id, bound.clone()))?;
+        engine.run_on_every_shard(move |context| shard::listen(service_gateway.clone(), context, bound.clone()))?;
         for _ in 0..engine.shard_count() {
             match results.recv_timeout(Duration::from_secs(30)) {
                 Ok(Ok(())) => {}

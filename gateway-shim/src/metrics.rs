@@ -78,6 +78,12 @@ pub struct ShardMetrics {
     pub updates_sent: AtomicU64,
     pub update_frames_sent: AtomicU64,
     pub resyncs: AtomicU64,
+    /// The shard's WAL, sampled once a second from its `LogStats`.
+    pub wal_batches: AtomicU64,
+    pub wal_batch_bytes: AtomicU64,
+    pub wal_syncs: AtomicU64,
+    pub wal_sync_us: AtomicU64,
+    pub wal_sync_us_max: AtomicU64,
     send_ack_us: Mutex<Histogram<u64>>,
 }
 
@@ -95,6 +101,11 @@ impl Default for ShardMetrics {
             updates_sent: AtomicU64::new(0),
             update_frames_sent: AtomicU64::new(0),
             resyncs: AtomicU64::new(0),
+            wal_batches: AtomicU64::new(0),
+            wal_batch_bytes: AtomicU64::new(0),
+            wal_syncs: AtomicU64::new(0),
+            wal_sync_us: AtomicU64::new(0),
+            wal_sync_us_max: AtomicU64::new(0),
             // 1 µs to 1 h at 3 significant digits: the bounds are constants that always work.
             send_ack_us: Mutex::new(
                 Histogram::new_with_bounds(1, 3_600_000_000, 3)
@@ -184,6 +195,27 @@ impl Metrics {
             "counter",
             &|m| m.resyncs.load(Relaxed),
         );
+        gauge(&mut out, "wal_batches_total", "WAL batches written (group commits).", "counter", &|m| {
+            m.wal_batches.load(Relaxed)
+        });
+        gauge(
+            &mut out,
+            "wal_batch_bytes_total",
+            "Bytes of WAL batches written; divided by batches, the mean batch size.",
+            "counter",
+            &|m| m.wal_batch_bytes.load(Relaxed),
+        );
+        gauge(&mut out, "wal_fsyncs_total", "fdatasync calls of the WAL.", "counter", &|m| m.wal_syncs.load(Relaxed));
+        gauge(
+            &mut out,
+            "wal_fsync_microseconds_total",
+            "Time spent in WAL fdatasync; divided by fsyncs, the mean.",
+            "counter",
+            &|m| m.wal_sync_us.load(Relaxed),
+        );
+        gauge(&mut out, "wal_fsync_microseconds_max", "The longest WAL fdatasync so far.", "gauge", &|m| {
+            m.wal_sync_us_max.load(Relaxed)
+        });
 
         let _ = writeln!(
             out,

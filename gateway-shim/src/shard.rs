@@ -7,6 +7,7 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use engine::shard::ShardContext;
 use engine::ShardId;
 use ferrogram_net::codec;
 use ferrogram_net::limits::{
@@ -78,7 +79,8 @@ impl ShardGateway {
 
 /// Binds this shard's listener (SO_REUSEPORT: every shard on the same address) and serves
 /// connections until [`stop`]. Reports the bind's result on `bound`.
-pub(crate) async fn listen(gateway: Arc<Gateway>, shard: ShardId, bound: flume::Sender<Result<(), String>>) {
+pub(crate) async fn listen(gateway: Arc<Gateway>, context: Rc<ShardContext>, bound: flume::Sender<Result<(), String>>) {
+    let shard = context.id;
     let listener = match TcpListener::bind(gateway.config.listen) {
         Ok(listener) => listener,
         Err(error) => {
@@ -101,6 +103,7 @@ pub(crate) async fn listen(gateway: Arc<Gateway>, shard: ShardId, bound: flume::
     if shard.index() == 0 {
         glommio::spawn_local(forget_idle_rate_limits(gateway.clone())).detach();
     }
+    glommio::spawn_local(sample_log_stats(state.clone(), context)).detach();
 
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
@@ -149,6 +152,22 @@ async fn refuse(mut stream: glommio::net::TcpStream, shard_full: bool) {
     let mut frame = Vec::new();
     if codec::encode_error(&mut frame, &error).is_ok() {
         within(Duration::from_secs(1), stream.write_all(&frame)).await;
+    }
+}
+
+/// Copies the shard's WAL figures (batches, bytes, fdatasyncs and their time) into its
+/// metrics once a second: the log lives on this thread, the scrape on another.
+async fn sample_log_stats(state: Rc<ShardGateway>, context: Rc<ShardContext>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    while !state.gateway.stopping() {
+        let stats = context.log.stats();
+        let metrics = state.metrics();
+        metrics.wal_batches.store(stats.batches, Relaxed);
+        metrics.wal_batch_bytes.store(stats.batch_bytes, Relaxed);
+        metrics.wal_syncs.store(stats.syncs, Relaxed);
+        metrics.wal_sync_us.store(stats.sync_time_us, Relaxed);
+        metrics.wal_sync_us_max.store(stats.sync_time_us_max, Relaxed);
+        glommio::timer::sleep(Duration::from_secs(1)).await;
     }
 }
 
