@@ -100,10 +100,7 @@ fn typing_and_presence_reach_online_peers() {
     let events = collect_updates(&alice, Duration::from_secs(10), |events| {
         events.iter().any(|event| matches!(event, LiveEvent::Typing { .. }))
     });
-    assert!(
-        events.contains(&LiveEvent::Typing { chat, user: bob_login.user.id }),
-        "alice sees bob typing: {events:?}"
-    );
+    assert!(events.contains(&LiveEvent::Typing { chat, user: bob_login.user.id }), "alice sees bob typing: {events:?}");
     assert_eq!(alice.get_state().expect("state").pts, before.pts, "typing is not an update of the box");
 
     let presence = |client: &ferrogram_net::client::BlockingClient| match client
