@@ -20,6 +20,8 @@ pub const OUTBOUND_BYTES_PER_CONNECTION_MAX: usize = 4 * 1024 * 1024;
 pub const OUTBOUND_FRAMES_PER_CONNECTION_MAX: usize = 8192;
 /// One socket write carries at most this many bytes of queued frames.
 pub const WRITE_BATCH_BYTES_MAX: usize = 256 * 1024;
+/// Chats one connection may follow with `SubscribeChat`.
+pub const SUBSCRIPTIONS_PER_CONNECTION_MAX: usize = 1000;
 /// Live events packed into one `Updates` frame.
 pub const UPDATES_PER_FRAME_MAX: usize = 256;
 /// How long shutdown waits for in-flight requests before closing connections anyway.
@@ -63,7 +65,8 @@ pub struct GatewayLimits {
     pub logins_per_ip_per_minute: u32,
     /// Login codes sent to one phone number, per hour.
     pub codes_per_phone_per_hour: u32,
-    /// Message writes (send, forward, edit, delete) per authorization, per second.
+    /// Writes (send, forward, edit, delete, pin, creating a group or channel) per
+    /// authorization, per second.
     pub sends_per_session_per_second: u32,
     /// All other requests per authorization, per second.
     pub requests_per_session_per_second: u32,

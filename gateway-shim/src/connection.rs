@@ -68,6 +68,9 @@ pub(crate) struct Connection {
     /// Bumped each time the connection is authorized, so an update pump of an earlier login
     /// knows to stop.
     pub auth_generation: Cell<u64>,
+    /// Chats fanned out on read this connection follows; registered again on the engine
+    /// session that replaces one dropped by a resync.
+    pub subscriptions: RefCell<std::collections::BTreeSet<engine::messaging::ChatId>>,
     fd: RawFd,
     /// Whether `fd` is still owned by the reader's stream.
     fd_open: Cell<bool>,
@@ -225,6 +228,7 @@ pub(crate) async fn serve(shard: Rc<ShardGateway>, stream: TcpStream, ip: IpAddr
         client_name: RefCell::new(String::new()),
         auth: Cell::new(None),
         auth_generation: Cell::new(0),
+        subscriptions: RefCell::new(std::collections::BTreeSet::new()),
         fd,
         fd_open: Cell::new(true),
         queue: RefCell::new(VecDeque::new()),

@@ -10,6 +10,7 @@ use ferrogram_net::limits::{
 };
 use ferrogram_net::{ErrorBody, ErrorCode, Outcome, Request, Response};
 
+use crate::config::SUBSCRIPTIONS_PER_CONNECTION_MAX;
 use crate::connection::Connection;
 use crate::convert::{self, chat_id, message_id, message_ids, user_id};
 use crate::login::{valid_phone, CodeError};
@@ -373,11 +374,18 @@ async fn authorized(
         }
         Request::SubscribeChat { chat } => {
             let session = live_session(connection)?;
-            let pts = messenger.subscribe_chat(session, chat_id(chat)).await.map_err(engine_error)?;
+            let chat = chat_id(chat);
+            let followed = connection.subscriptions.borrow().len();
+            if followed >= SUBSCRIPTIONS_PER_CONNECTION_MAX && !connection.subscriptions.borrow().contains(&chat) {
+                return Err(too_many("subscribed chats (per connection)", SUBSCRIPTIONS_PER_CONNECTION_MAX));
+            }
+            let pts = messenger.subscribe_chat(session, chat).await.map_err(engine_error)?;
+            connection.subscriptions.borrow_mut().insert(chat);
             Ok(Response::Pts(ferrogram_net::Pts(pts.0)))
         }
         Request::UnsubscribeChat { chat } => {
             let session = live_session(connection)?;
+            connection.subscriptions.borrow_mut().remove(&chat_id(chat));
             done(messenger.unsubscribe_chat(session, chat_id(chat)).await)
         }
         Request::GetPresence { user } => {

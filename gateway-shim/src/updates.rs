@@ -85,6 +85,7 @@ async fn pump(connection: Rc<Connection>, mut events: SessionEvents, generation:
                 Ok(connected) if current(&connection) => {
                     connection.auth.set(Some(Authorized { session: Some(connected.session), ..auth }));
                     events = connected.events;
+                    resubscribe(&connection, connected.session).await;
                 }
                 Ok(connected) => {
                     let _ = messenger.disconnect(connected.session).await;
@@ -96,6 +97,17 @@ async fn pump(connection: Rc<Connection>, mut events: SessionEvents, generation:
                     return;
                 }
             }
+        }
+    }
+}
+
+/// Follows the connection's chats again on a new engine session; a chat that refuses (left,
+/// deleted) is dropped from the set.
+async fn resubscribe(connection: &Connection, session: model::SessionId) {
+    let chats: Vec<model::ChatId> = connection.subscriptions.borrow().iter().copied().collect();
+    for chat in chats {
+        if connection.shard.gateway.messenger.subscribe_chat(session, chat).await.is_err() {
+            connection.subscriptions.borrow_mut().remove(&chat);
         }
     }
 }

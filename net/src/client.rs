@@ -52,6 +52,9 @@ pub const REQUEST_QUEUE_FRAMES_MAX: usize = 1024;
 /// Pongs waiting for the writer. A server pings rarely; more than this is dropped unanswered
 /// rather than stalling the reader behind the writer.
 pub const PONG_QUEUE_FRAMES_MAX: usize = 16;
+/// A client that has written nothing for this long sends a `Ping`, so a quiet but live
+/// connection outlasts the server's idle timeout (300 s by default).
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// Bytes of queued frames gathered into one socket write.
 pub const WRITE_BATCH_BYTES_MAX: usize = 256 * 1024;
 /// The read buffer: a burst of small frames costs one system call.
@@ -970,6 +973,7 @@ fn closed_by_server(shared: &Shared, result: Result<(), ClientError>) -> Result<
 enum Wake {
     Request(Vec<u8>),
     Pong(Vec<u8>),
+    Keepalive,
     Close,
 }
 
@@ -985,17 +989,27 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     loop {
         let wake = future::or(
             async { requests.recv_async().await.map_or(Wake::Close, Wake::Request) },
-            future::or(async { pongs.recv_async().await.map_or(Wake::Close, Wake::Pong) }, async {
-                // Either a close request or every client gone (the sender dropped).
-                let _ = close.recv_async().await;
-                Wake::Close
-            }),
+            future::or(
+                async { pongs.recv_async().await.map_or(Wake::Close, Wake::Pong) },
+                future::or(
+                    async {
+                        // Either a close request or every client gone (the sender dropped).
+                        let _ = close.recv_async().await;
+                        Wake::Close
+                    },
+                    async {
+                        async_io::Timer::after(KEEPALIVE_INTERVAL).await;
+                        Wake::Keepalive
+                    },
+                ),
+            ),
         )
         .await;
         let mut closing = false;
         match wake {
             Wake::Request(frame) => batch.extend_from_slice(&frame),
             Wake::Pong(payload) => encode_ping(&mut batch, FrameType::Pong, &payload)?,
+            Wake::Keepalive => encode_ping(&mut batch, FrameType::Ping, b"keepalive")?,
             Wake::Close => closing = true,
         }
         // Pongs first: the server times them.

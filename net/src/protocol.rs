@@ -197,8 +197,8 @@ pub enum Request {
         chat: ChatId,
         id: Option<MessageId>,
     },
-    /// Newest first: messages below `offset_id` (0: from the newest), above `min_id`, at or
-    /// below `max_id` (0: no bound); at most `limit` (≤ 100).
+    /// Newest first: messages below `offset_id` (0: from the newest), above `min_id` and
+    /// below `max_id` (0: no bound), both exclusive as in Telegram; at most `limit` (≤ 100).
     GetHistory {
         chat: ChatId,
         offset_id: MessageId,
