@@ -24,7 +24,7 @@ use std::time::Duration;
 use engine::messaging::{AuthorizationId, SessionId, UserId};
 use ferrogram_net::codec::{self, DecodeError};
 use ferrogram_net::frame::{FrameError, FrameHeader, FrameType, PING_BYTES_MAX};
-use ferrogram_net::limits::{FRAME_HEADER_BYTES, FRAME_MAX, PROTOCOL_VERSION};
+use ferrogram_net::limits::{FRAME_HEADER_BYTES, FRAME_MAX, PROTOCOL_VERSION, REQ_ID_BYTES};
 use ferrogram_net::{ErrorBody, ErrorCode, Outcome};
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -36,8 +36,10 @@ use crate::config::{
 };
 use crate::shard::ShardGateway;
 
-/// The bytes read from the socket at once while frames are arriving. Freed whenever it is
-/// empty, so an idle connection costs no buffer.
+/// The bytes read from the socket at once while frames are arriving: a first read takes at
+/// most `READ_BUFFER_BYTES_FIRST`, later ones up to `READ_BUFFER_BYTES`. The buffer is freed
+/// whenever it is empty, so an idle connection costs no buffer and a trickling one little.
+const READ_BUFFER_BYTES_FIRST: usize = 1024;
 const READ_BUFFER_BYTES: usize = 16 * 1024;
 
 /// Why a connection ended, for the metrics.
@@ -159,7 +161,7 @@ impl Connection {
         }
         let mut frame = Vec::new();
         if let Err(error) = codec::encode_response(&mut frame, req_id, outcome) {
-            // Responses are bounded by the limits the requests were checked against.
+            // Pages and differences are cut to fit (`fit.rs`); anything else this large is a bug.
             tracing::error!(%error, "a response does not fit a frame");
             let too_large = Outcome::Err(ErrorBody::new(ErrorCode::TooLarge, "the response is too large"));
             frame.clear();
@@ -261,6 +263,11 @@ async fn read_loop(connection: &Rc<Connection>, stream: &mut TcpStream) -> Close
         Some(Err(end)) => return end.report(connection),
         Some(Ok(frame)) => frame,
     };
+    if first.overloaded {
+        let error = ErrorBody { code: ErrorCode::Overloaded, message: "the server is busy".into(), retry_after_s: 1 };
+        connection.fail(error, Some(CloseReason::BadInput));
+        return CloseReason::BadInput;
+    }
     if first.header.frame_type != Some(FrameType::Hello) {
         connection
             .fail(ErrorBody::new(ErrorCode::Malformed, "the first frame must be Hello"), Some(CloseReason::BadInput));
@@ -305,6 +312,22 @@ async fn read_loop(connection: &Rc<Connection>, stream: &mut TcpStream) -> Close
             Ok(frame) => frame,
             Err(end) => return end.report(connection),
         };
+        if frame.overloaded {
+            // The body was dropped for want of budget: answer without closing.
+            let error = ErrorBody {
+                code: ErrorCode::Overloaded,
+                message: "the server is holding too many request bytes".into(),
+                retry_after_s: 1,
+            };
+            match frame.header.frame_type {
+                Some(FrameType::Request) if frame.body.len() >= REQ_ID_BYTES => {
+                    let req_id = u64::from_le_bytes(frame.body[..REQ_ID_BYTES].try_into().unwrap_or([0; 8]));
+                    connection.respond(req_id, &Outcome::Err(error));
+                }
+                _ => connection.fail(error, None),
+            }
+            continue;
+        }
         match frame.header.frame_type {
             Some(FrameType::Request) => match codec::decode_request(&frame.body) {
                 Err(DecodeError::MissingReqId { .. }) | Err(_) => {
@@ -414,7 +437,11 @@ async fn write_loop(connection: Rc<Connection>, mut stream: TcpStream) {
 struct Frame {
     header: FrameHeader,
     body: Vec<u8>,
-    permit: StaticPermit,
+    /// The reservations covering `body`, taken chunk by chunk as it arrived.
+    permit: Vec<StaticPermit>,
+    /// The shard's request budget had no room: the body was read and dropped (only its first
+    /// bytes kept, for a request's `req_id`), and the frame is to be answered `OVERLOADED`.
+    overloaded: bool,
 }
 
 /// Why reading stopped.
@@ -422,7 +449,6 @@ enum ReadEnd {
     Closed,
     Timeout,
     TooLarge(FrameError),
-    Budget,
 }
 
 impl ReadEnd {
@@ -439,20 +465,20 @@ impl ReadEnd {
                 connection.fail(ErrorBody::new(code, error.to_string()), Some(CloseReason::BadInput));
                 CloseReason::BadInput
             }
-            ReadEnd::Budget => {
-                let mut error = ErrorBody::new(ErrorCode::Overloaded, "the server is holding too many request bytes");
-                error.retry_after_s = 1;
-                connection.fail(error, Some(CloseReason::Timeout));
-                CloseReason::Timeout
-            }
         }
     }
 }
 
+/// Reads frames. Bytes are reserved from the shard's request budget as they arrive, never on
+/// the strength of an announced length, and never by waiting: a client trickling a large frame
+/// holds only what it has sent, and cannot make other connections queue behind it. When the
+/// budget is full the frame is read and dropped and answered `OVERLOADED`.
 #[derive(Default)]
 struct FrameReader {
     buffer: Vec<u8>,
     start: usize,
+    /// A read filled the small buffer: data is flowing, read in larger pieces.
+    grown: bool,
 }
 
 impl FrameReader {
@@ -467,6 +493,7 @@ impl FrameReader {
         if self.start == self.buffer.len() {
             self.buffer = Vec::new();
             self.start = 0;
+            self.grown = false;
             // Wait for the next byte without holding a buffer.
             let mut probe = [0u8; 1];
             match within(idle_timeout, stream.peek(&mut probe)).await {
@@ -489,40 +516,57 @@ impl FrameReader {
         header_bytes.copy_from_slice(&self.buffer[self.start..self.start + FRAME_HEADER_BYTES]);
         let header = FrameHeader::parse(header_bytes, FRAME_MAX).map_err(ReadEnd::TooLarge)?;
         self.start += FRAME_HEADER_BYTES;
-        // Reserve the body's bytes before allocating them; waits while the shard is at budget
-        // (bounded by the frame timeout around this call).
-        let permit = shard
-            .request_budget
-            .acquire_static_permit(header.body_bytes.max(1) as u64)
-            .await
-            .map_err(|_| ReadEnd::Budget)?;
-        let mut body = Vec::with_capacity(header.body_bytes);
-        let take = self.buffered().min(header.body_bytes);
-        body.extend_from_slice(&self.buffer[self.start..self.start + take]);
-        self.start += take;
-        if body.len() < header.body_bytes {
-            // The rest goes straight into the body.
-            let already = body.len();
-            body.resize(header.body_bytes, 0);
-            stream.read_exact(&mut body[already..]).await.map_err(|_| ReadEnd::Closed)?;
+
+        let mut frame = Frame { header, body: Vec::new(), permit: Vec::new(), overloaded: false };
+        let mut received = 0;
+        while received < header.body_bytes {
+            if self.buffered() == 0 {
+                self.fill(stream).await?;
+            }
+            let take = self.buffered().min(header.body_bytes - received);
+            let chunk = &self.buffer[self.start..self.start + take];
+            if !frame.overloaded {
+                match shard.request_budget.try_acquire_static_permit(take as u64) {
+                    Ok(permit) => {
+                        frame.permit.push(permit);
+                        frame.body.extend_from_slice(chunk);
+                    }
+                    Err(_) => {
+                        frame.overloaded = true;
+                        frame.permit.clear();
+                        frame.body.truncate(REQ_ID_BYTES);
+                    }
+                }
+            }
+            if frame.overloaded && frame.body.len() < REQ_ID_BYTES {
+                let keep = (REQ_ID_BYTES - frame.body.len()).min(chunk.len());
+                frame.body.extend_from_slice(&chunk[..keep]);
+            }
+            self.start += take;
+            received += take;
         }
-        Ok(Frame { header, body, permit })
+        Ok(frame)
     }
 
     fn buffered(&self) -> usize {
         self.buffer.len() - self.start
     }
 
+    /// Reads what the socket has into the buffer: at most `READ_BUFFER_BYTES_FIRST` until a
+    /// read fills that, then up to `READ_BUFFER_BYTES`, so a connection trickling bytes holds
+    /// little.
     async fn fill(&mut self, stream: &mut TcpStream) -> Result<(), ReadEnd> {
         if self.start > 0 {
             self.buffer.drain(..self.start);
             self.start = 0;
         }
         let filled = self.buffer.len();
-        self.buffer.resize(READ_BUFFER_BYTES.max(filled), 0);
+        let room = if self.grown { READ_BUFFER_BYTES } else { READ_BUFFER_BYTES_FIRST };
+        self.buffer.resize(filled + room, 0);
         match stream.read(&mut self.buffer[filled..]).await {
             Ok(0) | Err(_) => Err(ReadEnd::Closed),
             Ok(read) => {
+                self.grown |= read == room;
                 self.buffer.truncate(filled + read);
                 Ok(())
             }
