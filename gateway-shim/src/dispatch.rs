@@ -10,9 +10,10 @@ use ferrogram_net::limits::{
 };
 use ferrogram_net::{ErrorBody, ErrorCode, Outcome, Request, Response};
 
-use crate::config::SUBSCRIPTIONS_PER_CONNECTION_MAX;
+use crate::config::{MEMBERS_PER_ANSWER_MAX, SUBSCRIPTIONS_PER_CONNECTION_MAX};
 use crate::connection::Connection;
 use crate::convert::{self, chat_id, message_id, message_ids, user_id};
+use crate::fit;
 use crate::login::{valid_phone, CodeError};
 use crate::rate::MethodClass;
 use crate::token::{self, Token};
@@ -207,8 +208,10 @@ async fn authorized(
             unreachable!("login requests are handled before authorization")
         }
         Request::LogOut => {
-            messenger.revoke_authorization(me, authorization).await.map_err(engine_error)?;
+            // End this connection's session first, so the revocation's `Revoked` event does not
+            // close the connection the answer goes out on.
             updates::end_session(connection).await;
+            messenger.revoke_authorization(me, authorization).await.map_err(engine_error)?;
             Ok(Response::Done)
         }
         Request::GetAuthorizations => {
@@ -283,7 +286,10 @@ async fn authorized(
             Ok(Response::Chat(convert::chat(info, me)))
         }
         Request::GetMembers { chat } => {
-            let members = messenger.get_members(chat_id(chat), me).await.map_err(engine_error)?;
+            let mut members = messenger.get_members(chat_id(chat), me).await.map_err(engine_error)?;
+            // A channel may have far more subscribers than a frame holds; members are not paged
+            // yet, so the answer lists the first ones.
+            members.truncate(MEMBERS_PER_ANSWER_MAX);
             Ok(Response::Members(
                 members
                     .into_iter()
@@ -327,14 +333,18 @@ async fn authorized(
                 max_id: message_id(max_id),
             };
             let messages = messenger.get_history(chat_id(chat), me, page).await.map_err(engine_error)?;
-            Ok(Response::Messages(messages.iter().map(convert::message).collect()))
+            let mut messages: Vec<_> = messages.iter().map(convert::message).collect();
+            fit::fit_messages(&mut messages);
+            Ok(Response::Messages(messages))
         }
         Request::GetMessages { chat, ids } => {
             if ids.len() > IDS_PER_REQUEST_MAX {
                 return Err(too_many("messages", IDS_PER_REQUEST_MAX));
             }
             let messages = messenger.get_messages(chat_id(chat), me, &message_ids(&ids)).await.map_err(engine_error)?;
-            Ok(Response::Messages(messages.iter().map(convert::message).collect()))
+            let mut messages: Vec<_> = messages.iter().map(convert::message).collect();
+            fit::fit_messages(&mut messages);
+            Ok(Response::Messages(messages))
         }
         Request::ReadHistory { chat, max_id } => {
             done(messenger.read_history(chat_id(chat), me, message_id(max_id)).await)
@@ -351,7 +361,9 @@ async fn authorized(
             }
             let difference =
                 messenger.get_difference(me, convert::pts(pts), limit as usize).await.map_err(engine_error)?;
-            Ok(Response::Difference(convert::difference(difference)))
+            let mut difference = convert::difference(difference);
+            fit::fit_difference(&mut difference);
+            Ok(Response::Difference(difference))
         }
         Request::GetChatDifference { chat, pts, limit } => {
             if limit == 0 || limit > DIFFERENCE_LIMIT_MAX {
@@ -361,7 +373,9 @@ async fn authorized(
                 .get_chat_difference(chat_id(chat), me, convert::pts(pts), limit as usize)
                 .await
                 .map_err(engine_error)?;
-            Ok(Response::ChatDifference(convert::chat_difference(difference)))
+            let mut difference = convert::chat_difference(difference);
+            fit::fit_chat_difference(&mut difference);
+            Ok(Response::ChatDifference(difference))
         }
         Request::GetDialogs { offset, limit } => {
             if limit == 0 || limit > DIALOGS_PAGE_MAX {

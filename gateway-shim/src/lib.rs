@@ -6,6 +6,7 @@
 mod connection;
 mod convert;
 mod dispatch;
+mod fit;
 mod shard;
 mod updates;
 mod webhook;

@@ -29,6 +29,11 @@ pub(crate) async fn authorize(
         let _ = messenger.disconnect(connected.session).await;
         return Err(model::MessagingError::Unavailable);
     }
+    if connection.auth.get().is_some() {
+        // Another login on this connection finished first; one engine session per connection.
+        let _ = messenger.disconnect(connected.session).await;
+        return Err(model::MessagingError::InvalidArgument("the connection is already authorized"));
+    }
     let generation = connection.auth_generation.get() + 1;
     connection.auth_generation.set(generation);
     connection.auth.set(Some(Authorized { user, authorization, session: Some(connected.session) }));
@@ -66,10 +71,15 @@ async fn pump(connection: Rc<Connection>, mut events: SessionEvents, generation:
         }
         let metrics = connection.shard.metrics();
         metrics.updates_sent.fetch_add(wire.len() as u64, Relaxed);
-        metrics.update_frames_sent.fetch_add(1, Relaxed);
-        let mut frame = Vec::new();
-        if codec::encode_updates(&mut frame, &Updates { events: wire }).is_ok() {
-            connection.send_frame(frame);
+        for events in crate::fit::split_events(wire) {
+            metrics.update_frames_sent.fetch_add(1, Relaxed);
+            let mut frame = Vec::new();
+            match codec::encode_updates(&mut frame, &Updates { events }) {
+                Ok(()) => {
+                    connection.send_frame(frame);
+                }
+                Err(error) => tracing::error!(%error, "an updates frame does not fit"),
+            }
         }
         if revoked {
             connection.auth.set(None);
