@@ -60,6 +60,15 @@ impl Gateway {
     }
 }
 
+/// Binds a socket with SO_REUSEPORT to `address` (port 0: any free port) without listening.
+fn reserve_port(address: SocketAddr) -> std::io::Result<(socket2::Socket, SocketAddr)> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(address), socket2::Type::STREAM, None)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&address.into())?;
+    let bound = socket.local_addr()?.as_socket().ok_or_else(|| std::io::Error::other("not an IP address"))?;
+    Ok((socket, bound))
+}
+
 /// A running gateway.
 pub struct GatewayHandle {
     gateway: Arc<Gateway>,
@@ -77,12 +86,17 @@ impl GatewayHandle {
     /// Starts listening on every shard of `engine`. Port 0 picks a free port.
     pub fn start(engine: Engine, mut config: GatewayConfig) -> Result<GatewayHandle, GatewayError> {
         config.validate()?;
-        if config.listen.port() == 0 {
-            // Every shard must bind the same port: pick one now.
-            let probe =
-                std::net::TcpListener::bind(config.listen).map_err(|error| GatewayError::Listen(error.to_string()))?;
-            config.listen = probe.local_addr().map_err(|error| GatewayError::Listen(error.to_string()))?;
-        }
+        // Every shard must bind the same port: for port 0, pick one now and keep it reserved
+        // (bound, not listening, SO_REUSEPORT like the shards' sockets) until they have bound
+        // it, so no other process can be handed the same port in between.
+        let _reservation = if config.listen.port() == 0 {
+            let (reservation, bound) =
+                reserve_port(config.listen).map_err(|error| GatewayError::Listen(error.to_string()))?;
+            config.listen = bound;
+            Some(reservation)
+        } else {
+            None
+        };
         if matches!(config.code_sender, CodeSender::Fixed(_)) {
             tracing::warn!(
                 "the fixed: code sender is on: every login accepts one code; development and benchmarks only"

@@ -31,7 +31,9 @@ impl Server {
         std::fs::create_dir_all(&directory).expect("test directory");
         let mut server = Server {
             child: None,
-            address: free_port(),
+            // Port 0 at first: the server picks a free port itself and reports it, so two tests
+            // never race for one. Restarts reuse the port it reported.
+            address: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: directory.join("data"),
             codes: directory.join("codes"),
             directory,
@@ -70,7 +72,16 @@ impl Server {
             for _ in lines {}
         });
         match receiver.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) => assert!(line.contains("listening on"), "unexpected first line: {line}"),
+            Ok(line) => {
+                let address = line
+                    .strip_prefix("ferrogram listening on ")
+                    .and_then(|rest| rest.split_whitespace().next())
+                    .and_then(|address| address.parse::<SocketAddr>().ok());
+                match address {
+                    Some(address) => self.address = address,
+                    None => panic!("unexpected first line: {line}"),
+                }
+            }
             Err(_) => {
                 let _ = child.kill();
                 panic!("the server did not start within 60 s");
@@ -178,7 +189,8 @@ pub fn authorized_from(response: Response) -> Authorized {
     }
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now (for side listeners such as `--metrics`; the
+/// server's own port comes from the server).
 pub fn free_port() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a probe");
     listener.local_addr().expect("probe address")
