@@ -1014,7 +1014,7 @@ impl DrainResult {
                 self.resyncs += 1;
                 return false;
             }
-            LiveEvent::Typing { .. } | LiveEvent::Revoked => {
+            LiveEvent::Typing { .. } | LiveEvent::Presence { .. } | LiveEvent::Revoked => {
                 self.other_events += 1;
                 return false;
             }

@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferrogram_net::{LiveEvent, MessageId, Request, Response, Update};
 use support::{collect_updates, Server};
@@ -87,7 +87,8 @@ fn each_device_gets_exactly_the_missed_updates() {
 }
 
 // Typing reaches the online peer and is never stored; presence says online while a session is
-// connected and gives a last-seen time after it closes.
+// connected, and a peer who asked is told live when it goes offline (with a last-seen time)
+// and comes back.
 #[test]
 fn typing_and_presence_reach_online_peers() {
     let server = Server::start("typing-presence", &["--cores", "2"]);
@@ -111,15 +112,22 @@ fn typing_and_presence_reach_online_peers() {
         other => panic!("expected Presence, got {other:?}"),
     };
     assert!(presence(&bob).0, "alice is online while connected");
+    // Asking watches: bob is told live when alice goes offline and comes back.
     drop(alice);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (online, last_seen) = presence(&bob);
-        if !online {
-            assert!(last_seen.0 > 0, "a last-seen time once offline");
-            break;
-        }
-        assert!(Instant::now() < deadline, "alice still shows online 10 s after disconnecting");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let is_presence = |event: &LiveEvent| matches!(event, LiveEvent::Presence { .. });
+    let events = collect_updates(&bob, Duration::from_secs(10), |events| events.iter().any(is_presence));
+    let offline = events.iter().find(|event| is_presence(event)).expect("bob is told alice went offline");
+    let LiveEvent::Presence { user, online, last_seen } = offline else { unreachable!() };
+    assert_eq!((*user, *online), (alice_login.user.id, false));
+    assert!(last_seen.0 > 0, "a last-seen time once offline");
+    assert_eq!(presence(&bob), (false, *last_seen), "asking agrees with what was pushed");
+
+    let (_alice_again, _) = server.reconnect(&alice_login.token);
+    let events = collect_updates(&bob, Duration::from_secs(10), |events| events.iter().any(is_presence));
+    assert!(
+        events.iter().any(
+            |event| matches!(event, LiveEvent::Presence { user, online: true, .. } if *user == alice_login.user.id)
+        ),
+        "bob is told alice is back: {events:?}"
+    );
 }

@@ -1382,7 +1382,7 @@ impl Run {
                             subscription.received.push(update);
                         }
                     }
-                    LiveEvent::Typing { .. } => {}
+                    LiveEvent::Typing { .. } | LiveEvent::Presence { .. } => {}
                     LiveEvent::Resync => panic!("{context}: session {session:?} was told to resync"),
                     LiveEvent::Revoked => {
                         panic!("{context}: session {session:?} was revoked (the model never revokes)")

@@ -526,6 +526,54 @@ fn presence_typing_and_offline_notices() {
     assert!(!online && last_seen.0 > 0, "offline, last seen at the disconnect");
 }
 
+/// Proves a session watching a user's presence (on another shard) is told each time the user
+/// comes online (first session) and goes offline (last session), not for a second session;
+/// and a watcher whose session is gone gets nothing (its shard has the watch dropped).
+#[test]
+fn watched_presence_is_pushed() {
+    let mut sim = sim(23);
+    let u = users(&mut sim, 2);
+    sim.run_until_quiet().expect("quiet");
+    let watcher = sim.new_session(ShardId(1));
+    assert!(matches!(sim.call(Request::Connect { user: u[0], session: watcher }), Ok(Response::State(_))));
+    let watched = sim.call(Request::WatchPresence { session: watcher, user: u[1] });
+    assert!(matches!(watched, Ok(Response::Presence { online: false, .. })), "{watched:?}");
+
+    let presence_events = |sim: &MessagingSim, session| -> Vec<(UserId, bool)> {
+        sim.session_events(session)
+            .iter()
+            .filter_map(|event| match event {
+                LiveEvent::Presence { user, online, .. } => Some((*user, *online)),
+                _ => None,
+            })
+            .collect()
+    };
+    let first = sim.new_session(ShardId(0));
+    assert!(matches!(sim.call(Request::Connect { user: u[1], session: first }), Ok(Response::State(_))));
+    let second = sim.new_session(ShardId(1));
+    assert!(matches!(sim.call(Request::Connect { user: u[1], session: second }), Ok(Response::State(_))));
+    sim.run_until_quiet().expect("quiet");
+    assert_eq!(presence_events(&sim, watcher), vec![(u[1], true)], "online once, for the first session");
+
+    done(sim.call(Request::Disconnect { session: first })).expect("disconnect");
+    sim.run_until_quiet().expect("quiet");
+    assert_eq!(presence_events(&sim, watcher).len(), 1, "still online with one session left");
+    done(sim.call(Request::Disconnect { session: second })).expect("disconnect");
+    sim.run_until_quiet().expect("quiet");
+    assert_eq!(presence_events(&sim, watcher), vec![(u[1], true), (u[1], false)], "offline with the last");
+
+    // The watcher goes away; the next change reaches nobody and unregisters it.
+    done(sim.call(Request::Disconnect { session: watcher })).expect("disconnect");
+    let again = sim.new_session(ShardId(0));
+    assert!(matches!(sim.call(Request::Connect { user: u[1], session: again }), Ok(Response::State(_))));
+    sim.run_until_quiet().expect("quiet");
+    assert_eq!(presence_events(&sim, watcher).len(), 2, "a gone session is told nothing");
+    assert!(
+        sim.call(Request::WatchPresence { session: watcher, user: UserId(u[1].0 + (1 << 40)) }).is_err(),
+        "unknown users cannot be watched"
+    );
+}
+
 /// Proves a box keeps a bounded history: once its oldest updates are older than the age limit,
 /// `get_difference` from before them answers `DifferenceTooLong`, and from the oldest kept pts
 /// on it still answers the suffix.

@@ -23,6 +23,9 @@ pub const WRITE_BATCH_BYTES_MAX: usize = 256 * 1024;
 /// Members listed by one `GetMembers` answer (16 bytes each archived; well within a frame).
 pub const MEMBERS_PER_ANSWER_MAX: usize = 10_000;
 const _: () = assert!(MEMBERS_PER_ANSWER_MAX * 16 < ferrogram_net::limits::FRAME_MAX / 2);
+/// Users one connection may watch the presence of (further `GetPresence` answers but does
+/// not watch).
+pub const WATCHED_USERS_PER_CONNECTION_MAX: usize = 1000;
 /// Chats one connection may follow with `SubscribeChat`.
 pub const SUBSCRIPTIONS_PER_CONNECTION_MAX: usize = 1000;
 /// Live events packed into one `Updates` frame.

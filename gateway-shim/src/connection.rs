@@ -73,6 +73,8 @@ pub(crate) struct Connection {
     /// Chats fanned out on read this connection follows; registered again on the engine
     /// session that replaces one dropped by a resync.
     pub subscriptions: RefCell<std::collections::BTreeSet<engine::messaging::ChatId>>,
+    /// Users whose presence this connection watches (asked with `GetPresence`).
+    pub watched: RefCell<std::collections::BTreeSet<UserId>>,
     fd: RawFd,
     /// Whether `fd` is still owned by the reader's stream.
     fd_open: Cell<bool>,
@@ -231,6 +233,7 @@ pub(crate) async fn serve(shard: Rc<ShardGateway>, stream: TcpStream, ip: IpAddr
         auth: Cell::new(None),
         auth_generation: Cell::new(0),
         subscriptions: RefCell::new(std::collections::BTreeSet::new()),
+        watched: RefCell::new(std::collections::BTreeSet::new()),
         fd,
         fd_open: Cell::new(true),
         queue: RefCell::new(VecDeque::new()),

@@ -10,7 +10,7 @@ use ferrogram_net::limits::{
 };
 use ferrogram_net::{ErrorBody, ErrorCode, Outcome, Request, Response};
 
-use crate::config::{MEMBERS_PER_ANSWER_MAX, SUBSCRIPTIONS_PER_CONNECTION_MAX};
+use crate::config::{MEMBERS_PER_ANSWER_MAX, SUBSCRIPTIONS_PER_CONNECTION_MAX, WATCHED_USERS_PER_CONNECTION_MAX};
 use crate::connection::Connection;
 use crate::convert::{self, chat_id, message_id, message_ids, user_id};
 use crate::fit;
@@ -403,7 +403,19 @@ async fn authorized(
             done(messenger.unsubscribe_chat(session, chat_id(chat)).await)
         }
         Request::GetPresence { user } => {
-            let (online, last_seen) = messenger.get_presence(user_id(user)).await.map_err(engine_error)?;
+            let user = user_id(user);
+            // Asking for someone's presence also watches it: changes arrive as live events.
+            let session = connection.auth.get().and_then(|auth| auth.session);
+            let room = connection.watched.borrow().len() < WATCHED_USERS_PER_CONNECTION_MAX
+                || connection.watched.borrow().contains(&user);
+            let (online, last_seen) = match session {
+                Some(session) if room && user != me => {
+                    let presence = messenger.watch_presence(session, user).await.map_err(engine_error)?;
+                    connection.watched.borrow_mut().insert(user);
+                    presence
+                }
+                _ => messenger.get_presence(user).await.map_err(engine_error)?,
+            };
             Ok(Response::Presence { online, last_seen: ferrogram_net::UnixMs(last_seen.0) })
         }
     }

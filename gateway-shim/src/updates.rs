@@ -111,9 +111,13 @@ async fn pump(connection: Rc<Connection>, mut events: SessionEvents, generation:
     }
 }
 
-/// Follows the connection's chats again on a new engine session; a chat that refuses (left,
-/// deleted) is dropped from the set.
+/// Follows the connection's chats and watched users again on a new engine session; a chat
+/// that refuses (left, deleted) is dropped from the set.
 async fn resubscribe(connection: &Connection, session: model::SessionId) {
+    let watched: Vec<UserId> = connection.watched.borrow().iter().copied().collect();
+    for user in watched {
+        let _ = connection.shard.gateway.messenger.watch_presence(session, user).await;
+    }
     let chats: Vec<model::ChatId> = connection.subscriptions.borrow().iter().copied().collect();
     for chat in chats {
         if connection.shard.gateway.messenger.subscribe_chat(session, chat).await.is_err() {
@@ -164,6 +168,11 @@ async fn convert_batch(
                 resync = true;
                 LiveEvent::Resync
             }
+            model::LiveEvent::Presence { user, online, last_seen } => LiveEvent::Presence {
+                user: ferrogram_net::UserId(user.0),
+                online,
+                last_seen: ferrogram_net::UnixMs(last_seen.0),
+            },
             model::LiveEvent::Revoked => {
                 revoked = true;
                 LiveEvent::Revoked

@@ -488,6 +488,13 @@ pub enum LiveEvent {
     Resync,
     /// The connection's authorization was revoked; the server closes the connection.
     Revoked,
+    /// A user whose presence this connection asked for (`GetPresence`) came online or went
+    /// offline. Never stored; sent only while the connection is open.
+    Presence {
+        user: UserId,
+        online: bool,
+        last_seen: UnixMs,
+    },
 }
 
 // Errors.

@@ -421,6 +421,7 @@ fn enum_layouts_match_the_document() {
         variant_layout!(LiveEvent, ArchivedLiveEvent, Typing { chat, user }),
         variant_layout!(LiveEvent, ArchivedLiveEvent, Resync {}),
         variant_layout!(LiveEvent, ArchivedLiveEvent, Revoked {}),
+        variant_layout!(LiveEvent, ArchivedLiveEvent, Presence { user, online, last_seen }),
         variant_layout!(Request, ArchivedRequest, SendCode { phone }),
         variant_layout!(Request, ArchivedRequest, SignIn { phone, code }),
         variant_layout!(Request, ArchivedRequest, SignUp { phone, code, first_name, last_name }),

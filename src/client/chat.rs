@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use ferrogram_net::{
-    BlockingClient, ChatId, ClientError, ErrorCode, LiveEvent, Message, Pts, Sequenced, Update, UserId,
+    BlockingClient, ChatId, ClientError, ErrorCode, LiveEvent, Message, Pts, Request, Response, Sequenced, Update,
+    UserId,
 };
 
 use super::format::{display_name, history_line, local_offset_s, unknown_user};
@@ -57,6 +58,12 @@ pub fn run(common: &Common, peer: Option<&Peer>) -> anyhow::Result<()> {
             let title = view.title(client, chat.id);
             view.target = Some(chat.id);
             println!("chatting with {title}: type a message and press enter; /quit leaves");
+            if let Some(peer) = chat.peer {
+                // Asking for the peer's presence also has the server tell us when it changes.
+                if let Ok(Response::Presence { online, .. }) = client.call(Request::GetPresence { user: peer }) {
+                    println!("{title} is {}", if online { "online" } else { "offline" });
+                }
+            }
         }
         None => {
             let page_max = client.welcome().limits.dialogs_page_max;
@@ -181,6 +188,10 @@ impl View {
                     let name = self.name(client, user);
                     println!("{}{name} is typing…", self.prefix(client, chat));
                 }
+            }
+            LiveEvent::Presence { user, online, .. } => {
+                let name = self.name(client, user);
+                println!("{name} is {}", if online { "online" } else { "offline" });
             }
             LiveEvent::Resync => self.catch_up(client)?,
             LiveEvent::Revoked => bail!("this login was revoked; log in again"),

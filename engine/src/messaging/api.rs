@@ -454,6 +454,17 @@ impl Messenger {
         expect!(self.engine.messaging(session.shard(), request).await, Response::Done => ())
     }
 
+    /// Like [`Messenger::get_presence`], and from now on `session` gets a
+    /// `LiveEvent::Presence` whenever `user` comes online or goes offline (until the session
+    /// ends; at most `PRESENCE_WATCHERS_PER_USER_MAX` sessions watch one user, the oldest
+    /// dropped first).
+    pub async fn watch_presence(&self, session: SessionId, user: UserId) -> MessagingResult<(bool, UnixMs)> {
+        expect!(
+            self.call(user.vshard(), Request::WatchPresence { session, user }).await,
+            Response::Presence { online, last_seen } => (online, last_seen)
+        )
+    }
+
     /// Whether the user has an online session, and when they were last seen.
     pub async fn get_presence(&self, user: UserId) -> MessagingResult<(bool, UnixMs)> {
         expect!(

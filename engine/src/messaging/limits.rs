@@ -37,6 +37,8 @@ pub const IDEMPOTENCY_ENTRIES_MAX: usize = 4_000_000;
 pub const SESSION_QUEUE_MAX: usize = 4096;
 /// Online sessions per user.
 pub const SESSIONS_PER_USER_MAX: usize = 64;
+/// Sessions watching one user's presence; past this the oldest watcher is dropped.
+pub const PRESENCE_WATCHERS_PER_USER_MAX: usize = 1024;
 /// Login authorizations a user holds at once (revoked ones do not count), and characters of
 /// an authorization's device description.
 pub const AUTHORIZATIONS_PER_USER_MAX: usize = 64;

@@ -181,6 +181,12 @@ pub enum Request {
     GetPresence {
         user: UserId,
     },
+    /// User's vshard: answers the user's presence, like `GetPresence`, and pushes
+    /// `LiveEvent::Presence` to `session` whenever the user comes online or goes offline.
+    WatchPresence {
+        session: SessionId,
+        user: UserId,
+    },
     /// User's vshard: a new login authorization of the user, answered with its id.
     CreateAuthorization {
         user: UserId,
@@ -337,6 +343,11 @@ pub enum PeerMessage {
         chat: ChatId,
         user: UserId,
         shard: ShardId,
+    },
+    /// To `user`'s shard: `session` is gone, stop pushing `user`'s presence to it.
+    Unwatch {
+        session: SessionId,
+        user: UserId,
     },
     /// `user` is no longer a member: drop their sessions from the chat's subscribers.
     DropSubscriber {

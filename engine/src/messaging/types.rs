@@ -367,6 +367,8 @@ pub enum LiveEvent {
     Chat { chat: ChatId, update: Sequenced, message: Option<std::sync::Arc<Message>> },
     /// Someone is typing in a chat (ephemeral).
     Typing { chat: ChatId, user: UserId },
+    /// A watched user came online or went offline (ephemeral; see `Messenger::watch_presence`).
+    Presence { user: UserId, online: bool, last_seen: UnixMs },
     /// The session's queue overflowed or the engine restarted it: resync with `get_difference`.
     Resync,
     /// The authorization the session connected under was revoked: the session is gone and

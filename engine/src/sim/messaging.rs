@@ -61,6 +61,7 @@ pub fn request_shard(table: &VShardTable, request: &Request) -> ShardId {
         | Request::GetDifference { user, .. }
         | Request::GetDialogs { user }
         | Request::GetPresence { user }
+        | Request::WatchPresence { user, .. }
         | Request::CreateAuthorization { user, .. }
         | Request::ListAuthorizations { user }
         | Request::RevokeAuthorization { user, .. } => user.vshard(),

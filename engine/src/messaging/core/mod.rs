@@ -87,6 +87,8 @@ struct Live {
     /// On a user's shard: their online sessions.
     sessions: Map<UserId, Vec<SessionId>>,
     presence: Map<UserId, (bool, UnixMs)>,
+    /// On a user's shard: the sessions watching the user's presence, oldest first.
+    presence_watchers: Map<UserId, Vec<SessionId>>,
     /// On a connection shard: sessions held here, and per chat the subscribed ones.
     hub: Map<SessionId, HubSession>,
     hub_chats: Map<ChatId, Vec<SessionId>>,
@@ -563,8 +565,14 @@ impl MessagingCore {
             }
             PeerMessage::Reply { origin, result } => self.effects.replies.push((origin, result)),
             PeerMessage::Deliver(events) => {
-                let events = events.into_iter().filter(|(session, _)| self.live.hub.contains_key(session));
-                self.effects.deliveries.extend(events);
+                for (session, event) in events {
+                    if self.live.hub.contains_key(&session) {
+                        self.effects.deliveries.push((session, event));
+                    } else if let LiveEvent::Presence { user, .. } = event {
+                        // A watcher that is gone: have the watched user's shard forget it.
+                        self.route_no_journal(self.owner(user.vshard()), PeerMessage::Unwatch { session, user });
+                    }
+                }
             }
             PeerMessage::ChatLive { chat, update, message } => self.deliver_chat(chat, update, message),
             PeerMessage::RegisterSession { session, user, authorization, origin } => {
@@ -585,6 +593,7 @@ impl MessagingCore {
                 self.subscribed(chat, user, session, origin, counted, result)
             }
             PeerMessage::Unsubscribe { chat, user, shard } => self.unsubscribe_at_chat(chat, user, shard),
+            PeerMessage::Unwatch { session, user } => self.unwatch_presence(session, user),
             PeerMessage::DropSubscriber { chat, user } => {
                 let sessions: Vec<SessionId> =
                     self.live.hub.iter().filter(|(_, s)| s.user == user).map(|(id, _)| *id).collect();

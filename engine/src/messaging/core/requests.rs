@@ -370,6 +370,13 @@ impl MessagingCore {
                 self.reply_now(origin, Ok(Response::Presence { online, last_seen }));
                 Ok(())
             }
+            Request::WatchPresence { session, user } => {
+                self.user(user)?;
+                self.watch_presence(session, user);
+                let (online, last_seen) = self.live.presence.get(&user).copied().unwrap_or((false, UnixMs(0)));
+                self.reply_now(origin, Ok(Response::Presence { online, last_seen }));
+                Ok(())
+            }
             Request::CreateAuthorization { user, secret_hash, device } => {
                 check_length(&device, "device", AUTHORIZATION_DEVICE_MAX)?;
                 if device.chars().any(char::is_control) {

@@ -53,11 +53,15 @@ impl MessagingCore {
                     limit: SESSIONS_PER_USER_MAX,
                 });
             }
+            let came_online = sessions.is_empty();
             sessions.push(session);
             if let Some(id) = authorization {
                 self.live.session_authorizations.insert(session, id);
             }
             self.live.presence.insert(user, (true, now));
+            if came_online {
+                self.notify_presence(user, true, now);
+            }
             Ok(Response::State(state))
         });
         let message = PeerMessage::SessionRegistered { session, user, origin, result };
@@ -72,7 +76,37 @@ impl MessagingCore {
             if sessions.is_empty() {
                 self.live.sessions.remove(&user);
                 self.live.presence.insert(user, (false, now));
+                self.notify_presence(user, false, now);
             }
+        }
+    }
+
+    /// On `user`'s shard: pushes the user's presence to `session` from now on (a session
+    /// watching already is moved to the newest place).
+    pub(super) fn watch_presence(&mut self, session: SessionId, user: UserId) {
+        let watchers = self.live.presence_watchers.entry(user).or_default();
+        watchers.retain(|&watcher| watcher != session);
+        if watchers.len() >= PRESENCE_WATCHERS_PER_USER_MAX {
+            watchers.remove(0);
+        }
+        watchers.push(session);
+    }
+
+    pub(super) fn unwatch_presence(&mut self, session: SessionId, user: UserId) {
+        if let Some(watchers) = self.live.presence_watchers.get_mut(&user) {
+            watchers.retain(|&watcher| watcher != session);
+            if watchers.is_empty() {
+                self.live.presence_watchers.remove(&user);
+            }
+        }
+    }
+
+    /// Tells every session watching `user` that the user came online or went offline.
+    fn notify_presence(&mut self, user: UserId, online: bool, now: UnixMs) {
+        let Some(watchers) = self.live.presence_watchers.get(&user) else { return };
+        let watchers = watchers.clone();
+        for session in watchers {
+            self.deliver(session, LiveEvent::Presence { user, online, last_seen: now });
         }
     }
 
