@@ -135,6 +135,11 @@ pub struct EngineConfig {
     /// WAL bytes of messaging records a shard writes between automatic checkpoints of its
     /// messaging state (restart replays at most about this much).
     pub checkpoint_every_bytes: u64,
+    /// Keep every WAL segment. By default a shard hands segments back for reuse once a
+    /// checkpoint of its messaging state covers them (the older of the two retained
+    /// checkpoints still bounds what is reused); a host that reads its own old records with
+    /// `Engine::read` sets this.
+    pub retain_log: bool,
 }
 
 impl EngineConfig {
@@ -147,6 +152,7 @@ impl EngineConfig {
             shard_queue_depth: SHARD_QUEUE_DEPTH_DEFAULT,
             repair: false,
             checkpoint_every_bytes: crate::messaging::limits::CHECKPOINT_EVERY_BYTES,
+            retain_log: false,
         }
     }
 }

@@ -174,6 +174,7 @@ impl Engine {
                 replay: hooks.replay.clone(),
                 offline: hooks.offline.clone(),
                 checkpoint_every_bytes: config.checkpoint_every_bytes,
+                retain_log: config.retain_log,
             };
             let thread = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("shard-{index}"))

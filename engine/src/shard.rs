@@ -92,6 +92,7 @@ pub(crate) struct ShardStart {
     pub replay: Option<ReplayHook>,
     pub offline: Option<OfflineHook>,
     pub checkpoint_every_bytes: u64,
+    pub retain_log: bool,
 }
 
 thread_local! {
@@ -119,6 +120,7 @@ pub(crate) async fn run(start: ShardStart) {
         replay,
         offline,
         checkpoint_every_bytes,
+        retain_log,
     } = start;
     // Every peer must join the mesh or all of them hang, so join before anything can fail.
     let Ok((senders, mut receivers)) = mesh.join().await else {
@@ -172,7 +174,7 @@ pub(crate) async fn run(start: ShardStart) {
     let mut core = core.into_inner();
     core.set_checkpoint_every(checkpoint_every_bytes);
     core.resume(report.generation, Lsn(log.next_lsn().0 - 1));
-    let messaging = MessagingDriver::new(core, table.shard_count(), offline, host_state);
+    let messaging = MessagingDriver::new(core, table.shard_count(), offline, host_state, !retain_log);
     let context = Rc::new(ShardContext { id, log, table, mesh: senders, messaging });
     for (_, receiver) in receivers.streams() {
         let context = context.clone();

@@ -114,6 +114,8 @@ pub(crate) struct MessagingDriver {
     /// The host's last checkpoint state, carried into the automatic checkpoints.
     host_state: RefCell<Vec<u8>>,
     checkpointing: Rc<Cell<bool>>,
+    /// Hand segments covered by a finished checkpoint back to the log for reuse.
+    release_log: bool,
 }
 
 impl MessagingDriver {
@@ -122,6 +124,7 @@ impl MessagingDriver {
         shard_count: usize,
         offline: Option<OfflineHook>,
         host_state: Vec<u8>,
+        release_log: bool,
     ) -> MessagingDriver {
         MessagingDriver {
             core: RefCell::new(core),
@@ -134,6 +137,7 @@ impl MessagingDriver {
             offline,
             host_state: RefCell::new(host_state),
             checkpointing: Rc::new(Cell::new(false)),
+            release_log,
         }
     }
 
@@ -376,7 +380,13 @@ fn maybe_checkpoint(context: &Rc<ShardContext>) {
     let context = context.clone();
     glommio::spawn_local(async move {
         // A failed checkpoint is retried after the next interval; the log is what is durable.
-        let _ = checkpoint.await;
+        if let Ok(ticket) = checkpoint.await {
+            if context.messaging.release_log {
+                // Everything before the checkpoint's replay start is in the checkpoint: the log
+                // may reuse those segments once no retained checkpoint needs them either.
+                context.log.release_before(ticket.replay_from.segment);
+            }
+        }
         // Refused (another checkpoint was being written): drop the one begun.
         let _ = context.messaging.core.borrow_mut().finish_checkpoint();
         context.messaging.checkpointing.set(false);
