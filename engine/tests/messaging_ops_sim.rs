@@ -574,6 +574,35 @@ fn watched_presence_is_pushed() {
     );
 }
 
+/// Proves a read is answered only once the reader's box (on another shard than the chat)
+/// holds it: the reader's state read right after the answer already shows no unread messages.
+#[test]
+fn a_read_is_answered_after_the_readers_box_has_it() {
+    let mut sim = sim(24);
+    let u = users(&mut sim, 9);
+    let (reader, writer, chat) = u
+        .iter()
+        .flat_map(|&a| u.iter().map(move |&b| (a, b)))
+        .filter(|(a, b)| a != b)
+        .find_map(|(reader, writer)| {
+            let chat = open_private(&mut sim, reader, writer).expect("open");
+            (sim.table().owner(chat.vshard()) != sim.table().owner(reader.vshard())).then_some((reader, writer, chat))
+        })
+        .expect("some private chat lives on another shard than its reader");
+    for random_id in 1..=3 {
+        send(&mut sim, chat, writer, random_id, "unread").expect("send");
+    }
+    sim.run_until_quiet().expect("quiet");
+    let unread = |sim: &mut MessagingSim| match sim.call(Request::GetState { user: reader }) {
+        Ok(Response::State(state)) => state.unread,
+        other => panic!("state: {other:?}"),
+    };
+    assert_eq!(unread(&mut sim), 3);
+    done(sim.call(Request::ReadHistory { chat, user: reader, max_id: MessageId(3) })).expect("read");
+    // No settling in between: the answer itself must come after the box took the read.
+    assert_eq!(unread(&mut sim), 0, "the reader's box holds the read when the read is answered");
+}
+
 /// Proves a box keeps a bounded history: once its oldest updates are older than the age limit,
 /// `get_difference` from before them answers `DifferenceTooLong`, and from the oldest kept pts
 /// on it still answers the suffix.

@@ -379,7 +379,18 @@ pub struct FanOut {
 pub struct SenderReply {
     pub origin: Origin,
     pub user: UserId,
-    pub ack: SendAck,
+    /// A send's acknowledgement (completed with the user's box pts); `None` answers `Done`.
+    pub ack: Option<SendAck>,
+}
+
+impl SenderReply {
+    /// The answer, once the user's box holds the update (at `box_pts`, if it took one).
+    pub fn response(&self, box_pts: Option<Pts>) -> Response {
+        match self.ack {
+            Some(ack) => Response::Sent(SendAck { sender_pts: box_pts.or(ack.sender_pts), ..ack }),
+            None => Response::Done,
+        }
+    }
 }
 
 /// What a step of the core leaves for its driver to do.

@@ -733,8 +733,8 @@ impl MessagingCore {
         }
         if let Some(sender) = reply {
             // The sender's box is here (its pts is known) or the chat is fanned out on read.
-            let ack = SendAck { sender_pts, ..sender.ack };
-            self.after_acked.push_back((last, Deferred::Reply(sender.origin, Ok(Response::Sent(ack)))));
+            let response = sender.response(sender_pts);
+            self.after_acked.push_back((last, Deferred::Reply(sender.origin, Ok(response))));
         }
         Ok(first)
     }
@@ -761,8 +761,7 @@ impl MessagingCore {
             // Already held (a re-send after a restart): confirm once what holds it is durable.
             self.after_durable.push_back((self.last_lsn, Deferred::Peer(fanout.from, confirm)));
             if let Some(sender) = fanout.sender {
-                self.after_acked
-                    .push_back((self.last_lsn, Deferred::Reply(sender.origin, Ok(Response::Sent(sender.ack)))));
+                self.after_acked.push_back((self.last_lsn, Deferred::Reply(sender.origin, Ok(sender.response(None)))));
             }
             return None;
         }
@@ -787,8 +786,7 @@ impl MessagingCore {
         self.preserve(&event);
         self.state.apply(event);
         if let Some(sender) = fanout.sender {
-            let ack = SendAck { sender_pts, ..sender.ack };
-            self.after_acked.push_back((lsn, Deferred::Reply(sender.origin, Ok(Response::Sent(ack)))));
+            self.after_acked.push_back((lsn, Deferred::Reply(sender.origin, Ok(sender.response(sender_pts)))));
         }
         self.after_durable.push_back((lsn, Deferred::BoxLive { date: fanout.date, update: fanout.update, users }));
         self.after_durable.push_back((lsn, Deferred::Peer(fanout.from, confirm)));

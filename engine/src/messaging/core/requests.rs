@@ -258,8 +258,10 @@ impl MessagingCore {
                     self.reply_after_acked(self.chat_lsn(chat), origin, Ok(Response::Done));
                     return Ok(());
                 }
-                let lsn = self.commit_chat(chat, ChatChange::Read { user, max_id }, now, None, journal)?;
-                self.reply_after_acked(lsn, origin, Ok(Response::Done));
+                // Answered by the reader's box shard once it holds the ReadInbox, so a dialogs
+                // or state read right after sees the new unread count.
+                let reply = SenderReply { origin, user, ack: None };
+                self.commit_chat(chat, ChatChange::Read { user, max_id }, now, Some(reply), journal)?;
                 Ok(())
             }
             Request::GetChat { chat, user } => {
@@ -708,7 +710,7 @@ impl MessagingCore {
         };
         let chat_pts = state.pts.next();
         let ack = SendAck { chat, id, date, chat_pts, sender_pts: None, duplicate: false };
-        let reply = SenderReply { origin, user: sender, ack };
+        let reply = SenderReply { origin, user: sender, ack: Some(ack) };
         self.commit_chat(chat, ChatChange::NewMessage(message), date, Some(reply), journal)?;
         Ok(())
     }
