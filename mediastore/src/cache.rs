@@ -1,0 +1,97 @@
+//! The shard's chunk cache: whole chunks read from segments (or just written), least recently
+//! used first out, bounded by bytes. Shard-local (`Rc`), so no locks.
+
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+use crate::ids::ChunkKey;
+
+/// A byte-bounded LRU of chunk payloads.
+#[derive(Debug)]
+pub struct ChunkCache {
+    bytes_max: u64,
+    bytes: u64,
+    tick: u64,
+    entries: HashMap<ChunkKey, (Rc<[u8]>, u64)>,
+    /// Last-use tick → key; the first entry is the least recently used.
+    order: BTreeMap<u64, ChunkKey>,
+}
+
+impl ChunkCache {
+    pub fn new(bytes_max: u64) -> ChunkCache {
+        ChunkCache { bytes_max, bytes: 0, tick: 0, entries: HashMap::new(), order: BTreeMap::new() }
+    }
+
+    pub fn get(&mut self, key: &ChunkKey) -> Option<Rc<[u8]>> {
+        let (bytes, tick) = self.entries.get_mut(key)?;
+        self.order.remove(tick);
+        self.tick += 1;
+        *tick = self.tick;
+        self.order.insert(self.tick, *key);
+        Some(bytes.clone())
+    }
+
+    /// Caches `bytes` under `key`, evicting the least recently used entries to make room. A
+    /// chunk larger than the whole cache is not kept.
+    pub fn insert(&mut self, key: ChunkKey, bytes: Rc<[u8]>) {
+        self.remove(&key);
+        let size = bytes.len() as u64;
+        if size > self.bytes_max {
+            return;
+        }
+        while self.bytes + size > self.bytes_max {
+            let Some((_, oldest)) = self.order.pop_first() else { break };
+            if let Some((evicted, _)) = self.entries.remove(&oldest) {
+                self.bytes -= evicted.len() as u64;
+            }
+        }
+        self.tick += 1;
+        self.order.insert(self.tick, key);
+        self.entries.insert(key, (bytes, self.tick));
+        self.bytes += size;
+    }
+
+    pub fn remove(&mut self, key: &ChunkKey) {
+        if let Some((bytes, tick)) = self.entries.remove(key) {
+            self.order.remove(&tick);
+            self.bytes -= bytes.len() as u64;
+        }
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u32) -> ChunkKey {
+        ChunkKey { hash: u128::from(n), collision: 0 }
+    }
+
+    /// Proves the cache stays within its byte bound and evicts the least recently used chunk.
+    #[test]
+    fn evicts_least_recently_used_within_bytes() {
+        let mut cache = ChunkCache::new(300);
+        cache.insert(key(1), vec![1; 100].into());
+        cache.insert(key(2), vec![2; 100].into());
+        cache.insert(key(3), vec![3; 100].into());
+        assert!(cache.get(&key(1)).is_some()); // 2 is now the least recently used
+        cache.insert(key(4), vec![4; 100].into());
+        assert!(cache.get(&key(2)).is_none());
+        assert_eq!((cache.len(), cache.bytes()), (3, 300));
+        cache.insert(key(5), vec![5; 301].into());
+        assert!(cache.get(&key(5)).is_none(), "larger than the cache: not kept");
+        assert_eq!(cache.bytes(), 300);
+    }
+}

@@ -1,0 +1,699 @@
+//! `MediaShard`: one shard's media store — upload sessions, the deduplicating chunk store,
+//! reference counting and downloads — driving the sans-I/O pieces (`upload`, `chunker`,
+//! `state`) over its segments (`SegmentIo`) and its `Journal`.
+//!
+//! Thread-per-core: one `MediaShard` per shard, owned by that shard's executor, no locks and
+//! nothing shared. Every operation takes `&mut self`, so operations of one shard run one at a
+//! time and each sees the state the previous one left; none is long (a part is at most
+//! 512 KiB, `finish` only folds the tail, compaction moves a bounded number of bytes per
+//! call), so a queue of them drains quickly.
+//!
+//! Order of durability, which is what makes a crash harmless:
+//! 1. a chunk's bytes are written to a segment and synced,
+//! 2. then the record naming the chunk is appended and made durable,
+//! 3. then the change is applied to the state readers see.
+//!
+//! So no reader sees a file whose records could be lost, and no record names bytes that could
+//! be lost. What a crash can leave behind is only unreferenced bytes in segments (chunks of
+//! unfinished uploads), which compaction reclaims.
+
+use std::collections::{HashMap, HashSet};
+use std::rc::Rc;
+
+use crate::cache::ChunkCache;
+use crate::config::MediaConfig;
+use crate::error::{FinishError, OpenError, PutPartError, ReadError, ReferenceError, StartError, StorageError};
+use crate::hash::ChunkHasher;
+use crate::ids::{AccessHash, ChunkKey, ChunkLocation, FileId, TimestampMs, UploadId, UploaderId, VShard};
+use crate::journal::{Journal, Recovery};
+use crate::limits::*;
+use crate::records::{FileMeta, ManifestChunk, MediaRecord, MediaSnapshot};
+use crate::segment::{SegmentIo, SegmentStore};
+use crate::state::MediaState;
+use crate::upload::{PartAccepted, Upload};
+
+mod compaction;
+
+/// What `start` needs.
+#[derive(Clone, Debug)]
+pub struct StartUpload {
+    /// Who uploads (opaque: the gateway's user or session id).
+    pub owner: UploaderId,
+    /// The client's own id for this upload; a retried `start` with the same owner and id
+    /// returns the same upload.
+    pub client_upload_id: Option<u64>,
+    /// The file size, when the client announces it; parts and `finish` are checked against it.
+    pub total_bytes: Option<u64>,
+    /// The vshard the finished file's id is allocated on.
+    pub vshard: VShard,
+}
+
+/// What `finish` needs.
+#[derive(Clone, Debug, Default)]
+pub struct FinishUpload {
+    /// How many parts the file has.
+    pub parts: u32,
+    /// The file size, when the client states it.
+    pub total_bytes: Option<u64>,
+    pub name: String,
+    pub mime_type: String,
+}
+
+/// A finished file: what the uploader needs to reference or read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FinishedFile {
+    pub file: FileId,
+    pub access_hash: AccessHash,
+    pub size: u64,
+    /// Keyed xxh3-128 of the whole content.
+    pub content_hash: u128,
+}
+
+/// A file's description, for someone holding its access hash.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileInfo {
+    pub file: FileId,
+    pub size: u64,
+    pub name: String,
+    pub mime_type: String,
+    pub content_hash: u128,
+    pub chunks: usize,
+    pub references: u64,
+    pub uploader_reference_held: bool,
+}
+
+/// What `maintain` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MaintenanceReport {
+    pub uploads_expired: usize,
+    pub uploader_references_expired: usize,
+}
+
+/// What `compact` did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompactionReport {
+    pub segments_retired: usize,
+    pub chunks_moved: usize,
+    pub bytes_moved: u64,
+    pub chunks_dropped: usize,
+    pub bytes_reclaimed: u64,
+}
+
+/// What `sweep` found and repaired.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Chunks whose refcount did not match the manifests, now set right.
+    pub refcounts_repaired: usize,
+    /// Chunks named by a manifest but absent from the index or from the segments: data loss
+    /// the sweep cannot repair (never expected; reported so an operator hears of it).
+    pub chunks_missing: usize,
+    /// Segment bytes that hold nothing referenced, for compaction to reclaim.
+    pub garbage_bytes: u64,
+}
+
+/// Storage statistics of one shard.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StorageStats {
+    pub files: u64,
+    /// Sum of the sizes of live files.
+    pub logical_bytes: u64,
+    /// Chunks referenced by a live file, and their payload bytes (each counted once).
+    pub chunks: u64,
+    pub stored_bytes: u64,
+    /// Indexed chunks no file references, waiting for their grace period and compaction.
+    pub chunks_unreferenced: u64,
+    /// Bytes of segment files.
+    pub physical_bytes: u64,
+    /// Segment bytes that hold nothing referenced: unreferenced and orphaned chunks, padding.
+    pub garbage_bytes: u64,
+    /// `logical_bytes / stored_bytes` (1 when nothing is stored).
+    pub dedup_ratio: f64,
+    pub segments: u64,
+    pub uploads: u64,
+    pub staging_bytes: u64,
+    pub cache_bytes: u64,
+}
+
+/// One shard's media store (see the module documentation).
+#[derive(Debug)]
+pub struct MediaShard<S, J> {
+    config: MediaConfig,
+    hasher: ChunkHasher,
+    state: MediaState,
+    uploads: HashMap<UploadId, Upload>,
+    uploads_by_client: HashMap<(UploaderId, u64), UploadId>,
+    staging_bytes: u64,
+    /// Chunks written for unfinished uploads, not yet named by any record.
+    provisional: HashMap<ChunkKey, ChunkLocation>,
+    /// How many unfinished uploads use each chunk; a pinned chunk is never dropped.
+    pins: HashMap<ChunkKey, u32>,
+    segments: SegmentStore<S>,
+    cache: ChunkCache,
+    journal: J,
+    failed: bool,
+}
+
+impl<S: SegmentIo, J: Journal> MediaShard<S, J> {
+    /// Rebuilds a shard from its checkpoint and the journal records after it, over the
+    /// segments `io` holds. Chunk lists of files that never finished are dropped, segments
+    /// retired before the crash are deleted, and every indexed chunk is checked to lie inside
+    /// an existing segment. Writing resumes in a new segment.
+    pub async fn open(config: MediaConfig, mut io: S, journal: J, recovery: Recovery) -> Result<Self, OpenError> {
+        config.validate()?;
+        let mut state = match &recovery.snapshot {
+            Some(snapshot) => MediaState::restore(snapshot).map_err(OpenError::Snapshot)?,
+            None => MediaState::default(),
+        };
+        for (index, record) in recovery.records.iter().enumerate() {
+            state.apply(record).map_err(|reason| OpenError::Replay { index, reason })?;
+        }
+        state.discard_pending();
+        let existing = io.list().map_err(|source| StorageError::Io { context: "listing segments", source })?;
+        let (retired, existing): (Vec<_>, Vec<_>) =
+            existing.into_iter().partition(|(segment, _)| state.is_retired(*segment));
+        for (segment, _) in retired {
+            io.remove(segment)
+                .await
+                .map_err(|source| StorageError::Io { context: "removing a retired segment", source })?;
+        }
+        let segments = SegmentStore::new(io, config.segment_bytes_max, existing, state.highest_segment());
+        for (key, entry) in state.chunks() {
+            let end = entry.location.offset + entry.location.frame_bytes();
+            if segments.sizes().get(&entry.location.segment).is_none_or(|&size| end > size) {
+                return Err(StorageError::ChunkMissing { key: *key }.into());
+            }
+        }
+        Ok(MediaShard {
+            hasher: ChunkHasher::from_config(&config),
+            cache: ChunkCache::new(config.cache_bytes_max),
+            config,
+            state,
+            uploads: HashMap::new(),
+            uploads_by_client: HashMap::new(),
+            staging_bytes: 0,
+            provisional: HashMap::new(),
+            pins: HashMap::new(),
+            segments,
+            journal,
+            failed: false,
+        })
+    }
+
+    /// Opens an upload session (or returns the one a retried `start` opened).
+    pub fn start(&mut self, request: StartUpload, now: TimestampMs) -> Result<UploadId, StartError> {
+        self.check_failed()?;
+        if let Some(total) = request.total_bytes {
+            if total > self.config.file_bytes_max {
+                return Err(StartError::TooLarge { bytes: total, max: self.config.file_bytes_max });
+            }
+        }
+        if let Some(client_id) = request.client_upload_id {
+            if let Some(&existing) = self.uploads_by_client.get(&(request.owner, client_id)) {
+                return Ok(existing);
+            }
+        }
+        if self.uploads.len() >= self.config.uploads_max {
+            return Err(StartError::TooManyUploads { max: self.config.uploads_max });
+        }
+        let id = loop {
+            let id = UploadId::from_raw(random_u64().map_err(StorageError::Entropy)?);
+            if !self.uploads.contains_key(&id) {
+                break id;
+            }
+        };
+        let upload = Upload::new(
+            id,
+            request.owner,
+            request.client_upload_id,
+            request.vshard,
+            request.total_bytes,
+            self.hasher.whole_file(),
+            now,
+        );
+        if let Some(client_id) = request.client_upload_id {
+            self.uploads_by_client.insert((request.owner, client_id), id);
+        }
+        self.uploads.insert(id, upload);
+        Ok(id)
+    }
+
+    /// Stores part `part` of an upload. Parts may come in any order; a retry with the same
+    /// bytes answers `Duplicate`, one with different bytes `PartConflict`.
+    pub async fn put_part(
+        &mut self,
+        upload: UploadId,
+        part: u32,
+        bytes: &[u8],
+        now: TimestampMs,
+    ) -> Result<PartAccepted, PutPartError> {
+        self.check_failed()?;
+        let mut session = self.uploads.remove(&upload).ok_or(PutPartError::UnknownUpload)?;
+        let held_before = session.held_bytes();
+        let result = self.put_part_into(&mut session, part, bytes, now).await;
+        self.staging_bytes = self.staging_bytes - held_before + session.held_bytes();
+        self.uploads.insert(upload, session);
+        result
+    }
+
+    async fn put_part_into(
+        &mut self,
+        session: &mut Upload,
+        part: u32,
+        bytes: &[u8],
+        now: TimestampMs,
+    ) -> Result<PartAccepted, PutPartError> {
+        let incoming = bytes.len() as u64;
+        if !session.is_next(part) {
+            let upload_full = session.held_bytes() + incoming > self.config.upload_staging_bytes_max;
+            let shard_full = self.staging_bytes + incoming > self.config.staging_bytes_max;
+            if upload_full || shard_full {
+                let (held, max) = if upload_full {
+                    (session.held_bytes(), self.config.upload_staging_bytes_max)
+                } else {
+                    (self.staging_bytes, self.config.staging_bytes_max)
+                };
+                return Err(PutPartError::StagingFull { held, max });
+            }
+        }
+        let accepted = session.accept_part(part, bytes, self.config.file_bytes_max)?;
+        session.last_activity = now;
+        while let Some(folded) = session.take_foldable() {
+            session.fold(&folded);
+            self.place_ready_chunks(session, false).await?;
+        }
+        Ok(accepted)
+    }
+
+    /// Completes an upload: checks every part is there, chunks the rest of the file, syncs
+    /// the new chunks, journals the manifest and waits for it to be durable. On a refusal the
+    /// upload stays open, so the client can send what is missing and finish again.
+    pub async fn finish(
+        &mut self,
+        upload: UploadId,
+        request: FinishUpload,
+        now: TimestampMs,
+    ) -> Result<FinishedFile, FinishError> {
+        self.check_failed()?;
+        if request.name.len() > FILE_NAME_BYTES_MAX {
+            return Err(FinishError::NameTooLong { bytes: request.name.len(), max: FILE_NAME_BYTES_MAX });
+        }
+        if request.mime_type.len() > MIME_TYPE_BYTES_MAX {
+            return Err(FinishError::MimeTypeTooLong { bytes: request.mime_type.len(), max: MIME_TYPE_BYTES_MAX });
+        }
+        let mut session = self.uploads.remove(&upload).ok_or(FinishError::UnknownUpload)?;
+        let size = match session.check_complete(request.parts, request.total_bytes, self.config.file_bytes_max) {
+            Ok(size) => size,
+            Err(error) => {
+                self.uploads.insert(upload, session);
+                return Err(error);
+            }
+        };
+        self.staging_bytes -= session.held_bytes();
+        if let Some(client_id) = session.client_upload_id {
+            self.uploads_by_client.remove(&(session.owner, client_id));
+        }
+        let result = self.finish_session(&mut session, size, request, now).await;
+        for (key, _) in &session.chunks {
+            self.unpin(*key);
+        }
+        result
+    }
+
+    async fn finish_session(
+        &mut self,
+        session: &mut Upload,
+        size: u64,
+        request: FinishUpload,
+        now: TimestampMs,
+    ) -> Result<FinishedFile, FinishError> {
+        for part in session.take_remaining() {
+            session.fold(&part);
+            self.place_ready_chunks(session, false).await?;
+        }
+        self.place_ready_chunks(session, true).await?;
+        assert_eq!(session.bytes_folded, size, "folded bytes differ from the checked size");
+        // The chunks' bytes are durable before any record names them.
+        let synced = self.segments.sync().await;
+        self.storage(synced)?;
+        let file = self.state.next_file_id(session.vshard);
+        let access_hash = AccessHash::new(random_u64().map_err(StorageError::Entropy)?);
+        let content_hash = session.content_hash.digest128();
+        let mut listed_new = HashSet::new();
+        let chunks: Vec<ManifestChunk> = session
+            .chunks
+            .iter()
+            .map(|&(key, length)| {
+                let stored_at = if self.state.chunk(&key).is_some() || !listed_new.insert(key) {
+                    None
+                } else {
+                    Some(*self.provisional.get(&key).expect("a pinned chunk outside the index is provisional"))
+                };
+                ManifestChunk { key, length, stored_at }
+            })
+            .collect();
+        let chunk_count = chunks.len() as u32;
+        let mut records: Vec<MediaRecord> = chunks
+            .chunks(RECORD_CHUNKS_MAX)
+            .map(|piece| MediaRecord::FileChunks { file, chunks: piece.to_vec() })
+            .collect();
+        let meta =
+            FileMeta { id: file, size, content_hash, name: request.name, mime_type: request.mime_type, access_hash };
+        records.push(MediaRecord::FileFinished {
+            meta,
+            chunk_count,
+            uploader_expires_at: now.plus_ms(self.config.uploader_reference_ttl_ms),
+        });
+        self.commit(&records).await?;
+        for key in listed_new {
+            self.provisional.remove(&key);
+        }
+        Ok(FinishedFile { file, access_hash, size, content_hash })
+    }
+
+    /// Drops an upload and gives its space back. Returns whether it existed.
+    pub fn cancel(&mut self, upload: UploadId) -> bool {
+        let Some(session) = self.uploads.remove(&upload) else { return false };
+        self.drop_session(session);
+        true
+    }
+
+    /// Reads `limit` bytes at `offset` (fewer at the end of the file, none past it), under
+    /// Telegram's rules: offset and limit multiples of 4 KiB, limit at most 1 MiB, and the
+    /// range inside one 1 MiB window.
+    pub async fn read(
+        &mut self,
+        file: FileId,
+        access_hash: AccessHash,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Vec<u8>, ReadError> {
+        check_download_range(offset, limit)?;
+        self.check_failed()?;
+        let entry = self.authorized(file, access_hash)?;
+        let end = (offset + limit).min(entry.meta.size);
+        if offset >= end {
+            return Ok(Vec::new());
+        }
+        let first = entry.chunk_ends.partition_point(|&chunk_end| chunk_end <= offset);
+        let mut pieces = Vec::new();
+        let mut chunk_start = if first == 0 { 0 } else { entry.chunk_ends[first - 1] };
+        for index in first..entry.chunks.len() {
+            if chunk_start >= end {
+                break;
+            }
+            pieces.push((entry.chunks[index], chunk_start));
+            chunk_start = entry.chunk_ends[index];
+        }
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        for (key, chunk_start) in pieces {
+            let payload = self.chunk_payload(key).await?;
+            let from = offset.saturating_sub(chunk_start) as usize;
+            let to = ((end - chunk_start) as usize).min(payload.len());
+            out.extend_from_slice(&payload[from..to]);
+        }
+        assert_eq!(out.len() as u64, end - offset, "a read returned the wrong number of bytes");
+        Ok(out)
+    }
+
+    /// Describes a file to someone holding its access hash.
+    pub fn file_info(&self, file: FileId, access_hash: AccessHash) -> Result<FileInfo, ReadError> {
+        let entry = self.authorized(file, access_hash)?;
+        Ok(FileInfo {
+            file,
+            size: entry.meta.size,
+            name: entry.meta.name.clone(),
+            mime_type: entry.meta.mime_type.clone(),
+            content_hash: entry.meta.content_hash,
+            chunks: entry.chunks.len(),
+            references: entry.references,
+            uploader_reference_held: entry.uploader_expires_at.is_some(),
+        })
+    }
+
+    /// Takes a message's reference on a file; call it before the message is appended. The
+    /// first message takes over the uploader's expiring reference.
+    pub async fn take_reference(&mut self, file: FileId, access_hash: AccessHash) -> Result<(), ReferenceError> {
+        self.check_failed()?;
+        let entry = self.state.file(file).ok_or(ReferenceError::NotFound(file))?;
+        if !entry.meta.access_hash.matches(access_hash) {
+            return Err(ReferenceError::AccessDenied(file));
+        }
+        self.commit(&[MediaRecord::ReferenceTaken { file }]).await?;
+        Ok(())
+    }
+
+    /// Gives a message's reference back (once the message's tombstone is durable). The last
+    /// reference going deletes the file; its chunks wait out the grace period.
+    pub async fn release_reference(&mut self, file: FileId, now: TimestampMs) -> Result<(), ReferenceError> {
+        self.check_failed()?;
+        let entry = self.state.file(file).ok_or(ReferenceError::NotFound(file))?;
+        if entry.references == 0 {
+            return Err(ReferenceError::NoReference(file));
+        }
+        self.commit(&[MediaRecord::ReferenceReleased { file, at: now }]).await?;
+        Ok(())
+    }
+
+    /// Periodic upkeep: drops uploads idle past their timeout and expires uploader references
+    /// no message took (at most `EXPIRIES_PER_CALL_MAX` per call; the rest on the next).
+    pub async fn maintain(&mut self, now: TimestampMs) -> Result<MaintenanceReport, StorageError> {
+        self.check_failed()?;
+        let idle_timeout_ms = self.config.upload_idle_timeout_ms;
+        let idle: Vec<UploadId> = self
+            .uploads
+            .values()
+            .filter(|upload| upload.last_activity.plus_ms(idle_timeout_ms) <= now)
+            .map(|upload| upload.id)
+            .collect();
+        for id in &idle {
+            let session = self.uploads.remove(id).expect("listed above");
+            self.drop_session(session);
+        }
+        let mut expired: Vec<FileId> = self
+            .state
+            .files()
+            .filter(|file| file.uploader_expires_at.is_some_and(|expires| expires <= now))
+            .map(|file| file.meta.id)
+            .collect();
+        expired.sort();
+        expired.truncate(EXPIRIES_PER_CALL_MAX);
+        let records: Vec<MediaRecord> =
+            expired.iter().map(|&file| MediaRecord::UploaderReferenceExpired { file, at: now }).collect();
+        self.commit(&records).await?;
+        Ok(MaintenanceReport { uploads_expired: idle.len(), uploader_references_expired: expired.len() })
+    }
+
+    /// The durable state as a checkpoint snapshot. Between operations every applied record is
+    /// durable, so the snapshot covers exactly the records journaled so far.
+    pub fn snapshot(&self) -> MediaSnapshot {
+        self.state.snapshot()
+    }
+
+    /// The durable state (read-only), for checks and tools.
+    pub fn state(&self) -> &MediaState {
+        &self.state
+    }
+
+    pub fn config(&self) -> &MediaConfig {
+        &self.config
+    }
+
+    /// Storage statistics.
+    pub fn stats(&self) -> StorageStats {
+        let mut stats = StorageStats {
+            logical_bytes: self.state.logical_bytes(),
+            physical_bytes: self.segments.physical_bytes(),
+            segments: self.segments.sizes().len() as u64,
+            uploads: self.uploads.len() as u64,
+            staging_bytes: self.staging_bytes,
+            cache_bytes: self.cache.bytes(),
+            ..StorageStats::default()
+        };
+        stats.files = self.state.files().count() as u64;
+        let mut referenced_frame_bytes = 0;
+        for (_, entry) in self.state.chunks() {
+            if entry.refcount > 0 {
+                stats.chunks += 1;
+                stats.stored_bytes += u64::from(entry.location.length);
+                referenced_frame_bytes += entry.location.frame_bytes();
+            } else {
+                stats.chunks_unreferenced += 1;
+            }
+        }
+        let provisional_frame_bytes: u64 = self.provisional.values().map(|location| location.frame_bytes()).sum();
+        stats.garbage_bytes = stats.physical_bytes.saturating_sub(referenced_frame_bytes + provisional_frame_bytes);
+        stats.dedup_ratio =
+            if stats.stored_bytes == 0 { 1.0 } else { stats.logical_bytes as f64 / stats.stored_bytes as f64 };
+        stats
+    }
+
+    /// Gives back the segment I/O and the journal (to close files, or to reopen in tests).
+    pub fn into_parts(self) -> (S, J) {
+        (self.segments.into_io(), self.journal)
+    }
+
+    // ---- helpers ----
+
+    fn authorized(&self, file: FileId, access_hash: AccessHash) -> Result<&crate::state::FileEntry, ReadError> {
+        let entry = self.state.file(file).ok_or(ReadError::NotFound(file))?;
+        if !entry.meta.access_hash.matches(access_hash) {
+            return Err(ReadError::AccessDenied(file));
+        }
+        Ok(entry)
+    }
+
+    /// Cuts the chunks that are final out of the upload's chunker and places each one.
+    async fn place_ready_chunks(&mut self, session: &mut Upload, at_end: bool) -> Result<(), StorageError> {
+        let lengths = session.chunker.ready_chunks(at_end);
+        let mut offset = 0;
+        for length in lengths {
+            let key = self.place_chunk(&session.chunker.buffered()[offset..offset + length]).await?;
+            *self.pins.entry(key).or_default() += 1;
+            session.chunks.push((key, length as u32));
+            offset += length;
+        }
+        session.chunker.consume(offset);
+        Ok(())
+    }
+
+    /// Finds the chunk with exactly these bytes, or stores them. A key is shared only after
+    /// the stored bytes compared equal; different bytes under the same hash get the next
+    /// collision number, so a forced collision never serves one user's bytes as another's.
+    async fn place_chunk(&mut self, bytes: &[u8]) -> Result<ChunkKey, StorageError> {
+        let hash = self.hasher.hash(bytes);
+        for collision in 0..COLLISIONS_MAX {
+            let key = ChunkKey { hash, collision };
+            let existing = self.state.chunk(&key).map(|entry| entry.location).or(self.provisional.get(&key).copied());
+            let Some(location) = existing else {
+                let location = self.segments.append(key, bytes).await;
+                let location = self.storage(location)?;
+                self.provisional.insert(key, location);
+                // Fresh media is the most likely to be read next (the recipients download it).
+                self.cache.insert(key, Rc::from(bytes));
+                return Ok(key);
+            };
+            if location.length as usize != bytes.len() {
+                continue;
+            }
+            match self.chunk_payload(key).await {
+                Ok(stored) if stored[..] == *bytes => return Ok(key),
+                Ok(_) => {}
+                // A damaged copy is never shared; the content is stored again under another key.
+                Err(StorageError::Corrupt { .. } | StorageError::ChunkMissing { .. }) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Err(StorageError::TooManyCollisions { count: COLLISIONS_MAX })
+    }
+
+    /// A chunk's payload, from the cache or read (and verified) from its segment.
+    async fn chunk_payload(&mut self, key: ChunkKey) -> Result<Rc<[u8]>, StorageError> {
+        if let Some(bytes) = self.cache.get(&key) {
+            return Ok(bytes);
+        }
+        let location = self
+            .state
+            .chunk(&key)
+            .map(|entry| entry.location)
+            .or(self.provisional.get(&key).copied())
+            .ok_or(StorageError::ChunkMissing { key })?;
+        let read = self.segments.read(key, location).await;
+        let bytes: Rc<[u8]> = Rc::from(self.storage(read)?);
+        self.cache.insert(key, bytes.clone());
+        Ok(bytes)
+    }
+
+    fn unpin(&mut self, key: ChunkKey) {
+        let count = self.pins.get_mut(&key).expect("unpinning a chunk that is not pinned");
+        *count -= 1;
+        if *count == 0 {
+            self.pins.remove(&key);
+            // A chunk only an abandoned upload wrote is garbage now: compaction takes it.
+            if self.provisional.remove(&key).is_some() {
+                self.cache.remove(&key);
+            }
+        }
+    }
+
+    fn drop_session(&mut self, session: Upload) {
+        self.staging_bytes -= session.held_bytes();
+        if let Some(client_id) = session.client_upload_id {
+            self.uploads_by_client.remove(&(session.owner, client_id));
+        }
+        for (key, _) in &session.chunks {
+            self.unpin(*key);
+        }
+    }
+
+    /// Appends records, waits until they are durable, then applies them.
+    pub(crate) async fn commit(&mut self, records: &[MediaRecord]) -> Result<(), StorageError> {
+        let mut last = None;
+        for record in records {
+            let ticket = self.journal.append(record).map_err(StorageError::from);
+            last = Some(self.storage(ticket)?);
+        }
+        if let Some(ticket) = last {
+            let durable = self.journal.wait_durable(ticket).await.map_err(StorageError::from);
+            self.storage(durable)?;
+        }
+        for record in records {
+            if let Err(reason) = self.state.apply(record) {
+                panic!("a validated media record does not apply ({reason}): {record:?}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Passes a storage result through, marking the shard failed on an I/O or journal error.
+    pub(crate) fn storage<T>(&mut self, result: Result<T, StorageError>) -> Result<T, StorageError> {
+        if let Err(StorageError::Io { .. } | StorageError::Journal(_) | StorageError::Entropy(_)) = &result {
+            self.failed = true;
+        }
+        result
+    }
+
+    pub(crate) fn check_failed(&self) -> Result<(), StorageError> {
+        if self.failed {
+            Err(StorageError::PreviouslyFailed)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Telegram's download rules.
+pub fn check_download_range(offset: u64, limit: u64) -> Result<(), ReadError> {
+    if !offset.is_multiple_of(DOWNLOAD_ALIGN_BYTES) {
+        return Err(ReadError::MisalignedOffset { offset });
+    }
+    if limit == 0 || !limit.is_multiple_of(DOWNLOAD_ALIGN_BYTES) || limit > DOWNLOAD_LIMIT_BYTES_MAX {
+        return Err(ReadError::InvalidLimit { limit });
+    }
+    if offset / DOWNLOAD_WINDOW_BYTES != (offset + limit - 1) / DOWNLOAD_WINDOW_BYTES {
+        return Err(ReadError::CrossesBoundary { offset, limit });
+    }
+    Ok(())
+}
+
+fn random_u64() -> Result<u64, getrandom::Error> {
+    getrandom::u64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Proves the download rules: aligned offsets and limits, at most 1 MiB, one window.
+    #[test]
+    fn download_ranges() {
+        assert!(check_download_range(0, 1 << 20).is_ok());
+        assert!(check_download_range(512 << 10, 512 << 10).is_ok());
+        assert!(check_download_range(4096, 4096).is_ok());
+        assert!(matches!(check_download_range(100, 4096), Err(ReadError::MisalignedOffset { .. })));
+        assert!(matches!(check_download_range(0, 1000), Err(ReadError::InvalidLimit { .. })));
+        assert!(matches!(check_download_range(0, 0), Err(ReadError::InvalidLimit { .. })));
+        assert!(matches!(check_download_range(0, 2 << 20), Err(ReadError::InvalidLimit { .. })));
+        assert!(matches!(check_download_range(4096, 1 << 20), Err(ReadError::CrossesBoundary { .. })));
+        assert!(matches!(check_download_range((1 << 20) - 4096, 8192), Err(ReadError::CrossesBoundary { .. })));
+    }
+}
