@@ -14,6 +14,7 @@ mod webhook;
 pub mod config;
 pub mod login;
 pub mod metrics;
+pub mod push;
 pub mod rate;
 pub mod token;
 
