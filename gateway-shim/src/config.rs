@@ -12,6 +12,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a frame may take to arrive once its header has: a client announcing a large frame
 /// and trickling it in holds its budget at most this long.
 pub const FRAME_BODY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a closing connection's last frames (an error, the answers of a graceful
+/// shutdown) may take to drain to a client before its socket is shut anyway.
+pub const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Requests one connection may have in flight; more are answered `OVERLOADED`.
 pub const REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX: usize = 256;
 /// Outbound bytes and frames queued for one connection before it counts as not reading and

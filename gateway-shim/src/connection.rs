@@ -31,8 +31,8 @@ use glommio::net::TcpStream;
 use glommio::sync::{Semaphore, StaticPermit};
 
 use crate::config::{
-    FRAME_BODY_TIMEOUT, HANDSHAKE_TIMEOUT, OUTBOUND_BYTES_PER_CONNECTION_MAX, OUTBOUND_FRAMES_PER_CONNECTION_MAX,
-    REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX, WRITE_BATCH_BYTES_MAX,
+    CLOSE_FLUSH_TIMEOUT, FRAME_BODY_TIMEOUT, HANDSHAKE_TIMEOUT, OUTBOUND_BYTES_PER_CONNECTION_MAX,
+    OUTBOUND_FRAMES_PER_CONNECTION_MAX, REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX, WRITE_BATCH_BYTES_MAX,
 };
 use crate::shard::ShardGateway;
 
@@ -248,7 +248,13 @@ pub(crate) async fn serve(shard: Rc<ShardGateway>, stream: TcpStream, ip: IpAddr
     let mut stream = stream;
     let reason = read_loop(&connection, &mut stream).await;
     connection.close(reason);
-    writer_task.await;
+    // A close that lets the writer flush first (an error frame, a graceful shutdown) must not
+    // wait forever on a client that does not read: past the grace, the socket is shut.
+    let mut writer_task = writer_task;
+    if within(CLOSE_FLUSH_TIMEOUT, &mut writer_task).await.is_none() {
+        connection.shut_socket();
+        writer_task.await;
+    }
     // The writer is done with the socket; from here on `fd` may be reused by a new connection.
     connection.fd_open.set(false);
     drop(stream);
