@@ -140,6 +140,8 @@ pub struct EngineConfig {
     /// checkpoints still bounds what is reused); a host that reads its own old records with
     /// `Engine::read` sets this.
     pub retain_log: bool,
+    /// How the shards run the media store (DESIGN §7).
+    pub media: crate::media::MediaSettings,
 }
 
 impl EngineConfig {
@@ -153,6 +155,7 @@ impl EngineConfig {
             repair: false,
             checkpoint_every_bytes: crate::messaging::limits::CHECKPOINT_EVERY_BYTES,
             retain_log: false,
+            media: crate::media::MediaSettings::default(),
         }
     }
 }

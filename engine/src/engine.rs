@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,6 +17,7 @@ use glommio::{LocalExecutorBuilder, Placement};
 use crate::config::{EngineConfig, MESH_CHANNEL_CAPACITY, SHARD_COUNT_MAX};
 use crate::ids::{Lsn, RecordKind, ShardId, VShard};
 use crate::lifeline::{Lifeline, LifelineGuard};
+use crate::media::{Media, MediaOpenError, MediaOpenReport};
 use crate::messaging::driver::{Connected, OfflineHook};
 use crate::messaging::{AuthorizationId, MessagingError, MessagingResult, Request, Response, UserId};
 use crate::preflight::{self, PreflightError};
@@ -87,6 +89,8 @@ pub enum EngineError {
     DataDir { path: PathBuf, source: Arc<std::io::Error> },
     #[error("messaging state does not recover: {0}")]
     Messaging(String),
+    #[error("media store does not open: {0}")]
+    MediaOpen(Arc<MediaOpenError>),
 }
 
 /// The engine handle. Clone it freely; the shards stop when `shutdown` is called.
@@ -102,6 +106,10 @@ struct EngineInner {
     /// Disconnected once a shard's thread has ended, however it ended.
     lifelines: Vec<Arc<Lifeline>>,
     reports: Vec<OpenReport>,
+    media_reports: Vec<MediaOpenReport>,
+    /// Per shard: bytes of upload parts sent to it and not yet stored (`Media::put_part`).
+    media_part_budgets: Vec<Arc<AtomicU64>>,
+    media_inflight_part_bytes_max: u64,
     threads: Mutex<Vec<glommio::ExecutorJoinHandle<()>>>,
     /// The data directory's lock, held until shutdown.
     lock: Mutex<Option<std::fs::File>>,
@@ -133,8 +141,10 @@ impl Engine {
             return Err(EngineError::InvalidArgument("shard count must be between 1 and 256"));
         }
         config.log.validate().map_err(|_| EngineError::InvalidArgument("invalid log configuration"))?;
+        config.media.validate().map_err(|error| EngineError::MediaOpen(Arc::new(MediaOpenError::Config(error))))?;
         preflight::check_host(&config.data_dir).map_err(|error| EngineError::Preflight(Arc::new(error)))?;
         let lock = lock_data_dir(&config.data_dir, DataDirLock::Exclusive)?;
+        let media = media_settings(&config)?;
         let table = Arc::new(
             VShardTable::load_or_create(&config.data_dir, config.shards)
                 .map_err(|error| EngineError::VShardTable(Arc::new(error)))?,
@@ -175,6 +185,7 @@ impl Engine {
                 offline: hooks.offline.clone(),
                 checkpoint_every_bytes: config.checkpoint_every_bytes,
                 retain_log: config.retain_log,
+                media: media.clone(),
             };
             let thread = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("shard-{index}"))
@@ -186,7 +197,7 @@ impl Engine {
             threads.push(thread);
         }
         drop(opened_sender);
-        let mut reports: Vec<Option<OpenReport>> = (0..config.shards).map(|_| None).collect();
+        let mut reports: Vec<Option<(OpenReport, MediaOpenReport)>> = (0..config.shards).map(|_| None).collect();
         let mut first_error = None;
         let mut answered = vec![false; config.shards];
         while answered.iter().any(|answered| !answered) {
@@ -213,12 +224,16 @@ impl Engine {
                 }
             }
         }
+        let (reports, media_reports) = reports.into_iter().flatten().unzip();
         let inner = EngineInner {
             data_dir: config.data_dir.clone(),
             table,
             shards: senders,
             lifelines,
-            reports: reports.into_iter().flatten().collect(),
+            reports,
+            media_reports,
+            media_part_budgets: (0..config.shards).map(|_| Arc::new(AtomicU64::new(0))).collect(),
+            media_inflight_part_bytes_max: media.inflight_part_bytes_max,
             threads: Mutex::new(threads),
             lock: Mutex::new(Some(lock)),
         };
@@ -233,6 +248,20 @@ impl Engine {
     /// The messaging API over this engine.
     pub fn messenger(&self) -> crate::messaging::Messenger {
         crate::messaging::Messenger::new(self.clone())
+    }
+
+    /// The media API over this engine.
+    pub fn media(&self) -> Media {
+        Media::new(self.clone())
+    }
+
+    pub(crate) fn media_open_reports(&self) -> &[MediaOpenReport] {
+        &self.inner.media_reports
+    }
+
+    /// The in-flight part budget of `shard` and its bound.
+    pub(crate) fn media_part_budget(&self, shard: ShardId) -> (&Arc<AtomicU64>, u64) {
+        (&self.inner.media_part_budgets[shard.index()], self.inner.media_inflight_part_bytes_max)
     }
 
     pub fn shard_count(&self) -> usize {
@@ -355,7 +384,7 @@ impl Engine {
 
     /// Queues the request `make` builds around its reply channel; resolves with the answer,
     /// or `ShardGone` if the shard dies first.
-    fn request_raw<R: Send + 'static>(
+    pub(crate) fn request_raw<R: Send + 'static>(
         &self,
         shard: ShardId,
         make: impl FnOnce(flume::Sender<R>) -> ShardRequest,
@@ -433,6 +462,21 @@ impl Drop for EngineInner {
             let _ = self.stop();
         }
     }
+}
+
+/// The media settings the shards run with: the deployment's hash seed (the host's, or the data
+/// directory's own), and a file bound whose chunk lists fit the log's batches.
+fn media_settings(config: &EngineConfig) -> Result<crate::media::MediaSettings, EngineError> {
+    let mut media = config.media.clone();
+    media.store.hash_seed = match media.hash_seed {
+        Some(seed) => seed,
+        None => crate::media::seed::load_or_create(&config.data_dir)
+            .map_err(|(path, source)| EngineError::DataDir { path, source: Arc::new(source) })?,
+    };
+    let file_bytes_max = crate::media::config::file_bytes_max_for_batch(config.log.batch_bytes_max);
+    media.store.file_bytes_max = media.store.file_bytes_max.min(file_bytes_max);
+    media.store.validate().map_err(|error| EngineError::MediaOpen(Arc::new(MediaOpenError::Config(error))))?;
+    Ok(media)
 }
 
 fn messaging_error(error: EngineError) -> MessagingError {

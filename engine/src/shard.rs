@@ -8,7 +8,12 @@ use std::sync::Arc;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Senders};
 
 use crate::engine::{AppendAck, EngineError, ReplayHook};
-use crate::ids::{Lsn, RecordKind, ShardId, VShard};
+use crate::ids::{Lsn, RecordKind, ShardId, VShard, VSHARD_COUNT};
+use crate::media::config::{MediaSettings, MEDIA_DIR};
+use crate::media::driver::MediaDriver;
+use crate::media::journal::WalJournal;
+use crate::media::recovery::{MediaOpenReport, MediaRecovery};
+use crate::media::requests::MediaRequest;
 use crate::messaging::driver::{self as messaging_driver, Connected, MessagingDriver, OfflineHook};
 use crate::messaging::{AuthorizationId, MessagingCore, MessagingResult, Request, Response, UserId};
 use crate::vshards::VShardTable;
@@ -29,6 +34,7 @@ pub(crate) enum ShardRequest {
     Checkpoint { state: Vec<u8>, covers: Lsn, reply: Reply<CheckpointTicket> },
     Messaging { request: Request, reply: flume::Sender<MessagingResult<Response>> },
     Connect { user: UserId, authorization: Option<AuthorizationId>, reply: flume::Sender<MessagingResult<Connected>> },
+    Media(MediaRequest),
     Run(HostTask),
     Shutdown { reply: Reply<()> },
 }
@@ -40,6 +46,7 @@ pub struct ShardContext {
     pub table: Arc<VShardTable>,
     mesh: Senders<MeshTask>,
     pub(crate) messaging: MessagingDriver,
+    pub(crate) media: MediaDriver,
 }
 
 impl std::fmt::Debug for ShardContext {
@@ -79,6 +86,9 @@ impl ShardContext {
     }
 }
 
+/// What a shard found when it opened: its log's report and its media store's.
+pub(crate) type ShardOpened = (OpenReport, MediaOpenReport);
+
 /// Everything a shard needs to start, moved into its executor.
 pub(crate) struct ShardStart {
     pub id: ShardId,
@@ -88,11 +98,13 @@ pub(crate) struct ShardStart {
     pub table: Arc<VShardTable>,
     pub mesh: MeshBuilder<MeshTask, Full>,
     pub requests: flume::Receiver<ShardRequest>,
-    pub opened: std::sync::mpsc::Sender<(ShardId, Result<OpenReport, EngineError>)>,
+    pub opened: std::sync::mpsc::Sender<(ShardId, Result<ShardOpened, EngineError>)>,
     pub replay: Option<ReplayHook>,
     pub offline: Option<OfflineHook>,
     pub checkpoint_every_bytes: u64,
     pub retain_log: bool,
+    /// With the deployment's hash seed and a file bound that fits the log's batches.
+    pub media: MediaSettings,
 }
 
 thread_local! {
@@ -121,6 +133,7 @@ pub(crate) async fn run(start: ShardStart) {
         offline,
         checkpoint_every_bytes,
         retain_log,
+        media,
     } = start;
     // Every peer must join the mesh or all of them hang, so join before anything can fail.
     let Ok((senders, mut receivers)) = mesh.join().await else {
@@ -131,20 +144,24 @@ pub(crate) async fn run(start: ShardStart) {
         let _ = opened.send((id, Err(EngineError::Preflight(Arc::new(error)))));
         return;
     }
-    // Messaging state comes back from the checkpoint, then from every record after it.
+    let record_bytes_max =
+        log_config.batch_bytes_max - crate::wal::format::BATCH_HEADER_BYTES - crate::wal::format::RECORD_HEADER_BYTES;
+    // Messaging and media state come back from the checkpoint, then from every record after it.
     let core = std::cell::RefCell::new(MessagingCore::new(id, table.clone()));
+    let media_recovery = std::cell::RefCell::new(MediaRecovery::default());
     let mut host_state = Vec::new();
     let mut restore_error = None;
     let restore = |checkpoint: Option<&(CheckpointTicket, Vec<u8>)>| {
         let Some((_, bytes)) = checkpoint else { return };
-        match messaging_driver::split(bytes) {
-            Some((host, snapshot)) => {
-                host_state = host.to_vec();
-                if let Err(error) = core.borrow_mut().restore(snapshot) {
+        match crate::media::checkpoint::split(bytes) {
+            Ok(sections) => {
+                host_state = sections.host.to_vec();
+                if let Err(error) = core.borrow_mut().restore(sections.messaging) {
                     restore_error = Some(error.to_string());
                 }
+                media_recovery.borrow_mut().restore(sections.media);
             }
-            None => restore_error = Some("the checkpoint does not split into host and messaging state".into()),
+            Err(error) => restore_error = Some(format!("the checkpoint does not split into its sections: {error}")),
         }
     };
     let mut replay_error = None;
@@ -152,6 +169,7 @@ pub(crate) async fn run(start: ShardStart) {
         if let Err(error) = core.borrow_mut().replay(record.kind, record.payload) {
             replay_error.get_or_insert(format!("record {}: {error}", record.lsn));
         }
+        media_recovery.borrow_mut().replay(record.lsn, record.kind, record.payload);
         if let Some(hook) = &replay {
             hook(id, position, record);
         }
@@ -171,11 +189,27 @@ pub(crate) async fn run(start: ShardStart) {
     if let Some((_, state)) = &mut report.checkpoint {
         *state = host_state.clone();
     }
+    // The log is open (and its DMA probe done): the media store's segments come next.
+    let shard_vshard = (0..VSHARD_COUNT as u64)
+        .map(VShard::of)
+        .find(|vshard| table.owner(*vshard) == id)
+        .expect("the vshard table gives every shard a vshard");
+    let media_log = log.clone();
+    let journal = move |shared| WalJournal::new(media_log, shard_vshard, record_bytes_max, shared);
+    let opened_media = media_recovery.into_inner().open(media.store.clone(), &dir.join(MEDIA_DIR), journal).await;
+    let (store, journal_shared, media_report) = match opened_media {
+        Ok(opened) => opened,
+        Err(error) => {
+            let _ = opened.send((id, Err(EngineError::MediaOpen(Arc::new(error)))));
+            return;
+        }
+    };
     let mut core = core.into_inner();
     core.set_checkpoint_every(checkpoint_every_bytes);
     core.resume(report.generation, Lsn(log.next_lsn().0 - 1));
     let messaging = MessagingDriver::new(core, table.shard_count(), offline, host_state, !retain_log);
-    let context = Rc::new(ShardContext { id, log, table, mesh: senders, messaging });
+    let media = MediaDriver::new(journal_shared, media, checkpoint_every_bytes);
+    let context = Rc::new(ShardContext { id, log, table, mesh: senders, messaging, media });
     for (_, receiver) in receivers.streams() {
         let context = context.clone();
         glommio::spawn_local(async move {
@@ -186,7 +220,8 @@ pub(crate) async fn run(start: ShardStart) {
         .detach();
     }
     MessagingDriver::start(&context);
-    let _ = opened.send((id, Ok(report)));
+    MediaDriver::start(&context, store);
+    let _ = opened.send((id, Ok((report, media_report))));
     drop(opened);
     serve(&context, requests).await;
 }
@@ -197,6 +232,7 @@ async fn serve(context: &Rc<ShardContext>, requests: flume::Receiver<ShardReques
         // Drain what is queued before yielding: one wake-up serves a burst (NOTES-runtime).
         while let Some(request) = next {
             if let Some(reply) = handle(context, request) {
+                MediaDriver::stop(context).await;
                 let result = context.log.close().await.map_err(EngineError::from);
                 let _ = reply.send(result);
                 return;
@@ -204,6 +240,7 @@ async fn serve(context: &Rc<ShardContext>, requests: flume::Receiver<ShardReques
             next = requests.try_recv().ok();
         }
     }
+    MediaDriver::stop(context).await;
     let _ = context.log.close().await;
 }
 
@@ -225,8 +262,14 @@ fn handle(context: &Rc<ShardContext>, request: ShardRequest) -> Option<Reply<()>
                 let _ = reply.send(Err(EngineError::StaleCheckpoint { covers, newest }));
                 return None;
             }
-            let state = context.messaging.checkpoint_bytes(state);
-            let checkpoint = context.log.checkpoint(state);
+            // Host and messaging state as of this step, and the media section taken as soon as
+            // the media operation running now ends (`media::driver`): all in the ticket taken now.
+            let combined = context.messaging.checkpoint_bytes(state);
+            let media = MediaDriver::checkpoint_section(context);
+            let checkpoint = context.log.checkpoint_with(async move {
+                let (host, messaging) = messaging_driver::split(&combined)?;
+                Some(crate::media::checkpoint::compose(host, messaging, &media.await?))
+            });
             glommio::spawn_local(async move {
                 let _ = reply.send(checkpoint.await.map_err(|error| EngineError::Checkpoint(Arc::new(error))));
             })
@@ -236,6 +279,7 @@ fn handle(context: &Rc<ShardContext>, request: ShardRequest) -> Option<Reply<()>
         ShardRequest::Connect { user, authorization, reply } => {
             MessagingDriver::connect(context, user, authorization, reply)
         }
+        ShardRequest::Media(request) => MediaDriver::request(context, request),
         ShardRequest::Run(task) => task(context.clone()),
         ShardRequest::Shutdown { reply } => return Some(reply),
     }

@@ -358,9 +358,12 @@ fn send_batch(context: &Rc<ShardContext>, shard: ShardId, batch: Vec<PeerMessage
     }
 }
 
-fn maybe_checkpoint(context: &Rc<ShardContext>) {
+/// Takes an automatic checkpoint when enough messaging or media records were written since
+/// the last one (the media driver calls it too).
+pub(crate) fn maybe_checkpoint(context: &Rc<ShardContext>) {
     let driver = &context.messaging;
-    if driver.checkpointing.get() || !driver.core.borrow().wants_checkpoint() {
+    let wanted = driver.core.borrow().wants_checkpoint() || context.media.wants_checkpoint();
+    if driver.checkpointing.get() || !wanted {
         return;
     }
     // The log's ticket and the core's snapshot are taken in this same step; the pieces are
@@ -368,13 +371,15 @@ fn maybe_checkpoint(context: &Rc<ShardContext>) {
     driver.checkpointing.set(true);
     driver.core.borrow_mut().begin_checkpoint();
     let host_state = driver.host_state.borrow().clone();
+    // Asked in this step too: the media section holds every media record up to the ticket.
+    let media = crate::media::driver::MediaDriver::checkpoint_section(context);
     let producer = context.clone();
     let state = async move {
         while !producer.messaging.core.borrow_mut().checkpoint_step(CHECKPOINT_PIECES_PER_STEP) {
             futures_lite::future::yield_now().await;
         }
         let snapshot = producer.messaging.core.borrow_mut().finish_checkpoint()?;
-        Some(combine(&host_state, &snapshot))
+        Some(crate::media::checkpoint::compose(&host_state, &snapshot, &media.await?))
     };
     let checkpoint = context.log.checkpoint_with(state);
     let context = context.clone();
