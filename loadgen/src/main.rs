@@ -1,0 +1,81 @@
+//! The `ferrogram-loadgen` binary: runs a load against a target, or verifies an acks file.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+
+use ferrogram_loadgen::acks::AckFile;
+use ferrogram_loadgen::cli::{Cli, Command, RunArgs, TargetKind, VerifyArgs};
+use ferrogram_loadgen::limits::{PROVISION_CONCURRENCY_MAX, SPARE_FILE_DESCRIPTORS};
+use ferrogram_loadgen::runtime::Runtime;
+use ferrogram_loadgen::target::ferrogram::FerrogramTarget;
+use ferrogram_loadgen::verify::{self, FerrogramVerifyApi};
+use ferrogram_loadgen::{run, svg, system};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Verify(args)) => verify_command(&args),
+        Some(Command::Run(args)) => run_command(&args),
+        None => run_command(&cli.run),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("ferrogram-loadgen: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_command(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let options = args.resolve().map_err(anyhow::Error::msg)?;
+    // Pin first: every thread started later (executor, reactor) inherits the affinity.
+    if let Some(cpus) = &args.cpus {
+        system::pin_current_thread(cpus).context("cannot pin loadgen's threads")?;
+    }
+    let connections = (options.online_users + options.provision_concurrency.min(PROVISION_CONCURRENCY_MAX)) as u64;
+    system::raise_file_limit(connections, SPARE_FILE_DESCRIPTORS)?;
+    let threads = args.threads.unwrap_or_else(|| ferrogram_loadgen::runtime::default_threads(system::allowed_cpus()));
+    let runtime = Runtime::new(threads).context("cannot start the executor threads")?;
+    let report = match args.target {
+        TargetKind::Ferrogram => {
+            let target = FerrogramTarget::new(args.server, args.code.clone(), runtime.handle().spawner());
+            run::run(&runtime, Arc::new(target), &args.server.to_string(), &options)?
+        }
+    };
+    print!("{}", report.text());
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if let Some(path) = &args.svg {
+        let title = format!(
+            "{} {:?} at {:.0}/s offered, {:.0}/s achieved{}",
+            report.target,
+            options.scenario,
+            report.load.offered_rate_per_s,
+            report.load.achieved_rate_per_s,
+            if report.loadgen_bottleneck { " (LOADGEN WAS THE BOTTLENECK)" } else { "" }
+        );
+        let lines: Vec<(&str, &hdrhistogram::Histogram<u64>)> =
+            report.histograms.iter().map(|(measure, histogram)| (measure.name(), histogram)).collect();
+        std::fs::write(path, svg::plot(&title, &lines)).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    if report.ack_write_errors > 0 {
+        anyhow::bail!("{} acknowledgements could not be written to the acks file", report.ack_write_errors);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn verify_command(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
+    args.check().map_err(anyhow::Error::msg)?;
+    let file = AckFile::read(&args.acks)?;
+    system::raise_file_limit(args.threads as u64 * 2, SPARE_FILE_DESCRIPTORS)?;
+    let api = FerrogramVerifyApi::new(args.server, args.code.clone());
+    let report = verify::check(&file, &api, args.threads)?;
+    print!("{}", report.text());
+    Ok(ExitCode::from(report.exit_code() as u8))
+}

@@ -1,0 +1,244 @@
+//! An in-process target for loadgen's own tests: users, chats, messages and live deliveries in
+//! memory, with an answer delay and injected faults (a server stall, a stall of loadgen's own
+//! thread, lost deliveries), so the accounting can be checked against a known truth.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use super::{
+    Ack, ChatId, ChatSpec, Delivery, MessageId, Provisioned, Target, TargetError, UpdateSource, UserId, UserSpec,
+    CLOSED,
+};
+use crate::stats::lock;
+
+/// Faults and delays of a [`FakeTarget`].
+#[derive(Clone, Debug, Default)]
+pub struct FakeBehaviour {
+    /// Every answer takes this long (an asynchronous wait).
+    pub answer_delay: Duration,
+    /// The "server" stops answering during `[at, at + length)`: a request arriving then is
+    /// answered at the end of the stall.
+    pub server_stall: Option<(Instant, Duration)>,
+    /// The first send after this instant blocks the calling thread for the duration: a stall
+    /// of loadgen itself (its executor can run nothing else meanwhile).
+    pub thread_stall: Option<(Instant, Duration)>,
+    /// Every n-th delivery is lost.
+    pub lose_every_nth_delivery: Option<u64>,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct FakeTarget {
+    behaviour: FakeBehaviour,
+    state: Mutex<FakeState>,
+    thread_stalled: Mutex<bool>,
+    deliveries: AtomicU64,
+    /// Sends answered (for tests to compare with loadgen's count).
+    pub sends: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct FakeState {
+    users_by_phone: HashMap<String, UserId>,
+    online: HashMap<UserId, flume::Sender<Delivery>>,
+    chats: HashMap<ChatId, FakeChat>,
+}
+
+#[derive(Debug)]
+struct FakeChat {
+    members: Vec<UserId>,
+    /// Chats fanned out on read deliver only to followers.
+    followers: Option<Vec<UserId>>,
+    messages: u64,
+}
+
+/// One online fake user.
+#[derive(Debug)]
+pub struct FakeSession {
+    pub user: UserId,
+}
+
+/// A fake user's live deliveries.
+#[derive(Debug)]
+pub struct FakeUpdates {
+    receiver: flume::Receiver<Delivery>,
+}
+
+impl UpdateSource for FakeUpdates {
+    async fn next(&mut self) -> Option<Delivery> {
+        self.receiver.recv_async().await.ok()
+    }
+}
+
+impl FakeTarget {
+    pub fn new(behaviour: FakeBehaviour) -> FakeTarget {
+        FakeTarget {
+            behaviour,
+            state: Mutex::new(FakeState::default()),
+            thread_stalled: Mutex::new(false),
+            deliveries: AtomicU64::new(0),
+            sends: AtomicU64::new(0),
+        }
+    }
+
+    /// Waits as the server would: to the end of a stall, then the answer delay. A session
+    /// disconnected meanwhile fails the request, as a closed connection does.
+    async fn serve_delay(&self, user: UserId) -> Result<(), TargetError> {
+        let now = Instant::now();
+        let mut until = now;
+        if let Some((at, length)) = self.behaviour.server_stall {
+            if at <= now && now < at + length {
+                until = at + length;
+            }
+        }
+        until += self.behaviour.answer_delay;
+        loop {
+            if !lock(&self.state).online.contains_key(&user) {
+                return Err(TargetError::local(CLOSED, "the session is closed"));
+            }
+            let now = Instant::now();
+            if now >= until {
+                return Ok(());
+            }
+            async_io::Timer::after((until - now).min(Duration::from_millis(5))).await;
+        }
+    }
+
+    fn maybe_stall_thread(&self) {
+        let Some((at, length)) = self.behaviour.thread_stall else { return };
+        if Instant::now() < at {
+            return;
+        }
+        let mut stalled = lock(&self.thread_stalled);
+        if !*stalled {
+            *stalled = true;
+            drop(stalled);
+            std::thread::sleep(length);
+        }
+    }
+
+    fn deliver(&self, chat: ChatId, id: MessageId, sender: UserId, random_id: u64, text: &str) {
+        let state = lock(&self.state);
+        let Some(entry) = state.chats.get(&chat) else { return };
+        let recipients = entry.followers.as_ref().unwrap_or(&entry.members);
+        for user in recipients {
+            let Some(stream) = state.online.get(user) else { continue };
+            let count = self.deliveries.fetch_add(1, Relaxed) + 1;
+            if self.behaviour.lose_every_nth_delivery.is_some_and(|nth| count.is_multiple_of(nth)) {
+                continue;
+            }
+            let _ = stream.send(Delivery::Message { chat, id, sender, random_id, text: text.to_owned() });
+        }
+    }
+
+    fn append(&self, sender: UserId, chat: ChatId) -> Result<MessageId, TargetError> {
+        let mut state = lock(&self.state);
+        let entry = state.chats.get_mut(&chat).ok_or_else(|| TargetError::server("NOT_FOUND", "no chat", None))?;
+        if !entry.members.contains(&sender) {
+            return Err(TargetError::server("PERMISSION_DENIED", "not a member", None));
+        }
+        entry.messages += 1;
+        Ok(MessageId(entry.messages))
+    }
+}
+
+impl Target for FakeTarget {
+    type Session = FakeSession;
+    type Updates = FakeUpdates;
+
+    fn name(&self) -> &'static str {
+        "fake"
+    }
+
+    async fn provision(
+        &self,
+        user: &UserSpec,
+        online: bool,
+    ) -> Result<Provisioned<FakeSession, FakeUpdates>, TargetError> {
+        let mut state = lock(&self.state);
+        let next = UserId(state.users_by_phone.len() as u64 + 1);
+        let id = *state.users_by_phone.entry(user.phone.clone()).or_insert(next);
+        if !online {
+            return Ok(Provisioned { user: id, online: None });
+        }
+        let (sender, receiver) = flume::unbounded();
+        state.online.insert(id, sender);
+        Ok(Provisioned { user: id, online: Some((FakeSession { user: id }, FakeUpdates { receiver })) })
+    }
+
+    async fn create_chat(&self, creator: &FakeSession, chat: &ChatSpec) -> Result<ChatId, TargetError> {
+        let mut state = lock(&self.state);
+        let id = ChatId(state.chats.len() as u64 + 1);
+        let mut members = vec![creator.user];
+        let followers = match chat {
+            ChatSpec::Private { peer } => {
+                members.push(*peer);
+                None
+            }
+            ChatSpec::Group { members: others, .. } => {
+                members.extend(others);
+                None
+            }
+            ChatSpec::Channel { admins, .. } => {
+                members.extend(admins);
+                Some(Vec::new())
+            }
+        };
+        state.chats.insert(id, FakeChat { members, followers, messages: 0 });
+        Ok(id)
+    }
+
+    async fn follow(&self, member: &FakeSession, chat: ChatId) -> Result<(), TargetError> {
+        let mut state = lock(&self.state);
+        let entry = state.chats.get_mut(&chat).ok_or_else(|| TargetError::server("NOT_FOUND", "no chat", None))?;
+        entry.members.push(member.user);
+        entry.followers.get_or_insert_with(Vec::new).push(member.user);
+        Ok(())
+    }
+
+    async fn send(&self, sender: &FakeSession, chat: ChatId, random_id: u64, text: String) -> Result<Ack, TargetError> {
+        self.maybe_stall_thread();
+        self.serve_delay(sender.user).await?;
+        let id = self.append(sender.user, chat)?;
+        self.sends.fetch_add(1, Relaxed);
+        self.deliver(chat, id, sender.user, random_id, &text);
+        Ok(Ack { chat, id, duplicate: false })
+    }
+
+    async fn send_batch(
+        &self,
+        sender: &FakeSession,
+        chat: ChatId,
+        messages: Vec<(u64, String)>,
+    ) -> Vec<Result<Ack, TargetError>> {
+        let mut answers = Vec::with_capacity(messages.len());
+        for (random_id, text) in messages {
+            answers.push(self.send(sender, chat, random_id, text).await);
+        }
+        answers
+    }
+
+    async fn history(
+        &self,
+        reader: &FakeSession,
+        chat: ChatId,
+        offset: MessageId,
+        limit: u32,
+    ) -> Result<usize, TargetError> {
+        self.serve_delay(reader.user).await?;
+        let state = lock(&self.state);
+        let entry = state.chats.get(&chat).ok_or_else(|| TargetError::server("NOT_FOUND", "no chat", None))?;
+        let below = if offset.0 == 0 { entry.messages } else { offset.0.saturating_sub(1).min(entry.messages) };
+        Ok(below.min(u64::from(limit)) as usize)
+    }
+
+    async fn close(&self, session: &FakeSession) {
+        self.disconnect(session);
+    }
+
+    fn disconnect(&self, session: &FakeSession) {
+        lock(&self.state).online.remove(&session.user);
+    }
+}

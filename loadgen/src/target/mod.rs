@@ -1,0 +1,214 @@
+//! The systems loadgen drives, behind one trait. A scenario is written once against
+//! [`Target`]; each system gets an adapter that does what a strong team would do on it.
+//! Today: [`ferrogram::FerrogramTarget`] (the real server through `ferrogram_net::client`) and
+//! [`fake::FakeTarget`] (in-process, for loadgen's own tests). A Redis adapter (issue 5's
+//! next slice) implements the same trait: provisioning creates the user keys, `send` is one
+//! Lua function call, the update stream is the user's Pub/Sub subscription.
+//!
+//! Ids are the wire protocol's newtypes; an adapter for another system mints its own values
+//! in them (they are opaque to loadgen).
+
+pub mod fake;
+pub mod ferrogram;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use ferrogram_net::{ChatId, MessageId, UserId};
+
+/// A system under load.
+///
+/// Methods return `Send` futures: loadgen runs them as tasks on a multi-threaded executor.
+/// Every method may be called from many tasks at once.
+pub trait Target: Send + Sync + 'static {
+    /// One online user: its login and connection (or whatever the system's client holds).
+    type Session: Send + Sync + 'static;
+    /// The live events of one online session.
+    type Updates: UpdateSource;
+
+    /// The system's name in reports ("ferrogram").
+    fn name(&self) -> &'static str;
+
+    /// Makes the user exist (signing it up when it is new, logging in when it is not). An
+    /// online user keeps its session and update stream; an offline one is logged out again.
+    fn provision(
+        &self,
+        user: &UserSpec,
+        online: bool,
+    ) -> impl Future<Output = Result<Provisioned<Self::Session, Self::Updates>, TargetError>> + Send;
+
+    /// Creates a chat with `creator` as its owner.
+    fn create_chat(
+        &self,
+        creator: &Self::Session,
+        chat: &ChatSpec,
+    ) -> impl Future<Output = Result<ChatId, TargetError>> + Send;
+
+    /// Joins a broadcast channel and follows its live stream on this session.
+    fn follow(&self, member: &Self::Session, chat: ChatId) -> impl Future<Output = Result<(), TargetError>> + Send;
+
+    /// Sends one message and waits for its acknowledgement.
+    fn send(
+        &self,
+        sender: &Self::Session,
+        chat: ChatId,
+        random_id: u64,
+        text: String,
+    ) -> impl Future<Output = Result<Ack, TargetError>> + Send;
+
+    /// Sends several messages back to back (setup's prefill), answering each in order.
+    fn send_batch(
+        &self,
+        sender: &Self::Session,
+        chat: ChatId,
+        messages: Vec<(u64, String)>,
+    ) -> impl Future<Output = Vec<Result<Ack, TargetError>>> + Send;
+
+    /// Reads one page of history: up to `limit` messages below `offset` (newest first);
+    /// answers how many came back.
+    fn history(
+        &self,
+        reader: &Self::Session,
+        chat: ChatId,
+        offset: MessageId,
+        limit: u32,
+    ) -> impl Future<Output = Result<usize, TargetError>> + Send;
+
+    /// Ends an online session gracefully (logging it out where the system has logins).
+    fn close(&self, session: &Self::Session) -> impl Future<Output = ()> + Send;
+
+    /// Drops the session's connection at once: every request still waiting on it fails.
+    /// Called for every session after `close`, also for those whose `close` did not finish.
+    fn disconnect(&self, session: &Self::Session);
+}
+
+/// The live events of one online session, in the order the system sent them.
+pub trait UpdateSource: Send + 'static {
+    /// The next delivery; `None` once the session has ended.
+    fn next(&mut self) -> impl Future<Output = Option<Delivery>> + Send;
+}
+
+/// A user to provision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UserSpec {
+    /// E.164, e.g. `+19990000042`.
+    pub phone: String,
+    pub first_name: String,
+}
+
+/// What provisioning a user gave.
+#[derive(Debug)]
+pub struct Provisioned<S, U> {
+    pub user: UserId,
+    /// The session and its live events, for an online user.
+    pub online: Option<(S, U)>,
+}
+
+/// A chat to create.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ChatSpec {
+    /// The private chat of the creator and `peer`.
+    Private { peer: UserId },
+    /// A group of the creator and `members` (fanned out on write while small).
+    Group { title: String, members: Vec<UserId> },
+    /// A broadcast channel; `admins` may post besides the creator.
+    Channel { title: String, admins: Vec<UserId> },
+}
+
+/// A send's acknowledgement.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ack {
+    pub chat: ChatId,
+    pub id: MessageId,
+    /// The system answered an earlier message with the same random_id.
+    pub duplicate: bool,
+}
+
+/// One event of an update stream that matters to loadgen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Delivery {
+    /// A new message, with its body.
+    Message { chat: ChatId, id: MessageId, sender: UserId, random_id: u64, text: String },
+    /// A new message announced without its body (ferrogram sends a box update without the
+    /// message when it could not fetch it): it cannot be matched to a send.
+    Bodiless { chat: ChatId, id: MessageId },
+    /// The stream lost events (the system dropped some for this session).
+    Resync,
+    /// Anything else (typing, edits, membership changes).
+    Other,
+}
+
+/// Why an operation failed. `code` is the server's error code name (`FLOOD_WAIT`,
+/// `OVERLOADED`, ...) when `from_server`, else loadgen's own (`TIMEOUT`, `CLOSED`, `IO`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+#[non_exhaustive]
+pub struct TargetError {
+    pub code: &'static str,
+    pub message: String,
+    pub from_server: bool,
+    pub retry_after: Option<Duration>,
+}
+
+impl TargetError {
+    /// An error of loadgen's side (a timeout, a closed connection).
+    pub fn local(code: &'static str, message: impl Into<String>) -> TargetError {
+        TargetError { code, message: message.into(), from_server: false, retry_after: None }
+    }
+
+    /// An error the server answered.
+    pub fn server(code: &'static str, message: impl Into<String>, retry_after: Option<Duration>) -> TargetError {
+        TargetError { code, message: message.into(), from_server: true, retry_after }
+    }
+
+    pub fn timeout() -> TargetError {
+        TargetError::local(TIMEOUT, "no answer before the deadline")
+    }
+
+    /// Whether the operation may still have taken effect (its answer was lost).
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self.code, TIMEOUT | CLOSED | IO)
+    }
+}
+
+/// Loadgen's own error codes.
+pub const TIMEOUT: &str = "TIMEOUT";
+pub const CLOSED: &str = "CLOSED";
+pub const IO: &str = "IO";
+pub const PROTOCOL: &str = "PROTOCOL";
+
+/// A future that runs to completion on loadgen's executor, detached.
+pub type BoxedTask = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// Starts background futures (a connection's driver) on loadgen's executor; adapters get one
+/// instead of knowing the executor.
+#[derive(Clone)]
+pub struct Spawner(Arc<dyn Fn(BoxedTask) + Send + Sync>);
+
+impl Spawner {
+    pub fn new(spawn: impl Fn(BoxedTask) + Send + Sync + 'static) -> Spawner {
+        Spawner(Arc::new(spawn))
+    }
+
+    pub fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        (self.0)(Box::pin(task))
+    }
+}
+
+impl fmt::Debug for Spawner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Spawner")
+    }
+}
+
+/// `future`'s output, or `None` once `timeout` has passed.
+pub async fn within<T>(timeout: Duration, future: impl Future<Output = T>) -> Option<T> {
+    futures_lite::future::or(async { Some(future.await) }, async {
+        async_io::Timer::after(timeout).await;
+        None
+    })
+    .await
+}
