@@ -12,6 +12,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a frame may take to arrive once its header has: a client announcing a large frame
 /// and trickling it in holds its budget at most this long.
 pub const FRAME_BODY_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often each shard closes connections past their read deadline: timeouts are enforced
+/// to within this.
+pub const DEADLINE_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a closing connection's last frames (an error, the answers of a graceful
 /// shutdown) may take to drain to a client before its socket is shut anyway.
 pub const CLOSE_FLUSH_TIMEOUT: Duration = Duration::from_secs(5);

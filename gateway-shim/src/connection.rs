@@ -19,7 +19,7 @@ use std::net::IpAddr;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use engine::messaging::{AuthorizationId, SessionId, UserId};
 use ferrogram_net::codec::{self, DecodeError};
@@ -76,6 +76,11 @@ pub(crate) struct Connection {
     /// Users whose presence this connection watches (asked with `GetPresence`).
     pub watched: RefCell<std::collections::BTreeSet<UserId>>,
     fd: RawFd,
+    /// When the reader must have what it waits for (the next frame's first byte, or the rest
+    /// of a frame); the shard's sweep closes the connection past it.
+    pub deadline: Cell<Option<Instant>>,
+    /// The handshake is done (its deadline covers the whole first frame; later waits are idle).
+    greeted: Cell<bool>,
     /// Whether `fd` is still owned by the reader's stream.
     fd_open: Cell<bool>,
     queue: RefCell<VecDeque<(Vec<u8>, StaticPermit)>>,
@@ -235,6 +240,8 @@ pub(crate) async fn serve(shard: Rc<ShardGateway>, stream: TcpStream, ip: IpAddr
         subscriptions: RefCell::new(std::collections::BTreeSet::new()),
         watched: RefCell::new(std::collections::BTreeSet::new()),
         fd,
+        deadline: Cell::new(None),
+        greeted: Cell::new(false),
         fd_open: Cell::new(true),
         queue: RefCell::new(VecDeque::new()),
         queued_bytes: Cell::new(0),
@@ -267,10 +274,9 @@ async fn read_loop(connection: &Rc<Connection>, stream: &mut TcpStream) -> Close
     let shard = &connection.shard;
 
     // Handshake: the first frame must be a Hello, within the handshake timeout.
-    let first = match within(HANDSHAKE_TIMEOUT, reader.next(stream, shard, HANDSHAKE_TIMEOUT)).await {
-        None => return CloseReason::Timeout,
-        Some(Err(end)) => return end.report(connection),
-        Some(Ok(frame)) => frame,
+    let first = match reader.next(stream, connection, HANDSHAKE_TIMEOUT).await {
+        Err(end) => return end.report(connection),
+        Ok(frame) => frame,
     };
     if first.overloaded {
         let error = ErrorBody { code: ErrorCode::Overloaded, message: "the server is busy".into(), retry_after_s: 1 };
@@ -311,13 +317,14 @@ async fn read_loop(connection: &Rc<Connection>, stream: &mut TcpStream) -> Close
         connection.send_frame(welcome);
     }
     drop(first);
+    connection.greeted.set(true);
 
     let idle_timeout = shard.gateway.config.idle_timeout;
     loop {
         if let Some(reason) = connection.closed.get() {
             return reason;
         }
-        let frame = match reader.next(stream, shard, idle_timeout).await {
+        let frame = match reader.next(stream, connection, idle_timeout).await {
             Ok(frame) => frame,
             Err(end) => return end.report(connection),
         };
@@ -493,27 +500,42 @@ struct FrameReader {
 impl FrameReader {
     /// Reads the next frame. Waiting for its first byte may take `idle_timeout`; once a frame
     /// has begun, all of it must arrive within `FRAME_BODY_TIMEOUT`.
+    ///
+    /// The limits are deadlines on the connection, enforced by the shard's once-a-second sweep
+    /// (`shard.rs`), which shuts the socket of a connection past its deadline: no timer is armed
+    /// and cancelled per read, which cost the shard an io_uring timeout and cancellation per
+    /// frame.
     async fn next(
         &mut self,
         stream: &mut TcpStream,
-        shard: &ShardGateway,
-        idle_timeout: Duration,
+        connection: &Connection,
+        wait: Duration,
     ) -> Result<Frame, ReadEnd> {
+        // Before the handshake one deadline covers the whole first frame; after it each wait for
+        // a frame gets `wait`, and each frame `FRAME_BODY_TIMEOUT` from its first byte.
+        let greeted = connection.greeted.get();
+        let limit = |at: Instant| match connection.deadline.get() {
+            Some(deadline) if !greeted => deadline.min(at),
+            _ => at,
+        };
+        connection.deadline.set(Some(limit(Instant::now() + wait)));
+        let timed_out = |connection: &Connection| connection.closed.get() == Some(CloseReason::Timeout);
         if self.start == self.buffer.len() {
             self.buffer = Vec::new();
             self.start = 0;
             self.grown = false;
             // Wait for the next byte without holding a buffer.
             let mut probe = [0u8; 1];
-            match within(idle_timeout, stream.peek(&mut probe)).await {
-                None => return Err(ReadEnd::Timeout),
-                Some(Ok(0)) | Some(Err(_)) => return Err(ReadEnd::Closed),
-                Some(Ok(_)) => {}
+            match stream.peek(&mut probe).await {
+                Ok(0) | Err(_) if timed_out(connection) => return Err(ReadEnd::Timeout),
+                Ok(0) | Err(_) => return Err(ReadEnd::Closed),
+                Ok(_) => {}
             }
         }
-        match within(FRAME_BODY_TIMEOUT, self.read_frame(stream, shard)).await {
-            Some(result) => result,
-            None => Err(ReadEnd::Timeout),
+        connection.deadline.set(Some(limit(Instant::now() + FRAME_BODY_TIMEOUT)));
+        match self.read_frame(stream, &connection.shard).await {
+            Err(ReadEnd::Closed) if timed_out(connection) => Err(ReadEnd::Timeout),
+            result => result,
         }
     }
 

@@ -19,7 +19,7 @@ use futures_lite::AsyncWriteExt;
 use glommio::net::TcpListener;
 use glommio::sync::Semaphore;
 
-use crate::config::{REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX, SHUTDOWN_DRAIN_TIMEOUT};
+use crate::config::{DEADLINE_SWEEP_INTERVAL, REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX, SHUTDOWN_DRAIN_TIMEOUT};
 use crate::connection::{self, within, CloseReason, Connection};
 use crate::metrics::ShardMetrics;
 use crate::Gateway;
@@ -104,6 +104,7 @@ pub(crate) async fn listen(gateway: Arc<Gateway>, context: Rc<ShardContext>, bou
         glommio::spawn_local(forget_idle_rate_limits(gateway.clone())).detach();
     }
     glommio::spawn_local(sample_log_stats(state.clone(), context)).detach();
+    glommio::spawn_local(expire_deadlines(state.clone())).detach();
 
     loop {
         let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
@@ -152,6 +153,25 @@ async fn refuse(mut stream: glommio::net::TcpStream, shard_full: bool) {
     let mut frame = Vec::new();
     if codec::encode_error(&mut frame, &error).is_ok() {
         within(Duration::from_secs(1), stream.write_all(&frame)).await;
+    }
+}
+
+/// Closes connections past their read deadline (handshake, idle or frame timeout), once a
+/// second: one sweep over the shard's connections instead of a timer per read.
+async fn expire_deadlines(state: Rc<ShardGateway>) {
+    while !state.gateway.stopping() {
+        glommio::timer::sleep(DEADLINE_SWEEP_INTERVAL).await;
+        let now = std::time::Instant::now();
+        let expired: Vec<Rc<Connection>> = state
+            .connections
+            .borrow()
+            .values()
+            .filter_map(|weak| weak.upgrade())
+            .filter(|connection| connection.deadline.get().is_some_and(|deadline| deadline <= now))
+            .collect();
+        for connection in expired {
+            connection.close(CloseReason::Timeout);
+        }
     }
 }
 

@@ -16,6 +16,10 @@ use crate::config::UPDATES_PER_FRAME_MAX;
 use crate::connection::{Authorized, CloseReason, Connection};
 use crate::convert;
 
+/// Tries to fetch a batch's message bodies from an overloaded chat shard (waiting 1, 2, 4, ...
+/// ms between tries) before sending the updates without them.
+const BODY_FETCH_ATTEMPTS_MAX: u32 = 6;
+
 /// Authorizes `connection` as `user` and starts its live updates; answers the box state at
 /// registration (every later update arrives live).
 pub(crate) async fn authorize(
@@ -143,9 +147,21 @@ async fn convert_batch(
     let mut bodies: HashMap<(model::ChatId, model::MessageId), ferrogram_net::Message> = HashMap::new();
     let messenger = &connection.shard.gateway.messenger;
     for (chat, ids) in wanted {
-        // A message deleted or a chat left since is simply sent without its body.
-        if let Ok(messages) = messenger.get_messages(chat, user, &ids).await {
-            bodies.extend(messages.iter().map(|message| ((message.chat, message.id), convert::message(message))));
+        // A message deleted or a chat left since is simply sent without its body. A chat shard
+        // too busy to answer is asked again a few times: under load, updates lost their bodies.
+        for attempt in 0..BODY_FETCH_ATTEMPTS_MAX {
+            match messenger.get_messages(chat, user, &ids).await {
+                Ok(messages) => {
+                    let converted =
+                        messages.iter().map(|message| ((message.chat, message.id), convert::message(message)));
+                    bodies.extend(converted);
+                    break;
+                }
+                Err(model::MessagingError::Overloaded) => {
+                    glommio::timer::sleep(std::time::Duration::from_millis(1 << attempt)).await;
+                }
+                Err(_) => break,
+            }
         }
     }
     let (mut resync, mut revoked) = (false, false);
