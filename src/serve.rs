@@ -162,6 +162,7 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
         .context("cannot install the signal handlers")?;
     let data_dir = settings.engine.data_dir.clone();
+    raise_open_files_limit();
     let engine = Engine::open(settings.engine.clone())
         .with_context(|| format!("cannot open the engine on {}", data_dir.display()))?;
     for report in engine.open_reports() {
@@ -192,6 +193,36 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     handle.shutdown().context("shutdown failed")?;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit and says what it allows: each
+/// client connection takes two descriptors (its socket, and the duplicate its writer uses),
+/// and the WAL and media segments take a few per shard.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
+    let raised = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let wanted = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
+                limit = wanted;
+            }
+        }
+        limit.rlim_cur
+    };
+    let connections = raised.saturating_sub(256) / 2;
+    if raised < 4096 {
+        tracing::warn!(
+            open_files = raised,
+            connections,
+            "a low open-files limit caps client connections; raise `ulimit -n`"
+        );
+    } else {
+        tracing::info!(open_files = raised, connections, "open-files limit");
+    }
 }
 
 #[cfg(test)]
