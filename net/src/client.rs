@@ -986,6 +986,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     close: flume::Receiver<()>,
 ) -> Result<(), ClientError> {
     let mut batch = Vec::with_capacity(READ_BUFFER_BYTES);
+    // One keep-alive timer for the connection, pushed back at most once a second as frames go
+    // out: a timer made per wake-up would register with the reactor on every request.
+    let mut keepalive = async_io::Timer::after(KEEPALIVE_INTERVAL);
+    let mut keepalive_set = std::time::Instant::now();
     loop {
         let wake = future::or(
             async { requests.recv_async().await.map_or(Wake::Close, Wake::Request) },
@@ -998,7 +1002,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                         Wake::Close
                     },
                     async {
-                        async_io::Timer::after(KEEPALIVE_INTERVAL).await;
+                        (&mut keepalive).await;
                         Wake::Keepalive
                     },
                 ),
@@ -1023,6 +1027,10 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             }
         }
         if !batch.is_empty() {
+            if keepalive_set.elapsed() >= std::time::Duration::from_secs(1) {
+                keepalive.set_after(KEEPALIVE_INTERVAL);
+                keepalive_set = std::time::Instant::now();
+            }
             writer.write_all(&batch).await?;
             writer.flush().await?;
             batch.clear();
