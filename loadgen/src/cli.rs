@@ -42,6 +42,9 @@ pub enum Command {
 pub enum TargetKind {
     /// A running `ferrogram serve` (start it with `--config loadgen/bench-server.toml`).
     Ferrogram,
+    /// A running redis-server, 7 or later (streams, Pub/Sub, one function call per send; see
+    /// `benches/compare.sh` for how to start it). `--code` is not used.
+    Redis,
 }
 
 #[derive(Clone, Debug, clap::Args)]
@@ -52,6 +55,11 @@ pub struct RunArgs {
     /// Its address.
     #[arg(long, default_value = "127.0.0.1:7450")]
     pub server: SocketAddr,
+    /// Redis only: connections carrying sends and history reads, shared by the online users
+    /// [default: one per online user, as ferrogram gets]; each online user also holds its
+    /// own Pub/Sub connection.
+    #[arg(long)]
+    pub redis_command_connections: Option<usize>,
     /// The login code the server's `fixed:CODE` code sender accepts.
     #[arg(long, default_value = "12345")]
     pub code: String,

@@ -11,6 +11,7 @@ use ferrogram_loadgen::cli::{Cli, Command, RunArgs, TargetKind, VerifyArgs};
 use ferrogram_loadgen::limits::{PROVISION_CONCURRENCY_MAX, SPARE_FILE_DESCRIPTORS};
 use ferrogram_loadgen::runtime::Runtime;
 use ferrogram_loadgen::target::ferrogram::FerrogramTarget;
+use ferrogram_loadgen::target::redis::{RedisTarget, COMMAND_CONNECTIONS_MAX};
 use ferrogram_loadgen::verify::{self, FerrogramVerifyApi};
 use ferrogram_loadgen::{run, svg, system};
 
@@ -36,13 +37,26 @@ fn run_command(args: &RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(cpus) = &args.cpus {
         system::pin_current_thread(cpus).context("cannot pin loadgen's threads")?;
     }
-    let connections = (options.online_users + options.provision_concurrency.min(PROVISION_CONCURRENCY_MAX)) as u64;
+    let redis_command_connections =
+        args.redis_command_connections.unwrap_or(options.online_users).clamp(1, COMMAND_CONNECTIONS_MAX);
+    // Redis sessions hold a Pub/Sub connection each besides the shared command connections.
+    let session_connections = match args.target {
+        TargetKind::Ferrogram => options.online_users,
+        TargetKind::Redis => options.online_users + redis_command_connections,
+    };
+    let connections = (session_connections + options.provision_concurrency.min(PROVISION_CONCURRENCY_MAX)) as u64;
     system::raise_file_limit(connections, SPARE_FILE_DESCRIPTORS)?;
     let threads = args.threads.unwrap_or_else(|| ferrogram_loadgen::runtime::default_threads(system::allowed_cpus()));
     let runtime = Runtime::new(threads).context("cannot start the executor threads")?;
     let report = match args.target {
         TargetKind::Ferrogram => {
             let target = FerrogramTarget::new(args.server, args.code.clone(), runtime.handle().spawner());
+            run::run(&runtime, Arc::new(target), &args.server.to_string(), &options)?
+        }
+        TargetKind::Redis => {
+            let connecting = RedisTarget::connect(args.server, redis_command_connections, runtime.handle().spawner());
+            let target =
+                runtime.block_on(connecting).with_context(|| format!("cannot use Redis at {}", args.server))?;
             run::run(&runtime, Arc::new(target), &args.server.to_string(), &options)?
         }
     };

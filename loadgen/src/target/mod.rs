@@ -1,15 +1,16 @@
 //! The systems loadgen drives, behind one trait. A scenario is written once against
 //! [`Target`]; each system gets an adapter that does what a strong team would do on it.
 //! Today: [`ferrogram::FerrogramTarget`] (the real server through `ferrogram_net::client`) and
-//! [`fake::FakeTarget`] (in-process, for loadgen's own tests). A Redis adapter (issue 5's
-//! next slice) implements the same trait: provisioning creates the user keys, `send` is one
-//! Lua function call, the update stream is the user's Pub/Sub subscription.
+//! [`fake::FakeTarget`] (in-process, for loadgen's own tests) and [`redis::RedisTarget`]
+//! (Redis 7 streams and Pub/Sub: provisioning creates the user keys, `send` is one Lua
+//! function call, the update stream is the user's Pub/Sub subscription).
 //!
 //! Ids are the wire protocol's newtypes; an adapter for another system mints its own values
 //! in them (they are opaque to loadgen).
 
 pub mod fake;
 pub mod ferrogram;
+pub mod redis;
 
 use std::fmt;
 use std::future::Future;
