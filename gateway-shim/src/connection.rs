@@ -109,14 +109,7 @@ impl Connection {
         if self.closed.get().is_some() {
             return;
         }
-        self.closed.set(Some(reason));
-        let metrics = self.shard.metrics();
-        match reason {
-            CloseReason::BadInput => metrics.connections_closed_bad_input.fetch_add(1, Relaxed),
-            CloseReason::Timeout => metrics.connections_closed_timeout.fetch_add(1, Relaxed),
-            CloseReason::SlowReader => metrics.connections_dropped_slow.fetch_add(1, Relaxed),
-            _ => 0,
-        };
+        self.mark_closed(reason);
         if reason != CloseReason::Shutdown && reason != CloseReason::Revoked {
             // Nothing more will be written: release the queue's budget now.
             self.queue.borrow_mut().clear();
@@ -125,6 +118,19 @@ impl Connection {
         }
         // The writer flushes what is queued (for a graceful close) and then shuts the socket.
         let _ = self.doorbell.0.try_send(());
+    }
+
+    /// Records why the connection closed, in its state and in the metrics.
+    fn mark_closed(&self, reason: CloseReason) {
+        self.closed.set(Some(reason));
+        let metrics = self.shard.metrics();
+        let counter = match reason {
+            CloseReason::BadInput => &metrics.connections_closed_bad_input,
+            CloseReason::Timeout => &metrics.connections_closed_timeout,
+            CloseReason::SlowReader => &metrics.connections_dropped_slow,
+            CloseReason::ClientClosed | CloseReason::Shutdown | CloseReason::Revoked => return,
+        };
+        counter.fetch_add(1, Relaxed);
     }
 
     fn shut_socket(&self) {
@@ -197,13 +203,7 @@ impl Connection {
         if self.closed.get().is_some() {
             return;
         }
-        self.closed.set(Some(reason));
-        let metrics = self.shard.metrics();
-        match reason {
-            CloseReason::BadInput => metrics.connections_closed_bad_input.fetch_add(1, Relaxed),
-            CloseReason::Timeout => metrics.connections_closed_timeout.fetch_add(1, Relaxed),
-            _ => 0,
-        };
+        self.mark_closed(reason);
         let _ = self.doorbell.0.try_send(());
     }
 

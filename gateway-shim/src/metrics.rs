@@ -134,6 +134,39 @@ impl ShardMetrics {
     }
 }
 
+/// The per-shard series that are one atomic each: name, help, type, and the atomic.
+type Series = (&'static str, &'static str, &'static str, fn(&ShardMetrics) -> &AtomicU64);
+
+const SHARD_SERIES: [Series; 14] = [
+    ("connections_open", "Open client connections.", "gauge", |m| &m.connections_open),
+    ("connections_accepted_total", "Connections accepted.", "counter", |m| &m.connections_accepted),
+    ("connections_refused_total", "Connections refused at a cap.", "counter", |m| &m.connections_refused),
+    ("connections_dropped_slow_total", "Connections closed for not reading (queue drops).", "counter", |m| {
+        &m.connections_dropped_slow
+    }),
+    ("connections_closed_bad_input_total", "Connections closed for protocol violations.", "counter", |m| {
+        &m.connections_closed_bad_input
+    }),
+    ("connections_closed_timeout_total", "Connections closed by a handshake, frame or idle timeout.", "counter", |m| {
+        &m.connections_closed_timeout
+    }),
+    ("updates_sent_total", "Live events sent.", "counter", |m| &m.updates_sent),
+    ("update_frames_sent_total", "Updates frames sent.", "counter", |m| &m.update_frames_sent),
+    ("resyncs_total", "Live streams that overflowed and told the client to resync.", "counter", |m| &m.resyncs),
+    ("wal_batches_total", "WAL batches written (group commits).", "counter", |m| &m.wal_batches),
+    (
+        "wal_batch_bytes_total",
+        "Bytes of WAL batches written; divided by batches, the mean batch size.",
+        "counter",
+        |m| &m.wal_batch_bytes,
+    ),
+    ("wal_fsyncs_total", "fdatasync calls of the WAL.", "counter", |m| &m.wal_syncs),
+    ("wal_fsync_microseconds_total", "Time spent in WAL fdatasync; divided by fsyncs, the mean.", "counter", |m| {
+        &m.wal_sync_us
+    }),
+    ("wal_fsync_microseconds_max", "The longest WAL fdatasync so far.", "gauge", |m| &m.wal_sync_us_max),
+];
+
 /// Every shard's metrics, plus process-wide facts.
 #[derive(Debug)]
 pub struct Metrics {
@@ -150,72 +183,12 @@ impl Metrics {
     /// The Prometheus text exposition of everything.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        let gauge = |out: &mut String, name: &str, help: &str, kind: &str, value: &dyn Fn(&ShardMetrics) -> u64| {
+        for (name, help, kind, value) in SHARD_SERIES {
             let _ = writeln!(out, "# HELP ferrogram_{name} {help}\n# TYPE ferrogram_{name} {kind}");
             for (shard, metrics) in self.shards.iter().enumerate() {
-                let _ = writeln!(out, "ferrogram_{name}{{shard=\"{shard}\"}} {}", value(metrics));
+                let _ = writeln!(out, "ferrogram_{name}{{shard=\"{shard}\"}} {}", value(metrics).load(Relaxed));
             }
-        };
-        gauge(&mut out, "connections_open", "Open client connections.", "gauge", &|m| m.connections_open.load(Relaxed));
-        gauge(&mut out, "connections_accepted_total", "Connections accepted.", "counter", &|m| {
-            m.connections_accepted.load(Relaxed)
-        });
-        gauge(&mut out, "connections_refused_total", "Connections refused at a cap.", "counter", &|m| {
-            m.connections_refused.load(Relaxed)
-        });
-        gauge(
-            &mut out,
-            "connections_dropped_slow_total",
-            "Connections closed for not reading (queue drops).",
-            "counter",
-            &|m| m.connections_dropped_slow.load(Relaxed),
-        );
-        gauge(
-            &mut out,
-            "connections_closed_bad_input_total",
-            "Connections closed for protocol violations.",
-            "counter",
-            &|m| m.connections_closed_bad_input.load(Relaxed),
-        );
-        gauge(
-            &mut out,
-            "connections_closed_timeout_total",
-            "Connections closed by a handshake, frame or idle timeout.",
-            "counter",
-            &|m| m.connections_closed_timeout.load(Relaxed),
-        );
-        gauge(&mut out, "updates_sent_total", "Live events sent.", "counter", &|m| m.updates_sent.load(Relaxed));
-        gauge(&mut out, "update_frames_sent_total", "Updates frames sent.", "counter", &|m| {
-            m.update_frames_sent.load(Relaxed)
-        });
-        gauge(
-            &mut out,
-            "resyncs_total",
-            "Live streams that overflowed and told the client to resync.",
-            "counter",
-            &|m| m.resyncs.load(Relaxed),
-        );
-        gauge(&mut out, "wal_batches_total", "WAL batches written (group commits).", "counter", &|m| {
-            m.wal_batches.load(Relaxed)
-        });
-        gauge(
-            &mut out,
-            "wal_batch_bytes_total",
-            "Bytes of WAL batches written; divided by batches, the mean batch size.",
-            "counter",
-            &|m| m.wal_batch_bytes.load(Relaxed),
-        );
-        gauge(&mut out, "wal_fsyncs_total", "fdatasync calls of the WAL.", "counter", &|m| m.wal_syncs.load(Relaxed));
-        gauge(
-            &mut out,
-            "wal_fsync_microseconds_total",
-            "Time spent in WAL fdatasync; divided by fsyncs, the mean.",
-            "counter",
-            &|m| m.wal_sync_us.load(Relaxed),
-        );
-        gauge(&mut out, "wal_fsync_microseconds_max", "The longest WAL fdatasync so far.", "gauge", &|m| {
-            m.wal_sync_us_max.load(Relaxed)
-        });
+        }
 
         let _ = writeln!(
             out,

@@ -1166,6 +1166,22 @@ mod tests {
     #[derive(Default)]
     struct RecordingJournal(Vec<(RecordKind, Vec<u8>)>);
 
+    impl RecordingJournal {
+        /// Handles request number `*request + 1`, one millisecond after the one before, with
+        /// everything recorded so far acknowledged and durable; returns its answer.
+        fn call(&mut self, core: &mut MessagingCore, request: &mut u64, r: Request) -> Response {
+            *request += 1;
+            let origin = Origin { shard: ShardId(0), request: *request };
+            core.handle(origin, r, UnixMs(1_700_000_000_000 + *request), self);
+            let last = Lsn(self.0.len() as u64);
+            core.advance(last, last, self);
+            match core.take_effects().replies.pop() {
+                Some((_, Ok(response))) => response,
+                other => panic!("request failed: {other:?}"),
+            }
+        }
+    }
+
     impl Journal for RecordingJournal {
         fn append_all(&mut self, records: &[(RecordKind, VShard, &[u8])]) -> std::result::Result<Lsn, AppendError> {
             let first = Lsn(self.0.len() as u64 + 1);
@@ -1209,14 +1225,7 @@ mod tests {
         let mut journal = RecordingJournal::default();
         let mut request = 0;
         let mut call = |core: &mut MessagingCore, journal: &mut RecordingJournal, r: Request| {
-            request += 1;
-            core.handle(Origin { shard: ShardId(0), request }, r, UnixMs(1_700_000_000_000 + request), journal);
-            let last = Lsn(journal.0.len() as u64);
-            core.advance(last, last, journal);
-            match core.take_effects().replies.pop() {
-                Some((_, Ok(response))) => response,
-                other => panic!("request failed: {other:?}"),
-            }
+            journal.call(core, &mut request, r)
         };
         let mut users = Vec::new();
         for index in 0..40 {
@@ -1604,14 +1613,7 @@ mod tests {
         let mut journal = RecordingJournal::default();
         let mut request = 0;
         let mut call = |core: &mut MessagingCore, journal: &mut RecordingJournal, r: Request| {
-            request += 1;
-            core.handle(Origin { shard: ShardId(0), request }, r, UnixMs(1_700_000_000_000 + request), journal);
-            let last = Lsn(journal.0.len() as u64);
-            core.advance(last, last, journal);
-            match core.take_effects().replies.pop() {
-                Some((_, Ok(response))) => response,
-                other => panic!("request failed: {other:?}"),
-            }
+            journal.call(core, &mut request, r)
         };
         let mut users = Vec::new();
         let mut authorizations = Vec::new();
