@@ -1224,9 +1224,8 @@ mod tests {
         core.resume(0, Lsn::ZERO);
         let mut journal = RecordingJournal::default();
         let mut request = 0;
-        let mut call = |core: &mut MessagingCore, journal: &mut RecordingJournal, r: Request| {
-            journal.call(core, &mut request, r)
-        };
+        let mut call =
+            |core: &mut MessagingCore, journal: &mut RecordingJournal, r: Request| journal.call(core, &mut request, r);
         let mut users = Vec::new();
         for index in 0..40 {
             let phone = format!("+1555000{index:04}");
@@ -1612,9 +1611,8 @@ mod tests {
         core.resume(0, Lsn::ZERO);
         let mut journal = RecordingJournal::default();
         let mut request = 0;
-        let mut call = |core: &mut MessagingCore, journal: &mut RecordingJournal, r: Request| {
-            journal.call(core, &mut request, r)
-        };
+        let mut call =
+            |core: &mut MessagingCore, journal: &mut RecordingJournal, r: Request| journal.call(core, &mut request, r);
         let mut users = Vec::new();
         let mut authorizations = Vec::new();
         for index in 0..30u8 {
