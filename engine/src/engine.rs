@@ -18,7 +18,7 @@ use crate::config::{EngineConfig, MESH_CHANNEL_CAPACITY, SHARD_COUNT_MAX};
 use crate::ids::{Lsn, RecordKind, ShardId, VShard};
 use crate::lifeline::{Lifeline, LifelineGuard};
 use crate::media::{Media, MediaOpenError, MediaOpenReport};
-use crate::messaging::driver::{Connected, OfflineHook};
+use crate::messaging::driver::{Connected, OfflineHook, PushHook};
 use crate::messaging::{AuthorizationId, MessagingError, MessagingResult, Request, Response, UserId};
 use crate::preflight::{self, PreflightError};
 use crate::shard::{self, HostTask, ShardContext, ShardRequest, ShardStart};
@@ -33,8 +33,11 @@ pub type ReplayHook = Arc<dyn Fn(ShardId, RecordPosition, Record<'_>) + Send + S
 #[derive(Clone, Default)]
 pub struct EngineHooks {
     pub replay: Option<ReplayHook>,
-    /// Durable box updates for users with no online session (push notifications).
+    /// Durable box updates for users with no online session.
     pub offline: Option<OfflineHook>,
+    /// Durable push jobs (DESIGN §8). With it, new messages queue jobs in the shards' push
+    /// outboxes; without it, none are queued.
+    pub push: Option<PushHook>,
 }
 
 impl std::fmt::Debug for EngineHooks {
@@ -42,6 +45,7 @@ impl std::fmt::Debug for EngineHooks {
         f.debug_struct("EngineHooks")
             .field("replay", &self.replay.is_some())
             .field("offline", &self.offline.is_some())
+            .field("push", &self.push.is_some())
             .finish()
     }
 }
@@ -132,7 +136,7 @@ impl Engine {
 
     /// As [`Engine::open`], calling `replay` for every record recovered from each log.
     pub fn open_with_replay(config: EngineConfig, replay: Option<ReplayHook>) -> Result<Engine, EngineError> {
-        Engine::open_with_hooks(config, EngineHooks { replay, offline: None })
+        Engine::open_with_hooks(config, EngineHooks { replay, ..EngineHooks::default() })
     }
 
     /// As [`Engine::open`], with the host's hooks.
@@ -183,6 +187,7 @@ impl Engine {
                 opened: opened_sender.clone(),
                 replay: hooks.replay.clone(),
                 offline: hooks.offline.clone(),
+                push: hooks.push.clone(),
                 checkpoint_every_bytes: config.checkpoint_every_bytes,
                 retain_log: config.retain_log,
                 media: media.clone(),

@@ -14,7 +14,7 @@ use crate::media::driver::MediaDriver;
 use crate::media::journal::WalJournal;
 use crate::media::recovery::{MediaOpenReport, MediaRecovery};
 use crate::media::requests::MediaRequest;
-use crate::messaging::driver::{self as messaging_driver, Connected, MessagingDriver, OfflineHook};
+use crate::messaging::driver::{self as messaging_driver, Connected, MessagingDriver, OfflineHook, PushHook};
 use crate::messaging::{AuthorizationId, MessagingCore, MessagingResult, Request, Response, UserId};
 use crate::vshards::VShardTable;
 use crate::wal::driver::{LogError, OpenReport, ShardLog};
@@ -101,6 +101,7 @@ pub(crate) struct ShardStart {
     pub opened: std::sync::mpsc::Sender<(ShardId, Result<ShardOpened, EngineError>)>,
     pub replay: Option<ReplayHook>,
     pub offline: Option<OfflineHook>,
+    pub push: Option<PushHook>,
     pub checkpoint_every_bytes: u64,
     pub retain_log: bool,
     /// With the deployment's hash seed and a file bound that fits the log's batches.
@@ -131,6 +132,7 @@ pub(crate) async fn run(start: ShardStart) {
         opened,
         replay,
         offline,
+        push,
         checkpoint_every_bytes,
         retain_log,
         media,
@@ -207,7 +209,10 @@ pub(crate) async fn run(start: ShardStart) {
     let mut core = core.into_inner();
     core.set_checkpoint_every(checkpoint_every_bytes);
     core.resume(report.generation, Lsn(log.next_lsn().0 - 1));
-    let messaging = MessagingDriver::new(core, table.shard_count(), offline, host_state, !retain_log);
+    if push.is_some() {
+        core.enable_push();
+    }
+    let messaging = MessagingDriver::new(core, table.shard_count(), offline, push, host_state, !retain_log);
     let media = MediaDriver::new(journal_shared, media, checkpoint_every_bytes);
     let context = Rc::new(ShardContext { id, log, table, mesh: senders, messaging, media });
     for (_, receiver) in receivers.streams() {

@@ -8,8 +8,9 @@ use std::future::Future;
 use crate::engine::Engine;
 use crate::ids::{ShardId, VShard};
 use crate::messaging::driver::Connected;
-use crate::messaging::limits::{DIALOGS_PAGE_MAX, MESSAGE_IDS_MAX};
+use crate::messaging::limits::{DIALOGS_PAGE_MAX, MESSAGE_IDS_MAX, PUSH_PAGE_MAX};
 use crate::messaging::protocol::{HistoryPage, Request, Response, SendRequest};
+use crate::messaging::push::{DeviceKind, NotifySettings, PendingPush, PushDevice, PushRecipient};
 use crate::messaging::types::*;
 
 /// The messaging API over an [`Engine`].
@@ -463,6 +464,93 @@ impl Messenger {
             self.call(user.vshard(), Request::WatchPresence { session, user }).await,
             Response::Presence { online, last_seen } => (online, last_seen)
         )
+    }
+
+    // Push (DESIGN §8; see `messaging/push.rs`).
+
+    /// Registers a device for push (Telegram's `account.registerDevice`). The same kind and
+    /// token replace an earlier registration's flags; past `DEVICES_PER_USER_MAX` the oldest
+    /// device goes.
+    pub async fn register_device(&self, user: UserId, device: PushDevice) -> MessagingResult<()> {
+        expect!(self.call(user.vshard(), Request::RegisterDevice { user, device }).await, Response::Done => ())
+    }
+
+    /// Answers whether the device was registered.
+    pub async fn unregister_device(&self, user: UserId, kind: DeviceKind, token: &str) -> MessagingResult<bool> {
+        let request = Request::UnregisterDevice { user, kind, token: token.into() };
+        expect!(self.call(user.vshard(), request).await, Response::Unregistered(registered) => registered)
+    }
+
+    pub async fn list_devices(&self, user: UserId) -> MessagingResult<Vec<PushDevice>> {
+        expect!(self.call(user.vshard(), Request::ListDevices { user }).await, Response::Devices(devices) => devices)
+    }
+
+    /// Sets `user`'s notification settings for `chat`, which the user must be a member of.
+    pub async fn set_notify_settings(
+        &self,
+        user: UserId,
+        chat: ChatId,
+        settings: NotifySettings,
+    ) -> MessagingResult<()> {
+        self.get_chat(chat, user).await?;
+        let request = Request::SetNotifySettings { user, chat, settings };
+        expect!(self.call(user.vshard(), request).await, Response::Done => ())
+    }
+
+    pub async fn get_notify_settings(&self, user: UserId, chat: ChatId) -> MessagingResult<NotifySettings> {
+        let request = Request::GetNotifySettings { user, chat };
+        expect!(self.call(user.vshard(), request).await, Response::NotifySettings(settings) => settings)
+    }
+
+    /// For the host's push directory: of the members of `chat` after `after` (in user id
+    /// order, up to `limit`), those to notify of a post by `sender`: not the sender, with a
+    /// device, no online session, not muted. Also answers the last member looked at, to
+    /// continue after; `None` once there are no more.
+    pub async fn push_members_page(
+        &self,
+        chat: ChatId,
+        sender: UserId,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> MessagingResult<(Vec<PushRecipient>, Option<UserId>)> {
+        let limit = limit.clamp(1, PUSH_PAGE_MAX);
+        let page = Request::MembersPage { chat, after, limit };
+        let members = expect!(self.call(chat.vshard(), page).await, Response::Members(members) => members)?;
+        let last = members.last().map(|(user, _)| *user);
+        let mut by_shard: BTreeMap<ShardId, Vec<UserId>> = BTreeMap::new();
+        for (user, _) in members.into_iter().filter(|(user, _)| *user != sender) {
+            by_shard.entry(self.shard(user.vshard())).or_default().push(user);
+        }
+        let calls: Vec<_> = by_shard
+            .into_iter()
+            .map(|(shard, users)| self.engine.messaging(shard, Request::PushRecipients { chat, users }))
+            .collect();
+        let mut recipients = Vec::new();
+        for call in calls {
+            recipients.extend(expect!(call.await, Response::PushRecipients(found) => found)?);
+        }
+        recipients.sort_unstable_by_key(|recipient| recipient.user);
+        Ok((recipients, last))
+    }
+
+    /// Up to `limit` jobs of `shard`'s push outbox after sequence `after`, oldest first: after
+    /// a restart, and for jobs the host could not hand to its dispatcher.
+    pub async fn pending_pushes(&self, shard: ShardId, after: u64, limit: usize) -> MessagingResult<Vec<PendingPush>> {
+        let request = Request::PendingPushes { after, limit };
+        expect!(self.engine.messaging(shard, request).await, Response::PendingPushes(pending) => pending)
+    }
+
+    /// The host finished these jobs of `shard`'s outbox: they are removed (durably). Jobs
+    /// already removed are ignored.
+    pub async fn pushes_done(&self, shard: ShardId, sequences: Vec<u64>) -> MessagingResult<()> {
+        let mut sequences = sequences;
+        while !sequences.is_empty() {
+            let rest = sequences.split_off(sequences.len().min(PUSH_PAGE_MAX));
+            let request = Request::PushesDone { sequences };
+            expect!(self.engine.messaging(shard, request).await, Response::Done => ())?;
+            sequences = rest;
+        }
+        Ok(())
     }
 
     /// Whether the user has an online session, and when they were last seen.

@@ -14,6 +14,7 @@ use crate::ids::{Lsn, RecordKind, ShardId, VShard};
 use crate::messaging::core::{Journal, MessagingCore};
 use crate::messaging::limits::{CHECKPOINT_PIECES_PER_STEP, SESSION_QUEUE_MAX};
 use crate::messaging::protocol::{Effects, Origin, PeerMessage, Request, Response};
+use crate::messaging::push::PendingPush;
 use crate::messaging::state::Map;
 use crate::messaging::types::{
     AuthorizationId, BoxState, LiveEvent, MessagingError, MessagingResult, Sequenced, SessionId, UnixMs, UserId,
@@ -25,6 +26,10 @@ use crate::wal::AppendError;
 /// Told about every durable box update of a user with no online session (push uses it).
 /// Runs on the user's shard: it must not block.
 pub type OfflineHook = Arc<dyn Fn(UserId, &Sequenced) + Send + Sync>;
+
+/// Told about every push job once it is durable in its shard's outbox (see `messaging/push.rs`).
+/// Runs on the job's shard: it must not block (hand the job to a channel).
+pub type PushHook = Arc<dyn Fn(PendingPush) + Send + Sync>;
 
 /// A session registered with [`crate::messaging::api::Messenger::connect`].
 #[derive(Debug)]
@@ -111,6 +116,7 @@ pub(crate) struct MessagingDriver {
     /// Per destination shard: mesh tasks waiting for room in the channel, in order.
     outgoing: RefCell<Vec<VecDeque<MeshTask>>>,
     offline: Option<OfflineHook>,
+    push: Option<PushHook>,
     /// The host's last checkpoint state, carried into the automatic checkpoints.
     host_state: RefCell<Vec<u8>>,
     checkpointing: Rc<Cell<bool>>,
@@ -123,6 +129,7 @@ impl MessagingDriver {
         core: MessagingCore,
         shard_count: usize,
         offline: Option<OfflineHook>,
+        push: Option<PushHook>,
         host_state: Vec<u8>,
         release_log: bool,
     ) -> MessagingDriver {
@@ -135,6 +142,7 @@ impl MessagingDriver {
             wake: Notify::default(),
             outgoing: RefCell::new((0..shard_count).map(|_| VecDeque::new()).collect()),
             offline,
+            push,
             host_state: RefCell::new(host_state),
             checkpointing: Rc::new(Cell::new(false)),
             release_log,
@@ -248,7 +256,7 @@ fn perform(context: &Rc<ShardContext>) {
             driver.core.borrow_mut().recycle_effects(effects);
             break;
         }
-        let Effects { replies, peers, deliveries, offline, revoked } = &mut effects;
+        let Effects { replies, peers, deliveries, offline, revoked, pushes } = &mut effects;
         for (origin, result) in replies.drain(..) {
             let Some(pending) = driver.pending.borrow_mut().remove(&origin.request) else { continue };
             match pending {
@@ -300,6 +308,11 @@ fn perform(context: &Rc<ShardContext>) {
         if let Some(hook) = &driver.offline {
             for (user, update) in offline.iter() {
                 hook(*user, update);
+            }
+        }
+        if let Some(hook) = &driver.push {
+            for pending in pushes.drain(..) {
+                hook(pending);
             }
         }
         // The next step fills the same vectors: no allocation per step (STYLE, hot paths).

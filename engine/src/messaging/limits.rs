@@ -43,6 +43,18 @@ pub const PRESENCE_WATCHERS_PER_USER_MAX: usize = 1024;
 /// an authorization's device description.
 pub const AUTHORIZATIONS_PER_USER_MAX: usize = 64;
 pub const AUTHORIZATION_DEVICE_MAX: usize = 128;
+/// Push devices a user registers (past this the oldest goes), and bytes of a device token
+/// (APNs tokens are 64 hex digits, FCM's about 160 characters, a Web Push subscription's JSON
+/// a few hundred bytes).
+pub const DEVICES_PER_USER_MAX: usize = 16;
+pub const DEVICE_TOKEN_BYTES_MAX: usize = 4096;
+/// Chats a user keeps non-default notification settings for.
+pub const NOTIFY_SETTINGS_PER_USER_MAX: usize = 10_000;
+/// Characters of message text a push job keeps for its preview.
+pub const PUSH_PREVIEW_CHARS_MAX: usize = 256;
+/// Jobs in one `pending_pushes` page or one `pushes_done` call, and users in one
+/// `push_recipients` call.
+pub const PUSH_PAGE_MAX: usize = 1000;
 /// Chats in one dialogs page.
 pub const DIALOGS_PAGE_MAX: usize = 100;
 /// WAL bytes a shard writes between automatic checkpoints of its messaging state.

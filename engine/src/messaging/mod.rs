@@ -6,12 +6,16 @@ pub mod core;
 pub mod driver;
 pub mod limits;
 pub mod protocol;
+pub mod push;
 pub mod records;
 pub mod state;
 pub mod types;
 
 pub use self::api::{DialogsOffset, Messenger, NewMessage};
 pub use self::core::{Journal, MessagingCore};
-pub use self::driver::{Connected, OfflineHook, SessionEvents};
+pub use self::driver::{Connected, OfflineHook, PushHook, SessionEvents};
 pub use self::protocol::{Effects, HistoryPage, Origin, PeerMessage, Request, Response, SendRequest};
+pub use self::push::{
+    DeviceKind, NotifySettings, PendingPush, PushDevice, PushJob, PushRecipient, PushSource, PushTarget,
+};
 pub use self::types::*;

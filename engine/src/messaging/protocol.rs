@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::ids::ShardId;
+use crate::messaging::push::{DeviceKind, NotifySettings, PendingPush, PushDevice, PushRecipient, PushSource};
 use crate::messaging::types::{
     AuthorizationId, AuthorizationInfo, BoxState, ChatDifference, ChatId, ChatInfo, ChatKind, Dialog, ForwardedFrom,
     LiveEvent, Message, MessageId, MessagingResult, Pts, RandomId, Role, SendAck, Sequenced, SessionId, UnixMs, Update,
@@ -234,6 +235,54 @@ pub enum Request {
         session: SessionId,
         chat: ChatId,
     },
+    /// User's vshard.
+    RegisterDevice {
+        user: UserId,
+        device: PushDevice,
+    },
+    /// User's vshard: answers whether the device was registered.
+    UnregisterDevice {
+        user: UserId,
+        kind: DeviceKind,
+        token: String,
+    },
+    /// User's vshard.
+    ListDevices {
+        user: UserId,
+    },
+    /// User's vshard. `Messenger` checks on the chat's shard first that the user is a member.
+    SetNotifySettings {
+        user: UserId,
+        chat: ChatId,
+        settings: NotifySettings,
+    },
+    /// User's vshard.
+    GetNotifySettings {
+        user: UserId,
+        chat: ChatId,
+    },
+    /// Chat's vshard: up to `limit` members after `after`, in user id order. For the host's
+    /// push directory: no membership check.
+    MembersPage {
+        chat: ChatId,
+        after: Option<UserId>,
+        limit: usize,
+    },
+    /// The users' shard (all of them on it): which to notify of a post to `chat`, with their
+    /// devices, settings and badge: those with a device, no online session, not muted.
+    PushRecipients {
+        chat: ChatId,
+        users: Vec<UserId>,
+    },
+    /// The shard addressed: up to `limit` jobs of its push outbox after sequence `after`.
+    PendingPushes {
+        after: u64,
+        limit: usize,
+    },
+    /// The shard addressed: the host finished these jobs of its outbox.
+    PushesDone {
+        sequences: Vec<u64>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -277,6 +326,11 @@ pub enum Response {
     Presence { online: bool, last_seen: UnixMs },
     Authorization(AuthorizationId),
     Authorizations(Vec<AuthorizationInfo>),
+    Devices(Vec<PushDevice>),
+    Unregistered(bool),
+    NotifySettings(NotifySettings),
+    PendingPushes(Vec<PendingPush>),
+    PushRecipients(Vec<PushRecipient>),
 }
 
 /// What one shard's core sends another's.
@@ -373,6 +427,8 @@ pub struct FanOut {
     pub from: ShardId,
     /// The sender is among `users`: answer the send with its new pts.
     pub sender: Option<SenderReply>,
+    /// For a new message: what a push to an offline recipient shows.
+    pub push: Option<PushSource>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -406,6 +462,8 @@ pub struct Effects {
     /// Sessions held on this shard whose authorization was revoked: end their streams with
     /// `LiveEvent::Revoked`.
     pub revoked: Vec<SessionId>,
+    /// Push jobs of this shard's outbox that just became durable, for the host's dispatcher.
+    pub pushes: Vec<PendingPush>,
 }
 
 impl Effects {
@@ -415,5 +473,6 @@ impl Effects {
             && self.deliveries.is_empty()
             && self.offline.is_empty()
             && self.revoked.is_empty()
+            && self.pushes.is_empty()
     }
 }

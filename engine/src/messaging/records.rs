@@ -5,6 +5,7 @@
 use rkyv::rancor;
 
 use crate::ids::RecordKind;
+use crate::messaging::push::{DeviceKind, NotifySettings, PushDevice, PushJob};
 use crate::messaging::types::{
     AuthorizationId, ChatId, ChatKind, MemberChange, Message, MessageId, Pts, UnixMs, Update, UserId, SECRET_HASH_BYTES,
 };
@@ -83,6 +84,33 @@ pub enum Event {
     AuthorizationRevoked {
         id: AuthorizationId,
         user: UserId,
+    },
+    // Push (DESIGN §8). New variants go last: a variant's place is its tag in older logs.
+    /// On the user's vshard; the same kind and token replace an earlier registration.
+    DeviceRegistered {
+        user: UserId,
+        device: PushDevice,
+    },
+    DeviceUnregistered {
+        user: UserId,
+        kind: DeviceKind,
+        token: String,
+    },
+    /// On the user's vshard; default settings remove the entry.
+    NotifySettingsSet {
+        user: UserId,
+        chat: ChatId,
+        settings: NotifySettings,
+    },
+    /// Jobs for this shard's push outbox, appended in the same batch as what caused them (a
+    /// box update, or a post to a chat fanned out on read).
+    PushQueued {
+        jobs: Vec<PushJob>,
+    },
+    /// The host finished these jobs of this shard's outbox (delivered, dropped by the rules,
+    /// or dead-lettered).
+    PushesDone {
+        sequences: Vec<u64>,
     },
 }
 

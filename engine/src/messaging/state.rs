@@ -11,6 +11,7 @@ use crate::ids::VShard;
 use crate::messaging::limits::{
     BOX_HISTORY_MAX, CHAT_LOG_HISTORY_MAX, HISTORY_AGE_MS_MAX, IDEMPOTENCY_ENTRIES_MAX, IDEMPOTENCY_WINDOW_MS,
 };
+use crate::messaging::push::PushState;
 use crate::messaging::records::{ChatChange, Event};
 use crate::messaging::types::{
     AuthorizationId, ChatId, ChatKind, MemberChange, Message, MessageId, Pts, RandomId, Role, Sequenced, UnixMs,
@@ -44,6 +45,8 @@ pub struct State {
     /// Highest sequence allocated per vshard for authorization ids, revoked ones included, so
     /// an id is never given out twice.
     pub authorization_sequences: Map<u16, u64>,
+    /// Devices, notification settings and the push outbox (see `push.rs`).
+    pub push: PushState,
 }
 
 #[derive(Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -337,6 +340,16 @@ impl State {
                 for (user, pts) in users {
                     let Some(state) = self.users.get_mut(&user) else { continue };
                     apply_box(&mut state.update_box, user, chat, chat_pts, pts, date, &update);
+                    if let Update::ChatMember {
+                        user: member,
+                        change: MemberChange::Left | MemberChange::Removed { .. },
+                        ..
+                    } = update
+                    {
+                        if member == user {
+                            self.push.forget_chat(user, chat);
+                        }
+                    }
                 }
             }
             Event::AuthorizationCreated { id, user, secret_hash, device, date } => {
@@ -359,6 +372,11 @@ impl State {
                     }
                 }
             }
+            Event::DeviceRegistered { user, device } => self.push.register(user, device),
+            Event::DeviceUnregistered { user, kind, token } => self.push.unregister(user, kind, &token),
+            Event::NotifySettingsSet { user, chat, settings } => self.push.set_settings(user, chat, settings),
+            Event::PushQueued { jobs } => self.push.queue(jobs),
+            Event::PushesDone { sequences } => self.push.finish(&sequences),
         }
     }
 }

@@ -64,7 +64,16 @@ pub fn request_shard(table: &VShardTable, request: &Request) -> ShardId {
         | Request::WatchPresence { user, .. }
         | Request::CreateAuthorization { user, .. }
         | Request::ListAuthorizations { user }
-        | Request::RevokeAuthorization { user, .. } => user.vshard(),
+        | Request::RevokeAuthorization { user, .. }
+        | Request::RegisterDevice { user, .. }
+        | Request::UnregisterDevice { user, .. }
+        | Request::ListDevices { user }
+        | Request::SetNotifySettings { user, .. }
+        | Request::GetNotifySettings { user, .. } => user.vshard(),
+        Request::MembersPage { chat, .. } => chat.vshard(),
+        Request::PushRecipients { users, chat } => users.first().map_or(chat.vshard(), |user| user.vshard()),
+        // A shard's own outbox: address it with `submit_to`.
+        Request::PendingPushes { .. } | Request::PushesDone { .. } => VShard::of(0),
         Request::CheckAuthorization { id, .. } => id.vshard(),
         Request::OpenPrivate { user, peer } | Request::SetBlocked { user, peer, .. } => pair_vshard(*user, *peer),
         Request::CreateChat { creator, .. } => creator.vshard(),
@@ -193,9 +202,13 @@ pub struct MessagingSim {
     /// Sessions their shard ended because their authorization was revoked.
     revoked: BTreeSet<SessionId>,
     offline: Vec<(UserId, Sequenced)>,
+    /// Push jobs the shards handed over, in order.
+    pushes: Vec<crate::messaging::push::PendingPush>,
     /// Per shard, crashes that may have lost acknowledged records (see `crash`).
     epoch_bumps: Vec<u64>,
     stats: SimStats,
+    /// New messages queue push jobs (as with a host push hook), also after crashes.
+    push_enabled: bool,
 }
 
 impl std::fmt::Debug for MessagingSim {
@@ -243,8 +256,19 @@ impl MessagingSim {
             sessions: BTreeMap::new(),
             revoked: BTreeSet::new(),
             offline: Vec::new(),
+            pushes: Vec::new(),
             epoch_bumps: vec![0; shard_count],
             stats: SimStats::default(),
+            push_enabled: false,
+        }
+    }
+
+    /// Every shard queues push jobs for new messages from now on, as under a host with a push
+    /// hook; shards restarted by `crash` too.
+    pub fn enable_push(&mut self) {
+        self.push_enabled = true;
+        for shard in &mut self.shards {
+            shard.core.enable_push();
         }
     }
 
@@ -397,6 +421,11 @@ impl MessagingSim {
         std::mem::take(&mut self.offline)
     }
 
+    /// Push jobs handed over since the last call.
+    pub fn take_pushes(&mut self) -> Vec<crate::messaging::push::PendingPush> {
+        std::mem::take(&mut self.pushes)
+    }
+
     /// Peer messages queued in the mesh.
     pub fn queued(&self) -> usize {
         self.mesh.iter().map(VecDeque::len).sum()
@@ -545,6 +574,9 @@ impl MessagingSim {
             }
             let epoch = recovered.generation + self.epoch_bumps[index];
             core.resume(epoch, recovered_lsn);
+            if self.push_enabled {
+                core.enable_push();
+            }
             report.shards.push(ShardRecovery {
                 shard,
                 checkpoint: recovered.checkpoint.as_ref().map(|checkpoint| checkpoint.ticket.lsn),
@@ -605,7 +637,7 @@ impl MessagingSim {
     fn drain(&mut self, shard: ShardId) {
         let count = self.shards.len();
         for _ in 0..SELF_ROUNDS_MAX {
-            let Effects { replies, peers, deliveries, offline, revoked } =
+            let Effects { replies, peers, deliveries, offline, revoked, pushes } =
                 self.shards[shard.index()].core.take_effects();
             let mut to_self = Vec::new();
             for (origin, result) in replies {
@@ -632,6 +664,7 @@ impl MessagingSim {
             }
             self.stats.offline += offline.len() as u64;
             self.offline.extend(offline);
+            self.pushes.extend(pushes);
             for (to, message) in peers {
                 if to == shard {
                     to_self.push(message);

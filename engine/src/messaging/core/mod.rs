@@ -12,12 +12,14 @@ use crate::messaging::limits::*;
 use crate::messaging::protocol::{
     Effects, FanOut, HistoryPage, Origin, PeerMessage, Request, Response, SendRequest, SenderReply,
 };
+use crate::messaging::push::{NotifySettings, PushDevice, PushJob};
 use crate::messaging::records::{self, ChatChange, Event, EVENT_KIND};
 use crate::messaging::state::{content_hash, pair_key, secret_hash_matches, Authorization, Chat, Map, State, User};
 use crate::messaging::types::*;
 use crate::vshards::VShardTable;
 use crate::wal::AppendError;
 
+mod push;
 mod requests;
 mod sessions;
 
@@ -67,6 +69,8 @@ pub struct MessagingCore {
     checkpoint: Option<CheckpointInProgress>,
     /// Set once the log failed: whatever comes to wait on it later is answered with this.
     failed: Option<MessagingError>,
+    /// Whether new messages queue push jobs (the host runs a dispatcher that drains them).
+    push_enabled: bool,
 }
 
 impl std::fmt::Debug for MessagingCore {
@@ -119,8 +123,18 @@ enum Deferred {
     Reply(Origin, MessagingResult<Response>),
     Peer(ShardId, PeerMessage),
     FanOut((ChatId, Pts, u8)),
-    BoxLive { date: UnixMs, update: Update, users: Vec<(UserId, Pts)> },
-    ChatLive { chat: ChatId, update: Sequenced, message: Option<Arc<Message>> },
+    BoxLive {
+        date: UnixMs,
+        update: Update,
+        users: Vec<(UserId, Pts)>,
+    },
+    ChatLive {
+        chat: ChatId,
+        update: Sequenced,
+        message: Option<Arc<Message>>,
+    },
+    /// Push jobs of the outbox, by sequence, for the host once durable.
+    Pushes(Vec<u64>),
 }
 
 /// The part of a checkpoint that is not users or chats: the indexes, id sequences,
@@ -141,6 +155,23 @@ struct SnapshotHeader {
     chats: u64,
 }
 
+/// What a version 4 checkpoint adds to version 3, after the authorizations header: the push
+/// outbox and its sequence, and how many users' push pieces follow.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct PushHeader {
+    sequence: u64,
+    outbox: Vec<PushJob>,
+    users: u64,
+}
+
+/// One user's devices and non-default notification settings, after the user's piece.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct UserPush {
+    user: UserId,
+    devices: Vec<PushDevice>,
+    settings: Vec<(ChatId, NotifySettings)>,
+}
+
 /// What a version 3 checkpoint adds to version 2, right after the header: the authorization id
 /// sequences, and how many users' authorization pieces follow (so a checkpoint that lost some
 /// is refused like one that lost users).
@@ -154,7 +185,12 @@ struct AuthorizationsHeader {
 /// [`AuthorizationsHeader`] piece, and a piece of authorizations after each user that has
 /// some. A version 2 checkpoint (written before authorizations existed) restores with none;
 /// an older build refuses version 3 by its magic rather than lose the authorizations.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"FGMSNAP3";
+///
+/// Version 4 is version 3 plus push state: a [`PushHeader`] piece after the authorizations
+/// header (the outbox and its sequence), and a piece of devices and notification settings
+/// after each user that has some. Versions 2 and 3 restore with none.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"FGMSNAP4";
+const SNAPSHOT_MAGIC_V3: &[u8; 8] = b"FGMSNAP3";
 const SNAPSHOT_MAGIC_V2: &[u8; 8] = b"FGMSNAP2";
 const PIECE_HEADER: u64 = 0;
 const PIECE_USER: u64 = 1;
@@ -162,6 +198,9 @@ const PIECE_CHAT: u64 = 2;
 const PIECE_AUTHORIZATIONS_HEADER: u64 = 3;
 /// One user's live authorizations, oldest first (never empty).
 const PIECE_AUTHORIZATIONS: u64 = 4;
+const PIECE_PUSH_HEADER: u64 = 5;
+/// One user's devices and notification settings ([`UserPush`], never both empty).
+const PIECE_USER_PUSH: u64 = 6;
 
 /// See [`MessagingCore::begin_checkpoint`].
 struct CheckpointInProgress {
@@ -211,6 +250,7 @@ impl MessagingCore {
             spare_effects: Effects::default(),
             checkpoint: None,
             failed: None,
+            push_enabled: false,
         }
     }
 
@@ -229,6 +269,10 @@ impl MessagingCore {
         let authorizations_header = match pieces.version {
             2 => AuthorizationsHeader { sequences: Map::default(), users: 0 },
             _ => pieces.next(PIECE_AUTHORIZATIONS_HEADER)?,
+        };
+        let push_header = match pieces.version {
+            2 | 3 => PushHeader { sequence: 0, outbox: Vec::new(), users: 0 },
+            _ => pieces.next(PIECE_PUSH_HEADER)?,
         };
         let mut state = State {
             phones: header.phones,
@@ -258,6 +302,10 @@ impl MessagingCore {
                     let authorizations: Vec<Authorization> = pieces.next(PIECE_AUTHORIZATIONS)?;
                     restore_authorizations(&mut state, authorizations)?;
                 }
+                PIECE_USER_PUSH if pieces.version >= 4 => {
+                    let user_push: UserPush = pieces.next(PIECE_USER_PUSH)?;
+                    restore_user_push(&mut state, user_push)?;
+                }
                 _ => return Err(RestoreError::Format("a piece of unknown kind")),
             }
         }
@@ -270,6 +318,16 @@ impl MessagingCore {
         if state.authorizations.keys().any(|user| !state.users.contains_key(user)) {
             return Err(RestoreError::Format("authorizations of a user the checkpoint does not hold"));
         }
+        let push_users: std::collections::BTreeSet<UserId> =
+            state.push.devices.keys().chain(state.push.settings.keys()).copied().collect();
+        if push_users.len() as u64 != push_header.users {
+            return Err(RestoreError::Format("the checkpoint misses push settings its header counts"));
+        }
+        if push_users.iter().any(|user| !state.users.contains_key(user)) {
+            return Err(RestoreError::Format("push settings of a user the checkpoint does not hold"));
+        }
+        state.push.sequence = push_header.sequence;
+        state.push.outbox = push_header.outbox.into_iter().map(|job| (job.sequence, job)).collect();
         self.state = state;
         self.outbox = header.outbox.into_iter().collect();
         Ok(())
@@ -316,6 +374,14 @@ impl MessagingCore {
         };
         push_piece(&mut out, PIECE_AUTHORIZATIONS_HEADER, &authorizations_header);
         state.authorization_sequences = authorizations_header.sequences;
+        let push = &state.push;
+        let push_users = push.devices.keys().chain(push.settings.keys().filter(|u| !push.devices.contains_key(u)));
+        let push_header = PushHeader {
+            sequence: push.sequence,
+            outbox: push.outbox.values().cloned().collect(),
+            users: push_users.count() as u64,
+        };
+        push_piece(&mut out, PIECE_PUSH_HEADER, &push_header);
         out
     }
 
@@ -381,7 +447,10 @@ impl MessagingCore {
             Event::NameSet { user: id, .. }
             | Event::UsernameSet { user: id, .. }
             | Event::AuthorizationCreated { user: id, .. }
-            | Event::AuthorizationRevoked { user: id, .. } => user(*id),
+            | Event::AuthorizationRevoked { user: id, .. }
+            | Event::DeviceRegistered { user: id, .. }
+            | Event::DeviceUnregistered { user: id, .. }
+            | Event::NotifySettingsSet { user: id, .. } => user(*id),
             Event::Chat { chat, .. } => {
                 if progress.pending_chats.remove(chat).is_some() {
                     push_piece(&mut progress.out, PIECE_CHAT, &state.chats[chat]);
@@ -393,6 +462,9 @@ impl MessagingCore {
             | Event::UsernameClaimed { .. }
             | Event::UsernameReleased { .. }
             | Event::PairBlocked { .. } => {}
+            // The outbox is in the header, as it was when the checkpoint began; the log after
+            // the checkpoint's ticket replays the jobs queued and finished since.
+            Event::PushQueued { .. } | Event::PushesDone { .. } => {}
         }
     }
 
@@ -454,6 +526,7 @@ impl MessagingCore {
         effects.deliveries.clear();
         effects.offline.clear();
         effects.revoked.clear();
+        effects.pushes.clear();
         if self.spare_effects.replies.capacity() == 0 {
             self.spare_effects = effects;
         }
@@ -668,12 +741,16 @@ impl MessagingCore {
                 remote.push(((chat, chat_pts, part as u8), OutboxEntry { date, update: consequence.update, targets }));
             }
         }
+        let push_event = self.commit_push_jobs(&event, &local_events);
         let vshard = event_vshard(&event);
-        let mut payloads = Vec::with_capacity(1 + local_events.len());
+        let mut payloads = Vec::with_capacity(2 + local_events.len());
         payloads.push((vshard, records::encode(&event)));
         for box_event in &local_events {
             let Event::BoxAppended { users, .. } = box_event else { unreachable!() };
             payloads.push((users[0].0.vshard(), records::encode(box_event)));
+        }
+        if let Some(push_event) = &push_event {
+            payloads.push((event_vshard(push_event), records::encode(push_event)));
         }
         let refs: Vec<(RecordKind, VShard, &[u8])> =
             payloads.iter().map(|(vshard, bytes)| (EVENT_KIND, *vshard, bytes.as_slice())).collect();
@@ -707,6 +784,9 @@ impl MessagingCore {
             self.preserve(&box_event);
             self.state.apply(box_event);
             self.after_durable.push_back((last, deferred));
+        }
+        if let Some(push_event) = push_event {
+            self.queue_pushes(push_event, last);
         }
         if on_read && chat_pts != Pts::ZERO {
             if let Some(entry) = self.state.chats.get(&chat).and_then(|c| c.log.back()) {
@@ -773,18 +853,31 @@ impl MessagingCore {
             update: fanout.update.clone(),
             users: users.clone(),
         };
+        let mut next_push = self.state.push.next_sequence();
+        let jobs = self.box_push_jobs(&users, &fanout.update, fanout.push.as_ref(), fanout.date, &mut next_push);
         let bytes = records::encode(&event);
-        let lsn = match journal.append_all(&[(EVENT_KIND, users[0].0.vshard(), &bytes)]) {
+        // The jobs ride in the same batch as the box update that caused them.
+        let push_event = (!jobs.is_empty()).then_some(Event::PushQueued { jobs });
+        let push_bytes = push_event.as_ref().map(records::encode);
+        let mut batch = vec![(EVENT_KIND, users[0].0.vshard(), bytes.as_slice())];
+        if let (Some(event), Some(bytes)) = (&push_event, &push_bytes) {
+            batch.push((EVENT_KIND, event_vshard(event), bytes.as_slice()));
+        }
+        let first = match journal.append_all(&batch) {
             Ok(lsn) => lsn,
             Err(_) => return Some(fanout),
         };
-        self.bytes_since_checkpoint += bytes.len() as u64;
+        let lsn = Lsn(first.0 + batch.len() as u64 - 1);
+        self.bytes_since_checkpoint += batch.iter().map(|(_, _, bytes)| bytes.len() as u64).sum::<u64>();
         self.last_lsn = lsn;
         for (user, _) in &users {
             self.box_lsn.insert(*user, lsn);
         }
         self.preserve(&event);
         self.state.apply(event);
+        if let Some(event) = push_event {
+            self.queue_pushes(event, lsn);
+        }
         if let Some(sender) = fanout.sender {
             self.after_acked.push_back((lsn, Deferred::Reply(sender.origin, Ok(sender.response(sender_pts)))));
         }
@@ -820,6 +913,7 @@ impl MessagingCore {
                     }
                 }
             }
+            Deferred::Pushes(sequences) => self.release_pushes(sequences),
             Deferred::ChatLive { chat, update, message } => {
                 let shards: Vec<ShardId> =
                     self.live.subscribers.get(&chat).map(|s| s.keys().copied().collect()).unwrap_or_default();
@@ -840,6 +934,7 @@ impl MessagingCore {
     fn send_fanout(&mut self, key: (ChatId, Pts, u8)) {
         let Some(entry) = self.outbox.get(&key) else { return };
         let (chat, chat_pts, part) = key;
+        let push = self.push_source(&entry.update);
         let sends: Vec<(ShardId, FanOut)> = entry
             .targets
             .iter()
@@ -855,6 +950,7 @@ impl MessagingCore {
                     users: users.clone(),
                     from: self.shard,
                     sender,
+                    push: push.clone(),
                 };
                 (shard, fanout)
             })
@@ -1020,11 +1116,17 @@ fn event_vshard(event: &Event) -> VShard {
         | Event::NameSet { user, .. }
         | Event::UsernameSet { user, .. }
         | Event::AuthorizationCreated { user, .. }
-        | Event::AuthorizationRevoked { user, .. } => user.vshard(),
+        | Event::AuthorizationRevoked { user, .. }
+        | Event::DeviceRegistered { user, .. }
+        | Event::DeviceUnregistered { user, .. }
+        | Event::NotifySettingsSet { user, .. } => user.vshard(),
         Event::UsernameClaimed { username, .. } | Event::UsernameReleased { username, .. } => key_vshard(username),
         Event::PairBlocked { by, peer, .. } => pair_vshard(*by, *peer),
         Event::ChatCreated { chat, .. } | Event::Chat { chat, .. } => chat.vshard(),
         Event::BoxAppended { users, chat, .. } => users.first().map_or(chat.vshard(), |(user, _)| user.vshard()),
+        // Written only with jobs, and kept in the shard's checkpoint: any job's key will do.
+        Event::PushQueued { jobs } => jobs.first().map_or(VShard::of(0), PushJob::vshard),
+        Event::PushesDone { .. } => VShard::of(0),
     }
 }
 
@@ -1035,12 +1137,40 @@ fn append_error(error: AppendError) -> MessagingError {
     }
 }
 
-/// Appends a user's piece, and its authorizations' piece if it has any.
+/// Appends a user's piece, then its authorizations' piece and its push piece if it has them.
 fn push_user(out: &mut Vec<u8>, state: &State, user: UserId) {
     push_piece(out, PIECE_USER, &state.users[&user]);
     if let Some(authorizations) = state.authorizations.get(&user) {
         push_piece(out, PIECE_AUTHORIZATIONS, authorizations);
     }
+    let devices = state.push.devices.get(&user);
+    let settings = state.push.settings.get(&user);
+    if devices.is_some() || settings.is_some() {
+        let user_push = UserPush {
+            user,
+            devices: devices.cloned().unwrap_or_default(),
+            settings: settings.map(|chats| chats.iter().map(|(c, s)| (*c, *s)).collect()).unwrap_or_default(),
+        };
+        push_piece(out, PIECE_USER_PUSH, &user_push);
+    }
+}
+
+/// Adds one user's push piece to a state being restored.
+fn restore_user_push(state: &mut State, user_push: UserPush) -> std::result::Result<(), RestoreError> {
+    let UserPush { user, devices, settings } = user_push;
+    if devices.is_empty() && settings.is_empty() {
+        return Err(RestoreError::Format("an empty push piece"));
+    }
+    if state.push.devices.contains_key(&user) || state.push.settings.contains_key(&user) {
+        return Err(RestoreError::Format("a user's push piece appears twice"));
+    }
+    if !devices.is_empty() {
+        state.push.devices.insert(user, devices);
+    }
+    if !settings.is_empty() {
+        state.push.settings.insert(user, settings.into_iter().collect());
+    }
+    Ok(())
 }
 
 /// Adds one user's authorizations piece to a state being restored, indexing them.
@@ -1091,14 +1221,15 @@ struct SnapshotPieces<'a> {
     bytes: &'a [u8],
     offset: usize,
     aligned: rkyv::util::AlignedVec<16>,
-    /// The format version its magic names: 2 or 3.
+    /// The format version its magic names: 2, 3 or 4.
     version: u8,
 }
 
 impl<'a> SnapshotPieces<'a> {
     fn new(bytes: &'a [u8]) -> std::result::Result<SnapshotPieces<'a>, RestoreError> {
         let version = match bytes.get(..8) {
-            Some(magic) if magic == SNAPSHOT_MAGIC.as_slice() => 3,
+            Some(magic) if magic == SNAPSHOT_MAGIC.as_slice() => 4,
+            Some(magic) if magic == SNAPSHOT_MAGIC_V3.as_slice() => 3,
             Some(magic) if magic == SNAPSHOT_MAGIC_V2.as_slice() => 2,
             _ => return Err(RestoreError::Format("not a messaging checkpoint of this version")),
         };
@@ -1580,11 +1711,22 @@ mod tests {
             );
         }
 
+        // Version 3 is version 4 without the push pieces, and cannot smuggle them in.
+        let no_push = |kind: u64| kind != PIECE_PUSH_HEADER && kind != PIECE_USER_PUSH;
+        let version_3 =
+            join_pieces(SNAPSHOT_MAGIC_V3, pieces.iter().filter(|(kind, _)| no_push(*kind)).map(|(_, p)| *p));
+        let mut old = MessagingCore::new(ShardId(0), table.clone());
+        old.restore(&version_3).expect("a version 3 checkpoint restores");
+        assert_eq!(old.state().authorizations.len(), 2);
+        let mixed = join_pieces(SNAPSHOT_MAGIC_V3, pieces.iter().map(|(_, p)| *p));
+        assert!(MessagingCore::new(ShardId(0), table.clone()).restore(&mixed).is_err(), "no push header in v3");
+
         // Version 2 is version 3 without the authorization pieces.
         let version_2 = join_pieces(
             SNAPSHOT_MAGIC_V2,
             pieces
                 .iter()
+                .filter(|(kind, _)| no_push(*kind))
                 .filter(|(kind, _)| *kind != PIECE_AUTHORIZATIONS && *kind != PIECE_AUTHORIZATIONS_HEADER)
                 .map(|(_, piece)| *piece),
         );
@@ -1595,7 +1737,7 @@ mod tests {
         // ... and a version 2 checkpoint cannot smuggle in authorization pieces.
         let mixed = join_pieces(
             SNAPSHOT_MAGIC_V2,
-            pieces.iter().filter(|(kind, _)| *kind != PIECE_AUTHORIZATIONS_HEADER).map(|(_, p)| *p),
+            pieces.iter().filter(|(kind, _)| *kind != PIECE_AUTHORIZATIONS_HEADER && no_push(*kind)).map(|(_, p)| *p),
         );
         let mut refused = MessagingCore::new(ShardId(0), table);
         assert!(refused.restore(&mixed).is_err(), "a version 2 checkpoint holds no authorizations");

@@ -474,6 +474,15 @@ impl MessagingCore {
                 self.reply_now(origin, Ok(Response::Done));
                 Ok(())
             }
+            request @ (Request::RegisterDevice { .. }
+            | Request::UnregisterDevice { .. }
+            | Request::ListDevices { .. }
+            | Request::SetNotifySettings { .. }
+            | Request::GetNotifySettings { .. }
+            | Request::MembersPage { .. }
+            | Request::PushRecipients { .. }
+            | Request::PendingPushes { .. }
+            | Request::PushesDone { .. }) => self.dispatch_push(origin, request, journal),
         }
     }
 
