@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use engine::{Durability, Engine, EngineConfig};
+use engine::{Durability, Engine, EngineConfig, EngineHooks};
+use gateway::push::{ApnsAuth, ApnsConfig, FcmConfig, PushConfig, WebhookConfig};
+use gateway::push_host::{push_intake, PushHost};
 use gateway::{CodeSender, GatewayConfig, GatewayHandle, GatewayLimits};
 
 use ferrogram_gateway_shim as gateway;
@@ -48,6 +50,14 @@ pub struct ServeArgs {
     /// Open connections allowed from one IP address [default: 1000].
     #[arg(long, env = "FERROGRAM_CONNECTIONS_PER_IP_MAX")]
     pub connections_per_ip_max: Option<u32>,
+    /// Push notifications through a relay: POST a signed JSON payload per push to this URL
+    /// (needs --push-webhook-secret-file) [default: off]. APNs and FCM are set in the config
+    /// file's [push] table.
+    #[arg(long, env = "FERROGRAM_PUSH_WEBHOOK")]
+    pub push_webhook: Option<String>,
+    /// A file holding the secret the relay checks the HMAC-SHA256 signature with.
+    #[arg(long, env = "FERROGRAM_PUSH_WEBHOOK_SECRET_FILE")]
+    pub push_webhook_secret_file: Option<PathBuf>,
     /// Truncate a log at its first corrupt batch instead of refusing to start.
     #[arg(long)]
     pub repair: bool,
@@ -68,6 +78,27 @@ struct FileSettings {
     repair: Option<bool>,
     #[serde(default)]
     limits: FileLimits,
+    #[serde(default)]
+    push: FilePush,
+}
+
+/// The config file's `[push]` table. Push is on when at least one provider is configured.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePush {
+    webhook_url: Option<String>,
+    webhook_secret_file: Option<PathBuf>,
+    coalescing_window_ms: Option<u64>,
+    attempts_max: Option<u32>,
+    fcm_endpoint: Option<String>,
+    fcm_project_id: Option<String>,
+    fcm_access_token_file: Option<PathBuf>,
+    apns_topic: Option<String>,
+    apns_team_id: Option<String>,
+    apns_key_id: Option<String>,
+    apns_key_file: Option<PathBuf>,
+    apns_endpoint: Option<String>,
+    apns_sandbox_endpoint: Option<String>,
 }
 
 #[derive(Debug, Default, serde::Deserialize)]
@@ -90,6 +121,8 @@ pub struct ServeSettings {
     pub engine: EngineConfig,
     pub gateway: GatewayConfig,
     pub metrics: Option<SocketAddr>,
+    /// The push dispatcher's configuration; `None` when no provider is configured.
+    pub push: Option<PushConfig>,
 }
 
 impl ServeArgs {
@@ -146,7 +179,59 @@ impl ServeArgs {
         gateway.limits = limits;
         gateway.idle_timeout = Duration::from_secs(self.idle_timeout_s.or(file.idle_timeout_s).unwrap_or(300));
         gateway.validate()?;
-        Ok(ServeSettings { engine, gateway, metrics: self.metrics.or(file.metrics) })
+        let push = self.push_settings(file.push)?;
+        Ok(ServeSettings { engine, gateway, metrics: self.metrics.or(file.metrics), push })
+    }
+
+    fn push_settings(&self, file: FilePush) -> anyhow::Result<Option<PushConfig>> {
+        let read = |path: &Path, what: &str| {
+            std::fs::read_to_string(path)
+                .map(|text| text.trim().to_owned())
+                .with_context(|| format!("cannot read the {what} file {}", path.display()))
+        };
+        let mut config = PushConfig::default();
+        if let Some(url) = self.push_webhook.clone().or(file.webhook_url) {
+            let Some(path) = self.push_webhook_secret_file.clone().or(file.webhook_secret_file) else {
+                bail!("the push webhook needs a secret file (--push-webhook-secret-file)");
+            };
+            config.webhook = Some(WebhookConfig { url, secret: read(&path, "push webhook secret")?.into_bytes() });
+        }
+        if let Some(project_id) = file.fcm_project_id {
+            let Some(path) = file.fcm_access_token_file else {
+                bail!("[push] fcm_project_id needs fcm_access_token_file")
+            };
+            config.fcm = Some(FcmConfig {
+                endpoint: file.fcm_endpoint.unwrap_or_else(|| "https://fcm.googleapis.com".into()),
+                project_id,
+                access_token: read(&path, "FCM access token")?,
+            });
+        }
+        if let Some(topic) = file.apns_topic {
+            let (Some(team_id), Some(key_id), Some(path)) = (file.apns_team_id, file.apns_key_id, file.apns_key_file)
+            else {
+                bail!("[push] apns_topic needs apns_team_id, apns_key_id and apns_key_file");
+            };
+            let auth = ApnsAuth::SigningKey { team_id, key_id, private_key_pem: read(&path, "APNs key")? };
+            let mut apns = ApnsConfig::apple(topic, auth);
+            if let Some(endpoint) = file.apns_endpoint {
+                apns.endpoint_production = endpoint;
+            }
+            if let Some(endpoint) = file.apns_sandbox_endpoint {
+                apns.endpoint_sandbox = endpoint;
+            }
+            config.apns = Some(apns);
+        }
+        if config.webhook.is_none() && config.fcm.is_none() && config.apns.is_none() {
+            return Ok(None);
+        }
+        if let Some(window) = file.coalescing_window_ms {
+            config.coalescing_window = Duration::from_millis(window);
+        }
+        if let Some(attempts) = file.attempts_max {
+            config.attempts_max = attempts;
+        }
+        config.validate().map_err(anyhow::Error::msg)?;
+        Ok(Some(config))
     }
 }
 
@@ -163,22 +248,40 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
         .context("cannot install the signal handlers")?;
     let data_dir = settings.engine.data_dir.clone();
     raise_open_files_limit();
-    let engine = Engine::open(settings.engine.clone())
+    // The push hook goes in before the engine opens: jobs made durable from the first request
+    // on reach the dispatcher; those left from an earlier run are found by its first sweep.
+    let (push_hook, push_intake) = push_intake();
+    let hooks = EngineHooks { push: settings.push.is_some().then_some(push_hook), ..EngineHooks::default() };
+    let engine = Engine::open_with_hooks(settings.engine.clone(), hooks)
         .with_context(|| format!("cannot open the engine on {}", data_dir.display()))?;
     for report in engine.open_reports() {
         tracing::info!(?report, "shard recovered");
     }
-    let handle = match GatewayHandle::start(engine.clone(), settings.gateway.clone()) {
+    let push = match settings.push.clone().map(|config| PushHost::start(engine.messenger(), push_intake, config)) {
+        None => None,
+        Some(Ok(host)) => Some(host),
+        Some(Err(error)) => {
+            let _ = engine.shutdown();
+            bail!(error);
+        }
+    };
+    let push_sender = push.as_ref().map(PushHost::sender);
+    let handle = match GatewayHandle::start_with_push(engine.clone(), settings.gateway.clone(), push_sender) {
         Ok(handle) => handle,
         Err(error) => {
+            drop(push);
             let _ = engine.shutdown();
             bail!(error);
         }
     };
     if let Some(address) = settings.metrics {
-        let bound = gateway::metrics::serve(handle.metrics(), address)
+        let extra = push.as_ref().map(|host| (host.dispatcher_metrics(), host.metrics()));
+        let bound = gateway::metrics::serve_with_push(handle.metrics(), extra, address)
             .with_context(|| format!("cannot serve metrics on {address}"))?;
         tracing::info!(%bound, "metrics");
+    }
+    if push.is_some() {
+        tracing::info!("push notifications on");
     }
     // One line on standard output, for scripts and tests that wait for the server.
     println!(
@@ -189,6 +292,10 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     );
     if let Some(signal) = signals.forever().next() {
         tracing::info!(signal, "shutting down");
+    }
+    // Push first: it writes back the jobs it finished while the engine still runs.
+    if let Some(push) = push {
+        push.shutdown();
     }
     handle.shutdown().context("shutdown failed")?;
     tracing::info!("stopped cleanly");

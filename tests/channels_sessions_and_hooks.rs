@@ -136,7 +136,7 @@ fn typing_overflow_and_offline_hook() {
         let offline = offline.clone();
         Arc::new(move |user: UserId, update: &Sequenced| offline.lock().expect("lock").push((user, update.clone())))
     };
-    let engine = open(&dir, EngineHooks { replay: None, offline: Some(hook) });
+    let engine = open(&dir, EngineHooks { offline: Some(hook), ..EngineHooks::default() });
     let messenger = engine.messenger();
     let users = sign_up_many(&messenger, "777", 3);
     let (alice, bob, carol) = (users[0], users[1], users[2]);

@@ -14,6 +14,6 @@ pub mod vshards;
 pub mod wal;
 
 pub use config::{Durability, EngineConfig, LogConfig};
-pub use engine::{AppendAck, Engine, EngineError};
+pub use engine::{AppendAck, Engine, EngineError, EngineHooks};
 pub use ids::{Lsn, RecordKind, SegmentId, ShardId, VShard, VSHARD_COUNT};
 pub use media::Media;

@@ -46,6 +46,14 @@ pub const LOGIN_CODES_PENDING_MAX: usize = 1_000_000;
 /// The longest device description stored with an authorization (the engine checks it too).
 pub const DEVICE_DESCRIPTION_MAX: usize = 128;
 
+// The wire, the engine and the push dispatcher agree on the longest device token, and a user's
+// whole device list (`ListDevices`: 16 archived bytes per device plus its token) fits a frame.
+const _: () = {
+    use engine::messaging::limits::{DEVICES_PER_USER_MAX, DEVICE_TOKEN_BYTES_MAX};
+    assert!(ferrogram_net::limits::DEVICE_TOKEN_BYTES_MAX == DEVICE_TOKEN_BYTES_MAX);
+    assert!(crate::push::DEVICE_TOKEN_BYTES_MAX == DEVICE_TOKEN_BYTES_MAX);
+    assert!(DEVICES_PER_USER_MAX * (DEVICE_TOKEN_BYTES_MAX + 16) < ferrogram_net::limits::FRAME_MAX / 2);
+};
 const _: () = assert!(WRITE_BATCH_BYTES_MAX <= OUTBOUND_BYTES_PER_CONNECTION_MAX);
 const _: () = assert!(ferrogram_net::limits::FRAME_MAX <= OUTBOUND_BYTES_PER_CONNECTION_MAX / 2);
 

@@ -189,6 +189,33 @@ pub fn dialog(dialog: &model::Dialog) -> wire::Dialog {
     }
 }
 
+pub fn device_kind(kind: wire::DeviceKind) -> model::DeviceKind {
+    match kind {
+        wire::DeviceKind::Apns => model::DeviceKind::Apns,
+        wire::DeviceKind::Fcm => model::DeviceKind::Fcm,
+        wire::DeviceKind::WebPush => model::DeviceKind::WebPush,
+        wire::DeviceKind::Webhook => model::DeviceKind::Webhook,
+    }
+}
+
+pub fn push_device(device: model::PushDevice) -> wire::PushDevice {
+    wire::PushDevice {
+        kind: match device.kind {
+            model::DeviceKind::Apns => wire::DeviceKind::Apns,
+            model::DeviceKind::Fcm => wire::DeviceKind::Fcm,
+            model::DeviceKind::WebPush => wire::DeviceKind::WebPush,
+            model::DeviceKind::Webhook => wire::DeviceKind::Webhook,
+        },
+        token: device.token,
+        app_sandbox: device.app_sandbox,
+        no_muted: device.no_muted,
+    }
+}
+
+pub fn notify_settings(settings: model::NotifySettings) -> wire::NotifySettings {
+    wire::NotifySettings { mute_until: unix_ms(settings.mute_until), show_previews: settings.show_previews }
+}
+
 /// The wire error for an engine refusal. Storage failures are logged by the caller and
 /// reach the client as `INTERNAL` without their details.
 pub fn error(error: &MessagingError) -> ErrorBody {

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use engine::messaging::{self as model, DialogsOffset, HistoryPage, MessagingError, NewMessage};
 use ferrogram_net::limits::{
-    DIALOGS_PAGE_MAX, DIFFERENCE_LIMIT_MAX, GROUP_MEMBERS_AT_CREATION_MAX, IDS_PER_REQUEST_MAX,
+    DEVICE_TOKEN_BYTES_MAX, DIALOGS_PAGE_MAX, DIFFERENCE_LIMIT_MAX, GROUP_MEMBERS_AT_CREATION_MAX, IDS_PER_REQUEST_MAX,
 };
 use ferrogram_net::{ErrorBody, ErrorCode, Outcome, Request, Response};
 
@@ -20,8 +20,8 @@ use crate::token::{self, Token};
 use crate::updates;
 
 /// The metrics index of requests that could not be decoded.
-pub(crate) const MALFORMED_INDEX: usize = 40;
-const UNAUTHORIZED_INDEX: usize = 41;
+pub(crate) const MALFORMED_INDEX: usize = 45;
+const UNAUTHORIZED_INDEX: usize = 46;
 
 type Answer = Result<Response, ErrorBody>;
 
@@ -74,6 +74,21 @@ fn invalid(message: &str) -> ErrorBody {
 
 fn too_many(what: &str, limit: usize) -> ErrorBody {
     ErrorBody::new(ErrorCode::TooLarge, format!("at most {limit} {what} per request"))
+}
+
+/// A push token is 1 to `DEVICE_TOKEN_BYTES_MAX` bytes; its form is the push service's
+/// business (the dispatcher drops tokens the service refuses).
+fn check_device_token(token: &str) -> Result<(), ErrorBody> {
+    if token.is_empty() {
+        return Err(invalid("the device token is empty"));
+    }
+    if token.len() > DEVICE_TOKEN_BYTES_MAX {
+        return Err(ErrorBody::new(
+            ErrorCode::TooLarge,
+            format!("the device token is {} bytes, more than {DEVICE_TOKEN_BYTES_MAX}", token.len()),
+        ));
+    }
+    Ok(())
 }
 
 // Login.
@@ -347,7 +362,14 @@ async fn authorized(
             Ok(Response::Messages(messages))
         }
         Request::ReadHistory { chat, max_id } => {
-            done(messenger.read_history(chat_id(chat), me, message_id(max_id)).await)
+            messenger.read_history(chat_id(chat), me, message_id(max_id)).await.map_err(engine_error)?;
+            // Read on any device: the pushes still waiting for those messages are dropped (best
+            // effort: a cancel lost to a full channel costs one push).
+            if let Some(push) = &connection.shard.gateway.push {
+                let cancel = crate::push::Cancel { user: me, chat: chat_id(chat), read_max_id: message_id(max_id) };
+                let _ = push.try_cancel(cancel);
+            }
+            Ok(Response::Done)
         }
         Request::SetTyping { chat } => done(messenger.typing(chat_id(chat), me).await),
 
@@ -418,6 +440,30 @@ async fn authorized(
             };
             Ok(Response::Presence { online, last_seen: ferrogram_net::UnixMs(last_seen.0) })
         }
+
+        Request::RegisterDevice { kind, token, app_sandbox, no_muted } => {
+            check_device_token(&token)?;
+            let device = model::PushDevice { kind: convert::device_kind(kind), token, app_sandbox, no_muted };
+            done(messenger.register_device(me, device).await)
+        }
+        Request::UnregisterDevice { kind, token } => {
+            check_device_token(&token)?;
+            let was_registered =
+                messenger.unregister_device(me, convert::device_kind(kind), &token).await.map_err(engine_error)?;
+            Ok(Response::Unregistered { was_registered })
+        }
+        Request::ListDevices => {
+            let devices = messenger.list_devices(me).await.map_err(engine_error)?;
+            Ok(Response::Devices(devices.into_iter().map(convert::push_device).collect()))
+        }
+        Request::SetNotifySettings { chat, mute_until, show_previews } => {
+            let settings = model::NotifySettings { mute_until: model::UnixMs(mute_until.0), show_previews };
+            done(messenger.set_notify_settings(me, chat_id(chat), settings).await)
+        }
+        Request::GetNotifySettings { chat } => {
+            let settings = messenger.get_notify_settings(me, chat_id(chat)).await.map_err(engine_error)?;
+            Ok(Response::NotifySettings(convert::notify_settings(settings)))
+        }
     }
 }
 
@@ -479,6 +525,12 @@ fn classify(request: &Request) -> (usize, MethodClass) {
         Request::SubscribeChat { .. } => (37, Other),
         Request::UnsubscribeChat { .. } => (38, Other),
         Request::GetPresence { .. } => (39, Other),
+        // Settings of the account, rare and small, like `SetName`: not message writes.
+        Request::RegisterDevice { .. } => (40, Other),
+        Request::UnregisterDevice { .. } => (41, Other),
+        Request::ListDevices => (42, Other),
+        Request::SetNotifySettings { .. } => (43, Other),
+        Request::GetNotifySettings { .. } => (44, Other),
     }
 }
 
@@ -495,7 +547,28 @@ mod tests {
         assert_eq!(REQUEST_NAMES[classify(&Request::GetPresence { user: Default::default() }).0], "get_presence");
         let send = Request::SendMessage { chat: Default::default(), random_id: 0, text: String::new(), reply_to: None };
         assert_eq!(REQUEST_NAMES[classify(&send).0], "send_message");
+        let register = Request::RegisterDevice {
+            kind: ferrogram_net::DeviceKind::Fcm,
+            token: String::new(),
+            app_sandbox: false,
+            no_muted: false,
+        };
+        assert_eq!(REQUEST_NAMES[classify(&register).0], "register_device");
+        assert_eq!(
+            REQUEST_NAMES[classify(&Request::GetNotifySettings { chat: Default::default() }).0],
+            "get_notify_settings"
+        );
         assert_eq!(REQUEST_NAMES[MALFORMED_INDEX], "malformed");
         assert_eq!(REQUEST_NAMES[UNAUTHORIZED_INDEX], "unauthorized");
+    }
+
+    // Device tokens are checked at the edge: empty is an invalid argument, one byte past the
+    // limit is too large, and the limit itself passes.
+    #[test]
+    fn device_tokens_are_checked_before_the_engine() {
+        assert_eq!(check_device_token("").unwrap_err().code, ErrorCode::InvalidArgument);
+        assert_eq!(check_device_token(&"a".repeat(DEVICE_TOKEN_BYTES_MAX + 1)).unwrap_err().code, ErrorCode::TooLarge);
+        assert!(check_device_token(&"a".repeat(DEVICE_TOKEN_BYTES_MAX)).is_ok());
+        assert!(check_device_token("a").is_ok());
     }
 }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod login;
 pub mod metrics;
 pub mod push;
+pub mod push_host;
 pub mod rate;
 pub mod token;
 
@@ -52,6 +53,8 @@ pub(crate) struct Gateway {
     pub codes: login::LoginCodes,
     pub rates: rate::RateLimits,
     pub metrics: Arc<Metrics>,
+    /// The push dispatcher's input, for cancels when a chat is read (none without push).
+    pub push: Option<push::PushSender>,
     stopping: AtomicBool,
 }
 
@@ -85,7 +88,17 @@ impl std::fmt::Debug for GatewayHandle {
 
 impl GatewayHandle {
     /// Starts listening on every shard of `engine`. Port 0 picks a free port.
-    pub fn start(engine: Engine, mut config: GatewayConfig) -> Result<GatewayHandle, GatewayError> {
+    pub fn start(engine: Engine, config: GatewayConfig) -> Result<GatewayHandle, GatewayError> {
+        GatewayHandle::start_with_push(engine, config, None)
+    }
+
+    /// As [`GatewayHandle::start`], telling `push` (see [`push_host::PushHost::sender`]) when
+    /// a user reads a chat, so its pending pushes are dropped.
+    pub fn start_with_push(
+        engine: Engine,
+        mut config: GatewayConfig,
+        push: Option<push::PushSender>,
+    ) -> Result<GatewayHandle, GatewayError> {
         config.validate()?;
         // Every shard must bind the same port: for port 0, pick one now and keep it reserved
         // (bound, not listening, SO_REUSEPORT like the shards' sockets) until they have bound
@@ -109,6 +122,7 @@ impl GatewayHandle {
             rates: rate::RateLimits::new(&config.limits),
             messenger: engine.messenger(),
             metrics,
+            push,
             stopping: AtomicBool::new(false),
             config,
         });

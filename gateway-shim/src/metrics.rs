@@ -15,7 +15,7 @@ use ferrogram_net::ErrorCode;
 use hdrhistogram::Histogram;
 
 /// Request kinds counted separately, by the name `request_name` gives them.
-pub const REQUEST_NAMES: [&str; 43] = [
+pub const REQUEST_NAMES: [&str; 48] = [
     "send_code",
     "sign_in",
     "sign_up",
@@ -56,6 +56,11 @@ pub const REQUEST_NAMES: [&str; 43] = [
     "subscribe_chat",
     "unsubscribe_chat",
     "get_presence",
+    "register_device",
+    "unregister_device",
+    "list_devices",
+    "set_notify_settings",
+    "get_notify_settings",
     "malformed",
     "unauthorized",
     "refused",
@@ -239,6 +244,18 @@ impl Metrics {
 
 /// Serves `GET /metrics` (any path, really) on `address` from a thread of its own.
 pub fn serve(metrics: Arc<Metrics>, address: SocketAddr) -> std::io::Result<SocketAddr> {
+    serve_with_push(metrics, None, address)
+}
+
+/// The push dispatcher's and the push feeder's metrics, rendered after the gateway's.
+pub type PushMetricsPair = (Option<Arc<crate::push::PushMetrics>>, Arc<crate::push_host::PushHostMetrics>);
+
+/// As [`serve`], with the push metrics too when push is on.
+pub fn serve_with_push(
+    metrics: Arc<Metrics>,
+    push: Option<PushMetricsPair>,
+    address: SocketAddr,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(address)?;
     let bound = listener.local_addr()?;
     std::thread::Builder::new().name("metrics".into()).spawn(move || {
@@ -257,7 +274,13 @@ pub fn serve(metrics: Arc<Metrics>, address: SocketAddr) -> std::io::Result<Sock
                     Ok(_) => {}
                 }
             }
-            let body = metrics.render();
+            let mut body = metrics.render();
+            if let Some((dispatcher, host)) = &push {
+                if let Some(dispatcher) = dispatcher {
+                    dispatcher.render(&mut body);
+                }
+                host.render(&mut body);
+            }
             let head = format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
                 body.len()

@@ -54,6 +54,7 @@ fn a_channel_post_reaches_each_subscriber_once() {
     let post = ChatPost {
         chat: ChatId(77),
         message: MessageId(5),
+        sender: UserId(0),
         sender_name: "News".into(),
         text_preview: "a post".into(),
         date: UnixMs(1),

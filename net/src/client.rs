@@ -37,9 +37,9 @@ use crate::codec::{
 use crate::frame::{FrameError, FrameHeader, FrameType, PING_BYTES_MAX};
 use crate::limits::{CLIENT_NAME_MAX, FRAME_HEADER_BYTES, FRAME_MAX, PROTOCOL_VERSION};
 use crate::protocol::{
-    Authorization, AuthorizationId, BoxState, Chat, ChatDifference, ChatId, Dialog, DialogsOffset, Difference,
-    ErrorBody, ErrorCode, Hello, LiveEvent, Member, Message, MessageId, Outcome, Pts, Request, Response, SentMessage,
-    User, UserId, Welcome,
+    Authorization, AuthorizationId, BoxState, Chat, ChatDifference, ChatId, DeviceKind, Dialog, DialogsOffset,
+    Difference, ErrorBody, ErrorCode, Hello, LiveEvent, Member, Message, MessageId, NotifySettings, Outcome, Pts,
+    PushDevice, Request, Response, SentMessage, User, UserId, Welcome,
 };
 
 // Limits of the client side. They bound memory per connection; none is visible on the wire.
@@ -606,6 +606,33 @@ typed_helpers! {
     /// `UnsubscribeChat` → `Done`.
     fn unsubscribe_chat(&self, chat: ChatId) -> () {
         Request::UnsubscribeChat { chat }, "Done", Response::Done => ()
+    }
+    /// `RegisterDevice` → `Done`. Registering the same kind and token again updates the flags.
+    fn register_device(&self, kind: DeviceKind, token: &str, app_sandbox: bool, no_muted: bool) -> () {
+        Request::RegisterDevice { kind, token: token.to_owned(), app_sandbox, no_muted },
+        "Done", Response::Done => ()
+    }
+    /// `UnregisterDevice` → `Unregistered`: whether the device was registered.
+    fn unregister_device(&self, kind: DeviceKind, token: &str) -> bool {
+        Request::UnregisterDevice { kind, token: token.to_owned() },
+        "Unregistered", Response::Unregistered { was_registered } => was_registered
+    }
+    /// `ListDevices` → `Devices`, oldest first.
+    fn list_devices(&self) -> Vec<PushDevice> {
+        Request::ListDevices, "Devices", Response::Devices(devices) => devices
+    }
+    /// `SetNotifySettings` → `Done`.
+    fn set_notify_settings(&self, chat: ChatId, settings: NotifySettings) -> () {
+        Request::SetNotifySettings {
+            chat,
+            mute_until: settings.mute_until,
+            show_previews: settings.show_previews,
+        },
+        "Done", Response::Done => ()
+    }
+    /// `GetNotifySettings` → `NotifySettings`.
+    fn get_notify_settings(&self, chat: ChatId) -> NotifySettings {
+        Request::GetNotifySettings { chat }, "NotifySettings", Response::NotifySettings(settings) => settings
     }
 }
 

@@ -28,5 +28,11 @@ pub const DIALOGS_PAGE_MAX: u32 = 100;
 pub const IDS_PER_REQUEST_MAX: usize = 100;
 pub const GROUP_MEMBERS_AT_CREATION_MAX: usize = 200;
 
+/// The longest push device token (`RegisterDevice`, `UnregisterDevice`), in bytes; the
+/// engine checks the same limit again. A Web Push subscription or a relay's token can be far
+/// longer than an APNs or FCM token, hence the room.
+pub const DEVICE_TOKEN_BYTES_MAX: usize = 4096;
+
 const _: () = assert!(MESSAGE_TEXT_MAX * 4 + 4096 < FRAME_MAX, "a maximal message fits a frame");
 const _: () = assert!(FRAME_MAX <= u32::MAX as usize, "the length prefix is a u32");
+const _: () = assert!(DEVICE_TOKEN_BYTES_MAX + 4096 < FRAME_MAX, "a maximal device token fits a frame");

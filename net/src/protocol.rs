@@ -245,6 +245,49 @@ pub enum Request {
     GetPresence {
         user: UserId,
     },
+
+    // Push notifications (appended: the tags above stay as they were).
+    /// Registers a device for pushes (Telegram's `account.registerDevice`). Registering the
+    /// same `kind` and `token` again updates its flags; past the per-user limit the oldest
+    /// device is dropped. `token` is 1 to `DEVICE_TOKEN_BYTES_MAX` bytes.
+    RegisterDevice {
+        kind: DeviceKind,
+        token: String,
+        /// A development build of the app: APNs pushes go to the sandbox.
+        app_sandbox: bool,
+        /// The device wants no silent pushes for muted chats.
+        no_muted: bool,
+    },
+    /// Answers `Unregistered`, saying whether the device was registered.
+    UnregisterDevice {
+        kind: DeviceKind,
+        token: String,
+    },
+    ListDevices,
+    /// This user's notification settings for one chat they are a member of.
+    SetNotifySettings {
+        chat: ChatId,
+        /// No pushes before this date: 0 (or any past date) unmutes, `u64::MAX` mutes for ever.
+        mute_until: UnixMs,
+        /// Whether pushes may show the sender and the start of the text.
+        show_previews: bool,
+    },
+    GetNotifySettings {
+        chat: ChatId,
+    },
+}
+
+/// The push service a device token belongs to (Telegram's `token_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum DeviceKind {
+    /// Apple Push Notification service: the token is the device token in hex.
+    Apns,
+    /// Firebase Cloud Messaging: the registration token.
+    Fcm,
+    /// A browser's Web Push subscription, delivered through the server's relay.
+    WebPush,
+    /// A token only the server's webhook relay understands.
+    Webhook,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -297,6 +340,14 @@ pub enum Response {
         online: bool,
         last_seen: UnixMs,
     },
+    // Appended: the tags above stay as they were.
+    /// The user's registered devices, oldest first.
+    Devices(Vec<PushDevice>),
+    /// The answer to `UnregisterDevice`: whether that device was registered.
+    Unregistered {
+        was_registered: bool,
+    },
+    NotifySettings(NotifySettings),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -456,6 +507,42 @@ pub struct Dialog {
     pub read_outbox_max: MessageId,
     pub unread: u64,
     pub fanout_on_read: bool,
+}
+
+/// A device registered for pushes.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct PushDevice {
+    pub kind: DeviceKind,
+    pub token: String,
+    pub app_sandbox: bool,
+    pub no_muted: bool,
+}
+
+/// A user's notification settings for one chat. A chat never set has the defaults: not
+/// muted, previews shown.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct NotifySettings {
+    /// No pushes before this date: 0 is not muted, `u64::MAX` is muted for ever.
+    pub mute_until: UnixMs,
+    pub show_previews: bool,
+}
+
+impl NotifySettings {
+    /// What a chat whose settings were never changed has.
+    pub const DEFAULT: NotifySettings = NotifySettings { mute_until: UnixMs(0), show_previews: true };
+    /// `mute_until` for a chat muted for ever.
+    pub const MUTED_FOREVER: UnixMs = UnixMs(u64::MAX);
+
+    /// Whether pushes are held back at `now`.
+    pub fn muted_at(&self, now: UnixMs) -> bool {
+        now < self.mute_until
+    }
+}
+
+impl Default for NotifySettings {
+    fn default() -> NotifySettings {
+        NotifySettings::DEFAULT
+    }
 }
 
 // Updates.

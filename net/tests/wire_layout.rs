@@ -11,8 +11,8 @@ use std::mem::{align_of, offset_of, size_of};
 use ferrogram_net::codec;
 use ferrogram_net::frame::{FrameHeader, FrameType, PING_BYTES_MAX};
 use ferrogram_net::limits::{
-    CLIENT_NAME_MAX, DIALOGS_PAGE_MAX, DIFFERENCE_LIMIT_MAX, FRAME_HEADER_BYTES, FRAME_MAX, HISTORY_PAGE_MAX,
-    IDS_PER_REQUEST_MAX, MESSAGE_TEXT_MAX, PROTOCOL_VERSION, REQ_ID_BYTES, TOKEN_BYTES,
+    CLIENT_NAME_MAX, DEVICE_TOKEN_BYTES_MAX, DIALOGS_PAGE_MAX, DIFFERENCE_LIMIT_MAX, FRAME_HEADER_BYTES, FRAME_MAX,
+    HISTORY_PAGE_MAX, IDS_PER_REQUEST_MAX, MESSAGE_TEXT_MAX, PROTOCOL_VERSION, REQ_ID_BYTES, TOKEN_BYTES,
 };
 use ferrogram_net::*;
 use rkyv::rancor;
@@ -65,6 +65,28 @@ const FLOOD_WAIT_RESPONSE_FRAME: &str = "
     72 65 74 72 79 20 69 6e 20 37 20 73 00 01 00 00
     00 01 00 00 00 9f 00 00 00 d8 ff ff ff 07 00 00
     00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+    00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+    00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+    00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+    00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+    00 00 00 00 00 00 00 00 00 00 00 00 00
+";
+
+/// §9.6: `Request::RegisterDevice` with `req_id` 10.
+const REGISTER_DEVICE_FRAME: &str = "
+    51 00 00 00 03 0a 00 00 00 00 00 00 00 66 63 6d
+    2d 72 65 67 69 73 74 72 61 74 69 6f 6e 2d 74 6f
+    6b 65 6e 00 00 28 01 00 00 96 00 00 00 e4 ff ff
+    ff 00 01 00 00 00 00 00 00 00 00 00 00 00 00 00
+    00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+    00 00 00 00 00
+";
+
+/// §9.7: `Outcome::Ok(Response::NotifySettings(..))` with `req_id` 11.
+const NOTIFY_SETTINGS_RESPONSE_FRAME: &str = "
+    79 00 00 00 04 0b 00 00 00 00 00 00 00 00 00 00
+    00 00 00 00 00 16 00 00 00 00 00 00 00 80 56 1c
+    d0 8b 01 00 00 00 00 00 00 00 00 00 00 00 00 00
     00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
     00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
     00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
@@ -158,6 +180,39 @@ fn flood_wait_response_frame_matches_the_document() {
     assert_eq!(codec::decode_response(split_frame(&frame).1).unwrap(), (9, outcome));
 }
 
+// The document's RegisterDevice frame is exactly what the codec writes: the token's bytes
+// out of line, then the root with the DeviceKind byte right behind the tag.
+#[test]
+fn register_device_frame_matches_the_document() {
+    let request = Request::RegisterDevice {
+        kind: DeviceKind::Fcm,
+        token: "fcm-registration-token".into(),
+        app_sandbox: false,
+        no_muted: true,
+    };
+    let mut frame = Vec::new();
+    codec::encode_request(&mut frame, 10, &request).unwrap();
+    assert_eq!(hex(&frame), hex(&from_hex(REGISTER_DEVICE_FRAME)));
+    assert_shown_in_document(REGISTER_DEVICE_FRAME);
+    let (req_id, decoded) = codec::decode_request(split_frame(&frame).1).unwrap();
+    assert_eq!((req_id, decoded.unwrap()), (10, request));
+}
+
+// The document's NotifySettings answer is exactly what the codec writes and what a client
+// decodes.
+#[test]
+fn notify_settings_response_frame_matches_the_document() {
+    let outcome = Outcome::Ok(Response::NotifySettings(NotifySettings {
+        mute_until: UnixMs(1_700_003_600_000),
+        show_previews: false,
+    }));
+    let mut frame = Vec::new();
+    codec::encode_response(&mut frame, 11, &outcome).unwrap();
+    assert_eq!(hex(&frame), hex(&from_hex(NOTIFY_SETTINGS_RESPONSE_FRAME)));
+    assert_shown_in_document(NOTIFY_SETTINGS_RESPONSE_FRAME);
+    assert_eq!(codec::decode_response(split_frame(&frame).1).unwrap(), (11, outcome));
+}
+
 // Framing constants.
 
 // The frame type numbers, size limits and constants of §2, §3 and §10 are the code's.
@@ -187,6 +242,8 @@ fn framing_constants_match_the_document() {
     assert_eq!(PROTOCOL_VERSION, 1);
     assert_eq!(CLIENT_NAME_MAX, 128);
     assert_eq!(TOKEN_BYTES, 40);
+    assert_eq!(DEVICE_TOKEN_BYTES_MAX, 4096);
+    assert!(DOCUMENT.contains("| push device token | 1 to 4096 bytes |"), "§10 row of the device token");
     assert_eq!(
         (MESSAGE_TEXT_MAX, HISTORY_PAGE_MAX, DIFFERENCE_LIMIT_MAX, DIALOGS_PAGE_MAX, IDS_PER_REQUEST_MAX),
         (4096, 100, 1000, 100, 100)
@@ -360,6 +417,8 @@ fn struct_layouts_match_the_document() {
         struct_layout!(ArchivedDialogsOffset { date, chat }),
         struct_layout!(ArchivedUpdates { events }),
         struct_layout!(ArchivedErrorBody { code, message, retry_after_s }),
+        struct_layout!(ArchivedPushDevice { kind, token, app_sandbox, no_muted }),
+        struct_layout!(ArchivedNotifySettings { mute_until, show_previews }),
     ]
     .into_iter()
     .collect();
@@ -462,6 +521,11 @@ fn enum_layouts_match_the_document() {
         variant_layout!(Request, ArchivedRequest, SubscribeChat { chat }),
         variant_layout!(Request, ArchivedRequest, UnsubscribeChat { chat }),
         variant_layout!(Request, ArchivedRequest, GetPresence { user }),
+        variant_layout!(Request, ArchivedRequest, RegisterDevice { kind, token, app_sandbox, no_muted }),
+        variant_layout!(Request, ArchivedRequest, UnregisterDevice { kind, token }),
+        variant_layout!(Request, ArchivedRequest, ListDevices {}),
+        variant_layout!(Request, ArchivedRequest, SetNotifySettings { chat, mute_until, show_previews }),
+        variant_layout!(Request, ArchivedRequest, GetNotifySettings { chat }),
         variant_layout!(Outcome, ArchivedOutcome, Ok()),
         variant_layout!(Outcome, ArchivedOutcome, Err()),
         variant_layout!(Response, ArchivedResponse, Done {}),
@@ -484,6 +548,9 @@ fn enum_layouts_match_the_document() {
         variant_layout!(Response, ArchivedResponse, Dialogs()),
         variant_layout!(Response, ArchivedResponse, Pts()),
         variant_layout!(Response, ArchivedResponse, Presence { online, last_seen }),
+        variant_layout!(Response, ArchivedResponse, Devices()),
+        variant_layout!(Response, ArchivedResponse, Unregistered { was_registered }),
+        variant_layout!(Response, ArchivedResponse, NotifySettings()),
     ]
     .into_iter()
     .collect();
@@ -496,6 +563,7 @@ fn enum_layouts_match_the_document() {
     let sizes = [
         ("ChatKind", size_of::<ArchivedChatKind>(), align_of::<ArchivedChatKind>()),
         ("Role", size_of::<ArchivedRole>(), align_of::<ArchivedRole>()),
+        ("DeviceKind", size_of::<ArchivedDeviceKind>(), align_of::<ArchivedDeviceKind>()),
         ("ErrorCode", size_of::<ArchivedErrorCode>(), align_of::<ArchivedErrorCode>()),
         ("MemberChange", size_of::<ArchivedMemberChange>(), align_of::<ArchivedMemberChange>()),
         ("Update", size_of::<ArchivedUpdate>(), align_of::<ArchivedUpdate>()),
@@ -515,6 +583,11 @@ fn enum_layouts_match_the_document() {
     }
     for (role, tag) in [(Role::Member, 0), (Role::Admin, 1), (Role::Creator, 2)] {
         assert_eq!(rkyv::to_bytes::<rancor::Error>(&role).unwrap().as_slice(), [tag]);
+    }
+    let kinds = [(DeviceKind::Apns, 0), (DeviceKind::Fcm, 1), (DeviceKind::WebPush, 2), (DeviceKind::Webhook, 3)];
+    for (kind, tag) in kinds {
+        assert_eq!(rkyv::to_bytes::<rancor::Error>(&kind).unwrap().as_slice(), [tag]);
+        assert!(DOCUMENT.contains(&format!("{tag} `{kind:?}`")), "§8.2 names DeviceKind {tag} {kind:?}");
     }
 }
 
@@ -745,6 +818,75 @@ fn hand_built_requests_with_vectors_decode() {
     assert_eq!(codec::decode_request(&with_req_id(5, &archive)).unwrap().1.unwrap(), expected);
 }
 
+// A client building the push requests byte by byte with §7 and §8 (a long and a short token,
+// a DeviceKind byte, a mute date) is understood, and reads the device list the server sends
+// with only the §8 offsets: 16-byte `PushDevice`s with their tokens out of line or inline.
+#[test]
+fn a_foreign_client_registers_devices_and_reads_them_back() {
+    // RegisterDevice { kind: WebPush, token: 40 bytes, app_sandbox: true, no_muted: false }.
+    let token = "https://push.example/subscription/abc123";
+    let mut archive = Vec::new();
+    let token_at = archive.len();
+    archive.extend_from_slice(token.as_bytes());
+    let root = reserve(&mut archive, 48, 8);
+    archive[root] = 40;
+    archive[root + 1] = 2;
+    put_string(&mut archive, root + 4, token, token_at);
+    archive[root + 12] = 1;
+    let expected =
+        Request::RegisterDevice { kind: DeviceKind::WebPush, token: token.into(), app_sandbox: true, no_muted: false };
+    assert_eq!(codec::decode_request(&with_req_id(1, &archive)).unwrap().1.unwrap(), expected);
+
+    // UnregisterDevice { kind: Apns, token: "beef" }: an inline token, nothing out of line.
+    let mut archive = Vec::new();
+    let root = reserve(&mut archive, 48, 8);
+    archive[root] = 41;
+    archive[root + 1] = 0;
+    put_string(&mut archive, root + 4, "beef", 0);
+    let expected = Request::UnregisterDevice { kind: DeviceKind::Apns, token: "beef".into() };
+    assert_eq!(codec::decode_request(&with_req_id(2, &archive)).unwrap().1.unwrap(), expected);
+
+    // SetNotifySettings { chat, mute_until: for ever, show_previews: false }.
+    let mut archive = Vec::new();
+    let root = reserve(&mut archive, 48, 8);
+    archive[root] = 43;
+    put_u64(&mut archive, root + 8, 0x7005);
+    put_u64(&mut archive, root + 16, u64::MAX);
+    archive[root + 24] = 0;
+    let expected = Request::SetNotifySettings {
+        chat: ChatId(0x7005),
+        mute_until: NotifySettings::MUTED_FOREVER,
+        show_previews: false,
+    };
+    assert_eq!(codec::decode_request(&with_req_id(3, &archive)).unwrap().1.unwrap(), expected);
+
+    // The server's Devices answer, read with the offsets of §8 only.
+    let devices = vec![
+        PushDevice { kind: DeviceKind::Fcm, token: "a registration token".into(), app_sandbox: false, no_muted: true },
+        PushDevice { kind: DeviceKind::Webhook, token: "relay-1".into(), app_sandbox: true, no_muted: false },
+    ];
+    let mut frame = Vec::new();
+    codec::encode_response(&mut frame, 12, &Outcome::Ok(Response::Devices(devices.clone()))).unwrap();
+    let archive = &split_frame(&frame).1[8..];
+    let response = archive.len() - 112 + 8;
+    assert_eq!(archive[response], 20, "Response::Devices");
+    let (elements, count) = read_vec(archive, response + 4);
+    assert_eq!(count, devices.len());
+    for (index, device) in devices.iter().enumerate() {
+        let at = elements + index * 16;
+        assert_eq!(archive[at], device.kind as u8);
+        assert_eq!(read_string(archive, at + 4), device.token);
+        assert_eq!((archive[at + 12], archive[at + 13]), (u8::from(device.app_sandbox), u8::from(device.no_muted)));
+    }
+
+    // And the Unregistered answer: one bool right behind the tag.
+    let mut frame = Vec::new();
+    codec::encode_response(&mut frame, 13, &Outcome::Ok(Response::Unregistered { was_registered: true })).unwrap();
+    let archive = &split_frame(&frame).1[8..];
+    let response = archive.len() - 112 + 8;
+    assert_eq!((archive[response], archive[response + 1]), (21, 1));
+}
+
 // A client reading a response with only the offsets of §8 finds every field: a vector of
 // messages with long and short texts, present and absent options, and a nested struct.
 #[test]
@@ -926,10 +1068,23 @@ fn archives_breaking_the_documented_rules_are_refused() {
     // A tag past the last variant.
     let mut archive = Vec::new();
     let root = reserve(&mut archive, 48, 8);
-    archive[root] = 39;
+    archive[root] = 44;
+    put_u64(&mut archive, root + 8, 0x7005);
     assert!(!refused(&archive));
-    archive[root] = 40;
-    assert!(refused(&archive), "Request tag 40");
+    archive[root] = 45;
+    assert!(refused(&archive), "Request tag 45");
+
+    // A DeviceKind past Webhook (3).
+    let register_device = |kind: u8| {
+        let mut archive = Vec::new();
+        let root = reserve(&mut archive, 48, 8);
+        archive[root] = 40;
+        archive[root + 1] = kind;
+        put_string(&mut archive, root + 4, "abcd", 0);
+        archive
+    };
+    assert!(!refused(&register_device(3)));
+    assert!(refused(&register_device(4)), "DeviceKind tag 4");
 
     // An out-of-line string must be longer than 8 bytes.
     let mut archive = Vec::new();
@@ -1143,6 +1298,8 @@ sample_as! {
     Difference => Difference { updates: sample(), messages: sample(), state: sample(), slice: sample() },
     ChatDifference =>
         ChatDifference { updates: sample(), messages: sample(), pts: sample(), epoch: sample(), slice: sample() },
+    DeviceKind => DeviceKind::WebPush,
+    NotifySettings => NotifySettings { mute_until: sample(), show_previews: sample() },
 }
 
 impl<T> Sample for Vec<T> {

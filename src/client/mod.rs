@@ -4,6 +4,7 @@
 
 mod account;
 mod chat;
+mod devices;
 mod format;
 mod groups;
 mod messages;
@@ -16,6 +17,7 @@ use anyhow::Context;
 use ferrogram_net::client::{connect_blocking, Authorized};
 use ferrogram_net::BlockingClient;
 
+use self::devices::{KindArgument, MuteArguments};
 use self::peer::{ChatArgument, Peer};
 use self::profile::Profile;
 
@@ -114,6 +116,58 @@ pub enum ClientCommand {
     /// Create, post to, join and leave channels.
     #[command(subcommand)]
     Channel(ChannelCommand),
+    /// List the devices registered for push notifications (kind, flags, token), or register
+    /// or unregister one.
+    #[command(args_conflicts_with_subcommands = true)]
+    Devices {
+        #[command(flatten)]
+        common: Common,
+        #[command(subcommand)]
+        command: Option<DevicesCommand>,
+    },
+    /// Show a chat's notification settings, or change them: mute for a while or for ever,
+    /// unmute, and show or hide previews (sender and text) in pushes.
+    Notify {
+        #[command(flatten)]
+        common: Common,
+        /// @username, +phone or chat:ID.
+        peer: Peer,
+        #[command(flatten)]
+        mute: MuteArguments,
+        /// Whether pushes show the sender and the start of the text.
+        #[arg(long, value_name = "on|off", value_parser = clap::builder::BoolishValueParser::new())]
+        previews: Option<bool>,
+    },
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum DevicesCommand {
+    /// Register this device's push token (again, to change its flags).
+    Register {
+        #[command(flatten)]
+        common: Common,
+        /// The push service the token belongs to.
+        #[arg(long, value_enum)]
+        kind: KindArgument,
+        /// The token the push service gave the app.
+        #[arg(long)]
+        token: String,
+        /// A development build: APNs pushes go to the sandbox.
+        #[arg(long)]
+        sandbox: bool,
+        /// No silent pushes for muted chats.
+        #[arg(long)]
+        no_muted: bool,
+    },
+    /// Stop pushes to a device.
+    Unregister {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, value_enum)]
+        kind: KindArgument,
+        #[arg(long)]
+        token: String,
+    },
 }
 
 #[derive(clap::Subcommand, Debug)]
@@ -221,6 +275,8 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Chat { common, peer } => chat::run(&common, peer.as_ref()),
         ClientCommand::Group(command) => groups::group(command),
         ClientCommand::Channel(command) => groups::channel(command),
+        ClientCommand::Devices { common, command } => devices::devices(&common, command),
+        ClientCommand::Notify { common, peer, mute, previews } => devices::notify(&common, &peer, &mute, previews),
     }
 }
 
@@ -300,6 +356,48 @@ mod tests {
         assert!(parse("ferrogram send @alice").is_err(), "send needs text");
         assert!(parse("ferrogram login --phone +15550001111 --code 12345").is_ok());
         assert!(parse("ferrogram chat").is_ok(), "chat without a peer follows every chat");
+    }
+
+    // The push commands parse as documented: `devices` alone lists, its subcommands take a
+    // kind and a token, and `notify` takes at most one mute flag, durations checked at parse
+    // time, and previews as on or off.
+    #[test]
+    fn push_commands_parse() {
+        let parse = |line: &str| TestCli::try_parse_from(line.split(' '));
+
+        let cli = parse("ferrogram devices --profile work").expect("parses");
+        let ClientCommand::Devices { common, command: None } = cli.command else { panic!("not a list") };
+        assert_eq!(common.profile, "work");
+
+        let cli = parse("ferrogram devices register --kind webpush --token T1 --sandbox --server 127.0.0.2:1")
+            .expect("parses");
+        let ClientCommand::Devices {
+            command: Some(DevicesCommand::Register { common, kind, token, sandbox, no_muted }),
+            ..
+        } = cli.command
+        else {
+            panic!("not register")
+        };
+        assert_eq!(common.server.as_deref(), Some("127.0.0.2:1"));
+        assert_eq!((kind, token.as_str(), sandbox, no_muted), (KindArgument::WebPush, "T1", true, false));
+        assert!(parse("ferrogram devices unregister --kind apns --token abc").is_ok());
+        assert!(parse("ferrogram devices register --kind gcm --token abc").is_err(), "unknown kind");
+        assert!(parse("ferrogram devices register --kind fcm").is_err(), "register needs a token");
+
+        let cli = parse("ferrogram notify @alice --mute-for 8h --previews off").expect("parses");
+        let ClientCommand::Notify { peer, mute, previews, .. } = cli.command else { panic!("not notify") };
+        assert_eq!(peer, Peer::Username("alice".into()));
+        assert_eq!(mute.mute_for.map(|mute| mute.0.as_secs()), Some(8 * 3600));
+        assert_eq!(previews, Some(false));
+        let cli = parse("ferrogram notify chat:7").expect("parses");
+        let ClientCommand::Notify { mute, previews, .. } = cli.command else { panic!("not notify") };
+        assert_eq!((mute, previews), (MuteArguments::default(), None));
+        assert!(parse("ferrogram notify chat:7 --mute-forever --previews on").is_ok());
+        assert!(parse("ferrogram notify chat:7 --unmute").is_ok());
+        assert!(parse("ferrogram notify chat:7 --mute-forever --unmute").is_err(), "one mute flag at most");
+        assert!(parse("ferrogram notify chat:7 --mute-for 8h --unmute").is_err(), "one mute flag at most");
+        assert!(parse("ferrogram notify chat:7 --mute-for 8x").is_err(), "durations are checked");
+        assert!(parse("ferrogram notify chat:7 --previews maybe").is_err());
     }
 
     // The server comes from the flag (or environment) first, then the profile, then the

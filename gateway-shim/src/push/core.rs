@@ -942,6 +942,7 @@ mod tests {
         let post = ChatPost {
             chat: ChatId(5),
             message: MessageId(9),
+            sender: UserId(100),
             sender_name: "News".into(),
             text_preview: "post".into(),
             date: UnixMs(0),

@@ -70,6 +70,8 @@ pub struct MessagePush {
 pub struct ChatPost {
     pub chat: ChatId,
     pub message: MessageId,
+    /// Who posted: never notified of their own post.
+    pub sender: UserId,
     pub sender_name: String,
     pub text_preview: String,
     pub date: UnixMs,
