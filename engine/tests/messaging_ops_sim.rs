@@ -825,6 +825,42 @@ fn reads_move_markers_and_unread_counts() {
     assert_eq!(state.unread, 0);
 }
 
+/// Proves deleting unread messages for everyone lowers each member's unread count by the ones
+/// that were unread for them (not their own, not already read), in a group whose members sit
+/// on several shards, and a recount at the next read agrees.
+#[test]
+fn deleting_unread_messages_lowers_unread_counts() {
+    let mut sim = sim(21);
+    let u = users(&mut sim, 4);
+    let chat = create(&mut sim, ChatKind::Group, u[0], &u[1..]);
+    for (random_id, sender) in [(1, u[0]), (2, u[0]), (3, u[1]), (4, u[0])] {
+        send(&mut sim, chat, sender, random_id, "soon gone").expect("send");
+    }
+    // Message ids 1..=4 of the chat (its creation is an event, not a message).
+    done(sim.call(Request::ReadHistory { chat, user: u[2], max_id: MessageId(2) })).expect("read");
+    sim.run_until_quiet().expect("quiet");
+    let unread = |sim: &mut MessagingSim, user: UserId| dialog(sim, user, chat).unread;
+    assert_eq!([unread(&mut sim, u[1]), unread(&mut sim, u[2]), unread(&mut sim, u[3])], [3, 2, 4]);
+
+    // Delete 2 (u0's) and 3 (u1's) for everyone.
+    let delete = Request::Delete { chat, user: u[0], ids: vec![MessageId(2), MessageId(3)], for_everyone: true };
+    done(sim.call(delete)).expect("an admin deletes");
+    sim.run_until_quiet().expect("quiet");
+    // u1: 2 was unread, 3 is their own. u2 had read 2; 3 was unread. u3: both were unread.
+    assert_eq!([unread(&mut sim, u[1]), unread(&mut sim, u[2]), unread(&mut sim, u[3])], [2, 1, 2]);
+    assert!(box_updates(&mut sim, u[3]).iter().any(|update| matches!(
+        update,
+        Update::DeleteMessagesForEveryone { ids, senders, .. } if ids == &[MessageId(2), MessageId(3)] && senders == &[u[0], u[1]]
+    )));
+    // Deleting them again changes nothing; a read recounts and agrees.
+    let again = Request::Delete { chat, user: u[0], ids: vec![MessageId(2)], for_everyone: true };
+    done(sim.call(again)).expect("deleting again is accepted");
+    done(sim.call(Request::ReadHistory { chat, user: u[3], max_id: MessageId(1) })).expect("read");
+    sim.run_until_quiet().expect("quiet");
+    assert_eq!(unread(&mut sim, u[3]), 1, "only message 4 is left unread after 1");
+    assert_eq!(unread(&mut sim, u[1]), 2);
+}
+
 fn create_authorization(sim: &mut MessagingSim, user: UserId, secret: u8) -> AuthorizationId {
     let request = Request::CreateAuthorization {
         user,

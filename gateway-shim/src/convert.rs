@@ -126,7 +126,8 @@ pub fn update(update: &model::Update) -> wire::Update {
         U::EditMessage { chat: c, id, edit_date } => {
             wire::Update::EditMessage { chat: chat(c), id: wire::MessageId(id.0), edit_date: unix_ms(*edit_date) }
         }
-        U::DeleteMessages { chat: c, ids } => {
+        // Clients are told the same either way: these messages are gone for them.
+        U::DeleteMessages { chat: c, ids } | U::DeleteMessagesForEveryone { chat: c, ids, .. } => {
             wire::Update::DeleteMessages { chat: chat(c), ids: ids.iter().map(|id| wire::MessageId(id.0)).collect() }
         }
         U::ReadInbox { chat: c, max_id, unread } => {

@@ -401,7 +401,7 @@ fn chat_consequences(chat: &Chat, change: &ChatChange, date: UnixMs) -> Vec<Cons
         ChatChange::Edit { id: message, .. } => {
             one(Update::EditMessage { chat: id, id: *message, edit_date: date }, everyone())
         }
-        ChatChange::Delete { ids } => one(Update::DeleteMessages { chat: id, ids: ids.clone() }, everyone()),
+        ChatChange::Delete { ids } => one(deleted_for_everyone(chat, ids), everyone()),
         ChatChange::DeleteForMe { user, ids } => {
             one(Update::DeleteMessages { chat: id, ids: ids.clone() }, vec![*user])
         }
@@ -466,6 +466,7 @@ fn apply_chat_change(
             push_log(chat, date, Update::EditMessage { chat: id, id: message, edit_date: date }, None);
         }
         ChatChange::Delete { ids } => {
+            let update = deleted_for_everyone(chat, &ids);
             for message in &ids {
                 if let Some(state) = chat.messages.get_mut(message.0 as usize - 1) {
                     state.deleted = true;
@@ -477,7 +478,7 @@ fn apply_chat_change(
                     chat.pinned = None;
                 }
             }
-            push_log(chat, date, Update::DeleteMessages { chat: id, ids }, None);
+            push_log(chat, date, update, None);
         }
         ChatChange::DeleteForMe { user, ids } => {
             if let Some(member) = chat.members.get_mut(&user) {
@@ -521,6 +522,13 @@ fn apply_chat_change(
             push_log(chat, date, Update::ChatSyncMode { chat: id, fanout_on_read }, None);
         }
     }
+}
+
+/// The update of a delete for everyone, naming each message's sender (read before the delete
+/// is applied).
+fn deleted_for_everyone(chat: &Chat, ids: &[MessageId]) -> Update {
+    let senders = ids.iter().map(|&id| chat.message(id).map_or(UserId(0), |message| message.sender)).collect();
+    Update::DeleteMessagesForEveryone { chat: chat.id, ids: ids.to_vec(), senders }
 }
 
 fn push_log(chat: &mut Chat, date: UnixMs, update: Update, only_for: Option<UserId>) {
@@ -604,6 +612,19 @@ fn apply_dialog(update_box: &mut UpdateBox, owner: UserId, update: &Update, date
         Update::ReadOutbox { chat, max_id } => {
             let dialog = update_box.dialogs.entry(chat).or_default();
             dialog.read_outbox_max = dialog.read_outbox_max.max(max_id);
+        }
+        // A message deleted for everyone that was unread here is unread no more. (A delete for
+        // me does not lower the count: the next read recounts without it. So a message hidden
+        // first and deleted for everyone later is discounted once.)
+        Update::DeleteMessagesForEveryone { chat, ref ids, ref senders } => {
+            if let Some(dialog) = update_box.dialogs.get_mut(&chat) {
+                let unread = ids
+                    .iter()
+                    .zip(senders)
+                    .filter(|(id, sender)| **sender != owner && **id > dialog.read_inbox_max)
+                    .count() as u64;
+                dialog.unread = dialog.unread.saturating_sub(unread);
+            }
         }
         Update::ChatMember { chat, user, change, fanout_on_read } if user == owner => match change {
             MemberChange::Joined | MemberChange::Added { .. } => {

@@ -266,6 +266,14 @@ pub enum Update {
         chat: ChatId,
         fanout_on_read: bool,
     },
+    /// Messages deleted for everyone, with each one's sender (`senders[i]` sent `ids[i]`), so a
+    /// box can lower its unread count. (Appended: `DeleteMessages`, which logs written before
+    /// this variant hold for both kinds of delete, now means delete-for-me only.)
+    DeleteMessagesForEveryone {
+        chat: ChatId,
+        ids: Vec<MessageId>,
+        senders: Vec<UserId>,
+    },
 }
 
 impl Update {
@@ -274,6 +282,7 @@ impl Update {
             Update::NewMessage { chat, .. }
             | Update::EditMessage { chat, .. }
             | Update::DeleteMessages { chat, .. }
+            | Update::DeleteMessagesForEveryone { chat, .. }
             | Update::ReadInbox { chat, .. }
             | Update::ReadOutbox { chat, .. }
             | Update::PinMessage { chat, .. }
