@@ -42,9 +42,11 @@ fn acknowledged_appends_survive_sigkill() {
             .spawn()
             .expect("spawn ferrogram stress");
         let stdout = child.stdout.take().expect("piped stdout");
+        let (first_ack, first_acked) = std::sync::mpsc::channel();
         let reader = {
             let acked = acked.clone();
             std::thread::spawn(move || {
+                let mut told = false;
                 for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                     let mut words = line.split_whitespace();
                     if words.next() != Some("acked") {
@@ -55,9 +57,19 @@ fn acknowledged_appends_survive_sigkill() {
                     let mut acked = acked.lock().expect("lock");
                     let entry = acked.entry(shard).or_default();
                     *entry = (*entry).max(lsn);
+                    if !told {
+                        told = first_ack.send(()).is_ok();
+                    }
                 }
             })
         };
+        // Until something was acknowledged the kill's moment is counted from the first
+        // acknowledgement, so a slow start on a busy machine cannot leave a round that proves
+        // nothing; later rounds may kill during start-up on purpose.
+        if acked_before.is_empty() {
+            let waited = first_acked.recv_timeout(Duration::from_secs(60));
+            assert!(waited.is_ok(), "seed {seed} round {round}: no acknowledgement within 60 s of starting");
+        }
         std::thread::sleep(kill_after);
         child.kill().expect("SIGKILL the child");
         let status = child.wait().expect("reap the child");
@@ -76,6 +88,7 @@ fn acknowledged_appends_survive_sigkill() {
         // recovering the previous rounds' log: a crash during recovery, checked all the same.
         let during = if acked == acked_before { " during start-up" } else { "" };
         eprintln!("round {round}: killed after {kill_after:?}{during}; acknowledged LSNs {acked:?} all recovered");
+        drop(first_acked);
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
