@@ -153,7 +153,18 @@ fn generation_bumps_only_when_acknowledged_records_may_be_lost() {
         LogMeta::decode(&bytes).expect("valid log.meta")
     };
     let kill = |mut child: std::process::Child| {
-        std::thread::sleep(Duration::from_millis(700));
+        // Kill only once the log is open and appending (a busy machine can take longer than
+        // any fixed delay to get there): the meta file says so before the first append.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while !std::fs::read(dir.join("shard-0").join(META_FILE))
+            .ok()
+            .and_then(|bytes| LogMeta::decode(&bytes))
+            .is_some_and(|meta| meta.open)
+        {
+            assert!(std::time::Instant::now() < deadline, "the stress run did not open its log within 60 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(300));
         child.kill().expect("SIGKILL the child");
         child.wait().expect("reap the child");
     };
