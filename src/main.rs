@@ -1,8 +1,9 @@
 //! The `ferrogram` binary: `serve` (the server), the command-line client (`login`, `chat`,
 //! `send`, ...), `stress` (durable appends on every shard, with figures), `bench-messaging`
-//! (messaging benchmarks through the embedding API) and `admin check` (verify a data
-//! directory's logs offline).
+//! (messaging benchmarks through the embedding API), `admin check` (verify a data
+//! directory's logs offline) and `admin stats` (a running server's media storage figures).
 
+mod admin;
 mod client;
 
 use std::path::PathBuf;
@@ -37,7 +38,7 @@ enum Command {
     /// In-process messaging benchmarks through the Messenger API: private-chat sends, group
     /// sends, a channel post to every online subscriber, history pages, restart time.
     BenchMessaging(BenchMessagingArgs),
-    /// Offline tools on a data directory (the engine must not be running on it).
+    /// Operators' tools: `check` a data directory offline, `stats` of a running server.
     #[command(subcommand)]
     Admin(AdminCommand),
 }
@@ -162,10 +163,19 @@ struct BenchMessagingArgs {
 
 #[derive(Subcommand)]
 enum AdminCommand {
-    /// Verify every shard's log (checksums, LSN continuity, torn tail vs corruption).
+    /// Verify every shard's log (checksums, LSN continuity, torn tail vs corruption), offline:
+    /// the engine must not be running on the data directory.
     Check {
         #[arg(long, default_value = "./data")]
         data_dir: PathBuf,
+    },
+    /// Media storage of a running server, per shard and in total: files, logical and stored
+    /// bytes, dedup ratio, chunks, segment bytes and garbage. Reads the server's Prometheus
+    /// metrics (`serve --metrics ADDR`), which it samples from every shard once a second.
+    Stats {
+        /// The address the server serves its metrics on.
+        #[arg(long, value_name = "ADDR")]
+        metrics: std::net::SocketAddr,
     },
 }
 
@@ -195,6 +205,7 @@ fn main() -> anyhow::Result<()> {
         Command::Stress(args) => stress_command(args),
         Command::BenchMessaging(args) => bench_messaging_command(args),
         Command::Admin(AdminCommand::Check { data_dir }) => check_command(&data_dir),
+        Command::Admin(AdminCommand::Stats { metrics }) => admin::stats(metrics),
     }
 }
 

@@ -45,6 +45,18 @@ pub const LOGIN_CODE_ATTEMPTS_MAX: u32 = 5;
 pub const LOGIN_CODES_PENDING_MAX: usize = 1_000_000;
 /// The longest device description stored with an authorization (the engine checks it too).
 pub const DEVICE_DESCRIPTION_MAX: usize = 128;
+/// File bytes of one connection's downloads (`GetFile` answers) read or queued at once; a
+/// further `GetFile` waits for the writer to take one off the queue. This keeps a client
+/// asking for many ranges from filling its outbound queue (which would close it as a slow
+/// reader) and bounds what its downloads hold in memory.
+pub const DOWNLOAD_BYTES_QUEUED_PER_CONNECTION_MAX: u64 = 2 * 1024 * 1024;
+/// Buffers of large request bodies (upload parts) each shard keeps for reuse, and the
+/// largest kept: reusing them saves a reallocation and fresh pages per part; the bound keeps
+/// what an idle shard holds at 16 × 2 MiB.
+pub const BODY_BUFFERS_PER_SHARD_MAX: usize = 16;
+pub const BODY_BUFFER_BYTES_MAX: usize = 2 * 1024 * 1024;
+/// How long a `GetFile` waits for room under that bound before answering `OVERLOADED`.
+pub const DOWNLOAD_QUEUE_WAIT: Duration = Duration::from_secs(15);
 
 // The wire, the engine and the push dispatcher agree on the longest device token, and a user's
 // whole device list (`ListDevices`: 16 archived bytes per device plus its token) fits a frame.
@@ -54,7 +66,25 @@ const _: () = {
     assert!(crate::push::DEVICE_TOKEN_BYTES_MAX == DEVICE_TOKEN_BYTES_MAX);
     assert!(DEVICES_PER_USER_MAX * (DEVICE_TOKEN_BYTES_MAX + 16) < ferrogram_net::limits::FRAME_MAX / 2);
 };
+// The wire's media limits are the media store's (the protocol states them; the store enforces
+// them again), and a connection's queued downloads leave room in its outbound queue.
+const _: () = {
+    use engine::media::store::limits as store;
+    use ferrogram_net::limits as wire;
+    assert!(wire::UPLOAD_PART_BYTES_MAX == store::PART_BYTES_MAX as usize);
+    assert!(wire::UPLOAD_PART_BYTES_UNIT == store::PART_BYTES_UNIT as usize);
+    assert!(wire::UPLOAD_PARTS_MAX == store::UPLOAD_PARTS_MAX);
+    assert!(wire::FILE_BYTES_MAX == store::FILE_BYTES_MAX_LIMIT);
+    assert!(wire::FILE_NAME_BYTES_MAX == store::FILE_NAME_BYTES_MAX);
+    assert!(wire::MIME_TYPE_BYTES_MAX == store::MIME_TYPE_BYTES_MAX);
+    assert!(wire::DOWNLOAD_ALIGN_BYTES == store::DOWNLOAD_ALIGN_BYTES);
+    assert!(wire::DOWNLOAD_LIMIT_BYTES_MAX as u64 == store::DOWNLOAD_LIMIT_BYTES_MAX);
+    assert!(wire::DOWNLOAD_WINDOW_BYTES == store::DOWNLOAD_WINDOW_BYTES);
+    assert!(DOWNLOAD_BYTES_QUEUED_PER_CONNECTION_MAX >= wire::DOWNLOAD_LIMIT_BYTES_MAX as u64);
+    assert!(DOWNLOAD_BYTES_QUEUED_PER_CONNECTION_MAX * 2 <= OUTBOUND_BYTES_PER_CONNECTION_MAX as u64);
+};
 const _: () = assert!(WRITE_BATCH_BYTES_MAX <= OUTBOUND_BYTES_PER_CONNECTION_MAX);
+const _: () = assert!(BODY_BUFFER_BYTES_MAX >= ferrogram_net::limits::FRAME_MAX);
 const _: () = assert!(ferrogram_net::limits::FRAME_MAX <= OUTBOUND_BYTES_PER_CONNECTION_MAX / 2);
 
 /// Everything the gateway needs to serve.
@@ -90,6 +120,10 @@ pub struct GatewayLimits {
     pub sends_per_session_per_second: u32,
     /// All other requests per authorization, per second.
     pub requests_per_session_per_second: u32,
+    /// Media requests (upload parts, downloads, their start, finish and info) per
+    /// authorization, per second. Their bytes are bounded by the request byte budget and the
+    /// engine's in-flight part budget; this bounds how often a session can ask.
+    pub media_requests_per_session_per_second: u32,
 }
 
 impl Default for GatewayLimits {
@@ -104,6 +138,9 @@ impl Default for GatewayLimits {
             codes_per_phone_per_hour: 10,
             sends_per_session_per_second: 200,
             requests_per_session_per_second: 1000,
+            // 10,000 parts of 512 KiB is 5 GiB/s: far above what one session moves, far below
+            // what would let a session flood a shard with tiny reads.
+            media_requests_per_session_per_second: 10_000,
         }
     }
 }
@@ -133,6 +170,7 @@ impl GatewayConfig {
             ("codes_per_phone_per_hour", u64::from(limits.codes_per_phone_per_hour)),
             ("sends_per_session_per_second", u64::from(limits.sends_per_session_per_second)),
             ("requests_per_session_per_second", u64::from(limits.requests_per_session_per_second)),
+            ("media_requests_per_session_per_second", u64::from(limits.media_requests_per_session_per_second)),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| *value == 0) {
             return Err(Config(format!("{name} must be at least 1")));

@@ -31,8 +31,9 @@ use glommio::net::TcpStream;
 use glommio::sync::{Semaphore, StaticPermit};
 
 use crate::config::{
-    CLOSE_FLUSH_TIMEOUT, FRAME_BODY_TIMEOUT, HANDSHAKE_TIMEOUT, OUTBOUND_BYTES_PER_CONNECTION_MAX,
-    OUTBOUND_FRAMES_PER_CONNECTION_MAX, REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX, WRITE_BATCH_BYTES_MAX,
+    CLOSE_FLUSH_TIMEOUT, DOWNLOAD_BYTES_QUEUED_PER_CONNECTION_MAX, DOWNLOAD_QUEUE_WAIT, FRAME_BODY_TIMEOUT,
+    HANDSHAKE_TIMEOUT, OUTBOUND_BYTES_PER_CONNECTION_MAX, OUTBOUND_FRAMES_PER_CONNECTION_MAX,
+    REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX, WRITE_BATCH_BYTES_MAX,
 };
 use crate::shard::ShardGateway;
 
@@ -41,6 +42,9 @@ use crate::shard::ShardGateway;
 /// whenever it is empty, so an idle connection costs no buffer and a trickling one little.
 const READ_BUFFER_BYTES_FIRST: usize = 1024;
 const READ_BUFFER_BYTES: usize = 16 * 1024;
+/// The most one read puts straight into a large frame's body (past the read buffer), and so
+/// the most a body is grown ahead of the bytes arriving to fill it.
+const DIRECT_READ_BYTES_MAX: usize = 64 * 1024;
 
 /// Why a connection ended, for the metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,13 +87,24 @@ pub(crate) struct Connection {
     greeted: Cell<bool>,
     /// Whether `fd` is still owned by the reader's stream.
     fd_open: Cell<bool>,
-    queue: RefCell<VecDeque<(Vec<u8>, StaticPermit)>>,
+    queue: RefCell<VecDeque<Queued>>,
     queued_bytes: Cell<usize>,
     doorbell: (flume::Sender<()>, flume::Receiver<()>),
     closed: Cell<Option<CloseReason>>,
     in_flight: Cell<usize>,
     /// Woken when the last in-flight request finishes (graceful shutdown waits for it).
     drained: Rc<Semaphore>,
+    /// File bytes of downloads being read or queued (`DOWNLOAD_BYTES_QUEUED_PER_CONNECTION_MAX`).
+    downloads: Rc<Semaphore>,
+}
+
+/// A frame waiting for the writer, with its share of the shard's outbound budget and, for a
+/// download's answer, its share of the connection's download budget (given back when the
+/// writer takes the frame, so the next read can start while this one is written).
+struct Queued {
+    frame: Vec<u8>,
+    _outbound: StaticPermit,
+    _held: Option<StaticPermit>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -149,6 +164,11 @@ impl Connection {
     /// Queues a frame. A connection over its queue limit, or a shard over its outbound budget,
     /// is closed as not reading: it catches up with `GetDifference` when it comes back.
     pub fn send_frame(&self, frame: Vec<u8>) -> bool {
+        self.send_frame_holding(frame, None)
+    }
+
+    /// Queues a frame that keeps `held` until the writer takes it.
+    fn send_frame_holding(&self, frame: Vec<u8>, held: Option<StaticPermit>) -> bool {
         if self.closed.get().is_some_and(|reason| reason != CloseReason::Shutdown && reason != CloseReason::Revoked) {
             return false;
         }
@@ -161,7 +181,7 @@ impl Connection {
             self.close(CloseReason::SlowReader);
             return false;
         };
-        self.queue.borrow_mut().push_back((frame, permit));
+        self.queue.borrow_mut().push_back(Queued { frame, _outbound: permit, _held: held });
         self.queued_bytes.set(self.queued_bytes.get() + bytes);
         let _ = self.doorbell.0.try_send(());
         true
@@ -169,6 +189,17 @@ impl Connection {
 
     /// Encodes and queues the outcome of request `req_id`.
     pub fn respond(&self, req_id: u64, outcome: &Outcome) {
+        self.respond_holding(req_id, outcome, None);
+    }
+
+    /// Waits (at most `DOWNLOAD_QUEUE_WAIT`) until `bytes` more file bytes may be read for
+    /// this connection, and reserves them; `None` when no room came in time.
+    pub async fn reserve_download(&self, bytes: u64) -> Option<StaticPermit> {
+        within(DOWNLOAD_QUEUE_WAIT, self.downloads.acquire_static_permit(bytes)).await?.ok()
+    }
+
+    /// [`Connection::respond`], keeping `held` reserved until the writer takes the answer.
+    pub fn respond_holding(&self, req_id: u64, outcome: &Outcome, held: Option<StaticPermit>) {
         if let Outcome::Err(error) = outcome {
             self.shard.metrics().count_error(error.code);
         }
@@ -182,7 +213,7 @@ impl Connection {
                 return;
             }
         }
-        self.send_frame(frame);
+        self.send_frame_holding(frame, held);
     }
 
     /// Sends a connection-level error frame, and closes the connection if `close` says so.
@@ -249,6 +280,7 @@ pub(crate) async fn serve(shard: Rc<ShardGateway>, stream: TcpStream, ip: IpAddr
         closed: Cell::new(None),
         in_flight: Cell::new(0),
         drained: Rc::new(Semaphore::new(0)),
+        downloads: Rc::new(Semaphore::new(DOWNLOAD_BYTES_QUEUED_PER_CONNECTION_MAX)),
     });
     let id = shard.register(&connection);
     let writer_task = glommio::spawn_local(write_loop(connection.clone(), writer));
@@ -324,7 +356,7 @@ async fn read_loop(connection: &Rc<Connection>, stream: &mut TcpStream) -> Close
         if let Some(reason) = connection.closed.get() {
             return reason;
         }
-        let frame = match reader.next(stream, connection, idle_timeout).await {
+        let mut frame = match reader.next(stream, connection, idle_timeout).await {
             Ok(frame) => frame,
             Err(end) => return end.report(connection),
         };
@@ -367,12 +399,12 @@ async fn read_loop(connection: &Rc<Connection>, stream: &mut TcpStream) -> Close
                     }
                     connection.in_flight.set(connection.in_flight.get() + 1);
                     let connection = connection.clone();
-                    let permit = frame.permit;
+                    let permit = std::mem::take(&mut frame.permit);
                     glommio::spawn_local(async move {
-                        let outcome = crate::dispatch::handle(&connection, request).await;
+                        let answered = crate::dispatch::handle(&connection, request).await;
                         // The request's bytes stay reserved until it has been answered.
                         drop(permit);
-                        connection.respond(req_id, &outcome);
+                        connection.respond_holding(req_id, &answered.outcome, answered.held);
                         let in_flight = connection.in_flight.get() - 1;
                         connection.in_flight.set(in_flight);
                         if in_flight == 0 {
@@ -410,32 +442,42 @@ async fn read_loop(connection: &Rc<Connection>, stream: &mut TcpStream) -> Close
     }
 }
 
-/// Sends queued frames, as many as fit one batch per socket write.
+/// Sends queued frames, as many as fit one batch per socket write. A frame of at least a
+/// batch (a download's answer) is written from where it lies rather than copied into the batch.
 async fn write_loop(connection: Rc<Connection>, mut stream: TcpStream) {
     let mut batch: Vec<u8> = Vec::new();
     loop {
+        let mut large = None;
         {
             let mut queue = connection.queue.borrow_mut();
-            while let Some((frame, _permit)) = queue.front() {
-                if !batch.is_empty() && batch.len() + frame.len() > WRITE_BATCH_BYTES_MAX {
+            while let Some(queued) = queue.front() {
+                let bytes = queued.frame.len();
+                if batch.is_empty() && bytes >= WRITE_BATCH_BYTES_MAX {
+                    large = queue.pop_front().map(|queued| queued.frame);
+                    connection.queued_bytes.set(connection.queued_bytes.get() - bytes);
                     break;
                 }
-                batch.extend_from_slice(frame);
-                let bytes = frame.len();
+                if !batch.is_empty() && batch.len() + bytes > WRITE_BATCH_BYTES_MAX {
+                    break;
+                }
+                batch.extend_from_slice(&queued.frame);
                 queue.pop_front();
                 connection.queued_bytes.set(connection.queued_bytes.get() - bytes);
             }
         }
-        if batch.is_empty() {
-            if connection.closed.get().is_some() {
-                break;
+        let written = match &large {
+            Some(frame) => stream.write_all(frame).await,
+            None if batch.is_empty() => {
+                if connection.closed.get().is_some() {
+                    break;
+                }
+                if connection.doorbell.1.recv_async().await.is_err() {
+                    break;
+                }
+                continue;
             }
-            if connection.doorbell.1.recv_async().await.is_err() {
-                break;
-            }
-            continue;
-        }
-        let written = stream.write_all(&batch).await;
+            None => stream.write_all(&batch).await,
+        };
         batch.clear();
         if batch.capacity() > WRITE_BATCH_BYTES_MAX {
             batch = Vec::new();
@@ -458,6 +500,17 @@ struct Frame {
     /// The shard's request budget had no room: the body was read and dropped (only its first
     /// bytes kept, for a request's `req_id`), and the frame is to be answered `OVERLOADED`.
     overloaded: bool,
+    /// Where a large body's buffer goes back to once the frame is handled (its contents are
+    /// decoded into the request by then).
+    pool: Option<Rc<ShardGateway>>,
+}
+
+impl Drop for Frame {
+    fn drop(&mut self) {
+        if let Some(shard) = &self.pool {
+            shard.give_body_buffer(std::mem::take(&mut self.body));
+        }
+    }
 }
 
 /// Why reading stopped.
@@ -539,7 +592,12 @@ impl FrameReader {
         }
     }
 
-    async fn read_frame(&mut self, stream: &mut TcpStream, shard: &ShardGateway) -> Result<Frame, ReadEnd> {
+    /// Reads one frame. A large body (an upload part) is read straight into a buffer from the
+    /// shard's pool once the read buffer is drained, rather than through the read buffer and
+    /// a growing vector: one copy fewer and no reallocation per part. Its bytes are still
+    /// reserved as they arrive, and the body grows at most `DIRECT_READ_BYTES_MAX` ahead of
+    /// them (a pooled buffer may be larger: the pool is bounded per shard).
+    async fn read_frame(&mut self, stream: &mut TcpStream, shard: &Rc<ShardGateway>) -> Result<Frame, ReadEnd> {
         while self.buffered() < FRAME_HEADER_BYTES {
             self.fill(stream).await?;
         }
@@ -548,9 +606,32 @@ impl FrameReader {
         let header = FrameHeader::parse(header_bytes, FRAME_MAX).map_err(ReadEnd::TooLarge)?;
         self.start += FRAME_HEADER_BYTES;
 
-        let mut frame = Frame { header, body: Vec::new(), permit: Vec::new(), overloaded: false };
+        let large = header.body_bytes > READ_BUFFER_BYTES;
+        let body = if large { shard.take_body_buffer() } else { Vec::new() };
+        let pool = large.then(|| shard.clone());
+        let mut frame = Frame { header, body, permit: Vec::new(), overloaded: false, pool };
         let mut received = 0;
         while received < header.body_bytes {
+            let remaining = header.body_bytes - received;
+            if self.buffered() == 0 && !frame.overloaded && remaining > READ_BUFFER_BYTES {
+                let at = frame.body.len();
+                frame.body.resize(at + remaining.min(DIRECT_READ_BYTES_MAX), 0);
+                let read = match stream.read(&mut frame.body[at..]).await {
+                    Ok(0) | Err(_) => return Err(ReadEnd::Closed),
+                    Ok(read) => read,
+                };
+                frame.body.truncate(at + read);
+                match shard.request_budget.try_acquire_static_permit(read as u64) {
+                    Ok(permit) => frame.permit.push(permit),
+                    Err(_) => {
+                        frame.overloaded = true;
+                        frame.permit.clear();
+                        frame.body.truncate(REQ_ID_BYTES);
+                    }
+                }
+                received += read;
+                continue;
+            }
             if self.buffered() == 0 {
                 self.fill(stream).await?;
             }

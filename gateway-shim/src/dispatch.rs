@@ -1,5 +1,6 @@
 //! Requests: rate limits, edge validation, login, and the mapping of every other request onto
-//! the engine's messaging API on behalf of the connection's user.
+//! the engine's messaging API on behalf of the connection's user (media requests go on to
+//! `media.rs`).
 
 use std::rc::Rc;
 use std::time::Instant;
@@ -9,6 +10,7 @@ use ferrogram_net::limits::{
     DEVICE_TOKEN_BYTES_MAX, DIALOGS_PAGE_MAX, DIFFERENCE_LIMIT_MAX, GROUP_MEMBERS_AT_CREATION_MAX, IDS_PER_REQUEST_MAX,
 };
 use ferrogram_net::{ErrorBody, ErrorCode, Outcome, Request, Response};
+use glommio::sync::StaticPermit;
 
 use crate::config::{MEMBERS_PER_ANSWER_MAX, SUBSCRIPTIONS_PER_CONNECTION_MAX, WATCHED_USERS_PER_CONNECTION_MAX};
 use crate::connection::Connection;
@@ -20,22 +22,36 @@ use crate::token::{self, Token};
 use crate::updates;
 
 /// The metrics index of requests that could not be decoded.
-pub(crate) const MALFORMED_INDEX: usize = 45;
-const UNAUTHORIZED_INDEX: usize = 46;
+pub(crate) const MALFORMED_INDEX: usize = 51;
+const UNAUTHORIZED_INDEX: usize = 52;
 
-type Answer = Result<Response, ErrorBody>;
+pub(crate) type Answer = Result<Response, ErrorBody>;
+
+/// A request's outcome, and what stays reserved until the writer takes the answer (a
+/// download's share of the connection's download budget).
+pub(crate) struct Answered {
+    pub outcome: Outcome,
+    pub held: Option<StaticPermit>,
+}
+
+impl From<Outcome> for Answered {
+    fn from(outcome: Outcome) -> Answered {
+        Answered { outcome, held: None }
+    }
+}
 
 /// Handles one request and answers it.
-pub(crate) async fn handle(connection: &Rc<Connection>, request: Request) -> Outcome {
+pub(crate) async fn handle(connection: &Rc<Connection>, request: Request) -> Answered {
     let (index, class) = classify(&request);
     let metrics = connection.shard.metrics();
     let session = connection.auth.get().map(|auth| auth.authorization.0);
     if let Err(wait_s) = connection.shard.gateway.rates.check_request(connection.ip, session, class) {
         metrics.count_request(index);
-        return Outcome::Err(ErrorBody::flood_wait(wait_s));
+        return Outcome::Err(ErrorBody::flood_wait(wait_s)).into();
     }
     let started = Instant::now();
     let is_send = matches!(request, Request::SendMessage { .. });
+    let mut held = None;
     let answer = match request {
         Request::SendCode { phone } => send_code(connection, &phone),
         Request::SignIn { phone, code } => sign_in(connection, phone, code).await,
@@ -46,7 +62,12 @@ pub(crate) async fn handle(connection: &Rc<Connection>, request: Request) -> Out
         request => match connection.auth.get() {
             None => {
                 metrics.count_request(UNAUTHORIZED_INDEX);
-                return Outcome::Err(ErrorBody::new(ErrorCode::AuthRequired, "log in or authenticate first"));
+                return Outcome::Err(ErrorBody::new(ErrorCode::AuthRequired, "log in or authenticate first")).into();
+            }
+            Some(auth) if class == MethodClass::Media => {
+                let (answer, reserved) = crate::media::handle(connection, auth.user, request).await;
+                held = reserved;
+                answer
             }
             Some(auth) => authorized(connection, auth.user, auth.authorization, request).await,
         },
@@ -55,10 +76,11 @@ pub(crate) async fn handle(connection: &Rc<Connection>, request: Request) -> Out
     if is_send && answer.is_ok() {
         metrics.record_send_ack(started.elapsed());
     }
-    match answer {
+    let outcome = match answer {
         Ok(response) => Outcome::Ok(response),
         Err(error) => Outcome::Err(error),
-    }
+    };
+    Answered { outcome, held }
 }
 
 fn engine_error(error: MessagingError) -> ErrorBody {
@@ -68,7 +90,7 @@ fn engine_error(error: MessagingError) -> ErrorBody {
     convert::error(&error)
 }
 
-fn invalid(message: &str) -> ErrorBody {
+pub(crate) fn invalid(message: &str) -> ErrorBody {
     ErrorBody::new(ErrorCode::InvalidArgument, message)
 }
 
@@ -222,6 +244,12 @@ async fn authorized(
         Request::SendCode { .. } | Request::SignIn { .. } | Request::SignUp { .. } | Request::Authenticate { .. } => {
             unreachable!("login requests are handled before authorization")
         }
+        Request::UploadStart { .. }
+        | Request::UploadPart { .. }
+        | Request::UploadFinish { .. }
+        | Request::UploadCancel { .. }
+        | Request::GetFile { .. }
+        | Request::GetFileInfo { .. } => unreachable!("media requests are handled in media.rs"),
         Request::LogOut => {
             // End this connection's session first, so the revocation's `Revoked` event does not
             // close the connection the answer goes out on.
@@ -483,7 +511,7 @@ async fn maybe_user(messenger: &model::Messenger, me: model::UserId, user: Optio
 
 /// The metrics index and rate-limit class of a request.
 fn classify(request: &Request) -> (usize, MethodClass) {
-    use MethodClass::{Login, Other, Send};
+    use MethodClass::{Login, Media, Other, Send};
     match request {
         Request::SendCode { .. } => (0, Login),
         Request::SignIn { .. } => (1, Login),
@@ -531,6 +559,12 @@ fn classify(request: &Request) -> (usize, MethodClass) {
         Request::ListDevices => (42, Other),
         Request::SetNotifySettings { .. } => (43, Other),
         Request::GetNotifySettings { .. } => (44, Other),
+        Request::UploadStart { .. } => (45, Media),
+        Request::UploadPart { .. } => (46, Media),
+        Request::UploadFinish { .. } => (47, Media),
+        Request::UploadCancel { .. } => (48, Media),
+        Request::GetFile { .. } => (49, Media),
+        Request::GetFileInfo { .. } => (50, Media),
     }
 }
 
@@ -558,6 +592,11 @@ mod tests {
             REQUEST_NAMES[classify(&Request::GetNotifySettings { chat: Default::default() }).0],
             "get_notify_settings"
         );
+        let part = Request::UploadPart { upload_id: Default::default(), part: 0, bytes: Vec::new() };
+        assert_eq!(classify(&part), (46, MethodClass::Media));
+        assert_eq!(REQUEST_NAMES[classify(&part).0], "upload_part");
+        let info = Request::GetFileInfo { file: ferrogram_net::FileRef { id: Default::default(), access_hash: 0 } };
+        assert_eq!(REQUEST_NAMES[classify(&info).0], "get_file_info");
         assert_eq!(REQUEST_NAMES[MALFORMED_INDEX], "malformed");
         assert_eq!(REQUEST_NAMES[UNAUTHORIZED_INDEX], "unauthorized");
     }

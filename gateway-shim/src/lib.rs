@@ -1,5 +1,6 @@
 //! The gateway shim (DESIGN §8): phone login, authorizations, rate limits and the routing of
-//! client requests and live updates between the wire protocol (`net`) and the engine. It runs
+//! client requests (messaging and media) and live updates between the wire protocol (`net`)
+//! and the engine. It runs
 //! on the engine's own shards: one listener per core (SO_REUSEPORT), each connection served
 //! on the core that accepted it.
 
@@ -7,6 +8,7 @@ mod connection;
 mod convert;
 mod dispatch;
 mod fit;
+mod media;
 mod shard;
 mod updates;
 mod webhook;
@@ -50,6 +52,7 @@ pub enum GatewayError {
 pub(crate) struct Gateway {
     pub config: GatewayConfig,
     pub messenger: Messenger,
+    pub media: engine::media::Media,
     pub codes: login::LoginCodes,
     pub rates: rate::RateLimits,
     pub metrics: Arc<Metrics>,
@@ -121,6 +124,7 @@ impl GatewayHandle {
             codes: login::LoginCodes::new(config.code_sender.clone())?,
             rates: rate::RateLimits::new(&config.limits),
             messenger: engine.messenger(),
+            media: engine.media(),
             metrics,
             push,
             stopping: AtomicBool::new(false),

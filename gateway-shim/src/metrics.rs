@@ -15,7 +15,7 @@ use ferrogram_net::ErrorCode;
 use hdrhistogram::Histogram;
 
 /// Request kinds counted separately, by the name `request_name` gives them.
-pub const REQUEST_NAMES: [&str; 48] = [
+pub const REQUEST_NAMES: [&str; 54] = [
     "send_code",
     "sign_in",
     "sign_up",
@@ -61,6 +61,12 @@ pub const REQUEST_NAMES: [&str; 48] = [
     "list_devices",
     "set_notify_settings",
     "get_notify_settings",
+    "upload_start",
+    "upload_part",
+    "upload_finish",
+    "upload_cancel",
+    "get_file",
+    "get_file_info",
     "malformed",
     "unauthorized",
     "refused",
@@ -89,7 +95,29 @@ pub struct ShardMetrics {
     pub wal_syncs: AtomicU64,
     pub wal_sync_us: AtomicU64,
     pub wal_sync_us_max: AtomicU64,
+    /// Bytes of upload parts stored (retries of stored parts not counted) and of file bytes
+    /// answered, counted by the gateway as it goes.
+    pub media_part_bytes: AtomicU64,
+    pub media_download_bytes: AtomicU64,
+    /// The shard's media store, sampled once a second from its `StorageStats`.
+    pub media: MediaGauges,
     send_ack_us: Mutex<Histogram<u64>>,
+}
+
+/// A shard's media storage figures (`engine::media::StorageStats`), as last sampled.
+#[derive(Debug, Default)]
+pub struct MediaGauges {
+    pub files: AtomicU64,
+    pub logical_bytes: AtomicU64,
+    pub stored_bytes: AtomicU64,
+    pub chunks: AtomicU64,
+    pub chunks_unreferenced: AtomicU64,
+    pub physical_bytes: AtomicU64,
+    pub garbage_bytes: AtomicU64,
+    pub segments: AtomicU64,
+    pub uploads: AtomicU64,
+    pub staging_bytes: AtomicU64,
+    pub cache_bytes: AtomicU64,
 }
 
 impl Default for ShardMetrics {
@@ -111,6 +139,9 @@ impl Default for ShardMetrics {
             wal_syncs: AtomicU64::new(0),
             wal_sync_us: AtomicU64::new(0),
             wal_sync_us_max: AtomicU64::new(0),
+            media_part_bytes: AtomicU64::new(0),
+            media_download_bytes: AtomicU64::new(0),
+            media: MediaGauges::default(),
             // 1 µs to 1 h at 3 significant digits: the bounds are constants that always work.
             send_ack_us: Mutex::new(
                 Histogram::new_with_bounds(1, 3_600_000_000, 3)
@@ -142,7 +173,7 @@ impl ShardMetrics {
 /// The per-shard series that are one atomic each: name, help, type, and the atomic.
 type Series = (&'static str, &'static str, &'static str, fn(&ShardMetrics) -> &AtomicU64);
 
-const SHARD_SERIES: [Series; 14] = [
+const SHARD_SERIES: [Series; 27] = [
     ("connections_open", "Open client connections.", "gauge", |m| &m.connections_open),
     ("connections_accepted_total", "Connections accepted.", "counter", |m| &m.connections_accepted),
     ("connections_refused_total", "Connections refused at a cap.", "counter", |m| &m.connections_refused),
@@ -170,6 +201,33 @@ const SHARD_SERIES: [Series; 14] = [
         &m.wal_sync_us
     }),
     ("wal_fsync_microseconds_max", "The longest WAL fdatasync so far.", "gauge", |m| &m.wal_sync_us_max),
+    ("media_part_bytes_total", "Bytes of upload parts stored (retries not counted).", "counter", |m| {
+        &m.media_part_bytes
+    }),
+    ("media_download_bytes_total", "File bytes answered to downloads.", "counter", |m| &m.media_download_bytes),
+    ("media_files", "Files stored.", "gauge", |m| &m.media.files),
+    ("media_logical_bytes", "Sum of the sizes of stored files.", "gauge", |m| &m.media.logical_bytes),
+    (
+        "media_stored_bytes",
+        "Payload bytes of the chunks files reference, each chunk once (after dedup).",
+        "gauge",
+        |m| &m.media.stored_bytes,
+    ),
+    ("media_chunks", "Chunks referenced by a file.", "gauge", |m| &m.media.chunks),
+    ("media_chunks_unreferenced", "Indexed chunks no file references, awaiting compaction.", "gauge", |m| {
+        &m.media.chunks_unreferenced
+    }),
+    ("media_physical_bytes", "Bytes of chunk segment files on disk.", "gauge", |m| &m.media.physical_bytes),
+    (
+        "media_garbage_bytes",
+        "Segment bytes holding nothing referenced (unreferenced chunks, padding): compaction's work.",
+        "gauge",
+        |m| &m.media.garbage_bytes,
+    ),
+    ("media_segments", "Chunk segment files.", "gauge", |m| &m.media.segments),
+    ("media_uploads", "Uploads in progress.", "gauge", |m| &m.media.uploads),
+    ("media_staging_bytes", "Bytes of upload parts held in memory.", "gauge", |m| &m.media.staging_bytes),
+    ("media_cache_bytes", "Bytes of chunks in the read cache.", "gauge", |m| &m.media.cache_bytes),
 ];
 
 /// Every shard's metrics, plus process-wide facts.
@@ -193,6 +251,18 @@ impl Metrics {
             for (shard, metrics) in self.shards.iter().enumerate() {
                 let _ = writeln!(out, "ferrogram_{name}{{shard=\"{shard}\"}} {}", value(metrics).load(Relaxed));
             }
+        }
+
+        let _ = writeln!(
+            out,
+            "# HELP ferrogram_media_dedup_ratio Logical bytes over stored bytes (1 when nothing is stored).\n\
+             # TYPE ferrogram_media_dedup_ratio gauge"
+        );
+        for (shard, metrics) in self.shards.iter().enumerate() {
+            let logical = metrics.media.logical_bytes.load(Relaxed);
+            let stored = metrics.media.stored_bytes.load(Relaxed);
+            let ratio = if stored == 0 { 1.0 } else { logical as f64 / stored as f64 };
+            let _ = writeln!(out, "ferrogram_media_dedup_ratio{{shard=\"{shard}\"}} {ratio}");
         }
 
         let _ = writeln!(

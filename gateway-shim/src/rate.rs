@@ -23,6 +23,9 @@ pub enum MethodClass {
     Login,
     /// Message writes.
     Send,
+    /// Uploads and downloads: a file moves in thousands of parts, so they have their own,
+    /// larger allowance rather than eating into the session's other requests.
+    Media,
     Other,
 }
 
@@ -34,6 +37,7 @@ pub struct RateLimits {
     codes_per_phone: DefaultKeyedRateLimiter<String>,
     sends_per_session: DefaultKeyedRateLimiter<u64>,
     requests_per_session: DefaultKeyedRateLimiter<u64>,
+    media_per_session: DefaultKeyedRateLimiter<u64>,
     connections: Mutex<HashMap<IpAddr, u32>>,
     connections_per_ip_max: u32,
 }
@@ -54,6 +58,10 @@ impl RateLimits {
             codes_per_phone: DefaultKeyedRateLimiter::keyed(quota(limits.codes_per_phone_per_hour, 3600 * second)),
             sends_per_session: DefaultKeyedRateLimiter::keyed(quota(limits.sends_per_session_per_second, second)),
             requests_per_session: DefaultKeyedRateLimiter::keyed(quota(limits.requests_per_session_per_second, second)),
+            media_per_session: DefaultKeyedRateLimiter::keyed(quota(
+                limits.media_requests_per_session_per_second,
+                second,
+            )),
             connections: Mutex::new(HashMap::new()),
             connections_per_ip_max: limits.connections_per_ip_max,
         }
@@ -67,6 +75,10 @@ impl RateLimits {
             MethodClass::Login => self.check(&self.logins_per_ip, &ip),
             MethodClass::Send => match session {
                 Some(session) => self.check(&self.sends_per_session, &session),
+                None => Ok(()),
+            },
+            MethodClass::Media => match session {
+                Some(session) => self.check(&self.media_per_session, &session),
                 None => Ok(()),
             },
             MethodClass::Other => match session {
@@ -110,6 +122,7 @@ impl RateLimits {
         self.codes_per_phone.retain_recent();
         self.sends_per_session.retain_recent();
         self.requests_per_session.retain_recent();
+        self.media_per_session.retain_recent();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, u32>> {
@@ -144,6 +157,16 @@ mod tests {
         assert!((1..=60).contains(&wait), "waits {wait} s");
         rates.check_request(other, None, MethodClass::Login).unwrap();
         rates.check_request(ip, None, MethodClass::Other).unwrap();
+
+        // Media has its own allowance per session: spending it leaves other requests alone.
+        let limits = GatewayLimits { media_requests_per_session_per_second: 5, ..Default::default() };
+        let media_rates = RateLimits::new(&limits);
+        for _ in 0..5 {
+            media_rates.check_request(ip, Some(7), MethodClass::Media).unwrap();
+        }
+        assert!(media_rates.check_request(ip, Some(7), MethodClass::Media).is_err());
+        media_rates.check_request(ip, Some(7), MethodClass::Other).unwrap();
+        media_rates.check_request(ip, Some(8), MethodClass::Media).unwrap();
 
         assert!(rates.connect(ip) && rates.connect(ip));
         assert!(!rates.connect(ip));

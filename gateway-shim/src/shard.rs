@@ -19,7 +19,13 @@ use futures_lite::AsyncWriteExt;
 use glommio::net::TcpListener;
 use glommio::sync::Semaphore;
 
-use crate::config::{DEADLINE_SWEEP_INTERVAL, REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX, SHUTDOWN_DRAIN_TIMEOUT};
+use crate::config::{
+    BODY_BUFFERS_PER_SHARD_MAX, BODY_BUFFER_BYTES_MAX, DEADLINE_SWEEP_INTERVAL, REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX,
+    SHUTDOWN_DRAIN_TIMEOUT,
+};
+
+/// Smaller buffers are not worth pooling (they come from the allocator's warm size classes).
+const READ_BUFFER_POOLED_BYTES_MIN: usize = 64 * 1024;
 use crate::connection::{self, within, CloseReason, Connection};
 use crate::metrics::ShardMetrics;
 use crate::Gateway;
@@ -35,6 +41,9 @@ pub(crate) struct ShardGateway {
     pub request_budget: Rc<Semaphore>,
     pub outbound_budget: Rc<Semaphore>,
     connections: RefCell<HashMap<u64, Weak<Connection>>>,
+    /// Buffers of large request bodies (upload parts), handed back once a frame is decoded
+    /// and reused by the next large frame on any connection of the shard.
+    body_buffers: RefCell<Vec<Vec<u8>>>,
     next_connection: Cell<u64>,
     stop: (flume::Sender<()>, flume::Receiver<()>),
 }
@@ -69,6 +78,25 @@ impl ShardGateway {
         id
     }
 
+    /// A buffer for a large request body: a pooled one, or a new empty one.
+    pub fn take_body_buffer(&self) -> Vec<u8> {
+        self.body_buffers.borrow_mut().pop().unwrap_or_default()
+    }
+
+    /// Keeps a large body's buffer for the next large frame, up to `BODY_BUFFERS_PER_SHARD_MAX`
+    /// buffers of at most `BODY_BUFFER_BYTES_MAX` each; others are freed.
+    pub fn give_body_buffer(&self, mut buffer: Vec<u8>) {
+        let mut pool = self.body_buffers.borrow_mut();
+        let capacity = buffer.capacity();
+        if capacity > READ_BUFFER_POOLED_BYTES_MIN
+            && capacity <= BODY_BUFFER_BYTES_MAX
+            && pool.len() < BODY_BUFFERS_PER_SHARD_MAX
+        {
+            buffer.clear();
+            pool.push(buffer);
+        }
+    }
+
     pub fn unregister(&self, id: u64) {
         if let Some(connection) = self.connections.borrow_mut().remove(&id).and_then(|weak| weak.upgrade()) {
             self.gateway.rates.disconnect(connection.ip);
@@ -95,6 +123,7 @@ pub(crate) async fn listen(gateway: Arc<Gateway>, context: Rc<ShardContext>, bou
         gateway: gateway.clone(),
         shard,
         connections: RefCell::new(HashMap::new()),
+        body_buffers: RefCell::new(Vec::new()),
         next_connection: Cell::new(0),
         stop: flume::bounded(1),
     });
@@ -103,7 +132,7 @@ pub(crate) async fn listen(gateway: Arc<Gateway>, context: Rc<ShardContext>, bou
     if shard.index() == 0 {
         glommio::spawn_local(forget_idle_rate_limits(gateway.clone())).detach();
     }
-    glommio::spawn_local(sample_log_stats(state.clone(), context)).detach();
+    glommio::spawn_local(sample_storage_stats(state.clone(), context)).detach();
     glommio::spawn_local(expire_deadlines(state.clone())).detach();
 
     loop {
@@ -175,9 +204,10 @@ async fn expire_deadlines(state: Rc<ShardGateway>) {
     }
 }
 
-/// Copies the shard's WAL figures (batches, bytes, fdatasyncs and their time) into its
-/// metrics once a second: the log lives on this thread, the scrape on another.
-async fn sample_log_stats(state: Rc<ShardGateway>, context: Rc<ShardContext>) {
+/// Copies the shard's WAL figures (batches, bytes, fdatasyncs and their time) and its media
+/// store's storage statistics into its metrics once a second: the log and the store live on
+/// this thread, the scrape on another.
+async fn sample_storage_stats(state: Rc<ShardGateway>, context: Rc<ShardContext>) {
     use std::sync::atomic::Ordering::Relaxed;
     while !state.gateway.stopping() {
         let stats = context.log.stats();
@@ -187,9 +217,29 @@ async fn sample_log_stats(state: Rc<ShardGateway>, context: Rc<ShardContext>) {
         metrics.wal_syncs.store(stats.syncs, Relaxed);
         metrics.wal_sync_us.store(stats.sync_time_us, Relaxed);
         metrics.wal_sync_us_max.store(stats.sync_time_us_max, Relaxed);
+        // The store answers after the operation it is running; one busy for longer than this
+        // keeps its previous figures until the next sample.
+        let media = state.gateway.media.shard_stats(state.shard);
+        if let Some(Ok(stats)) = within(MEDIA_STATS_WAIT, media).await {
+            let gauges = &metrics.media;
+            gauges.files.store(stats.files, Relaxed);
+            gauges.logical_bytes.store(stats.logical_bytes, Relaxed);
+            gauges.stored_bytes.store(stats.stored_bytes, Relaxed);
+            gauges.chunks.store(stats.chunks, Relaxed);
+            gauges.chunks_unreferenced.store(stats.chunks_unreferenced, Relaxed);
+            gauges.physical_bytes.store(stats.physical_bytes, Relaxed);
+            gauges.garbage_bytes.store(stats.garbage_bytes, Relaxed);
+            gauges.segments.store(stats.segments, Relaxed);
+            gauges.uploads.store(stats.uploads, Relaxed);
+            gauges.staging_bytes.store(stats.staging_bytes, Relaxed);
+            gauges.cache_bytes.store(stats.cache_bytes, Relaxed);
+        }
         glommio::timer::sleep(Duration::from_secs(1)).await;
     }
 }
+
+/// How long a storage sample waits for the media store's answer.
+const MEDIA_STATS_WAIT: Duration = Duration::from_millis(500);
 
 async fn forget_idle_rate_limits(gateway: Arc<Gateway>) {
     loop {

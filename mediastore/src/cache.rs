@@ -31,6 +31,11 @@ impl ChunkCache {
         Some(bytes.clone())
     }
 
+    /// Whether `key` is cached, without counting as a use.
+    pub fn contains(&self, key: &ChunkKey) -> bool {
+        self.entries.contains_key(key)
+    }
+
     /// Caches `bytes` under `key`, evicting the least recently used entries to make room. A
     /// chunk larger than the whole cache is not kept.
     pub fn insert(&mut self, key: ChunkKey, bytes: Rc<[u8]>) {

@@ -42,6 +42,10 @@ pub const SEGMENT_BYTES_DEFAULT: u64 = 256 * MIB;
 pub const SEGMENT_BYTES_MIN: u64 = 4 * MIB;
 pub const SEGMENT_BYTES_MAX: u64 = 4 * GIB;
 
+/// The most bytes one read of several adjacent chunk frames covers (a download range of
+/// 1 MiB touches at most 1 MiB plus two partial chunks).
+pub const READ_SPAN_BYTES_MAX: u64 = 2 * MIB;
+
 /// The most chunks one journal record names, so a record of a 2 GiB file of minimum-size
 /// chunks still fits a WAL batch (DESIGN §10: a batch is at most 1 MiB).
 pub const RECORD_CHUNKS_MAX: usize = 4096;
@@ -107,7 +111,10 @@ const _: () = assert!((SEGMENT_WRITE_BUFFER_BYTES as u64).is_multiple_of(BLOCK_B
 const _: () =
     assert!(SEGMENT_BYTES_MIN.is_multiple_of(BLOCK_BYTES) && SEGMENT_BYTES_DEFAULT.is_multiple_of(BLOCK_BYTES));
 const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT && SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
-// Downloads: an aligned request of the largest limit fits one window exactly.
+// Downloads: an aligned request of the largest limit fits one window exactly, and one span
+// read covers a whole request with a maximal chunk at each end.
+const _: () =
+    assert!(READ_SPAN_BYTES_MAX >= DOWNLOAD_LIMIT_BYTES_MAX + 2 * (CHUNK_BYTES_MAX as u64 + FRAME_HEADER_BYTES as u64));
 const _: () = assert!(DOWNLOAD_LIMIT_BYTES_MAX <= DOWNLOAD_WINDOW_BYTES);
 const _: () = assert!(DOWNLOAD_WINDOW_BYTES.is_multiple_of(DOWNLOAD_ALIGN_BYTES));
 // A record of the most chunks fits one WAL batch with room for the rest of the record.

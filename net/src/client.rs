@@ -38,8 +38,8 @@ use crate::frame::{FrameError, FrameHeader, FrameType, PING_BYTES_MAX};
 use crate::limits::{CLIENT_NAME_MAX, FRAME_HEADER_BYTES, FRAME_MAX, PROTOCOL_VERSION};
 use crate::protocol::{
     Authorization, AuthorizationId, BoxState, Chat, ChatDifference, ChatId, DeviceKind, Dialog, DialogsOffset,
-    Difference, ErrorBody, ErrorCode, Hello, LiveEvent, Member, Message, MessageId, NotifySettings, Outcome, Pts,
-    PushDevice, Request, Response, SentMessage, User, UserId, Welcome,
+    Difference, ErrorBody, ErrorCode, FileInfo, FileRef, Hello, LiveEvent, Member, Message, MessageId, NotifySettings,
+    Outcome, Pts, PushDevice, Request, Response, SentMessage, UploadId, User, UserId, Welcome,
 };
 
 // Limits of the client side. They bound memory per connection; none is visible on the wire.
@@ -270,6 +270,14 @@ impl Client {
         answers
     }
 
+    /// Queues one request at once and returns a handle to its answer, so one task can keep
+    /// several requests in flight and wait for their answers in the order it chooses (the
+    /// whole-file transfers keep a window of parts this way). Dropping the handle forgets the
+    /// request.
+    pub async fn submit(&self, request: &Request) -> Result<Submitted, ClientError> {
+        self.send(request).await.map(|call| Submitted { call })
+    }
+
     /// Asks the connection to close: queued requests are written, waiting requests then fail
     /// with [`ClientError::Closed`], and the connection future completes.
     pub fn close(&self) {
@@ -386,6 +394,32 @@ impl UpdateStream {
         }
         event
     }
+}
+
+/// A request written to the connection's queue by [`Client::submit`].
+pub struct Submitted {
+    call: PendingCall,
+}
+
+impl fmt::Debug for Submitted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Submitted").field("req_id", &self.call.req_id).finish()
+    }
+}
+
+impl Submitted {
+    /// Waits for the answer; a typed error from the server becomes [`ClientError::Server`].
+    pub async fn answer(self) -> Result<Response, ClientError> {
+        self.call.wait().await
+    }
+}
+
+/// What `UploadFinish` answers: the file's reference (keep it: it is the only way to read the
+/// file) and its size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UploadedFile {
+    pub file: FileRef,
+    pub size: u64,
 }
 
 /// What `SendCode` answers.
@@ -633,6 +667,45 @@ typed_helpers! {
     /// `GetNotifySettings` → `NotifySettings`.
     fn get_notify_settings(&self, chat: ChatId) -> NotifySettings {
         Request::GetNotifySettings { chat }, "NotifySettings", Response::NotifySettings(settings) => settings
+    }
+    /// `UploadStart` → `UploadStarted`. See `BlockingClient::upload_file` for a whole file.
+    fn upload_start(&self, client_upload_id: u64, total_bytes: Option<u64>) -> UploadId {
+        Request::UploadStart { client_upload_id, total_bytes },
+        "UploadStarted", Response::UploadStarted { upload_id } => upload_id
+    }
+    /// `UploadPart` → `PartStored`: whether the part had been stored before.
+    fn upload_part(&self, upload_id: UploadId, part: u32, bytes: Vec<u8>) -> bool {
+        Request::UploadPart { upload_id, part, bytes }, "PartStored", Response::PartStored { duplicate } => duplicate
+    }
+    /// `UploadFinish` → `UploadFinished`.
+    fn upload_finish(
+        &self,
+        upload_id: UploadId,
+        parts: u32,
+        total_bytes: Option<u64>,
+        name: &str,
+        mime_type: &str
+    ) -> UploadedFile {
+        Request::UploadFinish {
+            parts,
+            upload_id,
+            total_bytes,
+            name: name.to_owned(),
+            mime_type: mime_type.to_owned(),
+        },
+        "UploadFinished", Response::UploadFinished { file, size } => UploadedFile { file, size }
+    }
+    /// `UploadCancel` → `Done`.
+    fn upload_cancel(&self, upload_id: UploadId) -> () {
+        Request::UploadCancel { upload_id }, "Done", Response::Done => ()
+    }
+    /// `GetFile` → `FileBytes`. See `BlockingClient::download_file` for a whole file.
+    fn get_file(&self, file: FileRef, offset: u64, limit: u32) -> Vec<u8> {
+        Request::GetFile { file, offset, limit }, "FileBytes", Response::FileBytes { bytes } => bytes
+    }
+    /// `GetFileInfo` → `FileInfo`.
+    fn get_file_info(&self, file: FileRef) -> FileInfo {
+        Request::GetFileInfo { file }, "FileInfo", Response::FileInfo(info) => info
     }
 }
 
@@ -1099,7 +1172,7 @@ async fn read_frame<R: AsyncRead + Unpin>(
 }
 
 /// `future`'s output, or `None` once `timeout` has passed.
-async fn within<T>(timeout: Duration, future: impl Future<Output = T>) -> Option<T> {
+pub(crate) async fn within<T>(timeout: Duration, future: impl Future<Output = T>) -> Option<T> {
     future::or(async { Some(future.await) }, async {
         Timer::after(timeout).await;
         None
@@ -1107,7 +1180,7 @@ async fn within<T>(timeout: Duration, future: impl Future<Output = T>) -> Option
     .await
 }
 
-fn unexpected(expected: &'static str, actual: Response) -> ClientError {
+pub(crate) fn unexpected(expected: &'static str, actual: Response) -> ClientError {
     ClientError::UnexpectedResponse { expected, actual: Box::new(actual) }
 }
 

@@ -39,6 +39,17 @@ wire_id!(
     /// Milliseconds since the Unix epoch.
     UnixMs
 );
+wire_id!(
+    /// An upload in progress: a random number the server gave its uploader, who alone uses it.
+    UploadId
+);
+wire_id!(
+    /// A stored file. Like every id it carries the server's vshard in its low 12 bits; reading
+    /// the file also takes its access hash ([`FileRef`]).
+    FileId
+);
+
+use crate::bytes::ByteVec;
 
 // Handshake.
 
@@ -275,6 +286,63 @@ pub enum Request {
     GetNotifySettings {
         chat: ChatId,
     },
+
+    // Media (appended). Fields are in an order that keeps every variant within the 48 bytes
+    // of `Request`, so the enum's size, and with it every request's layout, stays as it was.
+    /// Opens an upload (answers `UploadStarted`). A retry with the same non-zero
+    /// `client_upload_id` answers the same upload; 0 asks for a new one every time.
+    /// `total_bytes`, when given, is checked against the server's maximum at once and against
+    /// the parts and `UploadFinish` later.
+    UploadStart {
+        client_upload_id: u64,
+        total_bytes: Option<u64>,
+    },
+    /// Stores part `part` (0-based) of an upload, in any order; sending a part again with the
+    /// same bytes is harmless. Every part but the last has the same size: a multiple of 1 KiB
+    /// dividing 512 KiB.
+    UploadPart {
+        upload_id: UploadId,
+        part: u32,
+        #[rkyv(with = ByteVec)]
+        bytes: Vec<u8>,
+    },
+    /// Completes an upload of `parts` parts (answers `UploadFinished`, or `FILE_PARTS_MISSING`).
+    UploadFinish {
+        parts: u32,
+        upload_id: UploadId,
+        total_bytes: Option<u64>,
+        name: String,
+        mime_type: String,
+    },
+    /// Drops an upload and its parts (answers `Done`, also for an unknown upload).
+    UploadCancel {
+        upload_id: UploadId,
+    },
+    /// Reads `limit` bytes at `offset` (answers `FileBytes`, fewer at the end of the file):
+    /// both multiples of 4 KiB, the limit at most 1 MiB, the range inside one 1 MiB window.
+    GetFile {
+        file: FileRef,
+        offset: u64,
+        limit: u32,
+    },
+    GetFileInfo {
+        file: FileRef,
+    },
+}
+
+/// What it takes to read a file: its id and the access hash `UploadFinished` gave its
+/// uploader. The access hash is a secret (whoever holds both can read the file), so `Debug`
+/// leaves it out.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct FileRef {
+    pub id: FileId,
+    pub access_hash: u64,
+}
+
+impl std::fmt::Debug for FileRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileRef").field("id", &self.id).field("access_hash", &"<redacted>").finish()
+    }
 }
 
 /// The push service a device token belongs to (Telegram's `token_type`).
@@ -348,6 +416,32 @@ pub enum Response {
         was_registered: bool,
     },
     NotifySettings(NotifySettings),
+    // Media (appended).
+    UploadStarted {
+        upload_id: UploadId,
+    },
+    /// A part is stored; `duplicate` when it had been stored before (a retry).
+    PartStored {
+        duplicate: bool,
+    },
+    /// The upload is a file now. Keep `file`: it is the only way to read the file.
+    UploadFinished {
+        file: FileRef,
+        size: u64,
+    },
+    FileBytes {
+        #[rkyv(with = ByteVec)]
+        bytes: Vec<u8>,
+    },
+    FileInfo(FileInfo),
+}
+
+/// A stored file as its readers see it.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct FileInfo {
+    pub size: u64,
+    pub name: String,
+    pub mime_type: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -645,6 +739,8 @@ pub enum ErrorCode {
     UnsupportedVersion = 14,
     /// The server is shutting down.
     Unavailable = 15,
+    /// `UploadFinish` found parts missing; the message counts them and names the first ones.
+    FilePartsMissing = 16,
 }
 
 impl ErrorCode {
@@ -666,10 +762,11 @@ impl ErrorCode {
             ErrorCode::Malformed => "MALFORMED",
             ErrorCode::UnsupportedVersion => "UNSUPPORTED_VERSION",
             ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::FilePartsMissing => "FILE_PARTS_MISSING",
         }
     }
 
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::FloodWait,
         ErrorCode::AuthRequired,
         ErrorCode::AuthInvalid,
@@ -685,5 +782,6 @@ impl ErrorCode {
         ErrorCode::Malformed,
         ErrorCode::UnsupportedVersion,
         ErrorCode::Unavailable,
+        ErrorCode::FilePartsMissing,
     ];
 }

@@ -11,8 +11,10 @@ use std::mem::{align_of, offset_of, size_of};
 use ferrogram_net::codec;
 use ferrogram_net::frame::{FrameHeader, FrameType, PING_BYTES_MAX};
 use ferrogram_net::limits::{
-    CLIENT_NAME_MAX, DEVICE_TOKEN_BYTES_MAX, DIALOGS_PAGE_MAX, DIFFERENCE_LIMIT_MAX, FRAME_HEADER_BYTES, FRAME_MAX,
-    HISTORY_PAGE_MAX, IDS_PER_REQUEST_MAX, MESSAGE_TEXT_MAX, PROTOCOL_VERSION, REQ_ID_BYTES, TOKEN_BYTES,
+    CLIENT_NAME_MAX, DEVICE_TOKEN_BYTES_MAX, DIALOGS_PAGE_MAX, DIFFERENCE_LIMIT_MAX, DOWNLOAD_ALIGN_BYTES,
+    DOWNLOAD_LIMIT_BYTES_MAX, DOWNLOAD_WINDOW_BYTES, FILE_BYTES_MAX, FILE_NAME_BYTES_MAX, FRAME_HEADER_BYTES,
+    FRAME_MAX, HISTORY_PAGE_MAX, IDS_PER_REQUEST_MAX, MESSAGE_TEXT_MAX, MIME_TYPE_BYTES_MAX, PROTOCOL_VERSION,
+    REQ_ID_BYTES, TOKEN_BYTES, UPLOAD_PARTS_MAX, UPLOAD_PART_BYTES_MAX, UPLOAD_PART_BYTES_UNIT,
 };
 use ferrogram_net::*;
 use rkyv::rancor;
@@ -87,6 +89,28 @@ const NOTIFY_SETTINGS_RESPONSE_FRAME: &str = "
     79 00 00 00 04 0b 00 00 00 00 00 00 00 00 00 00
     00 00 00 00 00 16 00 00 00 00 00 00 00 80 56 1c
     d0 8b 01 00 00 00 00 00 00 00 00 00 00 00 00 00
+    00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+    00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+    00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+    00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+    00 00 00 00 00 00 00 00 00 00 00 00 00
+";
+
+/// §9.8: `Request::UploadPart` with `req_id` 12.
+const UPLOAD_PART_FRAME: &str = "
+    49 00 00 00 03 0c 00 00 00 00 00 00 00 30 31 32
+    33 34 35 36 37 38 39 61 62 63 64 65 66 2e 00 00
+    00 00 00 00 00 ef cd ab 89 67 45 23 01 02 00 00
+    00 dc ff ff ff 10 00 00 00 00 00 00 00 00 00 00
+    00 00 00 00 00 00 00 00 00 00 00 00 00
+";
+
+/// §9.9: `Outcome::Ok(Response::FileBytes { .. })` with `req_id` 13.
+const FILE_BYTES_RESPONSE_FRAME: &str = "
+    89 00 00 00 04 0d 00 00 00 00 00 00 00 68 65 6c
+    6c 6f 2c 20 66 69 6c 65 21 00 00 00 00 00 00 00
+    00 00 00 00 00 1a 00 00 00 e4 ff ff ff 0c 00 00
+    00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
     00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
     00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
     00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
@@ -213,6 +237,34 @@ fn notify_settings_response_frame_matches_the_document() {
     assert_eq!(codec::decode_response(split_frame(&frame).1).unwrap(), (11, outcome));
 }
 
+// The document's UploadPart frame is exactly what the codec writes: the part's bytes out of
+// line before the root, the upload id, the part number and the vector field.
+#[test]
+fn upload_part_frame_matches_the_document() {
+    let request = Request::UploadPart {
+        upload_id: UploadId(0x0123_4567_89ab_cdef),
+        part: 2,
+        bytes: b"0123456789abcdef".to_vec(),
+    };
+    let mut frame = Vec::new();
+    codec::encode_request(&mut frame, 12, &request).unwrap();
+    assert_eq!(hex(&frame), hex(&from_hex(UPLOAD_PART_FRAME)));
+    assert_shown_in_document(UPLOAD_PART_FRAME);
+    let (req_id, decoded) = codec::decode_request(split_frame(&frame).1).unwrap();
+    assert_eq!((req_id, decoded.unwrap()), (12, request));
+}
+
+// The document's FileBytes answer is exactly what the codec writes and what a client decodes.
+#[test]
+fn file_bytes_response_frame_matches_the_document() {
+    let outcome = Outcome::Ok(Response::FileBytes { bytes: b"hello, file!".to_vec() });
+    let mut frame = Vec::new();
+    codec::encode_response(&mut frame, 13, &outcome).unwrap();
+    assert_eq!(hex(&frame), hex(&from_hex(FILE_BYTES_RESPONSE_FRAME)));
+    assert_shown_in_document(FILE_BYTES_RESPONSE_FRAME);
+    assert_eq!(codec::decode_response(split_frame(&frame).1).unwrap(), (13, outcome));
+}
+
 // Framing constants.
 
 // The frame type numbers, size limits and constants of §2, §3 and §10 are the code's.
@@ -244,6 +296,19 @@ fn framing_constants_match_the_document() {
     assert_eq!(TOKEN_BYTES, 40);
     assert_eq!(DEVICE_TOKEN_BYTES_MAX, 4096);
     assert!(DOCUMENT.contains("| push device token | 1 to 4096 bytes |"), "§10 row of the device token");
+    assert_eq!((UPLOAD_PART_BYTES_MAX, UPLOAD_PART_BYTES_UNIT, UPLOAD_PARTS_MAX), (524_288, 1024, 4096));
+    assert_eq!(FILE_BYTES_MAX, 2 << 30);
+    assert_eq!((FILE_NAME_BYTES_MAX, MIME_TYPE_BYTES_MAX), (255, 127));
+    assert_eq!((DOWNLOAD_ALIGN_BYTES, DOWNLOAD_LIMIT_BYTES_MAX, DOWNLOAD_WINDOW_BYTES), (4096, 1 << 20, 1 << 20));
+    for row in [
+        "| upload part | 1 byte to 512 KiB (524 288 bytes); every part but the last the same size, a multiple of 1 KiB that divides 512 KiB |",
+        "| parts per upload | 4096 (part numbers 0 to 4095) |",
+        "| file size | at most 2 GiB (2 147 483 648 bytes; a server may be configured lower) |",
+        "| file name / MIME type | 255 / 127 bytes |",
+        "| download range | offset and limit multiples of 4096, limit at most 1 MiB, inside one 1 MiB window |",
+    ] {
+        assert!(DOCUMENT.contains(row), "§10 row: {row}");
+    }
     assert_eq!(
         (MESSAGE_TEXT_MAX, HISTORY_PAGE_MAX, DIFFERENCE_LIMIT_MAX, DIALOGS_PAGE_MAX, IDS_PER_REQUEST_MAX),
         (4096, 100, 1000, 100, 100)
@@ -284,6 +349,7 @@ fn error_codes_match_the_document() {
         (13, "MALFORMED"),
         (14, "UNSUPPORTED_VERSION"),
         (15, "UNAVAILABLE"),
+        (16, "FILE_PARTS_MISSING"),
     ];
     assert_eq!(ErrorCode::ALL.len(), table.len());
     for (code, (value, name)) in ErrorCode::ALL.into_iter().zip(table) {
@@ -419,6 +485,8 @@ fn struct_layouts_match_the_document() {
         struct_layout!(ArchivedErrorBody { code, message, retry_after_s }),
         struct_layout!(ArchivedPushDevice { kind, token, app_sandbox, no_muted }),
         struct_layout!(ArchivedNotifySettings { mute_until, show_previews }),
+        struct_layout!(ArchivedFileRef { id, access_hash }),
+        struct_layout!(ArchivedFileInfo { size, name, mime_type }),
     ]
     .into_iter()
     .collect();
@@ -526,6 +594,12 @@ fn enum_layouts_match_the_document() {
         variant_layout!(Request, ArchivedRequest, ListDevices {}),
         variant_layout!(Request, ArchivedRequest, SetNotifySettings { chat, mute_until, show_previews }),
         variant_layout!(Request, ArchivedRequest, GetNotifySettings { chat }),
+        variant_layout!(Request, ArchivedRequest, UploadStart { client_upload_id, total_bytes }),
+        variant_layout!(Request, ArchivedRequest, UploadPart { upload_id, part, bytes }),
+        variant_layout!(Request, ArchivedRequest, UploadFinish { parts, upload_id, total_bytes, name, mime_type }),
+        variant_layout!(Request, ArchivedRequest, UploadCancel { upload_id }),
+        variant_layout!(Request, ArchivedRequest, GetFile { file, offset, limit }),
+        variant_layout!(Request, ArchivedRequest, GetFileInfo { file }),
         variant_layout!(Outcome, ArchivedOutcome, Ok()),
         variant_layout!(Outcome, ArchivedOutcome, Err()),
         variant_layout!(Response, ArchivedResponse, Done {}),
@@ -551,6 +625,11 @@ fn enum_layouts_match_the_document() {
         variant_layout!(Response, ArchivedResponse, Devices()),
         variant_layout!(Response, ArchivedResponse, Unregistered { was_registered }),
         variant_layout!(Response, ArchivedResponse, NotifySettings()),
+        variant_layout!(Response, ArchivedResponse, UploadStarted { upload_id }),
+        variant_layout!(Response, ArchivedResponse, PartStored { duplicate }),
+        variant_layout!(Response, ArchivedResponse, UploadFinished { file, size }),
+        variant_layout!(Response, ArchivedResponse, FileBytes { bytes }),
+        variant_layout!(Response, ArchivedResponse, FileInfo()),
     ]
     .into_iter()
     .collect();
@@ -887,6 +966,93 @@ fn a_foreign_client_registers_devices_and_reads_them_back() {
     assert_eq!((archive[response], archive[response + 1]), (21, 1));
 }
 
+// A client uploading and downloading by hand with §7 and §8: an UploadPart whose bytes are a
+// `Vec<u8>` out of line, an UploadFinish with its fields in the documented (not declared)
+// order, a GetFile; and the UploadFinished and FileBytes answers read with §8 offsets only.
+#[test]
+fn a_foreign_client_uploads_and_downloads() {
+    // UploadPart { upload_id, part: 7, bytes: 1000 bytes }.
+    let bytes: Vec<u8> = (0..1000u32).map(|index| (index * 13) as u8).collect();
+    let mut archive = Vec::new();
+    let bytes_at = archive.len();
+    archive.extend_from_slice(&bytes);
+    let root = reserve(&mut archive, 48, 8);
+    archive[root] = 46;
+    put_u64(&mut archive, root + 8, 0xdead_beef);
+    put_u32(&mut archive, root + 16, 7);
+    put_vec(&mut archive, root + 20, bytes_at, bytes.len());
+    let expected = Request::UploadPart { upload_id: UploadId(0xdead_beef), part: 7, bytes: bytes.clone() };
+    assert_eq!(codec::decode_request(&with_req_id(1, &archive)).unwrap().1.unwrap(), expected);
+
+    // UploadFinish { parts: 3, upload_id, total_bytes: Some(1_049_576), name: "holiday-photo.jpg",
+    // mime_type: "image/jpeg" }: the two long strings out of line, in field order.
+    let (name, mime_type) = ("holiday-photo.jpg", "image/jpeg");
+    let mut archive = Vec::new();
+    let name_at = archive.len();
+    archive.extend_from_slice(name.as_bytes());
+    let mime_at = archive.len();
+    archive.extend_from_slice(mime_type.as_bytes());
+    let root = reserve(&mut archive, 48, 8);
+    archive[root] = 47;
+    put_u32(&mut archive, root + 4, 3);
+    put_u64(&mut archive, root + 8, 0xdead_beef);
+    archive[root + 16] = 1;
+    put_u64(&mut archive, root + 24, 1_049_576);
+    put_string(&mut archive, root + 32, name, name_at);
+    put_string(&mut archive, root + 40, mime_type, mime_at);
+    let expected = Request::UploadFinish {
+        parts: 3,
+        upload_id: UploadId(0xdead_beef),
+        total_bytes: Some(1_049_576),
+        name: name.into(),
+        mime_type: mime_type.into(),
+    };
+    assert_eq!(codec::decode_request(&with_req_id(2, &archive)).unwrap().1.unwrap(), expected);
+
+    // GetFile { file: { id, access_hash }, offset: 1 MiB, limit: 64 KiB }.
+    let mut archive = Vec::new();
+    let root = reserve(&mut archive, 48, 8);
+    archive[root] = 49;
+    put_u64(&mut archive, root + 8, 0x54b4);
+    put_u64(&mut archive, root + 16, 0xfedc_ba98_7654_3210);
+    put_u64(&mut archive, root + 24, 1 << 20);
+    put_u32(&mut archive, root + 32, 64 << 10);
+    let file = FileRef { id: FileId(0x54b4), access_hash: 0xfedc_ba98_7654_3210 };
+    let expected = Request::GetFile { file, offset: 1 << 20, limit: 64 << 10 };
+    assert_eq!(codec::decode_request(&with_req_id(3, &archive)).unwrap().1.unwrap(), expected);
+
+    // The answers, read with §8 offsets only.
+    let mut frame = Vec::new();
+    let finished = Outcome::Ok(Response::UploadFinished { file, size: 1_049_576 });
+    codec::encode_response(&mut frame, 4, &finished).unwrap();
+    let archive = &split_frame(&frame).1[8..];
+    let response = archive.len() - 112 + 8;
+    assert_eq!(archive[response], 25, "Response::UploadFinished");
+    assert_eq!(read_u64(archive, response + 8), 0x54b4);
+    assert_eq!(read_u64(archive, response + 16), 0xfedc_ba98_7654_3210);
+    assert_eq!(read_u64(archive, response + 24), 1_049_576);
+
+    let mut frame = Vec::new();
+    codec::encode_response(&mut frame, 5, &Outcome::Ok(Response::FileBytes { bytes: bytes.clone() })).unwrap();
+    let archive = &split_frame(&frame).1[8..];
+    let response = archive.len() - 112 + 8;
+    assert_eq!(archive[response], 26, "Response::FileBytes");
+    let (start, count) = read_vec(archive, response + 4);
+    assert_eq!(&archive[start..start + count], bytes.as_slice());
+
+    let mut frame = Vec::new();
+    let info = FileInfo { size: 1_049_576, name: name.into(), mime_type: mime_type.into() };
+    codec::encode_response(&mut frame, 6, &Outcome::Ok(Response::FileInfo(info))).unwrap();
+    let archive = &split_frame(&frame).1[8..];
+    let response = archive.len() - 112 + 8;
+    assert_eq!(archive[response], 27, "Response::FileInfo");
+    assert_eq!(read_u64(archive, response + 8), 1_049_576);
+    assert_eq!(
+        (read_string(archive, response + 16), read_string(archive, response + 24)),
+        (name.into(), mime_type.into())
+    );
+}
+
 // A client reading a response with only the offsets of §8 finds every field: a vector of
 // messages with long and short texts, present and absent options, and a nested struct.
 #[test]
@@ -1065,14 +1231,14 @@ fn archives_breaking_the_documented_rules_are_refused() {
     assert!(!refused(&set_blocked(1)));
     assert!(refused(&set_blocked(2)), "bool of 2");
 
-    // A tag past the last variant.
+    // A tag past the last variant: 50 is GetFileInfo, 51 is nothing.
     let mut archive = Vec::new();
     let root = reserve(&mut archive, 48, 8);
-    archive[root] = 44;
+    archive[root] = 50;
     put_u64(&mut archive, root + 8, 0x7005);
     assert!(!refused(&archive));
-    archive[root] = 45;
-    assert!(refused(&archive), "Request tag 45");
+    archive[root] = 51;
+    assert!(refused(&archive), "Request tag 51");
 
     // A DeviceKind past Webhook (3).
     let register_device = |kind: u8| {
@@ -1300,6 +1466,10 @@ sample_as! {
         ChatDifference { updates: sample(), messages: sample(), pts: sample(), epoch: sample(), slice: sample() },
     DeviceKind => DeviceKind::WebPush,
     NotifySettings => NotifySettings { mute_until: sample(), show_previews: sample() },
+    UploadId => UploadId(1),
+    FileId => FileId(1),
+    FileRef => FileRef { id: sample(), access_hash: sample() },
+    FileInfo => FileInfo { size: sample(), name: sample(), mime_type: sample() },
 }
 
 impl<T> Sample for Vec<T> {

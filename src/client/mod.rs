@@ -7,19 +7,23 @@ mod chat;
 mod devices;
 mod format;
 mod groups;
+mod media;
 mod messages;
 mod peer;
 mod profile;
+mod progress;
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use ferrogram_net::client::{connect_blocking, Authorized};
+use ferrogram_net::transfer::{PARTS_IN_FLIGHT_DEFAULT, RANGES_IN_FLIGHT_DEFAULT};
 use ferrogram_net::BlockingClient;
 
 use self::devices::{KindArgument, MuteArguments};
 use self::peer::{ChatArgument, Peer};
 use self::profile::Profile;
+pub use self::progress::human_bytes;
 
 /// The server a profile without one talks to.
 pub const SERVER_DEFAULT: &str = "127.0.0.1:7450";
@@ -137,6 +141,48 @@ pub enum ClientCommand {
         /// Whether pushes show the sender and the start of the text.
         #[arg(long, value_name = "on|off", value_parser = clap::builder::BoolishValueParser::new())]
         previews: Option<bool>,
+    },
+    /// Upload a file and print its reference, file:ID:HASH, on one line. Until the server
+    /// has media messages the reference is the only way to read the file: give it to whoever
+    /// should (`ferrogram download file:ID:HASH`). Sending a file to a chat, `upload <peer>
+    /// <path> [--caption]`, comes with media messages.
+    Upload {
+        #[command(flatten)]
+        common: Common,
+        /// The file (the `<peer> <path>` form is not available yet).
+        #[arg(value_name = "[PEER] PATH", num_args = 1..=2, required = true)]
+        arguments: Vec<String>,
+        /// The name stored with the file [default: the path's file name].
+        #[arg(long)]
+        name: Option<String>,
+        /// The MIME type stored with the file, e.g. image/jpeg [default: none].
+        #[arg(long)]
+        mime: Option<String>,
+        /// Part size in KiB: 1, 2, 4, ... or 512.
+        #[arg(long, default_value_t = 512)]
+        part_kib: usize,
+        /// Parts sent ahead of the oldest unanswered one.
+        #[arg(long, default_value_t = PARTS_IN_FLIGHT_DEFAULT)]
+        parts_in_flight: usize,
+    },
+    /// Download a file by the reference `upload` printed (file:ID:HASH). Reading a file from a
+    /// message, `download <peer> <message id>`, comes with media messages.
+    Download {
+        #[command(flatten)]
+        common: Common,
+        /// The file's reference (the `<peer> <message id>` form is not available yet).
+        #[arg(value_name = "FILE-REF", num_args = 1..=2, required = true)]
+        arguments: Vec<String>,
+        /// Where to write it [default: the file's stored name in the current directory];
+        /// `-` writes to standard output.
+        #[arg(short, long, value_name = "PATH")]
+        output: Option<PathBuf>,
+        /// Replace the output file if it exists.
+        #[arg(long)]
+        force: bool,
+        /// 1 MiB ranges asked for ahead of the oldest unanswered one.
+        #[arg(long, default_value_t = RANGES_IN_FLIGHT_DEFAULT)]
+        ranges_in_flight: usize,
     },
 }
 
@@ -277,6 +323,14 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Channel(command) => groups::channel(command),
         ClientCommand::Devices { common, command } => devices::devices(&common, command),
         ClientCommand::Notify { common, peer, mute, previews } => devices::notify(&common, &peer, &mute, previews),
+        ClientCommand::Upload { common, arguments, name, mime, part_kib, parts_in_flight } => {
+            let target = media::upload_target(&arguments)?;
+            media::upload(&common, &target, &media::UploadArguments { name, mime, part_kib, parts_in_flight })
+        }
+        ClientCommand::Download { common, arguments, output, force, ranges_in_flight } => {
+            let source = media::download_source(&arguments)?;
+            media::download(&common, &source, output.as_deref(), force, ranges_in_flight)
+        }
     }
 }
 
@@ -398,6 +452,31 @@ mod tests {
         assert!(parse("ferrogram notify chat:7 --mute-for 8h --unmute").is_err(), "one mute flag at most");
         assert!(parse("ferrogram notify chat:7 --mute-for 8x").is_err(), "durations are checked");
         assert!(parse("ferrogram notify chat:7 --previews maybe").is_err());
+    }
+
+    // The media commands parse as documented: a path or a file reference, with the options
+    // in any place; the two-argument peer forms parse (and are refused when run), three do not.
+    #[test]
+    fn media_commands_parse() {
+        let parse = |line: &str| TestCli::try_parse_from(line.split(' '));
+
+        let cli =
+            parse("ferrogram upload photo.jpg --name holiday.jpg --mime image/jpeg --part-kib 128").expect("parses");
+        let ClientCommand::Upload { arguments, name, mime, part_kib, parts_in_flight, .. } = cli.command else {
+            panic!("not upload")
+        };
+        assert_eq!(arguments, ["photo.jpg"]);
+        assert_eq!((name.as_deref(), mime.as_deref(), part_kib), (Some("holiday.jpg"), Some("image/jpeg"), 128));
+        assert_eq!(parts_in_flight, PARTS_IN_FLIGHT_DEFAULT);
+        assert!(parse("ferrogram upload @alice photo.jpg").is_ok(), "the peer form is reserved");
+        assert!(parse("ferrogram upload").is_err(), "upload needs a path");
+        assert!(parse("ferrogram upload a b c").is_err());
+
+        let cli = parse("ferrogram download file:4097:00abcdef01234567 -o out.bin --force").expect("parses");
+        let ClientCommand::Download { arguments, output, force, .. } = cli.command else { panic!("not download") };
+        assert_eq!(arguments, ["file:4097:00abcdef01234567"]);
+        assert_eq!((output, force), (Some(PathBuf::from("out.bin")), true));
+        assert!(parse("ferrogram download").is_err(), "download needs a reference");
     }
 
     // The server comes from the flag (or environment) first, then the profile, then the

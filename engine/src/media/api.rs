@@ -179,6 +179,14 @@ impl Media {
         Ok(stats)
     }
 
+    /// Storage statistics of one shard (a shard's own host services sample their shard's).
+    pub fn shard_stats(
+        &self,
+        shard: ShardId,
+    ) -> impl Future<Output = Result<StorageStats, MediaError<Infallible>>> + Send + 'static {
+        self.call(shard, |reply| MediaRequest::Stats { reply })
+    }
+
     /// Runs the periodic upkeep on every shard now (the shards also run it on a timer).
     pub async fn maintain(&self) -> Result<Vec<MaintenanceReport>, MediaError<StorageError>> {
         let answers: Vec<_> = self.every_shard(|reply| MediaRequest::Maintain { reply });

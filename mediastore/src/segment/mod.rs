@@ -174,6 +174,47 @@ impl<S: SegmentIo> SegmentStore<S> {
         Ok(bytes)
     }
 
+    /// Reads `length` written bytes of `segment` at `offset`: several frames stored one after
+    /// another, in one read (the caller verifies each with [`SegmentStore::frame_payload`]).
+    /// `None` when any of the span is not written yet (still in the write buffer) or lies
+    /// past the segment's end: read those frames one at a time instead.
+    pub async fn read_span(
+        &mut self,
+        segment: SegmentId,
+        offset: u64,
+        length: usize,
+    ) -> Result<Option<Vec<u8>>, StorageError> {
+        let written = self.sizes.get(&segment).copied().unwrap_or(0);
+        if offset + length as u64 > written {
+            return Ok(None);
+        }
+        let bytes = self
+            .io
+            .read_at(segment, offset, length)
+            .await
+            .map_err(|source| StorageError::Io { context: "reading a segment", source })?;
+        Ok(Some(bytes))
+    }
+
+    /// The verified payload of the frame at `location`, inside `span` (read from `location`'s
+    /// segment at `span_offset`).
+    pub fn frame_payload(
+        span: &[u8],
+        span_offset: u64,
+        key: ChunkKey,
+        location: ChunkLocation,
+    ) -> Result<&[u8], StorageError> {
+        let corrupt = |reason| StorageError::Corrupt { segment: location.segment, offset: location.offset, reason };
+        let start = location.offset.checked_sub(span_offset).ok_or_else(|| corrupt("frame before the span"))? as usize;
+        let frame =
+            span.get(start..start + location.frame_bytes() as usize).ok_or_else(|| corrupt("frame past the span"))?;
+        let payload = frame::verify_frame(frame, location.segment, key).map_err(corrupt)?;
+        if payload.len() != location.length as usize {
+            return Err(corrupt("frame length differs from the index"));
+        }
+        Ok(payload)
+    }
+
     /// Deletes a segment that is no longer needed.
     pub async fn remove(&mut self, segment: SegmentId) -> Result<(), StorageError> {
         assert_ne!(segment, self.open, "the open segment is never removed");

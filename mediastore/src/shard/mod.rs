@@ -405,11 +405,33 @@ impl<S: SegmentIo, J: Journal> MediaShard<S, J> {
             chunk_start = entry.chunk_ends[index];
         }
         let mut out = Vec::with_capacity((end - offset) as usize);
-        for (key, chunk_start) in pieces {
+        let mut index = 0;
+        while index < pieces.len() {
+            // Chunks written one after another (a file's new chunks usually are) are read in
+            // one go: a range of a cold file costs one disk read, not one per chunk.
+            let run = self.uncached_run(&pieces[index..]);
+            if run.len() > 1 {
+                let (first, last) = (run[0], run[run.len() - 1]);
+                let span_bytes = (last.offset + last.frame_bytes() - first.offset) as usize;
+                let span = self.segments.read_span(first.segment, first.offset, span_bytes).await;
+                if let Some(span) = self.storage(span)? {
+                    for (&(key, chunk_start), &location) in pieces[index..].iter().zip(&run) {
+                        let payload = SegmentStore::<S>::frame_payload(&span, first.offset, key, location)?;
+                        let from = offset.saturating_sub(chunk_start) as usize;
+                        let to = ((end - chunk_start) as usize).min(payload.len());
+                        out.extend_from_slice(&payload[from..to]);
+                        self.cache.insert(key, Rc::from(payload));
+                    }
+                    index += run.len();
+                    continue;
+                }
+            }
+            let (key, chunk_start) = pieces[index];
             let payload = self.chunk_payload(key).await?;
             let from = offset.saturating_sub(chunk_start) as usize;
             let to = ((end - chunk_start) as usize).min(payload.len());
             out.extend_from_slice(&payload[from..to]);
+            index += 1;
         }
         assert_eq!(out.len() as u64, end - offset, "a read returned the wrong number of bytes");
         Ok(out)
@@ -584,6 +606,34 @@ impl<S: SegmentIo, J: Journal> MediaShard<S, J> {
             }
         }
         Err(StorageError::TooManyCollisions { count: COLLISIONS_MAX })
+    }
+
+    /// The locations of the first chunks of `pieces` that are not cached and lie one after
+    /// another in one segment (at most a block of padding apart), up to `READ_SPAN_BYTES_MAX`.
+    fn uncached_run(&self, pieces: &[(ChunkKey, u64)]) -> Vec<ChunkLocation> {
+        let mut run: Vec<ChunkLocation> = Vec::new();
+        for (key, _) in pieces {
+            if self.cache.contains(key) {
+                break;
+            }
+            let Some(location) =
+                self.state.chunk(key).map(|entry| entry.location).or(self.provisional.get(key).copied())
+            else {
+                break;
+            };
+            if let Some(&previous) = run.last() {
+                let previous_end = previous.offset + previous.frame_bytes();
+                let adjacent = location.segment == previous.segment
+                    && location.offset >= previous_end
+                    && location.offset - previous_end <= BLOCK_BYTES;
+                let span_end = location.offset + location.frame_bytes();
+                if !adjacent || span_end - run[0].offset > READ_SPAN_BYTES_MAX {
+                    break;
+                }
+            }
+            run.push(location);
+        }
+        run
     }
 
     /// A chunk's payload, from the cache or read (and verified) from its segment.
