@@ -113,6 +113,7 @@ struct FileLimits {
     codes_per_phone_per_hour: Option<u32>,
     sends_per_session_per_second: Option<u32>,
     requests_per_session_per_second: Option<u32>,
+    media_requests_per_session_per_second: Option<u32>,
 }
 
 /// Everything `serve` runs with, after layering flags, environment, file and defaults.
@@ -170,7 +171,8 @@ impl ServeArgs {
             logins_per_ip_per_minute,
             codes_per_phone_per_hour,
             sends_per_session_per_second,
-            requests_per_session_per_second
+            requests_per_session_per_second,
+            media_requests_per_session_per_second
         );
         if let Some(value) = self.connections_per_ip_max {
             limits.connections_per_ip_max = value;
