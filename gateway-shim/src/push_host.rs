@@ -13,7 +13,7 @@
 //!   channel. A job that does not fit stays in its outbox and is found by the next sweep.
 //! - The feeder thread turns each job into the dispatcher's form (the sender's name comes from
 //!   the engine, cached) and offers it with `try_send`. When the dispatcher is full it stops
-//!   and sweeps later: every job still in an outbox is fed again from
+//!   and sweeps later: every job of an outbox after the last one fed from it is fed from
 //!   [`Messenger::pending_pushes`]. The dispatcher delivers a job fed twice once.
 //! - At start it sweeps every shard: jobs queued before a crash or shutdown are delivered.
 //! - Finished jobs (completed or dead-lettered) are removed from their outbox in batches with
@@ -53,6 +53,8 @@ const TICK: Duration = Duration::from_millis(100);
 const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// After the dispatcher refused a job, wait this long before sweeping.
 const SWEEP_AFTER_FULL: Duration = Duration::from_secs(1);
+/// Reports and jobs taken in a row before the feeder looks at its timer and stop signal.
+const DRAIN_MAX: usize = 4096;
 /// Members asked for per page when a chat-level job is expanded.
 const DIRECTORY_PAGE: usize = 256;
 /// Sender names remembered (the cache is emptied when it fills).
@@ -112,8 +114,9 @@ impl PushHost {
         let dispatcher = PushDispatcher::start(config, directory)?;
         let metrics = Arc::new(PushHostMetrics::default());
         let (stop, stopped) = crossbeam::channel::bounded(1);
+        let shards = messenger.engine().shard_count();
         let feeder = Feeder {
-            shards: messenger.engine().shard_count(),
+            shards,
             messenger,
             intake,
             sender: dispatcher.sender(),
@@ -124,6 +127,7 @@ impl PushHost {
             metrics: metrics.clone(),
             sweep_due: Some(Instant::now()),
             last_sweep: Instant::now(),
+            swept: vec![0; shards],
         };
         let feeder = std::thread::Builder::new().name("push-feeder".into()).spawn(move || feeder.run())?;
         Ok(PushHost { sender: dispatcher.sender(), dispatcher: Some(dispatcher), metrics, stop, feeder: Some(feeder) })
@@ -197,9 +201,14 @@ struct Feeder {
     /// Finished jobs not yet removed, per shard.
     done: BTreeMap<ShardId, Vec<u64>>,
     metrics: Arc<PushHostMetrics>,
-    /// When the next full sweep is due, if one is.
+    /// When the next sweep is due, if one is.
     sweep_due: Option<Instant>,
     last_sweep: Instant,
+    /// Per shard, the sequence up to which every job of its outbox has been fed (or finished):
+    /// a sweep resumes after it instead of feeding the dispatcher again what it already has.
+    /// Jobs are queued and handed over in increasing sequence per shard, so any job the
+    /// intake dropped lies after it.
+    swept: Vec<u64>,
 }
 
 /// What feeding one job came to.
@@ -215,7 +224,31 @@ impl Feeder {
     fn run(mut self) {
         let ticker = crossbeam::channel::tick(TICK);
         let (jobs, reports, stopped) = (self.intake.jobs.clone(), self.reports.clone(), self.stopped.clone());
+        let mut last_tick = Instant::now();
         loop {
+            // While work is queued take it without blocking: `select!` registers with every
+            // channel on each call, and under load that registration cost more than the work.
+            let mut took = 0;
+            while took < DRAIN_MAX {
+                if let Ok(report) = reports.try_recv() {
+                    self.report(report);
+                } else if let Ok(pending) = jobs.try_recv() {
+                    self.feed_or_sweep(pending);
+                } else {
+                    break;
+                }
+                took += 1;
+            }
+            if took > 0 {
+                if last_tick.elapsed() >= TICK {
+                    last_tick = Instant::now();
+                    self.tick();
+                }
+                if !matches!(stopped.try_recv(), Err(crossbeam::channel::TryRecvError::Empty)) {
+                    break;
+                }
+                continue;
+            }
             crossbeam::channel::select! {
                 recv(jobs) -> pending => match pending {
                     Ok(pending) => self.feed_or_sweep(pending),
@@ -225,7 +258,10 @@ impl Feeder {
                     Ok(report) => self.report(report),
                     Err(_) => break,
                 },
-                recv(ticker) -> _ => self.tick(),
+                recv(ticker) -> _ => {
+                    last_tick = Instant::now();
+                    self.tick();
+                }
                 recv(stopped) -> _ => break,
             }
         }
@@ -261,13 +297,15 @@ impl Feeder {
         }
     }
 
-    /// Feeds every job of every outbox, page by page, until the dispatcher refuses one.
+    /// Feeds every job of every outbox not fed yet, page by page, until the dispatcher refuses
+    /// one (the next sweep starts again at that one).
     fn sweep(&mut self) {
         self.sweep_due = None;
         self.last_sweep = Instant::now();
         PushHostMetrics::add(&self.metrics.sweeps);
-        for shard in (0..self.shards).map(|index| ShardId(index as u16)) {
-            let mut after = 0;
+        for index in 0..self.shards {
+            let shard = ShardId(index as u16);
+            let mut after = self.swept[index];
             loop {
                 let page = match block_on(self.messenger.pending_pushes(
                     shard,
@@ -285,10 +323,13 @@ impl Feeder {
                 let Some(last) = page.last() else { break };
                 after = last.job.sequence;
                 for pending in page {
+                    let sequence = pending.job.sequence;
                     if let Fed::Refused = self.feed(pending) {
+                        self.swept[index] = sequence - 1;
                         self.schedule_sweep(SWEEP_AFTER_FULL);
                         return;
                     }
+                    self.swept[index] = sequence;
                 }
             }
         }

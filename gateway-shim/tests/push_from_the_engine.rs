@@ -221,3 +221,54 @@ fn a_token_reported_gone_is_unregistered() {
     engine.shutdown().expect("shutdown");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Proves jobs the dispatcher refused for a full input channel are fed again by the next
+/// sweep and each is delivered exactly once: 40 jobs wait in the outboxes (queued while no
+/// dispatcher ran), then the start-up sweep meets an input channel with room for two.
+#[test]
+fn jobs_refused_by_a_full_dispatcher_are_delivered_once() {
+    const RECIPIENTS: usize = 40;
+    let receiver = Receiver::start(always_ok());
+    let dir = temp_dir("push-engine-full");
+    let open = || {
+        let mut config = EngineConfig::new(&dir);
+        config.shards = 2;
+        let (hook, intake) = push_intake();
+        let engine = Engine::open_with_hooks(config, EngineHooks { push: Some(hook), ..EngineHooks::default() })
+            .expect("the engine opens");
+        (engine, intake)
+    };
+    // No dispatcher: the jobs stay in the outboxes (the hook's channel has no reader).
+    let (engine, intake) = open();
+    drop(intake);
+    let messenger = engine.messenger();
+    let ann = sign_up(&messenger, 0);
+    for index in 1..=RECIPIENTS {
+        let user = sign_up(&messenger, index);
+        block_on(messenger.register_device(user, webhook_device(&format!("device-{index}")))).expect("register");
+        let chat = block_on(messenger.open_private(ann, user)).expect("chat");
+        send(&messenger, chat, ann, index as u64, "hello");
+    }
+    wait_until(Duration::from_secs(30), "every job in an outbox", || outbox_len(&engine) == RECIPIENTS);
+    engine.shutdown().expect("shutdown");
+
+    let (engine, intake) = open();
+    let push = ferrogram_gateway_shim::push::PushConfig {
+        input_queue_max: 2,
+        ..push_support::config(&receiver.url("/relay"))
+    };
+    let host = PushHost::start(engine.messenger(), intake, push).expect("push starts");
+    wait_until(Duration::from_secs(60), "a push per recipient", || receiver.count() >= RECIPIENTS);
+    wait_until(Duration::from_secs(30), "the outbox to empty", || outbox_len(&engine) == 0);
+    let metrics = host.dispatcher_metrics().expect("metrics");
+    assert!(metrics.input_full.load(Ordering::Relaxed) > 0, "the full channel was hit");
+    let mut tokens: Vec<String> =
+        receiver.requests().iter().map(|r| r.json()["token"].as_str().unwrap().to_owned()).collect();
+    tokens.sort();
+    tokens.dedup();
+    assert_eq!((tokens.len(), receiver.count()), (RECIPIENTS, RECIPIENTS), "each once");
+
+    host.shutdown();
+    engine.shutdown().expect("shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
+}
