@@ -1,6 +1,6 @@
 //! The command line (clap): `ferrogram-loadgen [run] OPTIONS` runs a load,
-//! `ferrogram-loadgen verify OPTIONS` checks an acks file. Options are checked here and turned
-//! into [`RunOptions`].
+//! `ferrogram-loadgen verify OPTIONS` checks an acks file, `ferrogram-loadgen push-sink
+//! OPTIONS` receives pushes. Options are checked here and turned into [`RunOptions`].
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,6 +35,10 @@ pub enum Command {
     /// exactly once, in order. Exit code 0: all there; 1: missing, duplicate or out of order;
     /// 3: nothing wrong found, but the server no longer holds some updates to check.
     Verify(VerifyArgs),
+    /// Receives pushes as a local relay would: answers `200 {}` to every HTTP/1.1 POST
+    /// (keep-alive), prints requests/s once a second and the totals at the end. Start
+    /// `ferrogram serve --push-webhook http://ADDR/push` against it.
+    PushSink(PushSinkArgs),
 }
 
 /// Which system to drive.
@@ -145,6 +149,44 @@ pub struct RunArgs {
     /// Writes every acknowledged (chat, message id, random_id) for `verify`.
     #[arg(long)]
     pub record_acks: Option<PathBuf>,
+    /// Every provisioned user, online or not, registers one `webhook` push device (token
+    /// `loadgen-<user id>`) before the load, so messages to offline users cause pushes when the
+    /// server runs with push on (`--push-webhook`). Ferrogram only.
+    #[arg(long)]
+    pub push_devices: bool,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct PushSinkArgs {
+    /// Where to listen.
+    #[arg(long, default_value = "127.0.0.1:7460")]
+    pub listen: SocketAddr,
+    /// Stop after this many seconds [default: at SIGTERM or SIGINT].
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    /// Writes the totals and the per-second rates as JSON at the end.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Executor threads [default: one more than the CPUs the sink may use].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Pin the sink's threads to these CPUs, e.g. `1` [default: not pinned].
+    #[arg(long, value_delimiter = ',')]
+    pub cpus: Option<Vec<usize>>,
+}
+
+impl PushSinkArgs {
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(seconds) = self.seconds {
+            if !(seconds.is_finite() && seconds > 0.0 && seconds <= DURATION_S_MAX) {
+                return Err(format!("--seconds must be above 0 and at most {DURATION_S_MAX}"));
+            }
+        }
+        if self.threads == Some(0) {
+            return Err("--threads must be at least 1".into());
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, clap::Args)]
@@ -212,6 +254,9 @@ impl RunArgs {
         if self.threads == Some(0) {
             return Err("--threads must be at least 1".into());
         }
+        if self.push_devices && self.target != TargetKind::Ferrogram {
+            return Err("--push-devices needs --target ferrogram (push devices are ferrogram's)".into());
+        }
 
         let channel_only = self.scenario == Scenario::Channel;
         let users = if channel_only { self.posters + self.subscribers } else { self.users };
@@ -262,6 +307,7 @@ impl RunArgs {
             phone_start: self.phone_start,
             server_pid: self.server_pid,
             record_acks: self.record_acks.clone(),
+            push_devices: self.push_devices,
         };
         check_phones(&options)?;
         Ok(options)
@@ -319,6 +365,37 @@ mod tests {
         let verify = parse(&["verify", "--acks", "a.txt", "--code", "54321"]);
         let Some(Command::Verify(args)) = verify.command else { panic!("a verify") };
         assert_eq!((args.code.as_str(), args.threads), ("54321", VERIFY_THREADS_DEFAULT));
+    }
+
+    // `--push-devices` is off unless given, works with the run subcommand and without, and is
+    // refused against Redis, which has no push devices.
+    #[test]
+    fn push_devices_parse_and_need_ferrogram() {
+        assert!(!parse(&[]).run.resolve().expect("valid").push_devices);
+        let options = parse(&["--push-devices", "--online", "0.5"]).run.resolve().expect("valid");
+        assert!(options.push_devices);
+        assert_eq!((options.users, options.online_users), (1000, 500));
+        let Some(Command::Run(args)) = parse(&["run", "--push-devices"]).command else { panic!("a run") };
+        assert!(args.resolve().expect("valid").push_devices);
+        let refused = parse(&["--target", "redis", "--push-devices"]).run.resolve().expect_err("refused");
+        assert!(refused.contains("--push-devices"), "{refused}");
+    }
+
+    // The push sink's options: defaults, a bounded duration, pinning.
+    #[test]
+    fn push_sink_options_parse_and_are_checked() {
+        let Some(Command::PushSink(args)) = parse(&["push-sink"]).command else { panic!("a push-sink") };
+        assert_eq!(
+            (args.listen, args.seconds, args.threads),
+            ("127.0.0.1:7460".parse().expect("an address"), None, None)
+        );
+        assert!(args.check().is_ok());
+        let arguments = ["push-sink", "--listen", "127.0.0.1:0", "--seconds", "30", "--cpus", "1", "--json", "s.json"];
+        let Some(Command::PushSink(args)) = parse(&arguments).command else { panic!("a push-sink") };
+        assert_eq!((args.seconds, args.cpus.clone()), (Some(30.0), Some(vec![1])));
+        assert!(args.check().is_ok());
+        let Some(Command::PushSink(args)) = parse(&["push-sink", "--seconds", "0"]).command else { panic!("parsed") };
+        assert!(args.check().expect_err("refused").contains("--seconds"));
     }
 
     #[test]

@@ -10,6 +10,10 @@
 //! acknowledged message is stored and delivered exactly once.
 //!
 //! Targets sit behind one trait (`target`): ferrogram today, other systems (Redis) next.
+//!
+//! `push-sink` (`sink`) is the receiving end for push benchmarks: a local HTTP/1.1 relay
+//! that answers every POST and counts them; `--push-devices` gives every provisioned user a
+//! `webhook` device, so offline recipients cause pushes to it.
 
 pub mod acks;
 pub mod cli;
@@ -22,6 +26,7 @@ pub mod run;
 pub mod runtime;
 pub mod schedule;
 pub mod setup;
+pub mod sink;
 pub mod slots;
 pub mod stamp;
 pub mod stats;

@@ -55,6 +55,11 @@ pub const HISTOGRAM_US_LOWEST: u64 = 1;
 pub const HISTOGRAM_US_HIGHEST: u64 = 3_600_000_000;
 pub const HISTOGRAM_SIGNIFICANT_DIGITS: u8 = 3;
 
+/// The report's send → ack timeline: the slowest ack of every 100 ms of the window, for the
+/// first hour of it.
+pub const TIMELINE_STEP: Duration = Duration::from_millis(100);
+pub const TIMELINE_STEPS_MAX: usize = 36_000;
+
 /// Message texts: the stamp plus padding, within the server's text limit.
 pub const MESSAGE_BYTES_MAX: usize = ferrogram_net::limits::MESSAGE_TEXT_MAX;
 
@@ -80,9 +85,23 @@ pub const VERIFY_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Problems listed one by one in a verify report before the rest are only counted.
 pub const VERIFY_PROBLEMS_LISTED_MAX: usize = 50;
 
+/// `push-sink`: bytes of one request's head (request line and headers) and body, headers per
+/// request, connections open at once (more are closed on accept), and seconds of per-second
+/// rates kept for `--json`. A push is a few hundred bytes of JSON (APNs and FCM cap theirs at
+/// 4 KiB); the dispatcher keeps at most 4,096 requests in flight, 256 by default.
+pub const SINK_HEAD_BYTES_MAX: usize = 16 * 1024;
+pub const SINK_BODY_BYTES_MAX: usize = 1024 * 1024;
+pub const SINK_HEADERS_MAX: usize = 64;
+pub const SINK_CONNECTIONS_MAX: usize = 8192;
+pub const SINK_SECONDS_RECORDED_MAX: usize = 24 * 3600;
+/// Bytes read from a sink connection at a time (the buffer grows past it only for a request
+/// that does not fit, up to head + body maxima).
+pub const SINK_READ_BYTES: usize = 64 * 1024;
+
 const _: () = assert!(IN_FLIGHT_DEFAULT <= IN_FLIGHT_MAX);
 const _: () = assert!(PROVISION_CONCURRENCY_DEFAULT <= PROVISION_CONCURRENCY_MAX);
 const _: () = assert!(PREFILL_BATCH <= IN_FLIGHT_PER_CONNECTION_MAX, "a prefill batch fits one connection's window");
 const _: () = assert!(GROUP_MEMBERS_AT_CREATION_MAX < GROUP_SIZE_MAX);
 const _: () = assert!(HISTOGRAM_US_LOWEST < HISTOGRAM_US_HIGHEST);
 const _: () = assert!(VERIFY_THREADS_DEFAULT <= VERIFY_THREADS_MAX);
+const _: () = assert!(SINK_READ_BYTES >= SINK_HEAD_BYTES_MAX, "a maximal head fits the first read buffer");

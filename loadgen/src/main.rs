@@ -1,15 +1,20 @@
-//! The `ferrogram-loadgen` binary: runs a load against a target, or verifies an acks file.
+//! The `ferrogram-loadgen` binary: runs a load against a target, verifies an acks file, or
+//! receives pushes (`push-sink`).
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
 
 use ferrogram_loadgen::acks::AckFile;
-use ferrogram_loadgen::cli::{Cli, Command, RunArgs, TargetKind, VerifyArgs};
-use ferrogram_loadgen::limits::{PROVISION_CONCURRENCY_MAX, SPARE_FILE_DESCRIPTORS};
+use ferrogram_loadgen::cli::{Cli, Command, PushSinkArgs, RunArgs, TargetKind, VerifyArgs};
+use ferrogram_loadgen::limits::{PROVISION_CONCURRENCY_MAX, SINK_CONNECTIONS_MAX, SPARE_FILE_DESCRIPTORS};
 use ferrogram_loadgen::runtime::Runtime;
+use ferrogram_loadgen::sink::meter::Meter;
+use ferrogram_loadgen::sink::PushSink;
 use ferrogram_loadgen::target::ferrogram::FerrogramTarget;
 use ferrogram_loadgen::target::redis::{RedisTarget, COMMAND_CONNECTIONS_MAX};
 use ferrogram_loadgen::verify::{self, FerrogramVerifyApi};
@@ -20,6 +25,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Some(Command::Verify(args)) => verify_command(&args),
         Some(Command::Run(args)) => run_command(&args),
+        Some(Command::PushSink(args)) => push_sink_command(&args),
         None => run_command(&cli.run),
     };
     match result {
@@ -92,4 +98,57 @@ fn verify_command(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let report = verify::check(&file, &api, args.threads)?;
     print!("{}", report.text());
     Ok(ExitCode::from(report.exit_code() as u8))
+}
+
+/// Listens, prints the rate once a second, and stops after `--seconds` or at SIGTERM/SIGINT
+/// with the totals (and `--json`).
+fn push_sink_command(args: &PushSinkArgs) -> anyhow::Result<ExitCode> {
+    args.check().map_err(anyhow::Error::msg)?;
+    if let Some(cpus) = &args.cpus {
+        system::pin_current_thread(cpus).context("cannot pin the sink's threads")?;
+    }
+    system::raise_file_limit(SINK_CONNECTIONS_MAX as u64, SPARE_FILE_DESCRIPTORS)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, stop.clone()).context("cannot install the signal handlers")?;
+    }
+    let threads = args.threads.unwrap_or_else(|| ferrogram_loadgen::runtime::default_threads(system::allowed_cpus()));
+    let runtime = Runtime::new(threads).context("cannot start the executor threads")?;
+    let sink = PushSink::bind(args.listen).with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listen = sink.local_addr()?.to_string();
+    let counters = sink.counters();
+    let handle = runtime.handle();
+    runtime.handle().spawn(sink.serve(handle)).detach();
+    println!("push-sink listening on {listen}");
+
+    let started = Instant::now();
+    let deadline = args.seconds.map(|seconds| started + Duration::from_secs_f64(seconds));
+    let mut meter = Meter::default();
+    runtime.block_on(async {
+        let mut next_tick = started + Duration::from_secs(1);
+        loop {
+            let now = Instant::now();
+            if stop.load(Ordering::Relaxed) || deadline.is_some_and(|deadline| now >= deadline) {
+                break;
+            }
+            if now >= next_tick {
+                println!("{}", meter.tick(counters.totals()));
+                next_tick += Duration::from_secs(1);
+                continue;
+            }
+            // Short naps, so a signal ends the sink within 100 ms.
+            let mut wake = next_tick.min(now + Duration::from_millis(100));
+            if let Some(deadline) = deadline {
+                wake = wake.min(deadline);
+            }
+            async_io::Timer::at(wake).await;
+        }
+    });
+    let report = meter.report(listen, started.elapsed().as_secs_f64(), counters.totals());
+    print!("{}", report.text());
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -153,6 +153,8 @@ pub struct RunOptions {
     /// When set, the server's resident memory is sampled around provisioning (its pid).
     pub server_pid: Option<u32>,
     pub record_acks: Option<PathBuf>,
+    /// Every user registers one `webhook` push device while provisioned.
+    pub push_devices: bool,
 }
 
 impl RunOptions {
@@ -184,6 +186,7 @@ impl RunOptions {
             phone_start: 0,
             server_pid: None,
             record_acks: None,
+            push_devices: false,
         }
     }
 

@@ -52,6 +52,14 @@ impl PlannedChat {
     }
 }
 
+impl Plan {
+    /// Members of `chat` who are offline (senders never are): with `--push-devices` and push
+    /// on, each of them is due a push job for every message sent there.
+    pub fn offline_members(&self, chat: usize) -> u32 {
+        self.chats[chat].members.iter().filter(|&&member| !self.users[member].online).count() as u32
+    }
+}
+
 /// Why a plan cannot be made from the options.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

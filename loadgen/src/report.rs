@@ -42,6 +42,13 @@ pub struct Report {
     pub server_saturated: bool,
     /// Acknowledgements that could not be written to `--record-acks`.
     pub ack_write_errors: u64,
+    /// Over the whole load (warm-up included, history pre-fill not), each acknowledged send
+    /// counted once per offline member of its chat: with `--push-devices` and push on, the
+    /// push jobs the server should queue (before coalescing folds them into pushes).
+    pub offline_recipient_messages: u64,
+    /// The slowest send → ack of the sends intended in each 100 ms of the window (ms; 0 where
+    /// none was acknowledged): where in time the tail came from.
+    pub send_ack_max_ms_by_100ms: Vec<f64>,
     #[serde(skip)]
     pub histograms: Vec<(Measure, Histogram<u64>)>,
 }
@@ -259,6 +266,14 @@ impl Report {
             deliveries.streams_lost,
             deliveries.bodiless
         );
+        if setup.push_devices > 0 || self.offline_recipient_messages > 0 {
+            let _ = writeln!(
+                out,
+                "push: {} users registered a push device; acknowledged sends reached {} offline members \
+                 (warm-up included)",
+                setup.push_devices, self.offline_recipient_messages
+            );
+        }
         if load.duplicate_acks > 0 || load.short_pages > 0 || self.ack_write_errors > 0 {
             let _ = writeln!(
                 out,

@@ -60,6 +60,10 @@ struct RunContext<T: Target> {
     prefill: usize,
     drain_deadline: Instant,
     ack_write_errors: AtomicU64,
+    /// Offline members of each chat, by the plan's index.
+    offline_members: Vec<u32>,
+    /// Offline members reached by the acknowledged sends of the whole load.
+    offline_recipient_messages: AtomicU64,
 }
 
 impl<T: Target> RunContext<T> {
@@ -96,6 +100,7 @@ async fn run_async<T: Target>(
     let window = Window { start: start + options.warmup, end: start + options.warmup + options.duration };
     observer.start(window);
     let drain_deadline = window.end + options.drain;
+    let offline_members = (0..world.plan.chats.len()).map(|chat| world.plan.offline_members(chat)).collect();
     let context = Arc::new(RunContext {
         target: target.clone(),
         world,
@@ -107,6 +112,8 @@ async fn run_async<T: Target>(
         prefill: options.prefill,
         drain_deadline,
         ack_write_errors: AtomicU64::new(0),
+        offline_members,
+        offline_recipient_messages: AtomicU64::new(0),
     });
 
     let cpus = system::allowed_cpu_list();
@@ -267,6 +274,10 @@ async fn perform<T: Target>(context: Arc<RunContext<T>>, operation: Operation, i
                 if ack.duplicate && measured {
                     recorder.counters.duplicate_acks.fetch_add(1, Relaxed);
                 }
+                let offline = context.offline_members[chat];
+                if offline > 0 && !ack.duplicate {
+                    context.offline_recipient_messages.fetch_add(u64::from(offline), Relaxed);
+                }
                 if let Some(acks) = &context.acks {
                     let record = AckRecord { chat: ack.chat, id: ack.id, random_id, sender: world.users[sender] };
                     if acks.ack(record).is_err() {
@@ -292,7 +303,11 @@ async fn perform<T: Target>(context: Arc<RunContext<T>>, operation: Operation, i
             }
             if measured {
                 recorder.counters.succeeded.fetch_add(1, Relaxed);
-                recorder.record(measure, done.saturating_duration_since(intended));
+                let latency = done.saturating_duration_since(intended);
+                recorder.record(measure, latency);
+                if measure == Measure::SendAck {
+                    recorder.record_ack_timeline(intended, latency);
+                }
             }
         }
         Err(mut error) => {
@@ -386,6 +401,8 @@ fn report<T: Target>(
         bottleneck_reasons: judgement.reasons,
         server_saturated: judgement.server_saturated,
         ack_write_errors: context.ack_write_errors.load(Relaxed),
+        offline_recipient_messages: context.offline_recipient_messages.load(Relaxed),
+        send_ack_max_ms_by_100ms: recorder.ack_timeline_ms(),
         histograms: Measure::ALL.iter().map(|&measure| (measure, recorder.histogram(measure))).collect(),
     }
 }

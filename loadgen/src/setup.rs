@@ -52,6 +52,8 @@ pub struct SetupReport {
     pub chats: usize,
     pub follows: usize,
     pub prefill_messages: usize,
+    /// Users that registered a push device (`--push-devices`).
+    pub push_devices: usize,
     pub provision_s: f64,
     /// Logins (and sign-ups) per second while provisioning.
     pub provision_rate_per_s: f64,
@@ -122,8 +124,13 @@ pub async fn set_up<T: Target>(
     let concurrency = options.provision_concurrency;
     let plan = Arc::new(plan);
     let users = plan.users.len();
-    let mut report =
-        SetupReport { users, online_users: plan.online_users, chats: plan.chats.len(), ..SetupReport::default() };
+    let mut report = SetupReport {
+        users,
+        online_users: plan.online_users,
+        chats: plan.chats.len(),
+        push_devices: if options.push_devices { users } else { 0 },
+        ..SetupReport::default()
+    };
     let memory_before = options.server_pid.and_then(system::resident_kib);
 
     // Users. With a server pid, everyone first signs up and logs out, then the online users
@@ -134,11 +141,11 @@ pub async fn set_up<T: Target>(
     let mut logins = 0;
     let mut memory_after_sign_up = None;
     if options.server_pid.is_some() {
-        provision(target, &plan, handle, observer, &ids, &sessions, concurrency, false).await?;
+        provision(target, &plan, handle, observer, &ids, &sessions, concurrency, false, options.push_devices).await?;
         logins += users;
         memory_after_sign_up = options.server_pid.and_then(system::resident_kib);
     }
-    provision(target, &plan, handle, observer, &ids, &sessions, concurrency, true).await?;
+    provision(target, &plan, handle, observer, &ids, &sessions, concurrency, true, options.push_devices).await?;
     logins += if options.server_pid.is_some() { plan.online_users } else { users };
     report.provision_s = provision_started.elapsed().as_secs_f64();
     report.provision_rate_per_s = logins as f64 / report.provision_s.max(1e-9);
@@ -284,7 +291,8 @@ pub async fn set_up<T: Target>(
 }
 
 /// Provisions every user (`online`: keeping the online ones' sessions) or, when `online` is
-/// false, signs everyone up and logs them out again.
+/// false, signs everyone up and logs them out again. With `push_devices` each user registers
+/// its push device when first provisioned.
 #[allow(clippy::too_many_arguments)]
 async fn provision<T: Target>(
     target: &Arc<T>,
@@ -295,6 +303,7 @@ async fn provision<T: Target>(
     sessions: &Arc<Vec<Mutex<Option<T::Session>>>>,
     concurrency: usize,
     online: bool,
+    push_devices: bool,
 ) -> Result<(), SetupError> {
     let count = plan.users.len();
     let (target, plan, ids, sessions, observer) =
@@ -311,7 +320,9 @@ async fn provision<T: Target>(
                 // Signed up in the first pass and offline: nothing more to do.
                 return Ok(());
             }
-            let spec = UserSpec { phone: planned.phone.clone(), first_name: format!("lg{index}") };
+            // A device is registered once, by whichever pass provisions the user first.
+            let push_device = push_devices && lock(&ids[index]).is_none();
+            let spec = UserSpec { phone: planned.phone.clone(), first_name: format!("lg{index}"), push_device };
             let provisioned = target
                 .provision(&spec, keep)
                 .await

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::limits::{HISTOGRAM_SIGNIFICANT_DIGITS, HISTOGRAM_US_HIGHEST, HISTOGRAM_US_LOWEST};
+use crate::limits::{
+    HISTOGRAM_SIGNIFICANT_DIGITS, HISTOGRAM_US_HIGHEST, HISTOGRAM_US_LOWEST, TIMELINE_STEP, TIMELINE_STEPS_MAX,
+};
 use crate::schedule::Window;
 use crate::target::TargetError;
 
@@ -102,12 +104,37 @@ pub struct Recorder {
     histograms: Vec<Mutex<Histogram<u64>>>,
     pub counters: Counters,
     errors: Mutex<BTreeMap<&'static str, ErrorCount>>,
+    /// The slowest send → ack (microseconds) of the sends intended in each `TIMELINE_STEP` of
+    /// the window, so a stall can be placed in time (and set beside a server's own events).
+    ack_timeline: Vec<AtomicU64>,
 }
 
 impl Recorder {
     pub fn new(window: Window) -> Recorder {
         let histograms = Measure::ALL.iter().map(|_| Mutex::new(new_histogram())).collect();
-        Recorder { window, histograms, counters: Counters::default(), errors: Mutex::new(BTreeMap::new()) }
+        let steps = window.length().as_nanos().div_ceil(TIMELINE_STEP.as_nanos()).min(TIMELINE_STEPS_MAX as u128);
+        Recorder {
+            window,
+            histograms,
+            counters: Counters::default(),
+            errors: Mutex::new(BTreeMap::new()),
+            ack_timeline: (0..steps).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// Places a measured send's `latency` in the timeline by its `intended` time.
+    pub fn record_ack_timeline(&self, intended: Instant, latency: Duration) {
+        let since = intended.saturating_duration_since(self.window.start);
+        let step = (since.as_nanos() / TIMELINE_STEP.as_nanos()) as usize;
+        if let Some(slowest) = self.ack_timeline.get(step) {
+            slowest.fetch_max(latency.as_micros() as u64, Relaxed);
+        }
+    }
+
+    /// The slowest send → ack of each `TIMELINE_STEP` of the window, in milliseconds (0 where
+    /// no send was acknowledged).
+    pub fn ack_timeline_ms(&self) -> Vec<f64> {
+        self.ack_timeline.iter().map(|slowest| slowest.load(Relaxed) as f64 / 1000.0).collect()
     }
 
     pub fn window(&self) -> Window {

@@ -103,8 +103,8 @@ fn a_dm_run_through_redis_is_acknowledged_delivered_and_readable() {
     // History through the adapter: a fresh pair, 30 messages, then pages below offsets. The
     // run's users already exist, so provisioning them again answers the same ids.
     let history = runtime.block_on(async {
-        let alice = UserSpec { phone: options.phone(0), first_name: "alice".into() };
-        let bob = UserSpec { phone: "+19998880001".into(), first_name: "bob".into() };
+        let alice = UserSpec { phone: options.phone(0), first_name: "alice".into(), push_device: false };
+        let bob = UserSpec { phone: "+19998880001".into(), first_name: "bob".into(), push_device: false };
         let alice = target.provision(&alice, true).await.expect("alice").online.expect("online").0;
         let bob = target.provision(&bob, false).await.expect("bob").user;
         let chat = target.create_chat(&alice, &ChatSpec::Private { peer: bob }).await.expect("a chat");
@@ -121,7 +121,7 @@ fn a_dm_run_through_redis_is_acknowledged_delivered_and_readable() {
             target.history(&alice, chat, MessageId(11), 20).await.expect("a page below 11"),
             target.history(&alice, chat, MessageId(1), 20).await.expect("nothing below 1"),
         );
-        let eve = UserSpec { phone: "+19998880002".into(), first_name: "eve".into() };
+        let eve = UserSpec { phone: "+19998880002".into(), first_name: "eve".into(), push_device: false };
         let stranger = target.provision(&eve, true).await.expect("eve").online.expect("online").0;
         let refused = target.history(&stranger, chat, MessageId(0), 20).await.expect_err("not a member");
         target.disconnect(&alice);

@@ -67,6 +67,15 @@ fn a_server_stall_shows_in_p99_and_max() {
     assert!(ack.p99_ms >= 150.0, "{}", report.text());
     assert!(ack.p50_ms < 20.0, "{}", report.text());
     assert!(report.measures["delivery"].p99_ms >= 150.0, "deliveries waited too: {}", report.text());
+
+    // The timeline places the stall: a 2 s window in 20 steps of 100 ms, the slowest ack in
+    // the steps of the stall (about 0.6 s in, setup takes a little of that), the last second
+    // untouched.
+    let timeline = &report.send_ack_max_ms_by_100ms;
+    assert_eq!(timeline.len(), 20);
+    let worst = (0..timeline.len()).max_by(|&a, &b| timeline[a].total_cmp(&timeline[b])).expect("steps");
+    assert!(timeline[worst] >= 150.0 && (2..=8).contains(&worst), "{timeline:?}");
+    assert!(timeline[10..].iter().all(|&slowest| slowest < 100.0), "{timeline:?}");
 }
 
 // Loadgen's only executor thread is blocked for 200 ms (as a pause of loadgen itself would).

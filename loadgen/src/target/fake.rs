@@ -37,6 +37,9 @@ pub struct FakeTarget {
     deliveries: AtomicU64,
     /// Sends answered (for tests to compare with loadgen's count).
     pub sends: AtomicU64,
+    /// (message, member) pairs where the member was offline with a push device: what a
+    /// server with push on would queue push jobs for.
+    pub pushes_due: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -44,6 +47,8 @@ struct FakeState {
     users_by_phone: HashMap<String, UserId>,
     online: HashMap<UserId, flume::Sender<Delivery>>,
     chats: HashMap<ChatId, FakeChat>,
+    /// Push device tokens registered, by user.
+    push_devices: HashMap<UserId, String>,
 }
 
 #[derive(Debug)]
@@ -80,7 +85,13 @@ impl FakeTarget {
             thread_stalled: Mutex::new(false),
             deliveries: AtomicU64::new(0),
             sends: AtomicU64::new(0),
+            pushes_due: AtomicU64::new(0),
         }
+    }
+
+    /// The push device token `user` registered, if any.
+    pub fn push_device(&self, user: UserId) -> Option<String> {
+        lock(&self.state).push_devices.get(&user).cloned()
     }
 
     /// Waits as the server would: to the end of a stall, then the answer delay. A session
@@ -122,6 +133,13 @@ impl FakeTarget {
     fn deliver(&self, chat: ChatId, id: MessageId, sender: UserId, random_id: u64, text: &str) {
         let state = lock(&self.state);
         let Some(entry) = state.chats.get(&chat) else { return };
+        let offline_with_device = entry
+            .members
+            .iter()
+            .filter(|&&member| member != sender)
+            .filter(|member| !state.online.contains_key(member) && state.push_devices.contains_key(member))
+            .count();
+        self.pushes_due.fetch_add(offline_with_device as u64, Relaxed);
         let recipients = entry.followers.as_ref().unwrap_or(&entry.members);
         for user in recipients {
             let Some(stream) = state.online.get(user) else { continue };
@@ -160,6 +178,9 @@ impl Target for FakeTarget {
         let mut state = lock(&self.state);
         let next = UserId(state.users_by_phone.len() as u64 + 1);
         let id = *state.users_by_phone.entry(user.phone.clone()).or_insert(next);
+        if user.push_device {
+            state.push_devices.insert(id, super::push_device_token(id));
+        }
         if !online {
             return Ok(Provisioned { user: id, online: None });
         }

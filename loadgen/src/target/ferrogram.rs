@@ -6,11 +6,11 @@
 use std::net::SocketAddr;
 
 use ferrogram_net::client::{self, Client, ClientError, UpdateStream};
-use ferrogram_net::{LiveEvent, Request, Response, SentMessage, Update};
+use ferrogram_net::{DeviceKind, LiveEvent, Request, Response, SentMessage, Update};
 
 use super::{
-    within, Ack, ChatId, ChatSpec, Delivery, MessageId, Provisioned, Spawner, Target, TargetError, UpdateSource,
-    UserId, UserSpec, CLOSED, IO, PROTOCOL, TIMEOUT,
+    push_device_token, within, Ack, ChatId, ChatSpec, Delivery, MessageId, Provisioned, Spawner, Target, TargetError,
+    UpdateSource, UserId, UserSpec, CLOSED, IO, PROTOCOL, TIMEOUT,
 };
 use crate::limits::{
     CONNECT_TIMEOUT, GROUP_MEMBERS_AT_CREATION_MAX, IN_FLIGHT_PER_CONNECTION_MAX, LOG_OUT_TIMEOUT, PREFILL_BATCH,
@@ -132,6 +132,12 @@ impl Target for FerrogramTarget {
     ) -> Result<Provisioned<FerrogramSession, FerrogramUpdates>, TargetError> {
         let (client, stream) = self.connect().await?;
         let id = self.log_in(&client, user).await?;
+        if user.push_device {
+            // A relay device: the server sends its pushes to `--push-webhook`. Registered while
+            // logged in; it stays with the user after the log-out below.
+            let token = push_device_token(id);
+            setup_call(client.register_device(DeviceKind::Webhook, &token, false, false)).await?.map_err(error)?;
+        }
         if online {
             let session = FerrogramSession { client, user: id, slots: Slots::new(IN_FLIGHT_PER_CONNECTION_MAX) };
             return Ok(Provisioned { user: id, online: Some((session, FerrogramUpdates { stream })) });

@@ -33,8 +33,10 @@ pub trait Target: Send + Sync + 'static {
     /// The system's name in reports ("ferrogram").
     fn name(&self) -> &'static str;
 
-    /// Makes the user exist (signing it up when it is new, logging in when it is not). An
-    /// online user keeps its session and update stream; an offline one is logged out again.
+    /// Makes the user exist (signing it up when it is new, logging in when it is not) and,
+    /// when `user.push_device` is set, registers its push device
+    /// ([`push_device_token`]) before anything else. An online user keeps its session and
+    /// update stream; an offline one is logged out again.
     fn provision(
         &self,
         user: &UserSpec,
@@ -98,6 +100,14 @@ pub struct UserSpec {
     /// E.164, e.g. `+19990000042`.
     pub phone: String,
     pub first_name: String,
+    /// Whether the user registers one `webhook` push device (`--push-devices`).
+    pub push_device: bool,
+}
+
+/// The token of the `webhook` push device a user registers with `--push-devices`: derived
+/// from the user id, so a relay (or a test) can tell whose device a push went to.
+pub fn push_device_token(user: UserId) -> String {
+    format!("loadgen-{}", user.0)
 }
 
 /// What provisioning a user gave.

@@ -136,6 +136,9 @@ impl Target for RedisTarget {
         user: &UserSpec,
         online: bool,
     ) -> Result<Provisioned<RedisSession, RedisUpdates>, TargetError> {
+        if user.push_device {
+            return Err(TargetError::local(PROTOCOL, "the Redis adapter has no push devices"));
+        }
         let id = UserId(
             self.setup_integer(&[b"FCALL", b"lg_user", b"0", user.phone.as_bytes(), user.first_name.as_bytes()])
                 .await?,
