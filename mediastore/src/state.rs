@@ -48,6 +48,31 @@ pub struct SegmentUsage {
     pub frame_bytes: u64,
 }
 
+/// Totals over the chunks some file references (refcount above 0), kept as refcounts change
+/// so statistics never walk the chunk index (derived, not stored).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReferencedTotals {
+    pub chunks: u64,
+    /// Chunk bytes (without frame headers and padding).
+    pub stored_bytes: u64,
+    /// Bytes those chunks' frames take in the segments.
+    pub frame_bytes: u64,
+}
+
+impl ReferencedTotals {
+    fn add(&mut self, location: ChunkLocation) {
+        self.chunks += 1;
+        self.stored_bytes += u64::from(location.length);
+        self.frame_bytes += location.frame_bytes();
+    }
+
+    fn remove(&mut self, location: ChunkLocation) {
+        self.chunks -= 1;
+        self.stored_bytes -= u64::from(location.length);
+        self.frame_bytes -= location.frame_bytes();
+    }
+}
+
 /// The chunk index and the manifests.
 #[derive(Debug, Default)]
 pub struct MediaState {
@@ -58,6 +83,7 @@ pub struct MediaState {
     retired: BTreeSet<SegmentId>,
     usage: BTreeMap<SegmentId, SegmentUsage>,
     logical_bytes: u64,
+    referenced: ReferencedTotals,
 }
 
 /// Why a record does not fit the state: a bug live, corruption in replay.
@@ -91,6 +117,25 @@ impl MediaState {
     /// Sum of the sizes of live files.
     pub fn logical_bytes(&self) -> u64 {
         self.logical_bytes
+    }
+
+    /// Totals over referenced chunks, and how many chunks are not referenced.
+    pub fn referenced(&self) -> (ReferencedTotals, u64) {
+        (self.referenced, self.chunks.len() as u64 - self.referenced.chunks)
+    }
+
+    /// The same totals recomputed by walking the whole chunk index: for tests and offline
+    /// checks, never on a serving path.
+    pub fn referenced_by_scan(&self) -> (ReferencedTotals, u64) {
+        let mut totals = ReferencedTotals::default();
+        for entry in self.chunks.values().filter(|entry| entry.refcount > 0) {
+            totals.add(entry.location);
+        }
+        (totals, self.chunks.len() as u64 - totals.chunks)
+    }
+
+    pub fn file_count(&self) -> usize {
+        self.files.len()
     }
 
     /// The id the next file of `vshard` gets.
@@ -167,6 +212,10 @@ impl MediaState {
                     let old = std::mem::replace(&mut entry.location, chunk_move.to);
                     Self::unuse(&mut self.usage, old);
                     Self::use_(&mut self.usage, chunk_move.to);
+                    if entry.refcount > 0 {
+                        self.referenced.remove(old);
+                        self.referenced.add(chunk_move.to);
+                    }
                 }
                 Ok(())
             }
@@ -189,6 +238,11 @@ impl MediaState {
             }
             MediaRecord::RefcountRepaired { key, refcount, at } => {
                 let entry = self.chunks.get_mut(key).ok_or("repair of an unknown chunk")?;
+                match (entry.refcount > 0, *refcount > 0) {
+                    (false, true) => self.referenced.add(entry.location),
+                    (true, false) => self.referenced.remove(entry.location),
+                    _ => {}
+                }
                 entry.refcount = *refcount;
                 entry.unreferenced_since = if *refcount == 0 { entry.unreferenced_since.or(Some(*at)) } else { None };
                 Ok(())
@@ -240,6 +294,9 @@ impl MediaState {
         let mut end = 0u64;
         for chunk in &pieces {
             let entry = self.chunks.get_mut(&chunk.key).expect("checked above");
+            if entry.refcount == 0 {
+                self.referenced.add(entry.location);
+            }
             entry.refcount += 1;
             entry.unreferenced_since = None;
             end += u64::from(chunk.length);
@@ -269,6 +326,9 @@ impl MediaState {
         for key in entry.chunks {
             let chunk = self.chunks.get_mut(&key).expect("a live file's chunks are indexed");
             // A refcount that is already 0 is a leak the sweep repairs; never underflow.
+            if chunk.refcount == 1 {
+                self.referenced.remove(chunk.location);
+            }
             chunk.refcount = chunk.refcount.saturating_sub(1);
             if chunk.refcount == 0 {
                 chunk.unreferenced_since = Some(at);
@@ -346,6 +406,9 @@ impl MediaState {
                 return Err("snapshot lists a chunk twice");
             }
             Self::use_(&mut state.usage, chunk.location);
+            if chunk.refcount > 0 {
+                state.referenced.add(chunk.location);
+            }
         }
         for file in &snapshot.files {
             let mut chunk_ends = Vec::with_capacity(file.chunks.len());

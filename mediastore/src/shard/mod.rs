@@ -531,17 +531,15 @@ impl<S: SegmentIo, J: Journal> MediaShard<S, J> {
             cache_bytes: self.cache.bytes(),
             ..StorageStats::default()
         };
-        stats.files = self.state.files().count() as u64;
-        let mut referenced_frame_bytes = 0;
-        for (_, entry) in self.state.chunks() {
-            if entry.refcount > 0 {
-                stats.chunks += 1;
-                stats.stored_bytes += u64::from(entry.location.length);
-                referenced_frame_bytes += entry.location.frame_bytes();
-            } else {
-                stats.chunks_unreferenced += 1;
-            }
-        }
+        stats.files = self.state.file_count() as u64;
+        // Kept as refcounts change: a statistics sample never walks the chunk index. Debug
+        // builds (every test) check the running totals against a walk.
+        let (referenced, unreferenced) = self.state.referenced();
+        debug_assert_eq!((referenced, unreferenced), self.state.referenced_by_scan(), "running chunk totals drifted");
+        stats.chunks = referenced.chunks;
+        stats.stored_bytes = referenced.stored_bytes;
+        stats.chunks_unreferenced = unreferenced;
+        let referenced_frame_bytes = referenced.frame_bytes;
         let provisional_frame_bytes: u64 = self.provisional.values().map(|location| location.frame_bytes()).sum();
         stats.garbage_bytes = stats.physical_bytes.saturating_sub(referenced_frame_bytes + provisional_frame_bytes);
         stats.dedup_ratio =
