@@ -8,15 +8,12 @@
 
 mod support;
 
-use std::io::Write;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ferrogram_net::client::BlockingClient;
 use ferrogram_net::limits::DEVICE_TOKEN_BYTES_MAX;
 use ferrogram_net::{ChatId, ClientError, DeviceKind, ErrorCode, NotifySettings, PushDevice, Response, UnixMs};
-use support::Server;
+use support::{cli, cli_login, cli_ok, Server};
 
 /// An APNs device token: 32 bytes in hex.
 const APNS_TOKEN: &str = "9f1c4e3b2a7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a3928170f5e4d3c";
@@ -196,44 +193,4 @@ fn authenticate(server: &Server, token: &[u8]) -> BlockingClient {
 
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_millis() as u64)
-}
-
-/// `ferrogram login` with its profiles under `home`, typing the code the server wrote.
-fn cli_login(server: &Server, home: &Path, phone: &str, name: &str) {
-    let mut child = cli_command(server, home, &["login", "--phone", phone, "--name", name])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ferrogram login");
-    let code = server.code_for(phone);
-    let mut stdin = child.stdin.take().expect("stdin");
-    writeln!(stdin, "{code}").expect("type the code");
-    drop(stdin);
-    let output = child.wait_with_output().expect("ferrogram login ends");
-    assert!(output.status.success(), "login failed: {}", String::from_utf8_lossy(&output.stderr));
-}
-
-/// Runs a client subcommand against `server` and answers its standard output; it must succeed.
-fn cli_ok(server: &Server, home: &Path, args: &[&str]) -> String {
-    let output = cli(server, home, args);
-    assert!(output.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).expect("UTF-8 output")
-}
-
-fn cli(server: &Server, home: &Path, args: &[&str]) -> Output {
-    cli_command(server, home, args).stdin(Stdio::null()).output().expect("run ferrogram")
-}
-
-/// A client subcommand with its profiles under `home`, talking to `server`. None can hang the
-/// test: the client connects within 10 s and waits at most a minute for each answer.
-fn cli_command(server: &Server, home: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ferrogram"));
-    command
-        .args(args)
-        .arg("--server")
-        .arg(server.address.to_string())
-        .env("FERROGRAM_HOME", home)
-        .env_remove("FERROGRAM_SERVER");
-    command
 }

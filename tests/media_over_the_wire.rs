@@ -13,8 +13,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ferrogram_net::client::{BlockingClient, UploadedFile};
@@ -24,7 +23,7 @@ use ferrogram_net::limits::FILE_BYTES_MAX;
 use ferrogram_net::limits::PROTOCOL_VERSION;
 use ferrogram_net::transfer::{DownloadOptions, UploadOptions};
 use ferrogram_net::{ClientError, ErrorCode, FileId, FileRef, Hello, Outcome, Request, Response, UploadId};
-use support::{free_port, Server};
+use support::{cli, cli_login, cli_ok, free_port, Server};
 
 const KIB: usize = 1 << 10;
 const MIB: usize = 1 << 20;
@@ -356,41 +355,4 @@ fn scrape(address: SocketAddr) -> String {
     stream.read_to_string(&mut response).expect("response");
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
     response
-}
-
-/// `ferrogram login` with its profiles under `home`, typing the code the server wrote.
-fn cli_login(server: &Server, home: &Path, phone: &str, name: &str) {
-    let mut child = cli_command(server, home, &["login", "--phone", phone, "--name", name])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start ferrogram login");
-    let code = server.code_for(phone);
-    let mut stdin = child.stdin.take().expect("stdin");
-    writeln!(stdin, "{code}").expect("type the code");
-    drop(stdin);
-    let output = child.wait_with_output().expect("ferrogram login ends");
-    assert!(output.status.success(), "login failed: {}", String::from_utf8_lossy(&output.stderr));
-}
-
-fn cli_ok(server: &Server, home: &Path, args: &[&str]) -> String {
-    let output = cli(server, home, args);
-    assert!(output.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8(output.stdout).expect("UTF-8 output")
-}
-
-fn cli(server: &Server, home: &Path, args: &[&str]) -> Output {
-    cli_command(server, home, args).stdin(Stdio::null()).output().expect("run ferrogram")
-}
-
-fn cli_command(server: &Server, home: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ferrogram"));
-    command
-        .args(args)
-        .arg("--server")
-        .arg(server.address.to_string())
-        .env("FERROGRAM_HOME", home)
-        .env_remove("FERROGRAM_SERVER");
-    command
 }

@@ -4,10 +4,11 @@
 
 #![allow(dead_code)]
 
+use std::io::Write as _;
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferrogram_net::client::{connect_blocking, Authorized, BlockingClient, SignInOutcome};
@@ -214,4 +215,46 @@ pub fn collect_updates(
         }
     }
     events
+}
+
+// The command-line client, run as a user would, with its profiles under `home`.
+
+/// `ferrogram login` with its profiles under `home`, typing the code the server wrote.
+pub fn cli_login(server: &Server, home: &Path, phone: &str, name: &str) {
+    let mut child = cli_command(server, home, &["login", "--phone", phone, "--name", name])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ferrogram login");
+    let code = server.code_for(phone);
+    let mut stdin = child.stdin.take().expect("stdin");
+    writeln!(stdin, "{code}").expect("type the code");
+    drop(stdin);
+    let output = child.wait_with_output().expect("ferrogram login ends");
+    assert!(output.status.success(), "login failed: {}", String::from_utf8_lossy(&output.stderr));
+}
+
+/// Runs a client subcommand against `server` and answers its standard output; it must succeed.
+pub fn cli_ok(server: &Server, home: &Path, args: &[&str]) -> String {
+    let output = cli(server, home, args);
+    assert!(output.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8(output.stdout).expect("UTF-8 output")
+}
+
+pub fn cli(server: &Server, home: &Path, args: &[&str]) -> Output {
+    cli_command(server, home, args).stdin(Stdio::null()).output().expect("run ferrogram")
+}
+
+/// A client subcommand with its profiles under `home`, talking to `server`. None can hang the
+/// test: the client connects within 10 s and waits at most a minute for each answer.
+pub fn cli_command(server: &Server, home: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ferrogram"));
+    command
+        .args(args)
+        .arg("--server")
+        .arg(server.address.to_string())
+        .env("FERROGRAM_HOME", home)
+        .env_remove("FERROGRAM_SERVER");
+    command
 }
