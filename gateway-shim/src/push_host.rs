@@ -32,14 +32,12 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{Receiver, Sender, TrySendError};
 use engine::ids::ShardId;
-use engine::messaging::{
-    ChatKind, Messenger, NotifySettings, PendingPush, PushDevice, PushHook, PushRecipient, PushTarget, UserId,
-};
+use engine::messaging::{ChatKind, Messenger, PendingPush, PushHook, PushRecipient, PushTarget, UserId};
 use futures_lite::future::block_on;
 
 use crate::push::{
-    ChatPost, Device, DeviceKind, DirectoryError, JobId, MessagePush, NotificationSettings, PushConfig, PushDirectory,
-    PushDispatcher, PushError, PushJob, PushJobKind, PushMetrics, PushReport, PushSendError, PushSender, Recipient,
+    ChatPost, DirectoryError, JobId, MessagePush, PushConfig, PushDirectory, PushDispatcher, PushError, PushJob,
+    PushJobKind, PushMetrics, PushReport, PushSendError, PushSender, Recipient,
 };
 
 /// Jobs the engine's hook can hold for the feeder before it leaves them to the next sweep.
@@ -366,8 +364,8 @@ impl Feeder {
                     text_preview: job.preview,
                     unread_badge: badge(&recipient),
                     date: job.date,
-                    devices: recipient.devices.iter().map(device).collect(),
-                    settings: settings(recipient.settings),
+                    devices: recipient.devices,
+                    settings: recipient.settings,
                 }))
             }
             PushTarget::ChatMembers => Some(PushJobKind::ChatPost(ChatPost {
@@ -409,8 +407,7 @@ impl Feeder {
         match report {
             PushReport::Completed { job } | PushReport::DeadLettered { job } => self.finished(job),
             PushReport::InvalidToken { user, device } => {
-                let kind = engine_kind(device.kind);
-                match block_on(self.messenger.unregister_device(user, kind, &device.token)) {
+                match block_on(self.messenger.unregister_device(user, device.kind, &device.token)) {
                     Ok(true) => PushHostMetrics::add(&self.metrics.devices_removed),
                     Ok(false) => {}
                     Err(error) => {
@@ -479,8 +476,8 @@ impl PushDirectory for EngineDirectory {
                 return Some(Ok(Recipient {
                     user: recipient.user,
                     unread_badge: badge(&recipient),
-                    devices: recipient.devices.iter().map(device).collect(),
-                    settings: settings(recipient.settings),
+                    devices: recipient.devices,
+                    settings: recipient.settings,
                 }));
             }
             if exhausted {
@@ -503,27 +500,4 @@ impl PushDirectory for EngineDirectory {
 
 fn badge(recipient: &PushRecipient) -> u32 {
     u32::try_from(recipient.unread_badge).unwrap_or(u32::MAX)
-}
-
-fn device(device: &PushDevice) -> Device {
-    let kind = match device.kind {
-        engine::messaging::DeviceKind::Apns => DeviceKind::Apns,
-        engine::messaging::DeviceKind::Fcm => DeviceKind::Fcm,
-        engine::messaging::DeviceKind::WebPush => DeviceKind::WebPush,
-        engine::messaging::DeviceKind::Webhook => DeviceKind::Webhook,
-    };
-    Device { kind, token: device.token.clone(), app_sandbox: device.app_sandbox, no_muted: device.no_muted }
-}
-
-fn engine_kind(kind: DeviceKind) -> engine::messaging::DeviceKind {
-    match kind {
-        DeviceKind::Apns => engine::messaging::DeviceKind::Apns,
-        DeviceKind::Fcm => engine::messaging::DeviceKind::Fcm,
-        DeviceKind::WebPush => engine::messaging::DeviceKind::WebPush,
-        DeviceKind::Webhook => engine::messaging::DeviceKind::Webhook,
-    }
-}
-
-fn settings(settings: NotifySettings) -> NotificationSettings {
-    NotificationSettings { mute_until: settings.mute_until, show_previews: settings.show_previews }
 }

@@ -39,6 +39,18 @@ pub enum DeviceKind {
     Webhook,
 }
 
+impl DeviceKind {
+    /// The kind's name in payloads and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            DeviceKind::Apns => "apns",
+            DeviceKind::Fcm => "fcm",
+            DeviceKind::WebPush => "webpush",
+            DeviceKind::Webhook => "webhook",
+        }
+    }
+}
+
 /// A registered device (Telegram's `account.registerDevice`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct PushDevice {

@@ -87,60 +87,9 @@ pub struct Cancel {
     pub read_max_id: MessageId,
 }
 
-/// The provider a device token belongs to (Telegram's `token_type`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum DeviceKind {
-    Apns,
-    Fcm,
-    /// A browser's Web Push subscription. Delivered through the webhook relay: encrypting a
-    /// payload (RFC 8291) and VAPID keys are the relay's business.
-    WebPush,
-    /// A token only the configured relay understands.
-    Webhook,
-}
-
-impl DeviceKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            DeviceKind::Apns => "apns",
-            DeviceKind::Fcm => "fcm",
-            DeviceKind::WebPush => "webpush",
-            DeviceKind::Webhook => "webhook",
-        }
-    }
-}
-
-/// A registered device (Telegram's `account.registerDevice`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Device {
-    pub kind: DeviceKind,
-    pub token: String,
-    /// The app is a development build: APNs pushes go to the sandbox endpoint.
-    pub app_sandbox: bool,
-    /// Telegram's flag: the device wants no silent background pushes for muted chats. The
-    /// dispatcher sends nothing at all for muted chats, so it changes nothing yet; it is kept
-    /// so registrations round-trip and silent badge updates can honour it later.
-    pub no_muted: bool,
-}
-
-/// A user's notification settings for one chat.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NotificationSettings {
-    /// No push while the wall clock is before this (0: not muted; `u64::MAX`: for ever).
-    pub mute_until: UnixMs,
-    /// Whether the sender and text may appear in the push. When not, the push says only
-    /// "New message" (or "N new messages"): nothing of the message passes through the provider.
-    pub show_previews: bool,
-}
-
-impl NotificationSettings {
-    /// Not muted, previews shown: what a user who never changed anything has.
-    pub const DEFAULT: NotificationSettings = NotificationSettings { mute_until: UnixMs(0), show_previews: true };
-
-    pub fn muted_at(&self, now: UnixMs) -> bool {
-        now < self.mute_until
-    }
-}
+/// Devices and notification settings are the engine's own types (the shards store them): the
+/// dispatcher reads them as they are, under the names it has always used.
+pub use engine::messaging::{DeviceKind, NotifySettings as NotificationSettings, PushDevice as Device};
 
 /// One member of a chat to notify of a [`ChatPost`].
 #[derive(Clone, Debug)]
