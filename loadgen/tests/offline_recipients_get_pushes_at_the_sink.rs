@@ -7,98 +7,27 @@
 //! `verify_against_real_server.rs`; when it is missing the test says so and passes without
 //! running.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+mod server_support;
 
 use ferrogram_loadgen::options::{RunOptions, Scenario};
 use ferrogram_loadgen::run::run;
 use ferrogram_loadgen::runtime::Runtime;
 use ferrogram_loadgen::sink::PushSink;
 use ferrogram_loadgen::target::ferrogram::FerrogramTarget;
+use server_support::{server_binary, Server, CODE};
 
-const CODE: &str = "12345";
 /// Short, so the test does not wait two seconds for the last window; long enough that
 /// messages of one chat at 300/s over 10 chats do get folded together.
 const COALESCING_WINDOW_MS: u64 = 200;
-
-/// A `ferrogram serve` child with push to `webhook`; killed when dropped.
-struct Server {
-    child: Child,
-    address: SocketAddr,
-    directory: PathBuf,
-}
-
-impl Server {
-    fn start(binary: &Path, webhook: &str) -> Server {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_nanos());
-        let directory =
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("loadgen-push-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&directory).expect("a test directory");
-        // The benchmark limits, and a short coalescing window.
-        let limits = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-server.toml");
-        let mut config = std::fs::read_to_string(limits).expect("bench-server.toml");
-        config.push_str(&format!("\n[push]\ncoalescing_window_ms = {COALESCING_WINDOW_MS}\n"));
-        std::fs::write(directory.join("server.toml"), config).expect("a config file");
-        std::fs::write(directory.join("secret"), "test-secret\n").expect("a secret file");
-        let mut child = Command::new(binary)
-            .args(["serve", "--cores", "1", "--listen", "127.0.0.1:0", "--code-sender", &format!("fixed:{CODE}")])
-            .arg("--config")
-            .arg(directory.join("server.toml"))
-            .args(["--push-webhook", webhook, "--push-webhook-secret-file"])
-            .arg(directory.join("secret"))
-            .arg("--data-dir")
-            .arg(directory.join("data"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("ferrogram serve starts");
-        let stdout = child.stdout.take().expect("its standard output");
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = sender.send(line);
-            }
-            for _ in lines {}
-        });
-        let line = match receiver.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("the server did not say it listens within 60 s");
-            }
-        };
-        let address = line
-            .split_whitespace()
-            .nth(3)
-            .and_then(|word| word.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        Server { child, address, directory }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.directory);
-    }
-}
 
 // 20 users, 10 online, 10 private chats at 300 sends/s for 1.2 s: every message to an offline
 // member arrives at the sink once (counts add up exactly), in fewer requests than messages.
 #[test]
 fn every_message_to_an_offline_member_is_pushed_once() {
-    let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/ferrogram");
-    if !binary.exists() {
-        eprintln!("SKIPPED: {} is missing; build it with `cargo build -p ferrogram --bin ferrogram`", binary.display());
-        return;
-    }
+    let Some(binary) = server_binary() else { return };
     let started = Instant::now();
     let runtime = Runtime::new(2).expect("threads start");
     let sink = PushSink::bind("127.0.0.1:0".parse().expect("an address")).expect("the sink listens");
@@ -106,7 +35,21 @@ fn every_message_to_an_offline_member_is_pushed_once() {
     let counters = sink.counters();
     let handle = runtime.handle();
     runtime.handle().spawn(sink.serve(handle)).detach();
-    let server = Server::start(&binary, &format!("http://{sink_address}/push"));
+    let webhook = format!("http://{sink_address}/push");
+    let server = Server::start(
+        &binary,
+        "push",
+        &format!("\n[push]\ncoalescing_window_ms = {COALESCING_WINDOW_MS}\n"),
+        &[("secret", "test-secret\n")],
+        |directory| {
+            vec![
+                "--push-webhook".into(),
+                webhook.into(),
+                "--push-webhook-secret-file".into(),
+                directory.join("secret").into(),
+            ]
+        },
+    );
 
     let options = RunOptions {
         users: 20,

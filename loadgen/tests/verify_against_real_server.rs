@@ -8,12 +8,10 @@
 //! --workspace` for the root package's own tests). When it is missing the test says so and
 //! passes without running: a package's tests cannot build another package's binary.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+mod server_support;
 
 use ferrogram_loadgen::acks::AckFile;
 use ferrogram_loadgen::options::{Mix, RunOptions, Scenario};
@@ -21,89 +19,16 @@ use ferrogram_loadgen::run::run;
 use ferrogram_loadgen::runtime::Runtime;
 use ferrogram_loadgen::target::ferrogram::FerrogramTarget;
 use ferrogram_loadgen::verify::{self, FerrogramVerifyApi, Problem};
-
-const CODE: &str = "12345";
-
-/// A `ferrogram serve` child on a loopback port it picked itself; killed when dropped.
-struct Server {
-    child: Child,
-    address: SocketAddr,
-    directory: PathBuf,
-}
-
-impl Server {
-    fn start(binary: &Path) -> Server {
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |since| since.as_nanos());
-        let directory =
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("loadgen-e2e-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&directory).expect("a test directory");
-        let config = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench-server.toml");
-        let mut child = Command::new(binary)
-            .args(["serve", "--cores", "1", "--listen", "127.0.0.1:0", "--code-sender", &format!("fixed:{CODE}")])
-            .arg("--config")
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(directory.join("data"))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("ferrogram serve starts");
-        let stdout = child.stdout.take().expect("its standard output");
-        let (sender, receiver) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = sender.send(line);
-            }
-            // Keep reading so the server never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let line = match receiver.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("the server did not say it listens within 60 s");
-            }
-        };
-        // "ferrogram listening on 127.0.0.1:PORT (data in ..., 1 shards)"
-        let address = line
-            .split_whitespace()
-            .nth(3)
-            .and_then(|word| word.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
-        Server { child, address, directory }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.directory);
-    }
-}
-
-fn server_binary() -> Option<PathBuf> {
-    let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/ferrogram");
-    binary.exists().then_some(binary)
-}
+use server_support::{server_binary, Server, CODE};
 
 // A short mixed run against the real server: every acknowledged message is found exactly
 // once in history and in every member's updates; one invented acknowledgement is reported
 // missing from history and from both members' updates, and verify fails.
 #[test]
 fn verify_finds_every_acknowledged_message_and_catches_a_missing_one() {
-    let Some(binary) = server_binary() else {
-        eprintln!(
-            "SKIPPED: {} is missing; build it with `cargo build -p ferrogram --bin ferrogram` \
-             (cargo test --workspace does)",
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/ferrogram").display()
-        );
-        return;
-    };
+    let Some(binary) = server_binary() else { return };
     let started = Instant::now();
-    let server = Server::start(&binary);
+    let server = Server::start(&binary, "e2e", "", &[], |_| Vec::new());
     let acks_path = server.directory.join("acks.txt");
     let options = RunOptions {
         mix: Mix { dm: 4, group: 3, channel: 1, history: 2 },
