@@ -4,17 +4,17 @@
 // in the middle of a range, so inside a span), the ranges that do not touch it still read
 // byte for byte and the one that does fails as corrupt instead of returning wrong bytes.
 
+mod support;
+
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ferrogram_mediastore::limits::FRAME_HEADER_BYTES;
 use ferrogram_mediastore::segment::scan::scan_directory;
 use ferrogram_mediastore::segment::std_files::segment_file_name;
 use ferrogram_mediastore::*;
 use futures_lite::future::block_on;
-
-const KIB: usize = 1 << 10;
-const MIB: usize = 1 << 20;
+use support::{pseudo_random, temp_dir, KIB, MIB};
 
 #[test]
 fn cold_range_reads_verify_each_chunk() {
@@ -93,24 +93,4 @@ fn flip_byte(path: &Path, offset: u64) {
     let mut byte = [0u8];
     file.read_exact_at(&mut byte, offset).expect("read the byte");
     file.write_all_at(&[byte[0] ^ 0x20], offset).expect("flip it");
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").subsec_nanos();
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-fn pseudo_random(bytes: usize, mut state: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes + 8);
-    while out.len() < bytes {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(bytes);
-    out
 }

@@ -4,34 +4,14 @@
 // and compaction deletes segment files; the std::fs backend does the same; and an offline
 // memmap2 scan of the directory finds every indexed chunk intact at its recorded place.
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 
 use ferrogram_mediastore::segment::scan::scan_directory;
 use ferrogram_mediastore::segment::std_files::list_segment_files;
 use ferrogram_mediastore::*;
-
-const KIB: usize = 1 << 10;
-const MIB: usize = 1 << 20;
-
-fn temp_dir(name: &str) -> PathBuf {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").subsec_nanos();
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-fn pseudo_random(bytes: usize, mut state: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes + 8);
-    while out.len() < bytes {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(bytes);
-    out
-}
+use support::{pseudo_random, temp_dir, KIB, MIB};
 
 fn config() -> MediaConfig {
     let mut config = MediaConfig::new(0xD15C);

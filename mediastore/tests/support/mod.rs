@@ -10,6 +10,15 @@ pub type TestShard = MediaShard<MemorySegments, MemoryJournal>;
 pub const KIB: usize = 1 << 10;
 pub const MIB: usize = 1 << 20;
 
+/// A fresh directory under the target's temporary directory (not /tmp: segments use O_DIRECT,
+/// which tmpfs lacks).
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").subsec_nanos();
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
 /// Deterministic pseudo-random bytes (SplitMix64).
 pub fn pseudo_random(bytes: usize, seed: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes + 8);
