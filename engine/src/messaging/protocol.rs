@@ -428,7 +428,8 @@ pub struct FanOut {
     /// The sender is among `users`: answer the send with its new pts.
     pub sender: Option<SenderReply>,
     /// For a new message: what a push to an offline recipient shows.
-    pub push: Option<PushSource>,
+    /// Shared by the fan-outs of one message to every destination shard.
+    pub push: Option<Arc<PushSource>>,
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -854,7 +854,7 @@ impl MessagingCore {
             users: users.clone(),
         };
         let mut next_push = self.state.push.next_sequence();
-        let jobs = self.box_push_jobs(&users, &fanout.update, fanout.push.as_ref(), fanout.date, &mut next_push);
+        let jobs = self.box_push_jobs(&users, &fanout.update, fanout.push.as_deref(), fanout.date, &mut next_push);
         let bytes = records::encode(&event);
         // The jobs ride in the same batch as the box update that caused them.
         let push_event = (!jobs.is_empty()).then_some(Event::PushQueued { jobs });

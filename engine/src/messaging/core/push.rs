@@ -13,13 +13,13 @@ impl MessagingCore {
     }
 
     /// What a box on another shard needs to queue a push for `update`, read from the chat here.
-    pub(super) fn push_source(&self, update: &Update) -> Option<PushSource> {
+    pub(super) fn push_source(&self, update: &Update) -> Option<Arc<PushSource>> {
         let Update::NewMessage { chat, id, .. } = update else { return None };
         if !self.push_enabled {
             return None;
         }
         let state = self.state.chats.get(chat)?;
-        Some(PushSource::new(state.kind, &state.title, &state.message(*id)?.text))
+        Some(Arc::new(PushSource::new(state.kind, &state.title, &state.message(*id)?.text)))
     }
 
     /// Jobs for the users of a box update on this shard who should hear of it by push: a new
