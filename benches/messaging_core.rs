@@ -105,6 +105,7 @@ fn send(c: &mut Criterion) {
                 text: "x".repeat(128),
                 reply_to: None,
                 forwarded_from: None,
+                media: None,
             });
             setup.call(request)
         })

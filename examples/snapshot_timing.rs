@@ -63,6 +63,7 @@ fn main() {
                 text: "x".repeat(64),
                 reply_to: None,
                 forwarded_from: None,
+                media: None,
             }),
         );
     }

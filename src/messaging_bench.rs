@@ -1409,6 +1409,7 @@ fn history_in_core(params: &BenchParams) -> anyhow::Result<Histogram<u64>> {
             text: text.clone(),
             reply_to: None,
             forwarded_from: None,
+            media: None,
         };
         step(&mut core, &mut journal, Request::Send(send))?;
     }

@@ -103,7 +103,18 @@ pub struct Engine {
     inner: Arc<EngineInner>,
 }
 
+/// What routing a request to a shard needs, without keeping the engine alive: the engine's own
+/// per-shard services hold this rather than an [`Engine`], whose last handle dropped on a
+/// shard's thread would wait there for that very shard to stop.
+#[derive(Clone)]
+pub(crate) struct Router {
+    table: Arc<VShardTable>,
+    shards: Vec<flume::Sender<ShardRequest>>,
+    lifelines: Vec<Arc<Lifeline>>,
+}
+
 struct EngineInner {
+    router: Router,
     data_dir: PathBuf,
     table: Arc<VShardTable>,
     shards: Vec<flume::Sender<ShardRequest>>,
@@ -230,7 +241,9 @@ impl Engine {
             }
         }
         let (reports, media_reports) = reports.into_iter().flatten().unzip();
+        let router = Router { table: table.clone(), shards: senders.clone(), lifelines: lifelines.clone() };
         let inner = EngineInner {
+            router,
             data_dir: config.data_dir.clone(),
             table,
             shards: senders,
@@ -247,6 +260,8 @@ impl Engine {
             let _ = engine.shutdown();
             return Err(error);
         }
+        let router = engine.inner.router.clone();
+        engine.run_on_every_shard(move |context| crate::messaging::upkeep::run(router.clone(), context))?;
         Ok(engine)
     }
 
@@ -337,8 +352,7 @@ impl Engine {
         shard: ShardId,
         request: Request,
     ) -> impl Future<Output = MessagingResult<Response>> + Send + 'static {
-        let answer = self.request_raw(shard, move |reply| ShardRequest::Messaging { request, reply });
-        async move { answer.await.map_err(messaging_error)? }
+        self.inner.router.messaging(shard, request)
     }
 
     /// Registers an online session of `user`, held on `shard` (the connection's core), under
@@ -394,9 +408,26 @@ impl Engine {
         shard: ShardId,
         make: impl FnOnce(flume::Sender<R>) -> ShardRequest,
     ) -> impl Future<Output = Result<R, EngineError>> + Send + 'static {
+        self.inner.router.request_raw(shard, make)
+    }
+}
+
+impl Router {
+    /// The shard that owns `vshard`.
+    pub(crate) fn shard_of(&self, vshard: VShard) -> ShardId {
+        self.table.owner(vshard)
+    }
+
+    /// Queues the request `make` builds around its reply channel; resolves with the answer,
+    /// or `ShardGone` if the shard dies first.
+    pub(crate) fn request_raw<R: Send + 'static>(
+        &self,
+        shard: ShardId,
+        make: impl FnOnce(flume::Sender<R>) -> ShardRequest,
+    ) -> impl Future<Output = Result<R, EngineError>> + Send + 'static {
         let (reply, receiver) = flume::bounded(1);
         // Queued now, not on first poll: dropping the future never undoes the request.
-        let queued = match (self.inner.shards.get(shard.index()), self.inner.lifelines.get(shard.index())) {
+        let queued = match (self.shards.get(shard.index()), self.lifelines.get(shard.index())) {
             (Some(sender), Some(lifeline)) => {
                 sender.try_send(make(reply)).map_err(queue_error).map(|()| lifeline.clone())
             }
@@ -412,6 +443,16 @@ impl Engine {
             };
             futures_lite::future::or(answer, gone).await
         }
+    }
+
+    /// A messaging request to `shard`.
+    pub(crate) fn messaging(
+        &self,
+        shard: ShardId,
+        request: Request,
+    ) -> impl Future<Output = MessagingResult<Response>> + Send + 'static {
+        let answer = self.request_raw(shard, move |reply| ShardRequest::Messaging { request, reply });
+        async move { answer.await.map_err(messaging_error)? }
     }
 }
 

@@ -171,6 +171,7 @@ fn live_survives_power_loss(seed: u64) -> LiveCoverage {
                 text: format!("live {random_id}"),
                 reply_to: None,
                 forwarded_from: None,
+                media: None,
             };
             waiting.insert(sim.submit(Request::Send(send)), (chat, sender));
             sim.run(rng.below(12));
@@ -1054,6 +1055,7 @@ impl Run {
             text: content.text.clone(),
             reply_to: content.reply_to,
             forwarded_from: None,
+            media: None,
         });
         let outstanding = Outstanding::Send { chat, sender, random_id, content: content.clone(), kind, allowed };
         let id = self.submit(request, outstanding);

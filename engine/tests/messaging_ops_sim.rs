@@ -65,6 +65,7 @@ fn send(sim: &mut MessagingSim, chat: ChatId, sender: UserId, random_id: u64, te
         text: text.into(),
         reply_to: None,
         forwarded_from: None,
+        media: None,
     });
     sim.call(request).map(|response| match response {
         Response::Sent(ack) => ack,
@@ -660,6 +661,7 @@ fn a_failed_log_answers_storage_errors() {
             text: "during".into(),
             reply_to: None,
             forwarded_from: None,
+            media: None,
         })
     };
     let waiting = sim.submit(request(2));
@@ -703,6 +705,7 @@ fn a_send_whose_senders_box_shard_failed_is_answered() {
         text: "anyone?".into(),
         reply_to: None,
         forwarded_from: None,
+        media: None,
     }));
     let answer = sim.run_until_reply(id);
     assert!(matches!(answer, Some(Err(MessagingError::Storage(_)))), "{answer:?}");
@@ -779,6 +782,7 @@ fn forwards_are_part_of_a_sends_identity() {
             text: String::new(),
             reply_to: None,
             forwarded_from: Some(ForwardedFrom { chat, message, sender: u[0], date }),
+            media: None,
         })
     };
     let Ok(Response::Sent(first)) = sim.call(forward(original.id, original.date)) else { panic!("forward") };

@@ -54,6 +54,7 @@ fn send(sim: &mut MessagingSim, chat: ChatId, sender: UserId, random_id: u64, te
         text: text.into(),
         reply_to: None,
         forwarded_from: None,
+        media: None,
     });
     assert!(matches!(sim.call(request), Ok(Response::Sent(_))), "send {text:?}");
     sim.run_until_quiet().expect("the shards settle");

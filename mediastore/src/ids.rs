@@ -165,6 +165,19 @@ impl TimestampMs {
     }
 }
 
+/// A keyed message reference on a file: the idempotency key of the message that holds it
+/// (its chat, its sender and the client's random id), known before the message is appended.
+/// Taking or releasing the same holder twice changes nothing the second time, so an outbox
+/// that delivers a release at least once never frees a file another message still holds.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize,
+)]
+pub struct Holder {
+    pub chat: u64,
+    pub sender: u64,
+    pub random_id: u64,
+}
+
 /// Which `finish` a group of journal records belongs to: a file's chunk list is journaled in
 /// bounded pieces, tied together by this number.
 #[derive(

@@ -26,7 +26,9 @@ pub use error::{
     StartError, StorageError,
 };
 pub use hash::ChunkHasher;
-pub use ids::{AccessHash, ChunkKey, ChunkLocation, FileId, SegmentId, TimestampMs, UploadId, UploaderId, VShard};
+pub use ids::{
+    AccessHash, ChunkKey, ChunkLocation, FileId, Holder, SegmentId, TimestampMs, UploadId, UploaderId, VShard,
+};
 pub use journal::{Journal, JournalFault, JournalTicket, MemoryJournal, Recovery};
 pub use records::{MediaRecord, MediaSnapshot};
 pub use segment::dma::DmaSegments;
@@ -37,4 +39,5 @@ pub use shard::{
     CompactionReport, FileInfo, FinishUpload, FinishedFile, MaintenanceReport, MediaShard, StartUpload, StorageStats,
     SweepReport,
 };
+pub use state::HolderEntry;
 pub use upload::PartAccepted;

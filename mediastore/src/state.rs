@@ -3,13 +3,13 @@
 //! replay alike. Sans-I/O: it never touches a disk.
 //!
 //! Refcount invariant: a chunk's refcount is the number of times it appears in the chunk
-//! lists of live files. A file is live while a message references it or its uploader
-//! reference has not expired. A chunk whose refcount falls to 0 remembers when, so
+//! lists of live files. A file is live while a message references it (anonymously, or as a
+//! keyed holder) or its uploader reference has not expired. A chunk whose refcount falls to 0 remembers when, so
 //! compaction can wait a grace period before its bytes are dropped.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::ids::{ChunkKey, ChunkLocation, FileId, SegmentId, TimestampMs, VShard};
+use crate::ids::{ChunkKey, ChunkLocation, FileId, Holder, SegmentId, TimestampMs, VShard};
 use crate::records::{
     FileMeta, ManifestChunk, MediaRecord, MediaSnapshot, SnapshotChunk, SnapshotFile, SNAPSHOT_VERSION,
 };
@@ -29,13 +29,33 @@ pub struct FileEntry {
     pub chunks: Vec<ChunkKey>,
     /// `chunk_ends[i]` is the file offset just past chunk `i`, for range reads.
     pub chunk_ends: Vec<u64>,
-    /// Message references.
+    /// Anonymous message references (`ReferenceTaken`).
     pub references: u64,
+    /// Keyed message references, by the holding message's idempotency key.
+    pub holders: BTreeMap<Holder, HolderEntry>,
     /// Set while the uploader reference is held.
     pub uploader_expires_at: Option<TimestampMs>,
 }
 
+/// One keyed message reference on a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HolderEntry {
+    pub taken_at: TimestampMs,
+    /// The holding message is known to be durable (the leak check no longer asks about it).
+    pub confirmed: bool,
+}
+
 impl FileEntry {
+    /// Whether anything holds the file: a message (anonymous or keyed) or its uploader.
+    pub fn is_referenced(&self) -> bool {
+        self.references > 0 || !self.holders.is_empty() || self.uploader_expires_at.is_some()
+    }
+
+    /// Message references of both kinds.
+    pub fn message_references(&self) -> u64 {
+        self.references + self.holders.len() as u64
+    }
+
     pub fn chunk_length(&self, index: usize) -> u64 {
         self.chunk_ends[index] - if index == 0 { 0 } else { self.chunk_ends[index - 1] }
     }
@@ -236,6 +256,27 @@ impl MediaState {
                 self.retired.insert(*segment);
                 Ok(())
             }
+            MediaRecord::HolderTaken { file, holder, at } => {
+                let entry = self.files.get_mut(file).ok_or("holder taken on an unknown file")?;
+                if entry.holders.contains_key(holder) {
+                    return Err("holder taken twice");
+                }
+                entry.holders.insert(*holder, HolderEntry { taken_at: *at, confirmed: false });
+                // The first message takes over the uploader's reference.
+                entry.uploader_expires_at = None;
+                Ok(())
+            }
+            MediaRecord::HolderReleased { file, holder, at } => {
+                let entry = self.files.get_mut(file).ok_or("holder released on an unknown file")?;
+                entry.holders.remove(holder).ok_or("release of a holder not held")?;
+                self.delete_if_unreferenced(*file, *at);
+                Ok(())
+            }
+            MediaRecord::HolderConfirmed { file, holder } => {
+                let entry = self.files.get_mut(file).ok_or("holder confirmed on an unknown file")?;
+                entry.holders.get_mut(holder).ok_or("confirmation of a holder not held")?.confirmed = true;
+                Ok(())
+            }
             MediaRecord::RefcountRepaired { key, refcount, at } => {
                 let entry = self.chunks.get_mut(key).ok_or("repair of an unknown chunk")?;
                 match (entry.refcount > 0, *refcount > 0) {
@@ -310,6 +351,7 @@ impl MediaState {
                 chunks: pieces.iter().map(|chunk| chunk.key).collect(),
                 chunk_ends,
                 references: 0,
+                holders: BTreeMap::new(),
                 uploader_expires_at: Some(uploader_expires_at),
             },
         );
@@ -317,8 +359,7 @@ impl MediaState {
     }
 
     fn delete_if_unreferenced(&mut self, file: FileId, at: TimestampMs) {
-        let entry = &self.files[&file];
-        if entry.references > 0 || entry.uploader_expires_at.is_some() {
+        if self.files[&file].is_referenced() {
             return;
         }
         let entry = self.files.remove(&file).expect("present");
@@ -377,6 +418,11 @@ impl MediaState {
                 chunks: (0..file.chunks.len()).map(|i| (file.chunks[i], file.chunk_length(i) as u32)).collect(),
                 references: file.references,
                 uploader_expires_at: file.uploader_expires_at,
+                holders: file
+                    .holders
+                    .iter()
+                    .map(|(holder, entry)| (*holder, entry.taken_at, entry.confirmed))
+                    .collect(),
             })
             .collect();
         files.sort_by_key(|file| file.meta.id);
@@ -423,12 +469,19 @@ impl MediaState {
             if end != file.meta.size {
                 return Err("snapshot file size does not match its chunks");
             }
+            let mut holders = BTreeMap::new();
+            for &(holder, taken_at, confirmed) in &file.holders {
+                if holders.insert(holder, HolderEntry { taken_at, confirmed }).is_some() {
+                    return Err("snapshot file lists a holder twice");
+                }
+            }
             state.logical_bytes += file.meta.size;
             let entry = FileEntry {
                 meta: file.meta.clone(),
                 chunks: file.chunks.iter().map(|(key, _)| *key).collect(),
                 chunk_ends,
                 references: file.references,
+                holders,
                 uploader_expires_at: file.uploader_expires_at,
             };
             if state.files.insert(file.meta.id, entry).is_some() {
@@ -439,5 +492,115 @@ impl MediaState {
         state.next_sequences = snapshot.next_sequences.iter().copied().collect();
         state.retired = snapshot.retired_segments.iter().copied().collect();
         Ok(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::AccessHash;
+
+    const FILE_RAW: u64 = 4103;
+    const HOLDER: Holder = Holder { chat: 1, sender: 2, random_id: 3 };
+
+    /// A state with one finished file of one chunk, its uploader reference held.
+    fn one_file() -> MediaState {
+        let key = ChunkKey { hash: 42, collision: 0 };
+        let location = ChunkLocation { segment: SegmentId(1), offset: 0, length: 1000 };
+        let meta = FileMeta {
+            id: FileId::from_raw(FILE_RAW),
+            size: 1000,
+            content_hash: 7,
+            name: "a".into(),
+            mime_type: "b".into(),
+            access_hash: AccessHash::new(9),
+        };
+        let mut state = MediaState::default();
+        let chunks = vec![ManifestChunk { key, length: 1000, stored_at: Some(location) }];
+        state.apply(&MediaRecord::FileChunks { file: FileId::from_raw(FILE_RAW), chunks }).expect("chunks");
+        state
+            .apply(&MediaRecord::FileFinished { meta, chunk_count: 1, uploader_expires_at: TimestampMs(100) })
+            .expect("finish");
+        state
+    }
+
+    /// Proves `apply` refuses holder records that do not fit (a holder taken twice, a release
+    /// or confirmation of a holder not held, any of them on an unknown file) and changes
+    /// nothing when it does.
+    #[test]
+    fn holder_records_that_do_not_fit_are_refused() {
+        let mut state = one_file();
+        let other = FileId::from_raw(8199);
+        let taken = MediaRecord::HolderTaken { file: FileId::from_raw(FILE_RAW), holder: HOLDER, at: TimestampMs(5) };
+        state.apply(&taken).expect("first take");
+        let before = state.snapshot();
+        assert_eq!(state.apply(&taken), Err("holder taken twice"));
+        let stranger = Holder { random_id: 4, ..HOLDER };
+        let refused = [
+            MediaRecord::HolderTaken { file: other, holder: HOLDER, at: TimestampMs(5) },
+            MediaRecord::HolderReleased { file: FileId::from_raw(FILE_RAW), holder: stranger, at: TimestampMs(6) },
+            MediaRecord::HolderReleased { file: other, holder: HOLDER, at: TimestampMs(6) },
+            MediaRecord::HolderConfirmed { file: FileId::from_raw(FILE_RAW), holder: stranger },
+            MediaRecord::HolderConfirmed { file: other, holder: HOLDER },
+        ];
+        for record in &refused {
+            assert!(state.apply(record).is_err(), "{record:?} applied");
+        }
+        assert_eq!(state.snapshot(), before, "a refused record changed the state");
+    }
+
+    /// Proves a holder keeps a file live on its own: the first holder takes over the uploader
+    /// reference, an anonymous reference and a holder each keep the file, and the file goes
+    /// (its chunk unreferenced from then) only when the last of them is released.
+    #[test]
+    fn a_file_lives_while_any_holder_or_reference_does() {
+        let mut state = one_file();
+        let key = ChunkKey { hash: 42, collision: 0 };
+        state
+            .apply(&MediaRecord::HolderTaken { file: FileId::from_raw(FILE_RAW), holder: HOLDER, at: TimestampMs(5) })
+            .expect("take");
+        let entry = state.file(FileId::from_raw(FILE_RAW)).expect("live");
+        assert_eq!((entry.uploader_expires_at, entry.message_references()), (None, 1));
+        state.apply(&MediaRecord::ReferenceTaken { file: FileId::from_raw(FILE_RAW) }).expect("anonymous");
+        state
+            .apply(&MediaRecord::HolderConfirmed { file: FileId::from_raw(FILE_RAW), holder: HOLDER })
+            .expect("confirm");
+        assert_eq!(
+            state.file(FileId::from_raw(FILE_RAW)).expect("live").holders[&HOLDER],
+            HolderEntry { taken_at: TimestampMs(5), confirmed: true }
+        );
+        state
+            .apply(&MediaRecord::ReferenceReleased { file: FileId::from_raw(FILE_RAW), at: TimestampMs(6) })
+            .expect("release anonymous");
+        assert!(state.file(FileId::from_raw(FILE_RAW)).is_some(), "the holder keeps the file");
+        state
+            .apply(&MediaRecord::HolderReleased {
+                file: FileId::from_raw(FILE_RAW),
+                holder: HOLDER,
+                at: TimestampMs(7),
+            })
+            .expect("release");
+        assert!(state.file(FileId::from_raw(FILE_RAW)).is_none());
+        assert_eq!(
+            state.chunk(&key).map(|chunk| (chunk.refcount, chunk.unreferenced_since)),
+            Some((0, Some(TimestampMs(7))))
+        );
+    }
+
+    /// Proves holders survive a snapshot and a snapshot listing a holder twice is refused.
+    #[test]
+    fn holders_restore_and_duplicates_are_refused() {
+        let mut state = one_file();
+        state
+            .apply(&MediaRecord::HolderTaken { file: FileId::from_raw(FILE_RAW), holder: HOLDER, at: TimestampMs(5) })
+            .expect("take");
+        let snapshot = state.snapshot();
+        let restored = MediaState::restore(&snapshot).expect("restores");
+        assert_eq!(restored.snapshot(), snapshot);
+        assert_eq!(restored.file(FileId::from_raw(FILE_RAW)).expect("live").holders.len(), 1);
+        let mut doubled = snapshot.clone();
+        let first = doubled.files[0].holders[0];
+        doubled.files[0].holders.push(first);
+        assert_eq!(MediaState::restore(&doubled).err(), Some("snapshot file lists a holder twice"));
     }
 }

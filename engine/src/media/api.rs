@@ -12,7 +12,7 @@ use std::future::Future;
 use ferrogram_mediastore::limits::PART_BYTES_MAX;
 use ferrogram_mediastore::shard::check_download_range;
 use ferrogram_mediastore::{
-    AccessHash, CompactionReport, FileId, FileInfo, FinishError, FinishUpload, FinishedFile, MaintenanceReport,
+    AccessHash, CompactionReport, FileId, FileInfo, FinishError, FinishUpload, FinishedFile, Holder, MaintenanceReport,
     PartAccepted, PutPartError, ReadError, ReferenceError, StartError, StartUpload, StorageError, StorageStats,
     SweepReport, UploadId,
 };
@@ -166,6 +166,56 @@ impl Media {
         file: FileId,
     ) -> impl Future<Output = Result<(), MediaError<ReferenceError>>> + Send + 'static {
         self.call(self.shard_of(file.vshard()), move |reply| MediaRequest::ReleaseReference { file, reply })
+    }
+
+    /// Takes a keyed reference on a file for the message whose idempotency key is `holder`
+    /// (before the message is appended), and describes the file. Idempotent: a retry with the
+    /// same holder changes nothing and answers the same.
+    pub fn take_holder(
+        &self,
+        file: FileId,
+        access_hash: AccessHash,
+        holder: Holder,
+    ) -> impl Future<Output = Result<FileInfo, MediaError<ReferenceError>>> + Send + 'static {
+        self.call(self.shard_of(file.vshard()), move |reply| MediaRequest::TakeHolder {
+            file,
+            access_hash,
+            holder,
+            reply,
+        })
+    }
+
+    /// Gives a keyed reference back; `false` when `holder` does not hold the file (already
+    /// released, or never taken), so an outbox may deliver a release more than once.
+    pub fn release_holder(
+        &self,
+        file: FileId,
+        holder: Holder,
+    ) -> impl Future<Output = Result<bool, MediaError<StorageError>>> + Send + 'static {
+        self.call(self.shard_of(file.vshard()), move |reply| MediaRequest::ReleaseHolder { file, holder, reply })
+    }
+
+    /// Marks `holder` as belonging to a durable message (the leak check stops listing it);
+    /// `false` when `holder` does not hold the file.
+    pub fn confirm_holder(
+        &self,
+        file: FileId,
+        holder: Holder,
+    ) -> impl Future<Output = Result<bool, MediaError<StorageError>>> + Send + 'static {
+        self.call(self.shard_of(file.vshard()), move |reply| MediaRequest::ConfirmHolder { file, holder, reply })
+    }
+
+    /// Unconfirmed holders on one shard taken at least `older_than_ms` ago.
+    ///
+    /// At most `limit`, in file then holder order. For a periodic leak check: the shard walks
+    /// all its files to answer.
+    pub async fn unconfirmed_holders(
+        &self,
+        shard: ShardId,
+        older_than_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(FileId, Holder)>, MediaError<Infallible>> {
+        self.call(shard, move |reply| MediaRequest::UnconfirmedHolders { older_than_ms, limit, reply }).await
     }
 
     /// Storage statistics of every shard and their sum.

@@ -18,6 +18,9 @@ pub const COMPACT_EVERY_MS_DEFAULT: u64 = 60_000;
 pub const SWEEP_EVERY_MS_DEFAULT: u64 = 10 * 60_000;
 /// Media requests waiting on one shard behind the one being served; more answer `Overloaded`.
 /// The shard's request queue bounds what is on its way; this bounds what was taken off it.
+/// Default leak check of message references: every 10 minutes, those older than 10 minutes.
+pub const HOLDER_CHECK_EVERY_MS_DEFAULT: u64 = 10 * 60_000;
+pub const HOLDER_GRACE_MS_DEFAULT: u64 = 10 * 60_000;
 pub const QUEUE_MAX_DEFAULT: usize = 1024;
 /// Bytes of upload parts on their way to one shard (sent, not yet stored); a part that would
 /// pass it answers `Overloaded` before its bytes are queued.
@@ -51,6 +54,11 @@ pub struct MediaSettings {
     pub sweep_every_ms: u64,
     pub queue_max: usize,
     pub inflight_part_bytes_max: u64,
+    /// How often each shard asks about its unconfirmed message references (see
+    /// `messaging/upkeep.rs`), and how old one must be before it is asked about: far longer
+    /// than a send spends between taking its reference and being answered.
+    pub holder_check_every_ms: u64,
+    pub holder_grace_ms: u64,
 }
 
 impl Default for MediaSettings {
@@ -63,6 +71,8 @@ impl Default for MediaSettings {
             sweep_every_ms: SWEEP_EVERY_MS_DEFAULT,
             queue_max: QUEUE_MAX_DEFAULT,
             inflight_part_bytes_max: INFLIGHT_PART_BYTES_MAX_DEFAULT,
+            holder_check_every_ms: HOLDER_CHECK_EVERY_MS_DEFAULT,
+            holder_grace_ms: HOLDER_GRACE_MS_DEFAULT,
         }
     }
 }
@@ -73,6 +83,9 @@ impl MediaSettings {
         let refuse = |setting: &'static str, bound: &str| Err(ConfigError { setting, bound: bound.to_string() });
         if self.maintain_every_ms == 0 || self.compact_every_ms == 0 || self.sweep_every_ms == 0 {
             return refuse("maintain_every_ms, compact_every_ms and sweep_every_ms", "> 0");
+        }
+        if self.holder_check_every_ms == 0 {
+            return refuse("holder_check_every_ms", "> 0");
         }
         if self.queue_max == 0 {
             return refuse("queue_max", "> 0");

@@ -104,6 +104,15 @@ impl MediaDriver {
         driver.wake.notify();
     }
 
+    pub(crate) fn settings(&self) -> &MediaSettings {
+        &self.settings
+    }
+
+    /// Whether the shard's media store is stopping (its services should end).
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stopping.get()
+    }
+
     /// Whether enough media records were written since the last snapshot to want a checkpoint.
     pub(crate) fn wants_checkpoint(&self) -> bool {
         self.journal.bytes_since_snapshot() >= self.checkpoint_every_bytes
@@ -238,6 +247,17 @@ async fn perform(store: &mut Store, request: MediaRequest) {
             answer(reply, store.take_reference(file, access_hash).await)
         }
         MediaRequest::ReleaseReference { file, reply } => answer(reply, store.release_reference(file, now).await),
+        MediaRequest::TakeHolder { file, access_hash, holder, reply } => {
+            answer(reply, store.take_holder(file, access_hash, holder, now).await)
+        }
+        MediaRequest::ReleaseHolder { file, holder, reply } => {
+            answer(reply, store.release_holder(file, holder, now).await)
+        }
+        MediaRequest::ConfirmHolder { file, holder, reply } => answer(reply, store.confirm_holder(file, holder).await),
+        MediaRequest::UnconfirmedHolders { older_than_ms, limit, reply } => {
+            let taken_before = TimestampMs(now.0.saturating_sub(older_than_ms));
+            answer(reply, Ok::<_, Infallible>(store.unconfirmed_holders(taken_before, limit)))
+        }
         MediaRequest::Stats { reply } => answer(reply, Ok::<_, Infallible>(store.stats())),
         MediaRequest::Maintain { reply } => answer(reply, store.maintain(now).await),
         MediaRequest::Compact { reply } => answer(reply, store.compact(now).await),

@@ -27,9 +27,9 @@ pub use self::recovery::{MediaOpenError, MediaOpenReport};
 /// The media store's own vocabulary (ids, requests, answers, errors), for embedders.
 pub use ferrogram_mediastore as store;
 pub use ferrogram_mediastore::{
-    AccessHash, CompactionReport, FileId, FileInfo, FinishError, FinishUpload, FinishedFile, MaintenanceReport,
-    MediaConfig, PartAccepted, PutPartError, ReadError, ReferenceError, StartError, StartUpload, StorageError,
-    StorageStats, SweepReport, UploadId, UploaderId,
+    AccessHash, CompactionReport, FileId, FileInfo, FinishError, FinishUpload, FinishedFile, Holder, HolderEntry,
+    MaintenanceReport, MediaConfig, PartAccepted, PutPartError, ReadError, ReferenceError, StartError, StartUpload,
+    StorageError, StorageStats, SweepReport, UploadId, UploaderId,
 };
 
 use crate::ids::VShard;

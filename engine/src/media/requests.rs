@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use ferrogram_mediastore::{
-    AccessHash, CompactionReport, FileId, FileInfo, FinishError, FinishUpload, FinishedFile, MaintenanceReport,
+    AccessHash, CompactionReport, FileId, FileInfo, FinishError, FinishUpload, FinishedFile, Holder, MaintenanceReport,
     PartAccepted, PutPartError, ReadError, ReferenceError, StartError, StartUpload, StorageError, StorageStats,
     SweepReport, UploadId,
 };
@@ -17,6 +17,9 @@ use crate::media::api::MediaError;
 
 pub(crate) type Reply<T, E> = flume::Sender<Result<T, MediaError<E>>>;
 
+/// One operation for a shard's media store, with the channel its answer goes back on.
+/// `UnconfirmedHolders` lists the holders taken at least `older_than_ms` before the shard's
+/// own clock (the time `maintain` and the other operations get).
 pub(crate) enum MediaRequest {
     Start { request: StartUpload, reply: Reply<UploadId, StartError> },
     PutPart { upload: UploadId, part: u32, bytes: PartBytes, reply: Reply<PartAccepted, PutPartError> },
@@ -26,6 +29,10 @@ pub(crate) enum MediaRequest {
     FileInfo { file: FileId, access_hash: AccessHash, reply: Reply<FileInfo, ReadError> },
     TakeReference { file: FileId, access_hash: AccessHash, reply: Reply<(), ReferenceError> },
     ReleaseReference { file: FileId, reply: Reply<(), ReferenceError> },
+    TakeHolder { file: FileId, access_hash: AccessHash, holder: Holder, reply: Reply<FileInfo, ReferenceError> },
+    ReleaseHolder { file: FileId, holder: Holder, reply: Reply<bool, StorageError> },
+    ConfirmHolder { file: FileId, holder: Holder, reply: Reply<bool, StorageError> },
+    UnconfirmedHolders { older_than_ms: u64, limit: usize, reply: Reply<Vec<(FileId, Holder)>, Infallible> },
     Stats { reply: Reply<StorageStats, Infallible> },
     Maintain { reply: Reply<MaintenanceReport, StorageError> },
     Compact { reply: Reply<CompactionReport, StorageError> },
@@ -72,6 +79,18 @@ impl MediaRequest {
                 let _ = reply.send(Err(error(refusal)));
             }
             MediaRequest::ReleaseReference { reply, .. } => {
+                let _ = reply.send(Err(error(refusal)));
+            }
+            MediaRequest::TakeHolder { reply, .. } => {
+                let _ = reply.send(Err(error(refusal)));
+            }
+            MediaRequest::ReleaseHolder { reply, .. } => {
+                let _ = reply.send(Err(error(refusal)));
+            }
+            MediaRequest::ConfirmHolder { reply, .. } => {
+                let _ = reply.send(Err(error(refusal)));
+            }
+            MediaRequest::UnconfirmedHolders { reply, .. } => {
                 let _ = reply.send(Err(error(refusal)));
             }
             MediaRequest::Stats { reply } => {

@@ -7,8 +7,10 @@ use std::future::Future;
 
 use crate::engine::Engine;
 use crate::ids::{ShardId, VShard};
+use crate::media::{Holder, MediaError, ReferenceError};
 use crate::messaging::driver::Connected;
 use crate::messaging::limits::{DIALOGS_PAGE_MAX, MESSAGE_IDS_MAX, PUSH_PAGE_MAX};
+use crate::messaging::media::PendingRelease;
 use crate::messaging::protocol::{HistoryPage, Request, Response, SendRequest};
 use crate::messaging::push::{DeviceKind, NotifySettings, PendingPush, PushDevice, PushRecipient};
 use crate::messaging::types::*;
@@ -25,6 +27,23 @@ pub struct NewMessage {
     pub random_id: RandomId,
     pub text: String,
     pub reply_to: Option<MessageId>,
+}
+
+/// A photo or document to send: the file a finished upload gave (`file` is
+/// `FileId::raw`), and the caption (at most `CAPTION_CHARS_MAX` characters, may be empty).
+#[derive(Clone, Debug)]
+pub struct NewMediaMessage {
+    pub random_id: RandomId,
+    pub caption: String,
+    pub reply_to: Option<MessageId>,
+    pub kind: MediaKind,
+    pub file: u64,
+    pub access_hash: u64,
+}
+
+/// The media store's key for the reference of message (chat, sender, random_id).
+pub fn holder(chat: ChatId, sender: UserId, random_id: RandomId) -> Holder {
+    Holder { chat: chat.0, sender: sender.0, random_id: random_id.0 }
 }
 
 /// Where a dialogs page starts: after this (date, chat) in the newest-first order.
@@ -207,7 +226,8 @@ impl Messenger {
         message: NewMessage,
     ) -> impl Future<Output = MessagingResult<SendAck>> + Send + 'static {
         let NewMessage { random_id, text, reply_to } = message;
-        let request = Request::Send(SendRequest { chat, sender, random_id, text, reply_to, forwarded_from: None });
+        let request =
+            Request::Send(SendRequest { chat, sender, random_id, text, reply_to, forwarded_from: None, media: None });
         let call = self.call(chat.vshard(), request);
         async move { expect!(call.await, Response::Sent(ack) => ack) }
     }
@@ -232,17 +252,128 @@ impl Messenger {
                 sender: original.sender,
                 date: original.date,
             });
+            let random_id = RandomId(random_id.0.wrapping_add(index as u64));
+            // The copy takes its own reference on the same file: no bytes move. If the original
+            // was deleted meanwhile and its file is gone, the forward fails here, before
+            // anything is appended.
+            let media = match original.media {
+                Some(media) => {
+                    Some(self.take_media(to, user, random_id, media.kind, media.file, media.access_hash).await?)
+                }
+                None => None,
+            };
+            let holder = media.as_ref().map(|media| (media.file, holder(to, user, random_id)));
             let request = Request::Send(SendRequest {
                 chat: to,
                 sender: user,
-                random_id: RandomId(random_id.0.wrapping_add(index as u64)),
+                random_id,
                 text: original.text,
                 reply_to: None,
                 forwarded_from: Some(forwarded_from),
+                media,
             });
-            acks.push(expect!(self.call(to.vshard(), request).await, Response::Sent(ack) => ack)?);
+            let ack = expect!(self.call(to.vshard(), request).await, Response::Sent(ack) => ack)?;
+            if let Some((file, holder)) = holder {
+                self.confirm_media(file, holder).await;
+            }
+            acks.push(ack);
         }
         Ok(acks)
+    }
+
+    /// Sends a photo or document already uploaded to the media store (`file` and its
+    /// `access_hash`, from `finish_upload`), with `caption` as the message's text.
+    ///
+    /// The message takes its reference on the file's shard first, keyed by (chat, sender,
+    /// random_id), then is appended: a message never points at a file that could be freed.
+    /// A retry takes the same key again (idempotent). If the send is refused or the process
+    /// dies in between, the reference is a leak the media upkeep's sweep finds and gives back.
+    pub async fn send_media(&self, chat: ChatId, sender: UserId, message: NewMediaMessage) -> MessagingResult<SendAck> {
+        let NewMediaMessage { random_id, caption, reply_to, kind, file, access_hash } = message;
+        if random_id.0 == 0 {
+            return Err(MessagingError::InvalidArgument("random_id must not be 0"));
+        }
+        let media = self.take_media(chat, sender, random_id, kind, file, access_hash).await?;
+        let request = Request::Send(SendRequest {
+            chat,
+            sender,
+            random_id,
+            text: caption,
+            reply_to,
+            forwarded_from: None,
+            media: Some(media),
+        });
+        let ack = expect!(self.call(chat.vshard(), request).await, Response::Sent(ack) => ack)?;
+        self.confirm_media(file, holder(chat, sender, random_id)).await;
+        Ok(ack)
+    }
+
+    /// Takes the reference of the message (chat, sender, random_id) on `file` and describes
+    /// the file as the message will show it.
+    async fn take_media(
+        &self,
+        chat: ChatId,
+        sender: UserId,
+        random_id: RandomId,
+        kind: MediaKind,
+        file: u64,
+        access_hash: u64,
+    ) -> MessagingResult<MessageMedia> {
+        let (file_id, hash) = (crate::media::FileId::from_raw(file), crate::media::AccessHash::new(access_hash));
+        let info =
+            self.engine.media().take_holder(file_id, hash, holder(chat, sender, random_id)).await.map_err(|error| {
+                match error {
+                    MediaError::Overloaded => MessagingError::Overloaded,
+                    MediaError::Unavailable => MessagingError::Unavailable,
+                    MediaError::Store(ReferenceError::Storage(error)) => MessagingError::Storage(error.to_string()),
+                    MediaError::Store(_) => MessagingError::FileUnavailable,
+                }
+            })?;
+        Ok(MessageMedia { kind, file, access_hash, size: info.size, name: info.name, mime_type: info.mime_type })
+    }
+
+    /// Tells the file's shard that a durable message holds this reference, so the leak sweep
+    /// need not ask about it. Best effort: a confirmation lost to a crash only costs the
+    /// sweep one question.
+    async fn confirm_media(&self, file: u64, holder: Holder) {
+        let _ = self.engine.media().confirm_holder(crate::media::FileId::from_raw(file), holder).await;
+    }
+
+    /// The media of message `id` of `chat`, if `user` can see it: the only way to a file's
+    /// access hash for anyone but its uploader.
+    pub async fn message_media(&self, chat: ChatId, user: UserId, id: MessageId) -> MessagingResult<MessageMedia> {
+        let request = Request::GetMessageMedia { chat, user, id };
+        expect!(self.call(chat.vshard(), request).await, Response::Media(media) => media)
+    }
+
+    /// Up to `limit` references of `shard`'s release outbox after sequence `after`, each
+    /// queued by a durable tombstone (for the media upkeep).
+    pub async fn pending_media_releases(
+        &self,
+        shard: ShardId,
+        after: u64,
+        limit: usize,
+    ) -> MessagingResult<Vec<PendingRelease>> {
+        let request = Request::PendingMediaReleases { after, limit };
+        expect!(self.engine.messaging(shard, request).await, Response::MediaReleases(pending) => pending)
+    }
+
+    /// Marks references of `shard`'s release outbox given back.
+    pub async fn media_releases_done(&self, shard: ShardId, sequences: Vec<u64>) -> MessagingResult<()> {
+        let request = Request::MediaReleasesDone { sequences };
+        expect!(self.engine.messaging(shard, request).await, Response::Done => ())
+    }
+
+    /// For each (sender, random_id, file) of `chat`, whether a live message holds the file
+    /// under that key; keys answered `false` are refused to media sends for a while (see
+    /// `Request::CheckMediaHolders`).
+    pub async fn check_media_holders(
+        &self,
+        chat: ChatId,
+        holders: Vec<(UserId, RandomId, u64)>,
+    ) -> MessagingResult<Vec<bool>> {
+        let request = Request::CheckMediaHolders { chat, holders };
+        expect!(self.call(chat.vshard(), request).await, Response::HolderStates(states) => states)
     }
 
     pub async fn edit(&self, chat: ChatId, user: UserId, id: MessageId, text: &str) -> MessagingResult<()> {

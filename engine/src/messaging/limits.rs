@@ -2,6 +2,16 @@
 
 /// Characters of a message's text.
 pub const TEXT_CHARS_MAX: usize = 4096;
+/// Characters of a media message's caption, and of the file name and MIME type it shows.
+pub const CAPTION_CHARS_MAX: usize = 1024;
+pub const FILE_NAME_CHARS_MAX: usize = 255;
+pub const MIME_TYPE_CHARS_MAX: usize = 127;
+/// Media references in one `pending_media_releases` page, `media_releases_done` call or
+/// `check_media_holders` call.
+pub const MEDIA_PAGE_MAX: usize = 1000;
+/// How long a media key the leak sweep found no message for is refused to media sends: far
+/// longer than any send spends between taking its reference and reaching the chat's shard.
+pub const HOLDER_REFUSAL_MS: u64 = 3600 * 1000;
 /// Characters of a first or last name, or a chat title.
 pub const NAME_CHARS_MAX: usize = 64;
 pub const TITLE_CHARS_MAX: usize = 128;

@@ -5,11 +5,12 @@
 use std::sync::Arc;
 
 use crate::ids::ShardId;
+use crate::messaging::media::PendingRelease;
 use crate::messaging::push::{DeviceKind, NotifySettings, PendingPush, PushDevice, PushRecipient, PushSource};
 use crate::messaging::types::{
     AuthorizationId, AuthorizationInfo, BoxState, ChatDifference, ChatId, ChatInfo, ChatKind, Dialog, ForwardedFrom,
-    LiveEvent, Message, MessageId, MessagingResult, Pts, RandomId, Role, SendAck, Sequenced, SessionId, UnixMs, Update,
-    UserId, UserProfile, SECRET_HASH_BYTES,
+    LiveEvent, Message, MessageId, MessageMedia, MessagingResult, Pts, RandomId, Role, SendAck, Sequenced, SessionId,
+    UnixMs, Update, UserId, UserProfile, SECRET_HASH_BYTES,
 };
 
 /// Names a request inside the shard that received it from the host, so a reply produced on
@@ -283,6 +284,30 @@ pub enum Request {
     PushesDone {
         sequences: Vec<u64>,
     },
+    /// Chat's vshard: the media of message `id`, if `user` can see it (a file is read only
+    /// through a message its reader can see, DESIGN §7).
+    GetMessageMedia {
+        chat: ChatId,
+        user: UserId,
+        id: MessageId,
+    },
+    /// The shard addressed: up to `limit` references of its release outbox after `after`.
+    PendingMediaReleases {
+        after: u64,
+        limit: usize,
+    },
+    /// The shard addressed: these references were given back.
+    MediaReleasesDone {
+        sequences: Vec<u64>,
+    },
+    /// Chat's vshard: for each (sender, random_id, file), whether a live message of the chat
+    /// holds that file under that key. A key answered `false` is refused to media sends for a
+    /// while, so a send racing the leak sweep's release cannot append a message whose
+    /// reference is being given back.
+    CheckMediaHolders {
+        chat: ChatId,
+        holders: Vec<(UserId, RandomId, u64)>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -294,6 +319,8 @@ pub struct SendRequest {
     pub reply_to: Option<MessageId>,
     /// Set by the API layer after it read the original (which the sender must be able to see).
     pub forwarded_from: Option<ForwardedFrom>,
+    /// Set by the API layer after it took the message's reference on the file.
+    pub media: Option<MessageMedia>,
 }
 
 /// `get_history`'s window: newest first, starting below `offset_id` (0: from the top), within
@@ -331,6 +358,9 @@ pub enum Response {
     NotifySettings(NotifySettings),
     PendingPushes(Vec<PendingPush>),
     PushRecipients(Vec<PushRecipient>),
+    Media(MessageMedia),
+    MediaReleases(Vec<PendingRelease>),
+    HolderStates(Vec<bool>),
 }
 
 /// What one shard's core sends another's.

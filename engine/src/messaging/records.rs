@@ -7,7 +7,8 @@ use rkyv::rancor;
 use crate::ids::RecordKind;
 use crate::messaging::push::{DeviceKind, NotifySettings, PushDevice, PushJob};
 use crate::messaging::types::{
-    AuthorizationId, ChatId, ChatKind, MemberChange, Message, MessageId, Pts, UnixMs, Update, UserId, SECRET_HASH_BYTES,
+    AuthorizationId, ChatId, ChatKind, MemberChange, Message, MessageId, MessageMedia, Pts, UnixMs, Update, UserId,
+    SECRET_HASH_BYTES,
 };
 
 /// The record kind of every messaging event. Records of other kinds in the same log belong to
@@ -112,18 +113,74 @@ pub enum Event {
     PushesDone {
         sequences: Vec<u64>,
     },
+    // Media messages (DESIGN §7).
+    /// The host gave back these media references of this shard's release outbox (queued when
+    /// a media message's tombstone was applied).
+    MediaReleasesDone {
+        sequences: Vec<u64>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub enum ChatChange {
     NewMessage(Message),
-    Edit { id: MessageId, text: String },
-    Delete { ids: Vec<MessageId> },
-    DeleteForMe { user: UserId, ids: Vec<MessageId> },
-    Pin { id: Option<MessageId> },
-    Member { user: UserId, change: MemberChange },
-    Read { user: UserId, max_id: MessageId },
-    SyncMode { fanout_on_read: bool },
+    Edit {
+        id: MessageId,
+        text: String,
+    },
+    Delete {
+        ids: Vec<MessageId>,
+    },
+    DeleteForMe {
+        user: UserId,
+        ids: Vec<MessageId>,
+    },
+    Pin {
+        id: Option<MessageId>,
+    },
+    Member {
+        user: UserId,
+        change: MemberChange,
+    },
+    Read {
+        user: UserId,
+        max_id: MessageId,
+    },
+    SyncMode {
+        fanout_on_read: bool,
+    },
+    // New variants go last: a variant's place is its tag in older logs. Boxed, so the archived
+    // change (and every `Event::Chat` before it) keeps its size.
+    /// A message with a photo or document (`Message::media` is not in `Message`'s archive).
+    NewMediaMessage {
+        message: Box<Message>,
+        media: Box<MessageMedia>,
+    },
+}
+
+impl ChatChange {
+    /// The change that appends `message`, keeping its media.
+    pub fn new_message(mut message: Message) -> ChatChange {
+        match message.media.take() {
+            Some(media) => ChatChange::NewMediaMessage { message: Box::new(message), media: Box::new(media) },
+            None => ChatChange::NewMessage(message),
+        }
+    }
+
+    /// The message this change appends and its media, if it appends one.
+    pub fn posted(&self) -> Option<(&Message, Option<&MessageMedia>)> {
+        match self {
+            ChatChange::NewMessage(message) => Some((message, None)),
+            ChatChange::NewMediaMessage { message, media } => Some((message, Some(media))),
+            _ => None,
+        }
+    }
+
+    /// The appended message, whole (media included).
+    pub fn posted_message(&self) -> Option<Message> {
+        let (message, media) = self.posted()?;
+        Some(Message { media: media.cloned(), ..message.clone() })
+    }
 }
 
 /// Why a record's payload could not be read as an event.
@@ -170,11 +227,46 @@ mod tests {
                 forwarded_from: None,
                 edit_date: None,
                 deleted: false,
+                media: None,
             }),
         };
         let bytes = encode(&event);
         assert_eq!(decode(&bytes).expect("decodes"), event);
         assert!(decode(&bytes[..bytes.len() - 4]).is_err(), "a truncated payload is refused");
+    }
+
+    /// Proves a media message keeps its media through the log.
+    #[test]
+    fn media_messages_round_trip_and_old_layout_holds() {
+        let message = Message {
+            id: MessageId(4),
+            chat: ChatId(7 << 12),
+            sender: UserId(5),
+            date: UnixMs(1000),
+            random_id: RandomId(99),
+            text: "caption".into(),
+            reply_to: None,
+            forwarded_from: None,
+            edit_date: None,
+            deleted: false,
+            media: Some(MessageMedia {
+                kind: crate::messaging::types::MediaKind::Photo,
+                file: 0xF00 << 12 | 3,
+                access_hash: 0xDEAD_BEEF,
+                size: 12345,
+                name: "cat.jpg".into(),
+                mime_type: "image/jpeg".into(),
+            }),
+        };
+        let change = ChatChange::new_message(message.clone());
+        assert!(matches!(change, ChatChange::NewMediaMessage { .. }));
+        let event = Event::Chat { chat: message.chat, pts: Pts(4), date: UnixMs(1000), change };
+        let decoded = decode(&encode(&event)).expect("decodes");
+        let Event::Chat { change: ChatChange::NewMediaMessage { message: got, media }, .. } = decoded else {
+            panic!("wrong variant: {decoded:?}")
+        };
+        assert_eq!(Some(*media), message.media);
+        assert_eq!(got.text, "caption");
     }
 
     /// Proves authorization events round-trip, and a payload whose device text is not UTF-8
@@ -198,5 +290,38 @@ mod tests {
         let at = bytes.windows(5).position(|w| w == b"phone").expect("the device text is in the payload");
         bytes[at] = 0xff;
         assert!(decode(&bytes).is_err(), "a device text that is not UTF-8 is refused");
+    }
+
+    /// Records written by the version before media messages (bytes captured from it) still
+    /// decode to the same events: `Message::media` is outside the archive and the new variants
+    /// did not change the archived size of a chat change or an event.
+    #[test]
+    fn records_of_the_version_before_media_still_decode() {
+        let hex = |text: &str| -> Vec<u8> {
+            (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).expect("hex")).collect()
+        };
+        let message = Event::Chat {
+            chat: ChatId(7 << 12),
+            pts: Pts(3),
+            date: UnixMs(1000),
+            change: ChatChange::NewMessage(Message {
+                id: MessageId(3),
+                chat: ChatId(7 << 12),
+                sender: UserId(5),
+                date: UnixMs(1000),
+                random_id: RandomId(99),
+                text: "hello, a text longer than eight bytes".into(),
+                reply_to: Some(MessageId(1)),
+                forwarded_from: None,
+                edit_date: None,
+                deleted: false,
+                media: None,
+            }),
+        };
+        let old_message = hex("68656c6c6f2c20612074657874206c6f6e676572207468616e206569676874206279746573000000070000000000000000700000000000000300000000000000e8030000000000000000000000000000030000000000000000700000000000000500000000000000e8030000000000006300000000000000a500000088ffffff0100000000000000010000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000");
+        assert_eq!(decode(&old_message).expect("an old record decodes"), message);
+        assert_eq!(encode(&message), old_message, "the layout of a plain message did not move");
+        let old_done = hex("010000000000000002000000000000000f000000ecffffff02000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000");
+        assert_eq!(decode(&old_done).expect("an old record decodes"), Event::PushesDone { sequences: vec![1, 2] });
     }
 }

@@ -11,6 +11,7 @@ use crate::ids::VShard;
 use crate::messaging::limits::{
     BOX_HISTORY_MAX, CHAT_LOG_HISTORY_MAX, HISTORY_AGE_MS_MAX, IDEMPOTENCY_ENTRIES_MAX, IDEMPOTENCY_WINDOW_MS,
 };
+use crate::messaging::media::MediaReleases;
 use crate::messaging::push::PushState;
 use crate::messaging::records::{ChatChange, Event};
 use crate::messaging::types::{
@@ -47,6 +48,8 @@ pub struct State {
     pub authorization_sequences: Map<u16, u64>,
     /// Devices, notification settings and the push outbox (see `push.rs`).
     pub push: PushState,
+    /// Media references to give back (see `media.rs`).
+    pub media_releases: MediaReleases,
 }
 
 #[derive(Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -122,6 +125,10 @@ pub struct Chat {
     /// The newest events, oldest first, for `get_chat_difference`; bounded by count and age.
     pub log: VecDeque<ChatLogEntry>,
     pub random_ids: Map<(UserId, RandomId), Remembered>,
+    /// Live (not deleted) media messages by their idempotency key, which keys their file
+    /// reference. Derived from `messages`: not archived, rebuilt on restore.
+    #[rkyv(with = rkyv::with::Skip)]
+    pub media_index: Map<(UserId, RandomId), MessageId>,
 }
 
 #[derive(Clone, Debug, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -193,15 +200,37 @@ impl Chat {
     }
 }
 
-/// A content fingerprint of a send, to tell a retry from a reuse of its random_id.
-pub fn content_hash(text: &str, reply_to: Option<MessageId>, forwarded: Option<(ChatId, MessageId)>) -> u64 {
+/// A content fingerprint of a send, to tell a retry from a reuse of its random_id. A message
+/// without media hashes as it did before media existed (remembered hashes are in checkpoints).
+pub fn content_hash(
+    text: &str,
+    reply_to: Option<MessageId>,
+    forwarded: Option<(ChatId, MessageId)>,
+    media_file: Option<u64>,
+) -> u64 {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     hasher.update(text.as_bytes());
     hasher.update(&reply_to.map_or(0, |id| id.0).to_le_bytes());
     let (chat, message) = forwarded.map_or((0, 0), |(chat, message)| (chat.0, message.0));
     hasher.update(&chat.to_le_bytes());
     hasher.update(&message.to_le_bytes());
+    if let Some(file) = media_file {
+        hasher.update(b"media");
+        hasher.update(&file.to_le_bytes());
+    }
     hasher.digest()
+}
+
+impl Chat {
+    /// Rebuilds `media_index` from the messages (after a restore).
+    pub fn index_media(&mut self) {
+        self.media_index = self
+            .messages
+            .iter()
+            .filter(|message| !message.deleted && message.media.is_some())
+            .map(|message| ((message.sender, message.random_id), message.id))
+            .collect();
+    }
 }
 
 pub fn pair_key(a: UserId, b: UserId) -> (UserId, UserId) {
@@ -309,6 +338,7 @@ impl State {
                     read_outbox_max: MessageId(0),
                     log: VecDeque::new(),
                     random_ids: Map::default(),
+                    media_index: Map::default(),
                 };
                 for &user in &members {
                     let role = if user == creator && kind != ChatKind::Private { Role::Creator } else { Role::Member };
@@ -334,7 +364,7 @@ impl State {
                 assert!(date >= state.last_date, "chat {chat} dates must not go backwards");
                 state.pts = pts;
                 state.last_date = date;
-                apply_chat_change(state, &mut self.idempotency_order, date, change);
+                apply_chat_change(state, &mut self.idempotency_order, &mut self.media_releases, date, change);
             }
             Event::BoxAppended { chat, chat_pts, date, update, users } => {
                 for (user, pts) in users {
@@ -377,6 +407,7 @@ impl State {
             Event::NotifySettingsSet { user, chat, settings } => self.push.set_settings(user, chat, settings),
             Event::PushQueued { jobs } => self.push.queue(jobs),
             Event::PushesDone { sequences } => self.push.finish(&sequences),
+            Event::MediaReleasesDone { sequences } => self.media_releases.finish(&sequences),
         }
     }
 }
@@ -396,6 +427,9 @@ fn chat_consequences(chat: &Chat, change: &ChatChange, date: UnixMs) -> Vec<Cons
     let one = |update: Update, users: Vec<UserId>| vec![Consequence { update, users }];
     match change {
         ChatChange::NewMessage(message) => {
+            one(Update::NewMessage { chat: id, id: message.id, sender: message.sender, date: message.date }, everyone())
+        }
+        ChatChange::NewMediaMessage { message, .. } => {
             one(Update::NewMessage { chat: id, id: message.id, sender: message.sender, date: message.date }, everyone())
         }
         ChatChange::Edit { id: message, .. } => {
@@ -438,26 +472,47 @@ fn chat_consequences(chat: &Chat, change: &ChatChange, date: UnixMs) -> Vec<Cons
     }
 }
 
+fn append_message(
+    chat: &mut Chat,
+    order: &mut VecDeque<(UnixMs, ChatId, UserId, RandomId)>,
+    date: UnixMs,
+    message: Message,
+) {
+    let id = chat.id;
+    assert_eq!(message.id, chat.top_message().next(), "chat {id} message ids must stay dense");
+    let hash = content_hash(
+        &message.text,
+        message.reply_to,
+        message.forwarded_from.map(|f| (f.chat, f.message)),
+        message.media.as_ref().map(|media| media.file),
+    );
+    if message.random_id.0 != 0 {
+        let remembered = Remembered { id: message.id, content_hash: hash, date };
+        chat.random_ids.insert((message.sender, message.random_id), remembered);
+        order.push_back((date, id, message.sender, message.random_id));
+    }
+    if message.media.is_some() {
+        chat.media_index.insert((message.sender, message.random_id), message.id);
+    }
+    let update = Update::NewMessage { chat: id, id: message.id, sender: message.sender, date };
+    chat.messages.push(message);
+    push_log(chat, date, update, None);
+}
+
 fn apply_chat_change(
     chat: &mut Chat,
     order: &mut VecDeque<(UnixMs, ChatId, UserId, RandomId)>,
+    releases: &mut MediaReleases,
     date: UnixMs,
     change: ChatChange,
 ) {
     let id = chat.id;
     match change {
-        ChatChange::NewMessage(message) => {
-            assert_eq!(message.id, chat.top_message().next(), "chat {id} message ids must stay dense");
-            let hash =
-                content_hash(&message.text, message.reply_to, message.forwarded_from.map(|f| (f.chat, f.message)));
-            if message.random_id.0 != 0 {
-                let remembered = Remembered { id: message.id, content_hash: hash, date };
-                chat.random_ids.insert((message.sender, message.random_id), remembered);
-                order.push_back((date, id, message.sender, message.random_id));
-            }
-            let update = Update::NewMessage { chat: id, id: message.id, sender: message.sender, date };
-            chat.messages.push(message);
-            push_log(chat, date, update, None);
+        ChatChange::NewMessage(message) => append_message(chat, order, date, message),
+        ChatChange::NewMediaMessage { message, media } => {
+            let mut message = *message;
+            message.media = Some(*media);
+            append_message(chat, order, date, message);
         }
         ChatChange::Edit { id: message, text } => {
             let Some(state) = chat.messages.get_mut(message.0 as usize - 1) else { panic!("edit of unknown message") };
@@ -469,6 +524,11 @@ fn apply_chat_change(
             let update = deleted_for_everyone(chat, &ids);
             for message in &ids {
                 if let Some(state) = chat.messages.get_mut(message.0 as usize - 1) {
+                    // The tombstone gives the file reference back, through the outbox.
+                    if let Some(media) = state.media.take().filter(|_| !state.deleted) {
+                        releases.queue(media.file, id, state.sender, state.random_id);
+                        chat.media_index.remove(&(state.sender, state.random_id));
+                    }
                     state.deleted = true;
                     state.text = String::new();
                     state.reply_to = None;

@@ -192,6 +192,35 @@ pub struct Message {
     pub edit_date: Option<UnixMs>,
     /// Deleted for everyone: the id stays taken, the content is gone.
     pub deleted: bool,
+    /// A photo or document; `text` is then its caption.
+    ///
+    /// Not in this type's archive, so the layout of records and checkpoints written before
+    /// media messages existed still validates: the log carries it beside the message
+    /// (`ChatChange::NewMediaMessage`) and checkpoints in a piece of its own. Build a chat
+    /// change with `ChatChange::new_message`, which picks the variant that keeps it.
+    #[rkyv(with = rkyv::with::Skip)]
+    pub media: Option<MessageMedia>,
+}
+
+/// How a client shows a media message's file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum MediaKind {
+    Photo,
+    Document,
+}
+
+/// A media message's file: a reference into the media store (DESIGN §7) and what a client
+/// shows before downloading. The message holds a reference on the file, so the bytes live as
+/// long as some message that carries it; `access_hash` is handed out only with the message.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct MessageMedia {
+    pub kind: MediaKind,
+    /// The media store's file id (`crate::media::FileId::raw`).
+    pub file: u64,
+    pub access_hash: u64,
+    pub size: u64,
+    pub name: String,
+    pub mime_type: String,
 }
 
 /// A chat as a member sees it.
@@ -427,6 +456,12 @@ pub enum MessagingError {
     Unavailable,
     #[error("storage failed: {0}")]
     Storage(String),
+    /// The file of a media message does not exist (never uploaded, expired, or its last
+    /// message is gone) or the access hash is wrong: deliberately one error.
+    #[error("the file is not available: upload it again")]
+    FileUnavailable,
+    #[error("message {1} of chat {0} has no media")]
+    NoMedia(ChatId, MessageId),
 }
 
 pub type MessagingResult<T> = Result<T, MessagingError>;

@@ -73,7 +73,10 @@ pub fn request_shard(table: &VShardTable, request: &Request) -> ShardId {
         Request::MembersPage { chat, .. } => chat.vshard(),
         Request::PushRecipients { users, chat } => users.first().map_or(chat.vshard(), |user| user.vshard()),
         // A shard's own outbox: address it with `submit_to`.
-        Request::PendingPushes { .. } | Request::PushesDone { .. } => VShard::of(0),
+        Request::PendingPushes { .. }
+        | Request::PushesDone { .. }
+        | Request::PendingMediaReleases { .. }
+        | Request::MediaReleasesDone { .. } => VShard::of(0),
         Request::CheckAuthorization { id, .. } => id.vshard(),
         Request::OpenPrivate { user, peer } | Request::SetBlocked { user, peer, .. } => pair_vshard(*user, *peer),
         Request::CreateChat { creator, .. } => creator.vshard(),
@@ -91,6 +94,8 @@ pub fn request_shard(table: &VShardTable, request: &Request) -> ShardId {
         | Request::GetChat { chat, .. }
         | Request::GetMembers { chat, .. }
         | Request::GetChatDifference { chat, .. }
+        | Request::GetMessageMedia { chat, .. }
+        | Request::CheckMediaHolders { chat, .. }
         | Request::Typing { chat, .. } => chat.vshard(),
         Request::Send(send) => send.chat.vshard(),
         Request::FetchMessages { wanted, .. } => wanted.first().map_or(VShard::of(0), |(chat, _)| chat.vshard()),

@@ -17,19 +17,19 @@
 //! be lost. What a crash can leave behind is only unreferenced bytes in segments (chunks of
 //! unfinished uploads), which compaction reclaims.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::rc::Rc;
 
 use crate::cache::ChunkCache;
 use crate::config::MediaConfig;
 use crate::error::{FinishError, OpenError, PutPartError, ReadError, ReferenceError, StartError, StorageError};
 use crate::hash::ChunkHasher;
-use crate::ids::{AccessHash, ChunkKey, ChunkLocation, FileId, TimestampMs, UploadId, UploaderId, VShard};
+use crate::ids::{AccessHash, ChunkKey, ChunkLocation, FileId, Holder, TimestampMs, UploadId, UploaderId, VShard};
 use crate::journal::{Journal, Recovery};
 use crate::limits::*;
 use crate::records::{FileMeta, ManifestChunk, MediaRecord, MediaSnapshot};
 use crate::segment::{SegmentIo, SegmentStore};
-use crate::state::MediaState;
+use crate::state::{FileEntry, MediaState};
 use crate::upload::{PartAccepted, Upload};
 
 mod compaction;
@@ -78,6 +78,7 @@ pub struct FileInfo {
     pub mime_type: String,
     pub content_hash: u128,
     pub chunks: usize,
+    /// Message references: anonymous ones plus holders.
     pub references: u64,
     pub uploader_reference_held: bool,
 }
@@ -439,17 +440,7 @@ impl<S: SegmentIo, J: Journal> MediaShard<S, J> {
 
     /// Describes a file to someone holding its access hash.
     pub fn file_info(&self, file: FileId, access_hash: AccessHash) -> Result<FileInfo, ReadError> {
-        let entry = self.authorized(file, access_hash)?;
-        Ok(FileInfo {
-            file,
-            size: entry.meta.size,
-            name: entry.meta.name.clone(),
-            mime_type: entry.meta.mime_type.clone(),
-            content_hash: entry.meta.content_hash,
-            chunks: entry.chunks.len(),
-            references: entry.references,
-            uploader_reference_held: entry.uploader_expires_at.is_some(),
-        })
+        self.authorized(file, access_hash).map(describe)
     }
 
     /// Takes a message's reference on a file; call it before the message is appended. The
@@ -474,6 +465,91 @@ impl<S: SegmentIo, J: Journal> MediaShard<S, J> {
         }
         self.commit(&[MediaRecord::ReferenceReleased { file, at: now }]).await?;
         Ok(())
+    }
+
+    /// Takes a keyed reference on a file for the message whose idempotency key is `holder`;
+    /// call it before the message is appended. Idempotent: when `holder` already holds the
+    /// file nothing is journaled and the answer is the same, so a retried send is harmless.
+    /// The first message takes over the uploader's expiring reference.
+    ///
+    /// A take that arrives after the same holder was released takes it again: the leak check
+    /// ([`MediaShard::unconfirmed_holders`]) finds such a holder, as its message is not durable.
+    pub async fn take_holder(
+        &mut self,
+        file: FileId,
+        access_hash: AccessHash,
+        holder: Holder,
+        now: TimestampMs,
+    ) -> Result<FileInfo, ReferenceError> {
+        self.check_failed()?;
+        let entry = self.state.file(file).ok_or(ReferenceError::NotFound(file))?;
+        if !entry.meta.access_hash.matches(access_hash) {
+            return Err(ReferenceError::AccessDenied(file));
+        }
+        if !entry.holders.contains_key(&holder) {
+            self.commit(&[MediaRecord::HolderTaken { file, holder, at: now }]).await?;
+        }
+        Ok(describe(self.state.file(file).expect("a file that is held stays")))
+    }
+
+    /// Gives a keyed reference back (once the holding message's tombstone is durable, or when
+    /// its send failed). `Ok(false)`, with nothing journaled, when the file is gone or
+    /// `holder` does not hold it: an outbox may deliver a release more than once. The last
+    /// reference going deletes the file; its chunks wait out the grace period.
+    pub async fn release_holder(
+        &mut self,
+        file: FileId,
+        holder: Holder,
+        now: TimestampMs,
+    ) -> Result<bool, StorageError> {
+        self.check_failed()?;
+        if !self.state.file(file).is_some_and(|entry| entry.holders.contains_key(&holder)) {
+            return Ok(false);
+        }
+        self.commit(&[MediaRecord::HolderReleased { file, holder, at: now }]).await?;
+        Ok(true)
+    }
+
+    /// Marks `holder` as belonging to a durable message, so the leak check stops listing it.
+    /// `Ok(false)` when `holder` does not hold the file; `Ok(true)` when it does (journaling
+    /// only the first confirmation).
+    pub async fn confirm_holder(&mut self, file: FileId, holder: Holder) -> Result<bool, StorageError> {
+        self.check_failed()?;
+        let Some(held) = self.state.file(file).and_then(|entry| entry.holders.get(&holder)) else {
+            return Ok(false);
+        };
+        if !held.confirmed {
+            self.commit(&[MediaRecord::HolderConfirmed { file, holder }]).await?;
+        }
+        Ok(true)
+    }
+
+    /// The first `limit` unconfirmed holders (in file, then holder order) taken at or before
+    /// `taken_before`: references whose message may never have been appended, for a periodic
+    /// leak check to ask the messaging side about.
+    ///
+    /// It walks every file of the shard. That is acceptable for a rare check and keeps the
+    /// state free of a second index that every take, confirm and release would maintain;
+    /// memory stays bounded by `limit`.
+    pub fn unconfirmed_holders(&self, taken_before: TimestampMs, limit: usize) -> Vec<(FileId, Holder)> {
+        if limit == 0 {
+            return Vec::new();
+        }
+        // A max-heap of the smallest `limit` seen so far: its top is the first to give way.
+        // It grows as it fills, not to `limit` up front: callers may pass a large limit.
+        let mut smallest: BinaryHeap<(FileId, Holder)> = BinaryHeap::new();
+        for file in self.state.files() {
+            for (holder, entry) in &file.holders {
+                if entry.confirmed || entry.taken_at > taken_before {
+                    continue;
+                }
+                smallest.push((file.meta.id, *holder));
+                if smallest.len() > limit {
+                    smallest.pop();
+                }
+            }
+        }
+        smallest.into_sorted_vec()
     }
 
     /// Periodic upkeep: drops uploads idle past their timeout and expires uploader references
@@ -554,7 +630,7 @@ impl<S: SegmentIo, J: Journal> MediaShard<S, J> {
 
     // ---- helpers ----
 
-    fn authorized(&self, file: FileId, access_hash: AccessHash) -> Result<&crate::state::FileEntry, ReadError> {
+    fn authorized(&self, file: FileId, access_hash: AccessHash) -> Result<&FileEntry, ReadError> {
         let entry = self.state.file(file).ok_or(ReadError::NotFound(file))?;
         if !entry.meta.access_hash.matches(access_hash) {
             return Err(ReadError::AccessDenied(file));
@@ -721,6 +797,20 @@ pub fn check_download_range(offset: u64, limit: u64) -> Result<(), ReadError> {
         return Err(ReadError::CrossesBoundary { offset, limit });
     }
     Ok(())
+}
+
+/// A file's description, as `file_info` and `take_holder` give it.
+fn describe(entry: &FileEntry) -> FileInfo {
+    FileInfo {
+        file: entry.meta.id,
+        size: entry.meta.size,
+        name: entry.meta.name.clone(),
+        mime_type: entry.meta.mime_type.clone(),
+        content_hash: entry.meta.content_hash,
+        chunks: entry.chunks.len(),
+        references: entry.message_references(),
+        uploader_reference_held: entry.uploader_expires_at.is_some(),
+    }
 }
 
 fn random_u64() -> Result<u64, getrandom::Error> {

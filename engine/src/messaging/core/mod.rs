@@ -19,6 +19,7 @@ use crate::messaging::types::*;
 use crate::vshards::VShardTable;
 use crate::wal::AppendError;
 
+mod media;
 mod push;
 mod requests;
 mod sessions;
@@ -105,6 +106,10 @@ struct Live {
     /// On a user's shard: each authorization's last successful check since the shard started.
     /// Never in the WAL: a check must not cost a write.
     authorization_used: Map<AuthorizationId, UnixMs>,
+    /// On a chat's shard: media keys the leak sweep found no message for, refused to media
+    /// sends until the time given (see `Request::CheckMediaHolders`). Never in the WAL: a
+    /// crash ends every send in flight, which is all the refusal guards against.
+    holders_refused: Map<(ChatId, UserId, RandomId), UnixMs>,
 }
 
 struct HubSession {
@@ -164,6 +169,14 @@ struct PushHeader {
     users: u64,
 }
 
+/// The media messages of one chat, after the chat's piece (`Message::media` is not in the
+/// chat's archive): (message id, media) of each live media message.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct ChatMedia {
+    chat: ChatId,
+    media: Vec<(MessageId, MessageMedia)>,
+}
+
 /// One user's devices and non-default notification settings, after the user's piece.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct UserPush {
@@ -189,7 +202,12 @@ struct AuthorizationsHeader {
 /// Version 4 is version 3 plus push state: a [`PushHeader`] piece after the authorizations
 /// header (the outbox and its sequence), and a piece of devices and notification settings
 /// after each user that has some. Versions 2 and 3 restore with none.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"FGMSNAP4";
+///
+/// Version 5 is version 4 plus media messages: the release outbox
+/// ([`crate::messaging::MediaReleases`]) after the push header, and a [`ChatMedia`] piece
+/// after each chat that holds media messages. Older versions restore with none.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"FGMSNAP5";
+const SNAPSHOT_MAGIC_V4: &[u8; 8] = b"FGMSNAP4";
 const SNAPSHOT_MAGIC_V3: &[u8; 8] = b"FGMSNAP3";
 const SNAPSHOT_MAGIC_V2: &[u8; 8] = b"FGMSNAP2";
 const PIECE_HEADER: u64 = 0;
@@ -201,6 +219,9 @@ const PIECE_AUTHORIZATIONS: u64 = 4;
 const PIECE_PUSH_HEADER: u64 = 5;
 /// One user's devices and notification settings ([`UserPush`], never both empty).
 const PIECE_USER_PUSH: u64 = 6;
+const PIECE_MEDIA_RELEASES: u64 = 7;
+/// One chat's media messages ([`ChatMedia`], never empty), right after the chat's piece.
+const PIECE_CHAT_MEDIA: u64 = 8;
 
 /// See [`MessagingCore::begin_checkpoint`].
 struct CheckpointInProgress {
@@ -274,6 +295,10 @@ impl MessagingCore {
             2 | 3 => PushHeader { sequence: 0, outbox: Vec::new(), users: 0 },
             _ => pieces.next(PIECE_PUSH_HEADER)?,
         };
+        let media_releases = match pieces.version {
+            2..=4 => crate::messaging::MediaReleases::default(),
+            _ => pieces.next(PIECE_MEDIA_RELEASES)?,
+        };
         let mut state = State {
             phones: header.phones,
             usernames: header.usernames,
@@ -306,6 +331,10 @@ impl MessagingCore {
                     let user_push: UserPush = pieces.next(PIECE_USER_PUSH)?;
                     restore_user_push(&mut state, user_push)?;
                 }
+                PIECE_CHAT_MEDIA if pieces.version >= 5 => {
+                    let chat_media: ChatMedia = pieces.next(PIECE_CHAT_MEDIA)?;
+                    restore_chat_media(&mut state, chat_media)?;
+                }
                 _ => return Err(RestoreError::Format("a piece of unknown kind")),
             }
         }
@@ -326,6 +355,10 @@ impl MessagingCore {
         if push_users.iter().any(|user| !state.users.contains_key(user)) {
             return Err(RestoreError::Format("push settings of a user the checkpoint does not hold"));
         }
+        for chat in state.chats.values_mut() {
+            chat.index_media();
+        }
+        state.media_releases = media_releases;
         state.push.sequence = push_header.sequence;
         state.push.outbox = push_header.outbox.into_iter().map(|job| (job.sequence, job)).collect();
         self.state = state;
@@ -340,7 +373,7 @@ impl MessagingCore {
             push_user(&mut out, &self.state, *user);
         }
         for chat in self.state.chats.values() {
-            push_piece(&mut out, PIECE_CHAT, chat);
+            push_chat(&mut out, chat);
         }
         self.bytes_since_checkpoint = 0;
         out
@@ -382,6 +415,7 @@ impl MessagingCore {
             users: push_users.count() as u64,
         };
         push_piece(&mut out, PIECE_PUSH_HEADER, &push_header);
+        push_piece(&mut out, PIECE_MEDIA_RELEASES, &state.media_releases);
         out
     }
 
@@ -415,7 +449,7 @@ impl MessagingCore {
                 }
             } else if let Some(chat) = progress.chats.pop() {
                 if progress.pending_chats.remove(&chat).is_some() {
-                    push_piece(&mut progress.out, PIECE_CHAT, &state.chats[&chat]);
+                    push_chat(&mut progress.out, &state.chats[&chat]);
                     written += 1;
                 }
             } else {
@@ -453,7 +487,7 @@ impl MessagingCore {
             | Event::NotifySettingsSet { user: id, .. } => user(*id),
             Event::Chat { chat, .. } => {
                 if progress.pending_chats.remove(chat).is_some() {
-                    push_piece(&mut progress.out, PIECE_CHAT, &state.chats[chat]);
+                    push_chat(&mut progress.out, &state.chats[chat]);
                 }
             }
             // New users and chats are not in the checkpoint; the indexes are in its header.
@@ -465,6 +499,9 @@ impl MessagingCore {
             // The outbox is in the header, as it was when the checkpoint began; the log after
             // the checkpoint's ticket replays the jobs queued and finished since.
             Event::PushQueued { .. } | Event::PushesDone { .. } => {}
+            // Likewise the media release outbox (its releases are queued by chat events,
+            // which preserve their chat above).
+            Event::MediaReleasesDone { .. } => {}
         }
     }
 
@@ -761,7 +798,7 @@ impl MessagingCore {
 
         // Applied only once appended: an append refused for lack of room changes nothing.
         let live_message = match &event {
-            Event::Chat { change: ChatChange::NewMessage(message), .. } => Some(Arc::new(message.clone())),
+            Event::Chat { change, .. } => change.posted_message().map(Arc::new),
             _ => None,
         };
         let on_read =
@@ -1126,7 +1163,7 @@ fn event_vshard(event: &Event) -> VShard {
         Event::BoxAppended { users, chat, .. } => users.first().map_or(chat.vshard(), |(user, _)| user.vshard()),
         // Written only with jobs, and kept in the shard's checkpoint: any job's key will do.
         Event::PushQueued { jobs } => jobs.first().map_or(VShard::of(0), PushJob::vshard),
-        Event::PushesDone { .. } => VShard::of(0),
+        Event::PushesDone { .. } | Event::MediaReleasesDone { .. } => VShard::of(0),
     }
 }
 
@@ -1156,6 +1193,33 @@ fn push_user(out: &mut Vec<u8>, state: &State, user: UserId) {
 }
 
 /// Adds one user's push piece to a state being restored.
+/// A chat's piece, and its media piece when it holds media messages.
+fn push_chat(out: &mut Vec<u8>, chat: &Chat) {
+    push_piece(out, PIECE_CHAT, chat);
+    let media: Vec<(MessageId, MessageMedia)> =
+        chat.messages.iter().filter_map(|message| Some((message.id, message.media.clone()?))).collect();
+    if !media.is_empty() {
+        push_piece(out, PIECE_CHAT_MEDIA, &ChatMedia { chat: chat.id, media });
+    }
+}
+
+fn restore_chat_media(state: &mut State, chat_media: ChatMedia) -> std::result::Result<(), RestoreError> {
+    let chat = state
+        .chats
+        .get_mut(&chat_media.chat)
+        .ok_or(RestoreError::Format("media of a chat the checkpoint does not hold (or not before it)"))?;
+    for (id, media) in chat_media.media {
+        let message = (id.0 >= 1)
+            .then(|| chat.messages.get_mut(id.0 as usize - 1))
+            .flatten()
+            .ok_or(RestoreError::Format("media of a message the chat does not hold"))?;
+        if message.deleted || message.media.replace(media).is_some() {
+            return Err(RestoreError::Format("media of a deleted message, or listed twice"));
+        }
+    }
+    Ok(())
+}
+
 fn restore_user_push(state: &mut State, user_push: UserPush) -> std::result::Result<(), RestoreError> {
     let UserPush { user, devices, settings } = user_push;
     if devices.is_empty() && settings.is_empty() {
@@ -1221,14 +1285,15 @@ struct SnapshotPieces<'a> {
     bytes: &'a [u8],
     offset: usize,
     aligned: rkyv::util::AlignedVec<16>,
-    /// The format version its magic names: 2, 3 or 4.
+    /// The format version its magic names: 2 to 5.
     version: u8,
 }
 
 impl<'a> SnapshotPieces<'a> {
     fn new(bytes: &'a [u8]) -> std::result::Result<SnapshotPieces<'a>, RestoreError> {
         let version = match bytes.get(..8) {
-            Some(magic) if magic == SNAPSHOT_MAGIC.as_slice() => 4,
+            Some(magic) if magic == SNAPSHOT_MAGIC.as_slice() => 5,
+            Some(magic) if magic == SNAPSHOT_MAGIC_V4.as_slice() => 4,
             Some(magic) if magic == SNAPSHOT_MAGIC_V3.as_slice() => 3,
             Some(magic) if magic == SNAPSHOT_MAGIC_V2.as_slice() => 2,
             _ => return Err(RestoreError::Format("not a messaging checkpoint of this version")),
@@ -1381,6 +1446,7 @@ mod tests {
                 text: format!("text {random_id}"),
                 reply_to: None,
                 forwarded_from: None,
+                media: None,
             })
         };
         for (index, &(chat, sender, _)) in chats.iter().enumerate() {
@@ -1630,6 +1696,7 @@ mod tests {
             text: "still there?".into(),
             reply_to: None,
             forwarded_from: None,
+            media: None,
         };
         let (result, effects) = step(&mut core, &mut journal, Request::Send(send));
         assert!(matches!(result, Ok(Response::Sent(_))), "{result:?}");
@@ -1711,8 +1778,18 @@ mod tests {
             );
         }
 
+        // Version 4 is version 5 without the media pieces, and cannot smuggle them in.
+        let no_media = |kind: u64| kind != PIECE_MEDIA_RELEASES && kind != PIECE_CHAT_MEDIA;
+        let version_4 =
+            join_pieces(SNAPSHOT_MAGIC_V4, pieces.iter().filter(|(kind, _)| no_media(*kind)).map(|(_, p)| *p));
+        let mut old = MessagingCore::new(ShardId(0), table.clone());
+        old.restore(&version_4).expect("a version 4 checkpoint restores");
+        assert_eq!(old.state().authorizations.len(), 2);
+        let mixed = join_pieces(SNAPSHOT_MAGIC_V4, pieces.iter().map(|(_, p)| *p));
+        assert!(MessagingCore::new(ShardId(0), table.clone()).restore(&mixed).is_err(), "no media outbox in v4");
+
         // Version 3 is version 4 without the push pieces, and cannot smuggle them in.
-        let no_push = |kind: u64| kind != PIECE_PUSH_HEADER && kind != PIECE_USER_PUSH;
+        let no_push = |kind: u64| kind != PIECE_PUSH_HEADER && kind != PIECE_USER_PUSH && no_media(kind);
         let version_3 =
             join_pieces(SNAPSHOT_MAGIC_V3, pieces.iter().filter(|(kind, _)| no_push(*kind)).map(|(_, p)| *p));
         let mut old = MessagingCore::new(ShardId(0), table.clone());
@@ -1823,6 +1900,7 @@ mod tests {
                 text: format!("message {index}"),
                 reply_to: None,
                 forwarded_from: None,
+                media: None,
             };
             call(&mut core, &mut journal, Request::Send(send));
         }

@@ -19,7 +19,12 @@ impl MessagingCore {
             return None;
         }
         let state = self.state.chats.get(chat)?;
-        Some(Arc::new(PushSource::new(state.kind, &state.title, &state.message(*id)?.text)))
+        let message = state.message(*id)?;
+        let preview = match &message.media {
+            Some(media) if message.text.is_empty() => media_preview(media),
+            _ => message.text.clone(),
+        };
+        Some(Arc::new(PushSource::new(state.kind, &state.title, &preview)))
     }
 
     /// Jobs for the users of a box update on this shard who should hear of it by push: a new
@@ -58,9 +63,13 @@ impl MessagingCore {
         if !self.push_enabled {
             return None;
         }
-        let Event::Chat { chat, date, change: ChatChange::NewMessage(message), .. } = event else { return None };
+        let Event::Chat { chat, date, change, .. } = event else { return None };
+        let (message, media) = change.posted()?;
         let state = self.state.chats.get(chat)?;
-        let source = PushSource::new(state.kind, &state.title, &message.text);
+        let source = match media {
+            Some(media) if message.text.is_empty() => PushSource::new(state.kind, &state.title, &media_preview(media)),
+            _ => PushSource::new(state.kind, &state.title, &message.text),
+        };
         let mut next = self.state.push.next_sequence();
         let mut jobs = Vec::new();
         if state.fanout_on_read {
@@ -235,6 +244,14 @@ fn job(
         sender,
         date,
         preview: source.preview.clone(),
+    }
+}
+
+/// What a push shows for a media message without a caption.
+fn media_preview(media: &MessageMedia) -> String {
+    match media.kind {
+        MediaKind::Photo => "Photo".to_owned(),
+        MediaKind::Document => format!("Document: {}", media.name),
     }
 }
 
