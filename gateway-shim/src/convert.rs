@@ -96,6 +96,30 @@ pub fn message(message: &model::Message) -> wire::Message {
         }),
         edit_date: message.edit_date.map(unix_ms),
         deleted: message.deleted,
+        // A tombstone shows nothing of what it was, its file included.
+        media: message.media.as_ref().filter(|_| !message.deleted).map(message_media),
+    }
+}
+
+/// A media message's file as its readers see it. The reference goes along: whoever can see
+/// the message may send the same file on (`SendMedia`), as Telegram hands out documents.
+fn message_media(media: &model::MessageMedia) -> wire::MessageMedia {
+    wire::MessageMedia {
+        kind: match media.kind {
+            model::MediaKind::Photo => wire::MediaKind::Photo,
+            model::MediaKind::Document => wire::MediaKind::Document,
+        },
+        file: wire::FileRef { id: wire::FileId(media.file), access_hash: media.access_hash },
+        size: media.size,
+        name: media.name.clone(),
+        mime_type: media.mime_type.clone(),
+    }
+}
+
+pub fn media_kind(kind: wire::MediaKind) -> model::MediaKind {
+    match kind {
+        wire::MediaKind::Photo => model::MediaKind::Photo,
+        wire::MediaKind::Document => model::MediaKind::Document,
     }
 }
 
@@ -222,9 +246,12 @@ pub fn notify_settings(settings: model::NotifySettings) -> wire::NotifySettings 
 pub fn error(error: &MessagingError) -> ErrorBody {
     use MessagingError as E;
     let code = match error {
-        E::InvalidArgument(_) => ErrorCode::InvalidArgument,
+        E::InvalidArgument(_) | E::NoMedia(..) => ErrorCode::InvalidArgument,
         E::TooLong { .. } => ErrorCode::TooLarge,
         E::UnknownUser(_) | E::UnknownChat(_) | E::UnknownMessage(..) => ErrorCode::NotFound,
+        // Never uploaded, expired, deleted, or a wrong access hash: one answer for all, so a
+        // client cannot probe for files (docs/PROTOCOL.md §4.4).
+        E::FileUnavailable => ErrorCode::NotFound,
         E::PhoneTaken(_) | E::UsernameTaken | E::RandomIdReused => ErrorCode::Conflict,
         E::NotMember(_) | E::NotAdmin | E::Blocked | E::NotSender => ErrorCode::PermissionDenied,
         E::DifferenceTooLong(_) => ErrorCode::DifferenceTooLong,
@@ -245,5 +272,55 @@ fn error_of_newer_variant(error: &MessagingError) -> ErrorBody {
         MessagingError::Unauthorized => ErrorBody::new(ErrorCode::AuthInvalid, "the token is not valid"),
         MessagingError::TooManyAuthorizations => ErrorBody::new(ErrorCode::Conflict, error.to_string()),
         _ => ErrorBody::new(ErrorCode::Internal, error.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn photo_message(deleted: bool) -> model::Message {
+        model::Message {
+            id: model::MessageId(3),
+            chat: model::ChatId(7 << 12 | 5),
+            sender: model::UserId(9 << 12 | 5),
+            date: model::UnixMs(1_700_000_000_000),
+            random_id: model::RandomId(11),
+            text: if deleted { String::new() } else { "a caption".into() },
+            reply_to: None,
+            forwarded_from: None,
+            edit_date: None,
+            deleted,
+            media: Some(model::MessageMedia {
+                kind: model::MediaKind::Photo,
+                file: 4 << 12 | 5,
+                access_hash: 0xfeed,
+                size: 1234,
+                name: "cat.jpg".into(),
+                mime_type: "image/jpeg".into(),
+            }),
+        }
+    }
+
+    // A media message reaches the wire with its file's reference and description; a tombstone
+    // shows no file even if the engine still knew one.
+    #[test]
+    fn media_messages_carry_their_file() {
+        let media = message(&photo_message(false)).media.expect("media");
+        assert_eq!(media.kind, wire::MediaKind::Photo);
+        assert_eq!(media.file, wire::FileRef { id: wire::FileId(4 << 12 | 5), access_hash: 0xfeed });
+        assert_eq!((media.size, media.name.as_str(), media.mime_type.as_str()), (1234, "cat.jpg", "image/jpeg"));
+        assert_eq!(message(&photo_message(true)).media, None);
+        assert_eq!(media_kind(wire::MediaKind::Document), model::MediaKind::Document);
+    }
+
+    // A file that is not available reads as not found (one answer for a wrong access hash and
+    // a missing file); a message without media is a bad argument.
+    #[test]
+    fn media_errors_are_typed() {
+        assert_eq!(error(&MessagingError::FileUnavailable).code, ErrorCode::NotFound);
+        let no_media = error(&MessagingError::NoMedia(model::ChatId(1), model::MessageId(2)));
+        assert_eq!(no_media.code, ErrorCode::InvalidArgument);
+        assert!(no_media.message.contains("no media"), "{}", no_media.message);
     }
 }

@@ -5,9 +5,10 @@
 use std::rc::Rc;
 use std::time::Instant;
 
-use engine::messaging::{self as model, DialogsOffset, HistoryPage, MessagingError, NewMessage};
+use engine::messaging::{self as model, DialogsOffset, HistoryPage, MessagingError, NewMediaMessage, NewMessage};
 use ferrogram_net::limits::{
     DEVICE_TOKEN_BYTES_MAX, DIALOGS_PAGE_MAX, DIFFERENCE_LIMIT_MAX, GROUP_MEMBERS_AT_CREATION_MAX, IDS_PER_REQUEST_MAX,
+    MEDIA_CAPTION_MAX,
 };
 use ferrogram_net::{ErrorBody, ErrorCode, Outcome, Request, Response};
 use glommio::sync::StaticPermit;
@@ -22,8 +23,8 @@ use crate::token::{self, Token};
 use crate::updates;
 
 /// The metrics index of requests that could not be decoded.
-pub(crate) const MALFORMED_INDEX: usize = 51;
-const UNAUTHORIZED_INDEX: usize = 52;
+pub(crate) const MALFORMED_INDEX: usize = 52;
+const UNAUTHORIZED_INDEX: usize = 53;
 
 pub(crate) type Answer = Result<Response, ErrorBody>;
 
@@ -83,7 +84,7 @@ pub(crate) async fn handle(connection: &Rc<Connection>, request: Request) -> Ans
     Answered { outcome, held }
 }
 
-fn engine_error(error: MessagingError) -> ErrorBody {
+pub(crate) fn engine_error(error: MessagingError) -> ErrorBody {
     if let MessagingError::Storage(detail) = &error {
         tracing::error!(%detail, "storage error answering a request");
     }
@@ -96,6 +97,23 @@ pub(crate) fn invalid(message: &str) -> ErrorBody {
 
 fn too_many(what: &str, limit: usize) -> ErrorBody {
     ErrorBody::new(ErrorCode::TooLarge, format!("at most {limit} {what} per request"))
+}
+
+/// A media message's edge checks, as the engine makes them again: a non-zero `random_id` (the
+/// key of its idempotency and of its reference on the file) and a caption of at most
+/// `MEDIA_CAPTION_MAX` characters, which may be empty.
+fn check_media_message(random_id: u64, caption: &str) -> Result<(), ErrorBody> {
+    if random_id == 0 {
+        return Err(invalid("random_id must not be 0"));
+    }
+    let characters = caption.chars().count();
+    if characters > MEDIA_CAPTION_MAX {
+        return Err(ErrorBody::new(
+            ErrorCode::TooLarge,
+            format!("the caption has {characters} characters, more than {MEDIA_CAPTION_MAX}"),
+        ));
+    }
+    Ok(())
 }
 
 /// A push token is 1 to `DEVICE_TOKEN_BYTES_MAX` bytes; its form is the push service's
@@ -350,6 +368,20 @@ async fn authorized(
             let ack = messenger.send(chat_id(chat), me, message).await.map_err(engine_error)?;
             Ok(Response::Sent(convert::sent(ack)))
         }
+        Request::SendMedia(message) => {
+            let ferrogram_net::NewMediaMessage { chat, random_id, file, kind, caption, reply_to } = *message;
+            check_media_message(random_id, &caption)?;
+            let message = NewMediaMessage {
+                random_id: model::RandomId(random_id),
+                caption,
+                reply_to: reply_to.map(message_id),
+                kind: convert::media_kind(kind),
+                file: file.id.0,
+                access_hash: file.access_hash,
+            };
+            let ack = messenger.send_media(chat_id(chat), me, message).await.map_err(engine_error)?;
+            Ok(Response::Sent(convert::sent(ack)))
+        }
         Request::ForwardMessages { from_chat, ids, to_chat, random_id } => {
             if ids.len() > IDS_PER_REQUEST_MAX {
                 return Err(too_many("messages", IDS_PER_REQUEST_MAX));
@@ -565,6 +597,8 @@ fn classify(request: &Request) -> (usize, MethodClass) {
         Request::UploadCancel { .. } => (48, Media),
         Request::GetFile { .. } => (49, Media),
         Request::GetFileInfo { .. } => (50, Media),
+        // A message write like `SendMessage`; its file is already stored.
+        Request::SendMedia(_) => (51, Send),
     }
 }
 
@@ -595,10 +629,30 @@ mod tests {
         let part = Request::UploadPart { upload_id: Default::default(), part: 0, bytes: Vec::new() };
         assert_eq!(classify(&part), (46, MethodClass::Media));
         assert_eq!(REQUEST_NAMES[classify(&part).0], "upload_part");
-        let info = Request::GetFileInfo { file: ferrogram_net::FileRef { id: Default::default(), access_hash: 0 } };
+        let info = Request::GetFileInfo { chat: Default::default(), message: Default::default() };
         assert_eq!(REQUEST_NAMES[classify(&info).0], "get_file_info");
+        let media = Request::SendMedia(Box::new(ferrogram_net::NewMediaMessage {
+            chat: Default::default(),
+            random_id: 1,
+            file: ferrogram_net::FileRef { id: Default::default(), access_hash: 0 },
+            kind: ferrogram_net::MediaKind::Photo,
+            caption: String::new(),
+            reply_to: None,
+        }));
+        assert_eq!(classify(&media), (51, MethodClass::Send));
+        assert_eq!(REQUEST_NAMES[classify(&media).0], "send_media");
         assert_eq!(REQUEST_NAMES[MALFORMED_INDEX], "malformed");
         assert_eq!(REQUEST_NAMES[UNAUTHORIZED_INDEX], "unauthorized");
+    }
+
+    // Media messages are checked at the edge: random_id 0 is refused, a caption may be empty
+    // and up to 1024 characters (not bytes) long, and one character more is too large.
+    #[test]
+    fn media_messages_are_checked_before_the_engine() {
+        assert_eq!(check_media_message(0, "").unwrap_err().code, ErrorCode::InvalidArgument);
+        assert!(check_media_message(1, "").is_ok());
+        assert!(check_media_message(1, &"𝄞".repeat(MEDIA_CAPTION_MAX)).is_ok());
+        assert_eq!(check_media_message(1, &"a".repeat(MEDIA_CAPTION_MAX + 1)).unwrap_err().code, ErrorCode::TooLarge);
     }
 
     // Device tokens are checked at the edge: empty is an invalid argument, one byte past the

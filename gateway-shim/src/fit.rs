@@ -1,6 +1,6 @@
 //! Keeping answers within a frame. Counts are limited by the protocol, but a message's text
-//! may take up to 16 KiB (4096 characters of 4 bytes), so a full page of long messages would
-//! not fit `FRAME_MAX`. Pages and differences are cut by bytes as well, and say so the way
+//! may take up to 16 KiB (4096 characters of 4 bytes), and a media message adds its file's
+//! name and MIME type, so a full page of long messages would not fit `FRAME_MAX`. Pages and differences are cut by bytes as well, and say so the way
 //! they already say "more remains": a shorter page, or `slice`.
 
 use ferrogram_net::limits::FRAME_MAX;
@@ -9,9 +9,11 @@ use ferrogram_net::{ChatDifference, Difference, LiveEvent, Message, Sequenced};
 /// The bytes of payload an answer may carry, leaving room for the frame and archive framing.
 pub const ANSWER_BYTES_MAX: usize = FRAME_MAX / 4 * 3;
 
-/// A generous estimate of a message's archived size: its text plus every fixed field.
+/// A generous estimate of a message's archived size: its text, its file's name and MIME type,
+/// plus every fixed field (184 bytes archived, `docs/PROTOCOL.md` §8.1) and alignment.
 pub fn message_bytes(message: &Message) -> usize {
-    message.text.len() + 192
+    let media = message.media.as_ref().map_or(0, |media| media.name.len() + media.mime_type.len());
+    message.text.len() + media + 256
 }
 
 /// An estimate of an update's archived size (fixed fields, plus the ids of a deletion).
@@ -131,8 +133,13 @@ pub fn split_events(events: Vec<LiveEvent>) -> Vec<Vec<LiveEvent>> {
 mod tests {
     use super::*;
     use ferrogram_net::codec;
-    use ferrogram_net::{BoxState, ChatId, MessageId, Pts, UnixMs, Update, UserId};
+    use ferrogram_net::limits::{FILE_NAME_BYTES_MAX, MIME_TYPE_BYTES_MAX};
+    use ferrogram_net::{
+        BoxState, ChatId, FileId, FileRef, MediaKind, MessageId, MessageMedia, Pts, UnixMs, Update, UserId,
+    };
 
+    /// Larger than any message can be: a full text of 4-byte characters (more than a caption
+    /// may hold) with a file whose name and MIME type are as long as allowed.
     fn long_message(id: u64) -> Message {
         Message {
             id: MessageId(id),
@@ -146,6 +153,13 @@ mod tests {
             forwarded_from: None,
             edit_date: None,
             deleted: false,
+            media: Some(MessageMedia {
+                kind: MediaKind::Document,
+                file: FileRef { id: FileId(id), access_hash: id },
+                size: id,
+                name: "n".repeat(FILE_NAME_BYTES_MAX),
+                mime_type: "m".repeat(MIME_TYPE_BYTES_MAX),
+            }),
         }
     }
 

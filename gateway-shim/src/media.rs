@@ -4,10 +4,12 @@
 //! store's answers become typed protocol errors; and a download holds its share of the
 //! connection's download budget until its answer leaves the queue.
 //!
-//! Who may read a file: whoever presents its id and access hash. Until media messages exist,
-//! only the uploader learns the access hash (in `UploadFinished`); the check that a reader can
-//! see a message carrying the file comes with them. A wrong access hash and a missing file
-//! get the same answer, so a reader learns nothing about files it does not hold.
+//! Who may read a file (DESIGN §7, issue 6): a client reads a file only through a message it
+//! can see. `GetFile` and `GetFileInfo` name a media message; the messenger answers that
+//! message's media only to a member who can see it (`Messenger::message_media`: not deleted,
+//! not hidden for them), and the file id and access hash come from the message, never from
+//! the client. Sending a file (`SendMedia`, in `dispatch.rs`) checks the access hash the
+//! client presents; a wrong one and a missing file get the same answer there too.
 
 use std::convert::Infallible;
 use std::rc::Rc;
@@ -24,6 +26,8 @@ use ferrogram_net::limits::{
     UPLOAD_PART_BYTES_MAX,
 };
 use ferrogram_net::{ErrorBody, ErrorCode, FileInfo, FileRef, Request, Response};
+
+use crate::convert::{chat_id, message_id};
 use glommio::sync::StaticPermit;
 
 use crate::connection::Connection;
@@ -96,14 +100,18 @@ pub(crate) async fn handle(
             .await
             .map(|_existed| Response::Done)
             .map_err(|error| media_error(error, |never: Infallible| match never {})),
-        Request::GetFile { file, offset, limit } => {
+        Request::GetFile { chat, message, offset, limit } => {
             if let Some(error) = download_range_error(offset, limit) {
                 return (Err(invalid(&error)), None);
             }
+            // The message first: a reader who may not see it holds no download budget.
+            let (file, access_hash) = match file_of_message(connection, me, chat, message).await {
+                Ok(file) => file,
+                Err(error) => return (Err(error), None),
+            };
             let Some(held) = connection.reserve_download(u64::from(limit)).await else {
                 return (Err(busy("this connection's earlier downloads are still being sent")), None);
             };
-            let (file, access_hash) = file_of(file);
             return match media.read(file, access_hash, offset, u64::from(limit)).await {
                 Ok(bytes) => {
                     metrics.media_download_bytes.fetch_add(bytes.len() as u64, Relaxed);
@@ -112,8 +120,11 @@ pub(crate) async fn handle(
                 Err(error) => (Err(media_error(error, read_error)), None),
             };
         }
-        Request::GetFileInfo { file } => {
-            let (file, access_hash) = file_of(file);
+        Request::GetFileInfo { chat, message } => {
+            let (file, access_hash) = match file_of_message(connection, me, chat, message).await {
+                Ok(file) => file,
+                Err(error) => return (Err(error), None),
+            };
             media
                 .file_info(file, access_hash)
                 .await
@@ -136,8 +147,20 @@ fn upload_of(user: UserId, upload: ferrogram_net::UploadId) -> MediaUpload {
     MediaUpload { vshard: vshard_of(user), id: UploadId::from_raw(upload.0) }
 }
 
-fn file_of(file: FileRef) -> (FileId, AccessHash) {
-    (FileId::from_raw(file.id.0), AccessHash::new(file.access_hash))
+/// The file of media message `message` of `chat`, if `me` can see the message: the rule that
+/// a file is read only through a message its reader can see. Not a member, no such message
+/// (or deleted, or hidden for `me`), no media: each its own typed error (`convert::error`).
+async fn file_of_message(
+    connection: &Connection,
+    me: UserId,
+    chat: ferrogram_net::ChatId,
+    message: ferrogram_net::MessageId,
+) -> Result<(FileId, AccessHash), ErrorBody> {
+    let messenger = &connection.shard.gateway.messenger;
+    match messenger.message_media(chat_id(chat), me, message_id(message)).await {
+        Ok(media) => Ok((FileId::from_raw(media.file), AccessHash::new(media.access_hash))),
+        Err(error) => Err(crate::dispatch::engine_error(error)),
+    }
 }
 
 /// The edge's checks of a part: present, within a part's size, numbered below the limit.
@@ -239,8 +262,10 @@ fn read_error(error: ReadError) -> ErrorBody {
     match error {
         // One answer for both: a reader without the right access hash must not learn whether
         // the file exists.
+        // A message holds a reference on its file, so this is rare: a file lost to a store
+        // that was repaired, say. Either way a reader learns no more than "not available".
         ReadError::NotFound(_) | ReadError::AccessDenied(_) => {
-            ErrorBody::new(ErrorCode::NotFound, "no such file, or not with this access hash")
+            ErrorBody::new(ErrorCode::NotFound, "the message's file is not available")
         }
         ReadError::MisalignedOffset { .. } | ReadError::InvalidLimit { .. } | ReadError::CrossesBoundary { .. } => {
             ErrorBody::new(ErrorCode::InvalidArgument, error.to_string())

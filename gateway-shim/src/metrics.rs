@@ -15,7 +15,7 @@ use ferrogram_net::ErrorCode;
 use hdrhistogram::Histogram;
 
 /// Request kinds counted separately, by the name `request_name` gives them.
-pub const REQUEST_NAMES: [&str; 54] = [
+pub const REQUEST_NAMES: [&str; 55] = [
     "send_code",
     "sign_in",
     "sign_up",
@@ -67,6 +67,7 @@ pub const REQUEST_NAMES: [&str; 54] = [
     "upload_cancel",
     "get_file",
     "get_file_info",
+    "send_media",
     "malformed",
     "unauthorized",
     "refused",

@@ -38,8 +38,9 @@ use crate::frame::{FrameError, FrameHeader, FrameType, PING_BYTES_MAX};
 use crate::limits::{CLIENT_NAME_MAX, FRAME_HEADER_BYTES, FRAME_MAX, PROTOCOL_VERSION};
 use crate::protocol::{
     Authorization, AuthorizationId, BoxState, Chat, ChatDifference, ChatId, DeviceKind, Dialog, DialogsOffset,
-    Difference, ErrorBody, ErrorCode, FileInfo, FileRef, Hello, LiveEvent, Member, Message, MessageId, NotifySettings,
-    Outcome, Pts, PushDevice, Request, Response, SentMessage, UploadId, User, UserId, Welcome,
+    Difference, ErrorBody, ErrorCode, FileInfo, FileRef, Hello, LiveEvent, MediaKind, Member, Message, MessageId,
+    NewMediaMessage, NotifySettings, Outcome, Pts, PushDevice, Request, Response, SentMessage, UploadId, User, UserId,
+    Welcome,
 };
 
 // Limits of the client side. They bound memory per connection; none is visible on the wire.
@@ -414,8 +415,8 @@ impl Submitted {
     }
 }
 
-/// What `UploadFinish` answers: the file's reference (keep it: it is the only way to read the
-/// file) and its size.
+/// What `UploadFinish` answers: the file's reference (keep it: sending it in a message with
+/// `send_media` is how anyone reads the file) and its size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UploadedFile {
     pub file: FileRef,
@@ -699,13 +700,27 @@ typed_helpers! {
     fn upload_cancel(&self, upload_id: UploadId) -> () {
         Request::UploadCancel { upload_id }, "Done", Response::Done => ()
     }
-    /// `GetFile` → `FileBytes`. See `BlockingClient::download_file` for a whole file.
-    fn get_file(&self, file: FileRef, offset: u64, limit: u32) -> Vec<u8> {
-        Request::GetFile { file, offset, limit }, "FileBytes", Response::FileBytes { bytes } => bytes
+    /// `GetFile` → `FileBytes`: a range of the file of media message `message` of `chat`.
+    /// See `BlockingClient::download_file` for a whole file.
+    fn get_file(&self, chat: ChatId, message: MessageId, offset: u64, limit: u32) -> Vec<u8> {
+        Request::GetFile { chat, message, offset, limit }, "FileBytes", Response::FileBytes { bytes } => bytes
     }
-    /// `GetFileInfo` → `FileInfo`.
-    fn get_file_info(&self, file: FileRef) -> FileInfo {
-        Request::GetFileInfo { file }, "FileInfo", Response::FileInfo(info) => info
+    /// `GetFileInfo` → `FileInfo` of the file of media message `message` of `chat`.
+    fn get_file_info(&self, chat: ChatId, message: MessageId) -> FileInfo {
+        Request::GetFileInfo { chat, message }, "FileInfo", Response::FileInfo(info) => info
+    }
+    /// `SendMedia` (not a reply) → `Sent`: `file` as a photo or document with `caption` (may
+    /// be empty). Retrying with the same `random_id` is safe, as for `send_message`.
+    fn send_media(&self, chat: ChatId, random_id: u64, file: FileRef, kind: MediaKind, caption: &str) -> SentMessage {
+        Request::SendMedia(Box::new(NewMediaMessage {
+            chat,
+            random_id,
+            file,
+            kind,
+            caption: caption.to_owned(),
+            reply_to: None,
+        })),
+        "Sent", Response::Sent(sent) => sent
     }
 }
 

@@ -22,6 +22,8 @@ pub const TOKEN_SECRET_BYTES: usize = 32;
 
 /// Message text and name limits, checked again by the engine.
 pub const MESSAGE_TEXT_MAX: usize = 4096;
+/// Characters of a media message's caption (its text); it may be empty.
+pub const MEDIA_CAPTION_MAX: usize = 1024;
 pub const HISTORY_PAGE_MAX: u32 = 100;
 pub const DIFFERENCE_LIMIT_MAX: u32 = 1000;
 pub const DIALOGS_PAGE_MAX: u32 = 100;
@@ -79,6 +81,11 @@ pub fn is_full_part_size(bytes: usize) -> bool {
 }
 
 const _: () = assert!(MESSAGE_TEXT_MAX * 4 + 4096 < FRAME_MAX, "a maximal message fits a frame");
+const _: () = assert!(MEDIA_CAPTION_MAX <= MESSAGE_TEXT_MAX, "a caption is a message's text");
+const _: () = assert!(
+    MESSAGE_TEXT_MAX * 4 + FILE_NAME_BYTES_MAX + MIME_TYPE_BYTES_MAX + 4096 < FRAME_MAX,
+    "a maximal media message fits a frame"
+);
 // A whole part or a whole download, with the archive around it (under 256 bytes) and the
 // req_id, fits one frame.
 const _: () = assert!(UPLOAD_PART_BYTES_MAX + 256 + REQ_ID_BYTES < FRAME_MAX);

@@ -44,8 +44,8 @@ wire_id!(
     UploadId
 );
 wire_id!(
-    /// A stored file. Like every id it carries the server's vshard in its low 12 bits; reading
-    /// the file also takes its access hash ([`FileRef`]).
+    /// A stored file. Like every id it carries the server's vshard in its low 12 bits; sending
+    /// the file in a message also takes its access hash ([`FileRef`]).
     FileId
 );
 
@@ -318,25 +318,71 @@ pub enum Request {
     UploadCancel {
         upload_id: UploadId,
     },
-    /// Reads `limit` bytes at `offset` (answers `FileBytes`, fewer at the end of the file):
-    /// both multiples of 4 KiB, the limit at most 1 MiB, the range inside one 1 MiB window.
+    /// Reads `limit` bytes at `offset` of the file of media message `message` of `chat`, which
+    /// the user must be able to see (answers `FileBytes`, fewer at the end of the file): both
+    /// multiples of 4 KiB, the limit at most 1 MiB, the range inside one 1 MiB window. A file
+    /// is read only through a message (DESIGN §7), never by its id.
     GetFile {
-        file: FileRef,
+        chat: ChatId,
+        message: MessageId,
         offset: u64,
         limit: u32,
     },
+    /// The size, name and MIME type of the file of media message `message` of `chat`.
     GetFileInfo {
-        file: FileRef,
+        chat: ChatId,
+        message: MessageId,
     },
+
+    // Media messages (appended). The fields do not fit the 48 bytes of `Request`, so they sit
+    // in a box out of line and every other request's layout stays as it was.
+    /// Sends an uploaded file as a photo or document with a caption (answers `Sent`, like
+    /// `SendMessage`, and is idempotent per (chat, sender, `random_id`) the same way).
+    SendMedia(Box<NewMediaMessage>),
 }
 
-/// What it takes to read a file: its id and the access hash `UploadFinished` gave its
-/// uploader. The access hash is a secret (whoever holds both can read the file), so `Debug`
-/// leaves it out.
+/// A media message to send (`Request::SendMedia`).
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct NewMediaMessage {
+    pub chat: ChatId,
+    /// Not 0; a retry with the same one answers the original message.
+    pub random_id: u64,
+    /// The file: from `UploadFinished`, or from a media message the user can see.
+    pub file: FileRef,
+    pub kind: MediaKind,
+    /// The message's text, at most `MEDIA_CAPTION_MAX` characters; may be empty.
+    pub caption: String,
+    pub reply_to: Option<MessageId>,
+}
+
+/// A file as a message names it: its id and access hash. `UploadFinished` gives it to the
+/// uploader, and a media message to whoever can see the message; either may send the file in
+/// a message of their own (`SendMedia`). Reading the file takes a message, not this. The access
+/// hash is a secret all the same, so `Debug` leaves it out.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct FileRef {
     pub id: FileId,
     pub access_hash: u64,
+}
+
+/// How a client shows a media message's file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub enum MediaKind {
+    /// Shown inline as a picture.
+    Photo,
+    /// Shown as a file to download.
+    Document,
+}
+
+/// The file a media message carries, as its readers see it before downloading.
+#[derive(Clone, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct MessageMedia {
+    pub kind: MediaKind,
+    /// What `SendMedia` takes to send the same file again (nothing is uploaded twice).
+    pub file: FileRef,
+    pub size: u64,
+    pub name: String,
+    pub mime_type: String,
 }
 
 impl std::fmt::Debug for FileRef {
@@ -424,7 +470,8 @@ pub enum Response {
     PartStored {
         duplicate: bool,
     },
-    /// The upload is a file now. Keep `file`: it is the only way to read the file.
+    /// The upload is a file now. Keep `file`: sending it in a message (`SendMedia`) is how
+    /// anyone, the uploader included, reads it; unsent, it is deleted after 24 hours.
     UploadFinished {
         file: FileRef,
         size: u64,
@@ -533,6 +580,8 @@ pub struct Message {
     pub edit_date: Option<UnixMs>,
     /// Deleted for everyone: the id stays taken, the text is gone.
     pub deleted: bool,
+    /// A photo or document (`text` is then its caption); read its bytes with `GetFile`.
+    pub media: Option<MessageMedia>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]

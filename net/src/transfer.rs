@@ -4,8 +4,9 @@
 //! send a request again when the server answers `OVERLOADED` or `FLOOD_WAIT`, after the delay
 //! it asks for and a bounded number of times, and report progress after every part or range.
 //!
-//! They need no media messages: a file is named by the [`FileRef`] its upload answered. Until
-//! the server has media messages, that reference is the only way anyone reads the file.
+//! An upload answers the file's [`FileRef`], which `send_media` puts in a message; a download
+//! names that message (chat and message id), since a file is read only through a message its
+//! reader can see.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -15,7 +16,7 @@ use async_io::Timer;
 
 use crate::client::{unexpected, within, BlockingClient, Client, ClientError, Submitted, UploadedFile};
 use crate::limits::{is_full_part_size, DOWNLOAD_LIMIT_BYTES_MAX, FILE_BYTES_MAX, UPLOAD_PARTS_MAX};
-use crate::protocol::{ErrorCode, FileInfo, FileRef, Request, Response, UploadId};
+use crate::protocol::{ChatId, ErrorCode, FileInfo, MessageId, Request, Response, UploadId};
 
 /// The part size of an upload unless told otherwise: the largest the protocol allows.
 pub const PART_BYTES_DEFAULT: usize = crate::limits::UPLOAD_PART_BYTES_MAX;
@@ -125,16 +126,18 @@ impl BlockingClient {
         async_io::block_on(transfer.upload(&mut reader, total_bytes, options, &mut progress))
     }
 
-    /// Downloads the whole file into `writer` and answers its description.
+    /// Downloads the whole file of media message `message` of `chat` into `writer` and answers
+    /// its description.
     pub fn download_file(
         &self,
-        file: FileRef,
+        chat: ChatId,
+        message: MessageId,
         options: &DownloadOptions,
         mut writer: impl Write,
         mut progress: impl FnMut(Progress),
     ) -> Result<FileInfo, TransferError> {
         let transfer = Transfer { client: self.client(), timeout: self.call_timeout() };
-        async_io::block_on(transfer.download(file, options, &mut writer, &mut progress))
+        async_io::block_on(transfer.download(chat, message, options, &mut writer, &mut progress))
     }
 }
 
@@ -230,12 +233,13 @@ impl Transfer<'_> {
 
     async fn download(
         &self,
-        file: FileRef,
+        chat: ChatId,
+        message: MessageId,
         options: &DownloadOptions,
         writer: &mut dyn Write,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<FileInfo, TransferError> {
-        let info = match self.call(Request::GetFileInfo { file }).await? {
+        let info = match self.call(Request::GetFileInfo { chat, message }).await? {
             Response::FileInfo(info) => info,
             other => return Err(unexpected("FileInfo", other).into()),
         };
@@ -246,7 +250,7 @@ impl Transfer<'_> {
         progress(Progress { bytes_done: 0, bytes_total: Some(info.size) });
         loop {
             while next < info.size && window.len() < in_flight {
-                let request = Request::GetFile { file, offset: next, limit: DOWNLOAD_LIMIT_BYTES_MAX };
+                let request = Request::GetFile { chat, message, offset: next, limit: DOWNLOAD_LIMIT_BYTES_MAX };
                 window.push_back(self.submit(request).await?);
                 next += range;
             }

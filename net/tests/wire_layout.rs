@@ -13,8 +13,8 @@ use ferrogram_net::frame::{FrameHeader, FrameType, PING_BYTES_MAX};
 use ferrogram_net::limits::{
     CLIENT_NAME_MAX, DEVICE_TOKEN_BYTES_MAX, DIALOGS_PAGE_MAX, DIFFERENCE_LIMIT_MAX, DOWNLOAD_ALIGN_BYTES,
     DOWNLOAD_LIMIT_BYTES_MAX, DOWNLOAD_WINDOW_BYTES, FILE_BYTES_MAX, FILE_NAME_BYTES_MAX, FRAME_HEADER_BYTES,
-    FRAME_MAX, HISTORY_PAGE_MAX, IDS_PER_REQUEST_MAX, MESSAGE_TEXT_MAX, MIME_TYPE_BYTES_MAX, PROTOCOL_VERSION,
-    REQ_ID_BYTES, TOKEN_BYTES, UPLOAD_PARTS_MAX, UPLOAD_PART_BYTES_MAX, UPLOAD_PART_BYTES_UNIT,
+    FRAME_MAX, HISTORY_PAGE_MAX, IDS_PER_REQUEST_MAX, MEDIA_CAPTION_MAX, MESSAGE_TEXT_MAX, MIME_TYPE_BYTES_MAX,
+    PROTOCOL_VERSION, REQ_ID_BYTES, TOKEN_BYTES, UPLOAD_PARTS_MAX, UPLOAD_PART_BYTES_MAX, UPLOAD_PART_BYTES_UNIT,
 };
 use ferrogram_net::*;
 use rkyv::rancor;
@@ -117,6 +117,88 @@ const FILE_BYTES_RESPONSE_FRAME: &str = "
     00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
     00 00 00 00 00 00 00 00 00 00 00 00 00
 ";
+
+/// §9.10: `Request::SendMedia` with `req_id` 14.
+const SEND_MEDIA_FRAME: &str = "
+    89 00 00 00 03 0e 00 00 00 00 00 00 00 61 20 63
+    61 74 20 69 6e 20 61 20 62 6f 78 00 00 05 70 00
+    00 00 00 00 00 89 77 66 55 44 33 22 11 b4 54 00
+    00 00 00 00 00 10 32 54 76 98 ba dc fe 00 00 00
+    00 8e 00 00 00 cc ff ff ff 00 00 00 00 00 00 00
+    00 00 00 00 00 00 00 00 00 00 00 00 00 33 00 00
+    00 bc ff ff ff 00 00 00 00 00 00 00 00 00 00 00
+    00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+    00 00 00 00 00 00 00 00 00 00 00 00 00
+";
+
+/// §9.11: `Request::GetFile` with `req_id` 15.
+const GET_FILE_FRAME: &str = "
+    39 00 00 00 03 0f 00 00 00 00 00 00 00 31 00 00
+    00 00 00 00 00 05 70 00 00 00 00 00 00 0c 00 00
+    00 00 00 00 00 00 00 10 00 00 00 00 00 00 00 10
+    00 00 00 00 00 00 00 00 00 00 00 00 00
+";
+
+/// §9.12: `Outcome::Ok(Response::Messages(..))` with one media message, `req_id` 16.
+const MEDIA_MESSAGES_RESPONSE_FRAME: &str = "
+    49 01 00 00 04 10 00 00 00 00 00 00 00 61 20 63
+    61 74 20 69 6e 20 61 20 62 6f 78 69 6d 61 67 65
+    2f 6a 70 65 67 0c 00 00 00 00 00 00 00 05 70 00
+    00 00 00 00 00 03 30 00 00 00 00 00 00 00 68 e5
+    cf 8b 01 00 00 89 77 66 55 44 33 22 11 8e 00 00
+    00 c0 ff ff ff 00 00 00 00 00 00 00 00 00 00 00
+    00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+    00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+    00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+    00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+    00 00 00 00 00 01 00 00 00 00 00 00 00 00 00 00
+    00 00 00 00 00 b4 54 00 00 00 00 00 00 10 32 54
+    76 98 ba dc fe 55 bc 00 00 00 00 00 00 63 61 74
+    2e 6a 70 67 ff 8a 00 00 00 46 ff ff ff 00 00 00
+    00 00 00 00 00 0d 00 00 00 3c ff ff ff 01 00 00
+    00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+    00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+    00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+    00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+    00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00
+    00 00 00 00 00 00 00 00 00 00 00 00 00
+";
+
+/// The file of the media examples, §9.10 and §9.12.
+const EXAMPLE_FILE: FileRef = FileRef { id: FileId(0x54b4), access_hash: 0xfedc_ba98_7654_3210 };
+
+fn send_media_example() -> Request {
+    Request::SendMedia(Box::new(NewMediaMessage {
+        chat: ChatId(0x7005),
+        random_id: 0x1122_3344_5566_7789,
+        file: EXAMPLE_FILE,
+        kind: MediaKind::Photo,
+        caption: "a cat in a box".into(),
+        reply_to: None,
+    }))
+}
+
+fn media_message_example() -> Message {
+    Message {
+        id: MessageId(12),
+        chat: ChatId(0x7005),
+        sender: UserId(0x3003),
+        date: UnixMs(1_700_000_000_000),
+        random_id: 0x1122_3344_5566_7789,
+        text: "a cat in a box".into(),
+        reply_to: None,
+        forwarded_from: None,
+        edit_date: None,
+        deleted: false,
+        media: Some(MessageMedia {
+            kind: MediaKind::Photo,
+            file: EXAMPLE_FILE,
+            size: 48_213,
+            name: "cat.jpg".into(),
+            mime_type: "image/jpeg".into(),
+        }),
+    }
+}
 
 fn send_message_example() -> Request {
     Request::SendMessage {
@@ -265,6 +347,43 @@ fn file_bytes_response_frame_matches_the_document() {
     assert_eq!(codec::decode_response(split_frame(&frame).1).unwrap(), (13, outcome));
 }
 
+// The document's SendMedia frame is exactly what the codec writes: the caption's bytes, then
+// the boxed NewMediaMessage, then the 48-byte root whose box points back at it.
+#[test]
+fn send_media_frame_matches_the_document() {
+    let mut frame = Vec::new();
+    codec::encode_request(&mut frame, 14, &send_media_example()).unwrap();
+    assert_eq!(hex(&frame), hex(&from_hex(SEND_MEDIA_FRAME)));
+    assert_shown_in_document(SEND_MEDIA_FRAME);
+    let (req_id, decoded) = codec::decode_request(split_frame(&frame).1).unwrap();
+    assert_eq!((req_id, decoded.unwrap()), (14, send_media_example()));
+}
+
+// The document's GetFile frame is exactly what the codec writes: a file is named by its chat
+// and message, nothing out of line.
+#[test]
+fn get_file_frame_matches_the_document() {
+    let request = Request::GetFile { chat: ChatId(0x7005), message: MessageId(12), offset: 1 << 20, limit: 1 << 20 };
+    let mut frame = Vec::new();
+    codec::encode_request(&mut frame, 15, &request).unwrap();
+    assert_eq!(hex(&frame), hex(&from_hex(GET_FILE_FRAME)));
+    assert_shown_in_document(GET_FILE_FRAME);
+    let (req_id, decoded) = codec::decode_request(split_frame(&frame).1).unwrap();
+    assert_eq!((req_id, decoded.unwrap()), (15, request));
+}
+
+// The document's Messages answer with a media message is exactly what the codec writes and
+// what a client decodes.
+#[test]
+fn media_messages_response_frame_matches_the_document() {
+    let outcome = Outcome::Ok(Response::Messages(vec![media_message_example()]));
+    let mut frame = Vec::new();
+    codec::encode_response(&mut frame, 16, &outcome).unwrap();
+    assert_eq!(hex(&frame), hex(&from_hex(MEDIA_MESSAGES_RESPONSE_FRAME)));
+    assert_shown_in_document(MEDIA_MESSAGES_RESPONSE_FRAME);
+    assert_eq!(codec::decode_response(split_frame(&frame).1).unwrap(), (16, outcome));
+}
+
 // Framing constants.
 
 // The frame type numbers, size limits and constants of §2, §3 and §10 are the code's.
@@ -299,6 +418,7 @@ fn framing_constants_match_the_document() {
     assert_eq!((UPLOAD_PART_BYTES_MAX, UPLOAD_PART_BYTES_UNIT, UPLOAD_PARTS_MAX), (524_288, 1024, 4096));
     assert_eq!(FILE_BYTES_MAX, 2 << 30);
     assert_eq!((FILE_NAME_BYTES_MAX, MIME_TYPE_BYTES_MAX), (255, 127));
+    assert_eq!(MEDIA_CAPTION_MAX, 1024);
     assert_eq!((DOWNLOAD_ALIGN_BYTES, DOWNLOAD_LIMIT_BYTES_MAX, DOWNLOAD_WINDOW_BYTES), (4096, 1 << 20, 1 << 20));
     for row in [
         "| upload part | 1 byte to 512 KiB (524 288 bytes); every part but the last the same size, a multiple of 1 KiB that divides 512 KiB |",
@@ -306,6 +426,7 @@ fn framing_constants_match_the_document() {
         "| file size | at most 2 GiB (2 147 483 648 bytes; a server may be configured lower) |",
         "| file name / MIME type | 255 / 127 bytes |",
         "| download range | offset and limit multiples of 4096, limit at most 1 MiB, inside one 1 MiB window |",
+        "| media caption | 0 to 1024 characters |",
     ] {
         assert!(DOCUMENT.contains(row), "§10 row: {row}");
     }
@@ -390,8 +511,15 @@ fn primitive_layouts_match_the_document() {
     assert_eq!(layout::<rkyv::Archived<Option<MessageId>>>(), (16, 8));
     assert_eq!(layout::<rkyv::Archived<Option<DialogsOffset>>>(), (24, 8));
     assert_eq!(layout::<rkyv::Archived<Option<ForwardedFrom>>>(), (40, 8));
-    assert_eq!(layout::<rkyv::Archived<Option<Message>>>(), (136, 8));
+    assert_eq!(layout::<rkyv::Archived<Option<Message>>>(), (192, 8));
     assert_eq!(layout::<rkyv::Archived<Option<User>>>(), (56, 8));
+    assert_eq!(layout::<rkyv::Archived<Option<MessageMedia>>>(), (56, 8));
+    // Box<T>: one relative offset, the object out of line.
+    assert_eq!(layout::<rkyv::Archived<Box<NewMediaMessage>>>(), (4, 4));
+    for (name, size) in [("ForwardedFrom", 40), ("User", 56), ("MessageMedia", 56), ("Message", 192)] {
+        assert!(DOCUMENT.contains(&format!("| `{name}` | {size} | 8 | 8 |")), "§7.5 row of Option<{name}>");
+    }
+    assert!(DOCUMENT.contains("`Box<T>` (size 4, align 4)"), "§7.4 names the box's layout");
 }
 
 /// An archived type's size, alignment and field offsets, as measured or as the document says.
@@ -465,7 +593,8 @@ fn struct_layouts_match_the_document() {
             reply_to,
             forwarded_from,
             edit_date,
-            deleted
+            deleted,
+            media
         }),
         struct_layout!(ArchivedBoxState { pts, date, unread, epoch }),
         struct_layout!(ArchivedSequenced { pts, date, update }),
@@ -487,6 +616,8 @@ fn struct_layouts_match_the_document() {
         struct_layout!(ArchivedNotifySettings { mute_until, show_previews }),
         struct_layout!(ArchivedFileRef { id, access_hash }),
         struct_layout!(ArchivedFileInfo { size, name, mime_type }),
+        struct_layout!(ArchivedMessageMedia { kind, file, size, name, mime_type }),
+        struct_layout!(ArchivedNewMediaMessage { chat, random_id, file, kind, caption, reply_to }),
     ]
     .into_iter()
     .collect();
@@ -598,8 +729,9 @@ fn enum_layouts_match_the_document() {
         variant_layout!(Request, ArchivedRequest, UploadPart { upload_id, part, bytes }),
         variant_layout!(Request, ArchivedRequest, UploadFinish { parts, upload_id, total_bytes, name, mime_type }),
         variant_layout!(Request, ArchivedRequest, UploadCancel { upload_id }),
-        variant_layout!(Request, ArchivedRequest, GetFile { file, offset, limit }),
-        variant_layout!(Request, ArchivedRequest, GetFileInfo { file }),
+        variant_layout!(Request, ArchivedRequest, GetFile { chat, message, offset, limit }),
+        variant_layout!(Request, ArchivedRequest, GetFileInfo { chat, message }),
+        variant_layout!(Request, ArchivedRequest, SendMedia()),
         variant_layout!(Outcome, ArchivedOutcome, Ok()),
         variant_layout!(Outcome, ArchivedOutcome, Err()),
         variant_layout!(Response, ArchivedResponse, Done {}),
@@ -643,6 +775,7 @@ fn enum_layouts_match_the_document() {
         ("ChatKind", size_of::<ArchivedChatKind>(), align_of::<ArchivedChatKind>()),
         ("Role", size_of::<ArchivedRole>(), align_of::<ArchivedRole>()),
         ("DeviceKind", size_of::<ArchivedDeviceKind>(), align_of::<ArchivedDeviceKind>()),
+        ("MediaKind", size_of::<ArchivedMediaKind>(), align_of::<ArchivedMediaKind>()),
         ("ErrorCode", size_of::<ArchivedErrorCode>(), align_of::<ArchivedErrorCode>()),
         ("MemberChange", size_of::<ArchivedMemberChange>(), align_of::<ArchivedMemberChange>()),
         ("Update", size_of::<ArchivedUpdate>(), align_of::<ArchivedUpdate>()),
@@ -667,6 +800,10 @@ fn enum_layouts_match_the_document() {
     for (kind, tag) in kinds {
         assert_eq!(rkyv::to_bytes::<rancor::Error>(&kind).unwrap().as_slice(), [tag]);
         assert!(DOCUMENT.contains(&format!("{tag} `{kind:?}`")), "§8.2 names DeviceKind {tag} {kind:?}");
+    }
+    for (kind, tag) in [(MediaKind::Photo, 0), (MediaKind::Document, 1)] {
+        assert_eq!(rkyv::to_bytes::<rancor::Error>(&kind).unwrap().as_slice(), [tag]);
+        assert!(DOCUMENT.contains(&format!("{tag} `{kind:?}`")), "§8.2 names MediaKind {tag} {kind:?}");
     }
 }
 
@@ -825,6 +962,52 @@ fn a_hand_built_send_message_decodes() {
     let decoded = codec::decode_request(&[&5u64.to_le_bytes()[..], &archive].concat()).unwrap();
     let expected = Request::SendMessage { chat: ChatId(0x7005), random_id: 100, text: "hi".into(), reply_to: None };
     assert_eq!((decoded.0, decoded.1.unwrap()), (5, expected));
+}
+
+/// SendMedia built by hand with §7 and §8: the caption's bytes when long, the boxed
+/// NewMediaMessage (64 bytes, aligned to 8), then the root with the box's offset. Answers the
+/// archive and the root's offset.
+fn hand_built_send_media(caption: &str, reply_to: Option<u64>) -> (Vec<u8>, usize) {
+    let mut archive = Vec::new();
+    let caption_at = archive.len();
+    if caption.len() > 8 {
+        archive.extend_from_slice(caption.as_bytes());
+    }
+    let media = reserve(&mut archive, 64, 8);
+    put_u64(&mut archive, media, 0x7005); // chat
+    put_u64(&mut archive, media + 8, 77); // random_id
+    put_u64(&mut archive, media + 16, 0x54b4); // file.id
+    put_u64(&mut archive, media + 24, 0xfedc_ba98_7654_3210); // file.access_hash
+    archive[media + 32] = 1; // kind: Document
+    put_string(&mut archive, media + 36, caption, caption_at);
+    if let Some(reply_to) = reply_to {
+        archive[media + 48] = 1;
+        put_u64(&mut archive, media + 56, reply_to);
+    }
+    let root = reserve(&mut archive, 48, 8);
+    archive[root] = 51; // Request::SendMedia
+    put_u32(&mut archive, root + 4, (media as i64 - (root as i64 + 4)) as i32 as u32);
+    (archive, root)
+}
+
+// A SendMedia built byte by byte (a boxed NewMediaMessage out of line) decodes, and is
+// byte-identical to what rkyv writes, with a long caption and a reply and with neither.
+#[test]
+fn a_hand_built_send_media_decodes() {
+    for (caption, reply_to) in [("the view from the office window", Some(9)), ("", None)] {
+        let (archive, _) = hand_built_send_media(caption, reply_to);
+        let expected = Request::SendMedia(Box::new(NewMediaMessage {
+            chat: ChatId(0x7005),
+            random_id: 77,
+            file: EXAMPLE_FILE,
+            kind: MediaKind::Document,
+            caption: caption.into(),
+            reply_to: reply_to.map(MessageId),
+        }));
+        assert_eq!(codec::decode_request(&with_req_id(1, &archive)).unwrap().1.unwrap(), expected);
+        let rkyv_bytes = rkyv::to_bytes::<rancor::Error>(&expected).unwrap();
+        assert_eq!(hex(&archive), hex(&rkyv_bytes), "caption {caption:?}");
+    }
 }
 
 // Requests with vectors, several strings and an empty vector, built by hand, decode: the
@@ -1009,17 +1192,25 @@ fn a_foreign_client_uploads_and_downloads() {
     };
     assert_eq!(codec::decode_request(&with_req_id(2, &archive)).unwrap().1.unwrap(), expected);
 
-    // GetFile { file: { id, access_hash }, offset: 1 MiB, limit: 64 KiB }.
+    // GetFile { chat, message, offset: 1 MiB, limit: 64 KiB }: the file of a media message.
     let mut archive = Vec::new();
     let root = reserve(&mut archive, 48, 8);
     archive[root] = 49;
-    put_u64(&mut archive, root + 8, 0x54b4);
-    put_u64(&mut archive, root + 16, 0xfedc_ba98_7654_3210);
+    put_u64(&mut archive, root + 8, 0x7005);
+    put_u64(&mut archive, root + 16, 12);
     put_u64(&mut archive, root + 24, 1 << 20);
     put_u32(&mut archive, root + 32, 64 << 10);
-    let file = FileRef { id: FileId(0x54b4), access_hash: 0xfedc_ba98_7654_3210 };
-    let expected = Request::GetFile { file, offset: 1 << 20, limit: 64 << 10 };
+    let expected = Request::GetFile { chat: ChatId(0x7005), message: MessageId(12), offset: 1 << 20, limit: 64 << 10 };
     assert_eq!(codec::decode_request(&with_req_id(3, &archive)).unwrap().1.unwrap(), expected);
+    // GetFileInfo { chat, message }.
+    let mut archive = Vec::new();
+    let root = reserve(&mut archive, 48, 8);
+    archive[root] = 50;
+    put_u64(&mut archive, root + 8, 0x7005);
+    put_u64(&mut archive, root + 16, 12);
+    let expected = Request::GetFileInfo { chat: ChatId(0x7005), message: MessageId(12) };
+    assert_eq!(codec::decode_request(&with_req_id(3, &archive)).unwrap().1.unwrap(), expected);
+    let file = FileRef { id: FileId(0x54b4), access_hash: 0xfedc_ba98_7654_3210 };
 
     // The answers, read with §8 offsets only.
     let mut frame = Vec::new();
@@ -1074,6 +1265,7 @@ fn a_foreign_reader_decodes_a_messages_response() {
             }),
             edit_date: None,
             deleted: false,
+            media: None,
         },
         Message {
             id: MessageId(42),
@@ -1086,6 +1278,17 @@ fn a_foreign_reader_decodes_a_messages_response() {
             forwarded_from: None,
             edit_date: Some(UnixMs(1_700_000_000_003)),
             deleted: true,
+            media: None,
+        },
+        Message {
+            media: Some(MessageMedia {
+                kind: MediaKind::Document,
+                file: FileRef { id: FileId(0x54b4), access_hash: 0x0123_4567_89ab_cdef },
+                size: 3 << 20,
+                name: "the quarterly report.pdf".into(),
+                mime_type: "application/pdf".into(),
+            }),
+            ..media_message_example()
         },
     ];
     let mut frame = Vec::new();
@@ -1099,9 +1302,9 @@ fn a_foreign_reader_decodes_a_messages_response() {
     let response = root + 8;
     assert_eq!(archive[response], 13, "Response::Messages");
     let (elements, count) = read_vec(archive, response + 4);
-    assert_eq!(count, 2);
+    assert_eq!(count, 3);
     for (index, message) in messages.iter().enumerate() {
-        let at = elements + index * 128;
+        let at = elements + index * 184;
         assert_eq!(read_u64(archive, at), message.id.0);
         assert_eq!(read_u64(archive, at + 8), message.chat.0);
         assert_eq!(read_u64(archive, at + 16), message.sender.0);
@@ -1120,6 +1323,19 @@ fn a_foreign_reader_decodes_a_messages_response() {
         }
         assert_eq!(read_option_u64(archive, at + 104), message.edit_date.map(|date| date.0));
         assert_eq!(archive[at + 120], u8::from(message.deleted));
+        match &message.media {
+            None => assert_eq!(archive[at + 128], 0),
+            Some(media) => {
+                assert_eq!(archive[at + 128], 1);
+                let media_at = at + 128 + 8;
+                assert_eq!(archive[media_at], media.kind as u8);
+                assert_eq!(read_u64(archive, media_at + 8), media.file.id.0);
+                assert_eq!(read_u64(archive, media_at + 16), media.file.access_hash);
+                assert_eq!(read_u64(archive, media_at + 24), media.size);
+                assert_eq!(read_string(archive, media_at + 32), media.name);
+                assert_eq!(read_string(archive, media_at + 40), media.mime_type);
+            }
+        }
     }
 }
 
@@ -1138,6 +1354,7 @@ fn a_foreign_reader_decodes_updates() {
         forwarded_from: None,
         edit_date: None,
         deleted: false,
+        media: media_message_example().media,
     };
     let updates = Updates {
         events: vec![
@@ -1175,12 +1392,18 @@ fn a_foreign_reader_decodes_updates() {
     assert_eq!(read_u64(archive, update + 16), 7);
     assert_eq!(archive[event + 72], 1, "the message body is present");
     assert_eq!(read_string(archive, event + 72 + 8 + 40), "new message text");
-    // Event 1: LiveEvent::Typing { chat @8, user @16 }, one LiveEvent (216 bytes) later.
-    let event = events + 216;
+    // A live new message carries its media: the option at message + 128, the MessageMedia 8
+    // bytes further.
+    let media = event + 72 + 8 + 128;
+    assert_eq!(archive[media], 1, "the media is present");
+    assert_eq!(read_u64(archive, media + 8 + 8), EXAMPLE_FILE.id.0);
+    assert_eq!(read_string(archive, media + 8 + 32), "cat.jpg");
+    // Event 1: LiveEvent::Typing { chat @8, user @16 }, one LiveEvent (272 bytes) later.
+    let event = events + 272;
     assert_eq!(archive[event], 2);
     assert_eq!((read_u64(archive, event + 8), read_u64(archive, event + 16)), (0x7005, 0x3003));
     // Event 2: LiveEvent::Resync, a bare tag.
-    assert_eq!(archive[events + 2 * 216], 3);
+    assert_eq!(archive[events + 2 * 272], 3);
 }
 
 // What validation refuses.
@@ -1231,14 +1454,23 @@ fn archives_breaking_the_documented_rules_are_refused() {
     assert!(!refused(&set_blocked(1)));
     assert!(refused(&set_blocked(2)), "bool of 2");
 
-    // A tag past the last variant: 50 is GetFileInfo, 51 is nothing.
+    // A tag past the last variant: 50 is GetFileInfo, 51 SendMedia, 52 is nothing.
     let mut archive = Vec::new();
     let root = reserve(&mut archive, 48, 8);
     archive[root] = 50;
     put_u64(&mut archive, root + 8, 0x7005);
     assert!(!refused(&archive));
-    archive[root] = 51;
-    assert!(refused(&archive), "Request tag 51");
+    archive[root] = 52;
+    assert!(refused(&archive), "Request tag 52");
+
+    // A box must point at an object inside the archive and before its holder: SendMedia's box
+    // pointing at itself (offset 0) or past the archive's end is refused.
+    let (mut archive, root) = hand_built_send_media("hi", None);
+    assert!(!refused(&archive));
+    put_u32(&mut archive, root + 4, 0);
+    assert!(refused(&archive), "a box pointing into its holder");
+    put_u32(&mut archive, root + 4, 64);
+    assert!(refused(&archive), "a box pointing past the archive");
 
     // A DeviceKind past Webhook (3).
     let register_device = |kind: u8| {
@@ -1470,6 +1702,21 @@ sample_as! {
     FileId => FileId(1),
     FileRef => FileRef { id: sample(), access_hash: sample() },
     FileInfo => FileInfo { size: sample(), name: sample(), mime_type: sample() },
+    MediaKind => MediaKind::Document,
+    NewMediaMessage => NewMediaMessage {
+        chat: sample(),
+        random_id: sample(),
+        file: sample(),
+        kind: sample(),
+        caption: sample(),
+        reply_to: sample(),
+    },
+}
+
+impl<T: Sample> Sample for Box<T> {
+    fn sample() -> Self {
+        Box::new(T::sample())
+    }
 }
 
 impl<T> Sample for Vec<T> {

@@ -97,7 +97,8 @@ pub fn run(common: &Common, peer: Option<&Peer>) -> anyhow::Result<()> {
 enum Input {
     Line(String),
     StdinClosed,
-    Event(LiveEvent),
+    // Boxed: a live event with its message body is some 300 bytes, the other inputs a few.
+    Event(Box<LiveEvent>),
     Disconnected,
 }
 
@@ -127,7 +128,7 @@ impl View {
                     self.send(client, line)?;
                 }
                 Input::StdinClosed => return Ok(()),
-                Input::Event(event) => self.show_event(client, event)?,
+                Input::Event(event) => self.show_event(client, *event)?,
                 Input::Disconnected => break,
             }
         }
@@ -324,7 +325,7 @@ fn read_lines(sender: mpsc::SyncSender<Input>) -> anyhow::Result<()> {
 fn forward_events(client: &BlockingClient, stop: &AtomicBool, sender: mpsc::SyncSender<Input>) {
     while !stop.load(Ordering::Relaxed) {
         let input = match client.next_update_timeout(EVENT_POLL_INTERVAL) {
-            Some(event) => Input::Event(event),
+            Some(event) => Input::Event(Box::new(event)),
             None if client.updates().is_ended() => Input::Disconnected,
             None => continue,
         };
@@ -355,6 +356,7 @@ mod tests {
             forwarded_from: None,
             edit_date: None,
             deleted: false,
+            media: None,
         };
         let messages = [message(1, 5), message(2, 5)];
         let update = Update::NewMessage { chat: ChatId(2), id: MessageId(5), sender: UserId(1), date: UnixMs(0) };

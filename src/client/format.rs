@@ -1,6 +1,8 @@
 //! How the command-line client shows people, messages, dialogs and times.
 
-use ferrogram_net::{Message, UnixMs, User, UserId};
+use ferrogram_net::{MediaKind, Message, MessageMedia, UnixMs, User, UserId};
+
+use super::progress::human_bytes;
 
 const SECONDS_PER_DAY: i64 = 86_400;
 
@@ -20,7 +22,8 @@ pub fn unknown_user(user: UserId) -> String {
     format!("user {user}")
 }
 
-/// One message as `[HH:MM:SS] Sender: text`, in the local time zone `offset_s` east of UTC.
+/// One message as `[HH:MM:SS] Sender: text`, in the local time zone `offset_s` east of UTC; a
+/// media message as `[HH:MM:SS] Sender: [photo cat.jpg, 12.30 KiB] caption`.
 pub fn history_line(message: &Message, sender: &str, offset_s: i64) -> String {
     let time = clock(message.date, offset_s);
     if message.deleted {
@@ -30,7 +33,25 @@ pub fn history_line(message: &Message, sender: &str, offset_s: i64) -> String {
     let edited = if message.edit_date.is_some() { " (edited)" } else { "" };
     // One message is one line: newlines in the text would pass for other messages.
     let text = message.text.replace(['\r', '\n'], " ↵ ");
+    let text = match &message.media {
+        Some(media) if text.is_empty() => media_tag(media),
+        Some(media) => format!("{} {text}", media_tag(media)),
+        None => text,
+    };
     format!("[{time}] {sender}: {forwarded}{text}{edited}")
+}
+
+/// A media message's file as a history line shows it: `[photo cat.jpg, 12.30 KiB]`.
+pub fn media_tag(media: &MessageMedia) -> String {
+    let kind = match media.kind {
+        MediaKind::Photo => "photo",
+        MediaKind::Document => "document",
+    };
+    // The name is the uploader's text: no control characters reach the terminal.
+    let name: String =
+        media.name.chars().map(|character| if character.is_control() { '?' } else { character }).collect();
+    let name = if name.is_empty() { String::new() } else { format!(" {name}") };
+    format!("[{kind}{name}, {}]", human_bytes(media.size))
 }
 
 /// `HH:MM:SS` of `date`, `offset_s` east of UTC.
@@ -85,7 +106,7 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ferrogram_net::{ChatId, ForwardedFrom, MessageId};
+    use ferrogram_net::{ChatId, FileId, FileRef, ForwardedFrom, MessageId};
 
     fn message(date_ms: u64, text: &str) -> Message {
         Message {
@@ -99,6 +120,7 @@ mod tests {
             forwarded_from: None,
             edit_date: None,
             deleted: false,
+            media: None,
         }
     }
 
@@ -120,6 +142,29 @@ mod tests {
         assert_eq!(history_line(&forwarded, "Ada", 0), "[13:04:05] Ada: (forwarded) look");
         let deleted = Message { deleted: true, ..message(date_ms, "") };
         assert_eq!(history_line(&deleted, "Ada", 0), "[13:04:05] Ada: (deleted)");
+    }
+
+    // A media message shows its kind, file name and size before the caption, on one line, and
+    // without a caption only the file.
+    #[test]
+    fn media_messages_show_their_file() {
+        let date_ms = 1_709_298_245_000;
+        let media = MessageMedia {
+            kind: MediaKind::Photo,
+            file: FileRef { id: FileId(1), access_hash: 2 },
+            size: 12_595,
+            name: "cat.jpg".into(),
+            mime_type: "image/jpeg".into(),
+        };
+        let photo = Message { media: Some(media.clone()), ..message(date_ms, "our cat") };
+        assert_eq!(history_line(&photo, "Ada", 0), "[13:04:05] Ada: [photo cat.jpg, 12.30 KiB] our cat");
+        let bare = Message { media: Some(media.clone()), ..message(date_ms, "") };
+        assert_eq!(history_line(&bare, "Ada", 0), "[13:04:05] Ada: [photo cat.jpg, 12.30 KiB]");
+        let document = MessageMedia { kind: MediaKind::Document, name: "a\nb.txt".into(), size: 300, ..media.clone() };
+        let line = history_line(&Message { media: Some(document), ..message(date_ms, "notes") }, "Ada", 0);
+        assert_eq!(line, "[13:04:05] Ada: [document a?b.txt, 300 B] notes");
+        let unnamed = MessageMedia { name: String::new(), ..media };
+        assert_eq!(media_tag(&unnamed), "[photo, 12.30 KiB]");
     }
 
     // Dates convert correctly across a leap day and the epoch.

@@ -1,126 +1,94 @@
-//! Files from the command line: `upload <path>` stores a file and prints its reference,
-//! `download <file-ref>` reads one back, both with a progress bar on standard error and a
-//! summary of the time and rate at the end.
+//! Files from the command line, as media messages: `upload <peer> <path>` stores a file and
+//! sends it to the peer as a photo or document (printing the message id), and `download <peer>
+//! <message id>` reads the file of a media message back. Both show a progress bar on standard
+//! error and a summary of the time and rate at the end.
 //!
-//! Until the server has media messages a file is named by its reference, `file:ID:HASH`
-//! (the id in decimal, the access hash in 16 hex digits), which only its uploader is given:
-//! paste it to whoever should read the file. The forms `upload <peer> <path>` and
-//! `download <peer> <message id>` are reserved for when files travel in messages.
+//! A file is read only through a message its reader can see (docs/PROTOCOL.md §4.4), so a
+//! download names a chat and a message, never a file.
 
-use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
+use std::thread;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use ferrogram_net::limits::{FILE_NAME_BYTES_MAX, MIME_TYPE_BYTES_MAX};
-use ferrogram_net::transfer::{DownloadOptions, UploadOptions};
-use ferrogram_net::{FileId, FileRef};
+use ferrogram_net::limits::{FILE_NAME_BYTES_MAX, MEDIA_CAPTION_MAX, MIME_TYPE_BYTES_MAX};
+use ferrogram_net::transfer::{retry_wait, DownloadOptions, UploadOptions, RETRIES_MAX};
+use ferrogram_net::{BlockingClient, ChatId, ClientError, ErrorCode, FileRef, MediaKind, MessageId, SentMessage};
 
+use super::peer::{resolve_chat, Peer};
 use super::progress::ProgressBar;
-use super::{Common, Session};
+use super::{random_id, Common, Session};
 
-/// A file reference as the command line writes it: `file:ID:HASH`.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct FileRefArgument(pub FileRef);
+/// The MIME type of a file whose extension the table below does not know.
+pub const MIME_TYPE_DEFAULT: &str = "application/octet-stream";
 
-/// The hex digits of an access hash.
-const ACCESS_HASH_DIGITS: usize = 16;
+/// File extensions (lower case) sent as photos unless told otherwise: the picture formats
+/// clients show inline.
+const PHOTO_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "gif", "webp"];
 
-/// Why a file reference was refused.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub enum FileRefError {
-    #[error("`{0}`: expected file:ID:HASH, as `ferrogram upload` prints it")]
-    Form(String),
-    #[error("`{0}`: the ID is a decimal number")]
-    Id(String),
-    #[error("`{0}`: the access hash is {ACCESS_HASH_DIGITS} hex digits")]
-    AccessHash(String),
-}
-
-impl FromStr for FileRefArgument {
-    type Err = FileRefError;
-
-    fn from_str(text: &str) -> Result<FileRefArgument, FileRefError> {
-        let Some((id, hash)) = text.strip_prefix("file:").and_then(|rest| rest.split_once(':')) else {
-            return Err(FileRefError::Form(text.to_owned()));
-        };
-        let digits = !id.is_empty() && id.bytes().all(|byte| byte.is_ascii_digit());
-        let id: u64 = id.parse().ok().filter(|_| digits).ok_or_else(|| FileRefError::Id(text.to_owned()))?;
-        let hex = hash.len() == ACCESS_HASH_DIGITS && hash.bytes().all(|byte| byte.is_ascii_hexdigit());
-        let access_hash = u64::from_str_radix(hash, 16)
-            .ok()
-            .filter(|_| hex)
-            .ok_or_else(|| FileRefError::AccessHash(text.to_owned()))?;
-        Ok(FileRefArgument(FileRef { id: FileId(id), access_hash }))
-    }
-}
-
-impl fmt::Display for FileRefArgument {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "file:{}:{:016x}", self.0.id.0, self.0.access_hash)
-    }
-}
-
-impl fmt::Debug for FileRefArgument {
-    // The access hash is a secret: it stays out of debug output.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "file:{}:<redacted>", self.0.id.0)
-    }
-}
-
-/// What `upload` was asked to send.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum UploadTarget {
-    /// `upload <path>`: store the file, print its reference.
-    File(PathBuf),
-}
-
-/// What `download` was asked to read.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DownloadSource {
-    /// `download <file-ref>`.
-    File(FileRefArgument),
-}
-
-/// The positional arguments of `upload`: a path, or (later) a peer and a path.
-pub fn upload_target(arguments: &[String]) -> anyhow::Result<UploadTarget> {
-    match arguments {
-        [path] => Ok(UploadTarget::File(PathBuf::from(path))),
-        [peer, _path] => bail!(
-            "`upload {peer} <path>` sends a file as a message, which needs media messages: this server does \
-             not have them yet. Run `ferrogram upload <path>` and give the reference it prints instead."
-        ),
-        _ => bail!("expected `upload <path>`"),
-    }
-}
-
-/// The positional arguments of `download`: a file reference, or (later) a peer and a message id.
-pub fn download_source(arguments: &[String]) -> anyhow::Result<DownloadSource> {
-    match arguments {
-        [file] => Ok(DownloadSource::File(file.parse()?)),
-        [peer, _message] => bail!(
-            "`download {peer} <message id>` reads a file from a message, which needs media messages: this server \
-             does not have them yet. Ask the uploader for the file's reference (file:ID:HASH)."
-        ),
-        _ => bail!("expected `download <file-ref>`"),
-    }
-}
+/// MIME types by file extension (lower case): the common ones, no more. Anything else is sent
+/// as `MIME_TYPE_DEFAULT`, or as `--mime` says.
+const MIME_TYPES: [(&str, &str); 24] = [
+    ("jpg", "image/jpeg"),
+    ("jpeg", "image/jpeg"),
+    ("png", "image/png"),
+    ("gif", "image/gif"),
+    ("webp", "image/webp"),
+    ("heic", "image/heic"),
+    ("svg", "image/svg+xml"),
+    ("mp4", "video/mp4"),
+    ("webm", "video/webm"),
+    ("mov", "video/quicktime"),
+    ("mp3", "audio/mpeg"),
+    ("ogg", "audio/ogg"),
+    ("m4a", "audio/mp4"),
+    ("wav", "audio/wav"),
+    ("pdf", "application/pdf"),
+    ("zip", "application/zip"),
+    ("gz", "application/gzip"),
+    ("tar", "application/x-tar"),
+    ("json", "application/json"),
+    ("txt", "text/plain"),
+    ("md", "text/markdown"),
+    ("csv", "text/csv"),
+    ("html", "text/html"),
+    ("doc", "application/msword"),
+];
 
 /// How `upload` sends.
 #[derive(Clone, Debug)]
 pub struct UploadArguments {
+    /// The message's text; may be empty.
+    pub caption: String,
+    /// Send as a photo whatever the extension says.
+    pub photo: bool,
     pub name: Option<String>,
     pub mime: Option<String>,
     pub part_kib: usize,
     pub parts_in_flight: usize,
 }
 
-/// `upload <path>`: stores the file and prints its reference on one line of standard output.
-pub fn upload(common: &Common, target: &UploadTarget, arguments: &UploadArguments) -> anyhow::Result<()> {
-    let UploadTarget::File(path) = target;
+/// How `download` writes.
+#[derive(Clone, Debug)]
+pub struct DownloadArguments {
+    /// Where to write [default: the file's name from the message, in the current directory];
+    /// `-` is standard output.
+    pub output: Option<PathBuf>,
+    /// Replace an existing file.
+    pub force: bool,
+    pub ranges_in_flight: usize,
+}
+
+/// `upload <peer> <path>`: stores the file, sends it to the peer as a media message, and
+/// prints the message's id on one line of standard output.
+pub fn upload(common: &Common, peer: &Peer, path: &Path, arguments: &UploadArguments) -> anyhow::Result<()> {
+    // Everything that can be refused is checked before the upload, which may take long.
+    let characters = arguments.caption.chars().count();
+    if characters > MEDIA_CAPTION_MAX {
+        bail!("the caption has {characters} characters; at most {MEDIA_CAPTION_MAX}");
+    }
     let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let size = file.metadata().with_context(|| format!("cannot read {}", path.display()))?.len();
     let name = match &arguments.name {
@@ -130,19 +98,21 @@ pub fn upload(common: &Common, target: &UploadTarget, arguments: &UploadArgument
     if name.len() > FILE_NAME_BYTES_MAX {
         bail!("the file name has {} bytes; at most {FILE_NAME_BYTES_MAX} (use --name)", name.len());
     }
-    let mime_type = arguments.mime.clone().unwrap_or_default();
+    let mime_type = arguments.mime.clone().unwrap_or_else(|| mime_type_of(&name).to_owned());
     if mime_type.len() > MIME_TYPE_BYTES_MAX {
         bail!("the MIME type has {} bytes; at most {MIME_TYPE_BYTES_MAX}", mime_type.len());
     }
+    let kind = if arguments.photo { MediaKind::Photo } else { kind_of(&name) };
     let options = UploadOptions {
         name,
         mime_type,
         part_bytes: arguments.part_kib.saturating_mul(1024),
         parts_in_flight: arguments.parts_in_flight,
         // A random id makes a retried start answer the same upload.
-        client_upload_id: super::random_id()?,
+        client_upload_id: random_id()?,
     };
     let session = Session::open(common)?;
+    let chat = resolve_chat(&session.client, peer)?;
     let started = Instant::now();
     let mut bar = ProgressBar::new(std::io::stderr(), std::io::stderr().is_terminal(), "uploaded", started);
     let uploaded = session
@@ -152,42 +122,38 @@ pub fn upload(common: &Common, target: &UploadTarget, arguments: &UploadArgument
         })
         .with_context(|| format!("uploading {}", path.display()))?;
     bar.finish(Instant::now(), uploaded.size);
-    println!("{}", FileRefArgument(uploaded.file));
+    let sent = send_media(&session.client, chat, uploaded.file, kind, &arguments.caption)
+        .with_context(|| format!("sending {} to {peer}", path.display()))?;
+    println!("{}", sent.id);
     Ok(())
 }
 
-/// `download <file-ref>`: writes the file to `output` (default: its stored name in the current
-/// directory; `-` is standard output).
-pub fn download(
-    common: &Common,
-    source: &DownloadSource,
-    output: Option<&Path>,
-    force: bool,
-    ranges_in_flight: usize,
-) -> anyhow::Result<()> {
-    let DownloadSource::File(FileRefArgument(file)) = *source;
+/// `download <peer> <message id>`: writes the file of that media message to the output.
+pub fn download(common: &Common, peer: &Peer, message: MessageId, arguments: &DownloadArguments) -> anyhow::Result<()> {
     let session = Session::open(common)?;
     let client = &session.client;
-    let info = client.get_file_info(file).context("looking the file up")?;
-    let options = DownloadOptions { ranges_in_flight };
+    let chat = resolve_chat(client, peer)?;
+    let info =
+        client.get_file_info(chat, message).with_context(|| format!("looking up message {message} of {peer}"))?;
+    let options = DownloadOptions { ranges_in_flight: arguments.ranges_in_flight };
     let started = Instant::now();
     let mut bar = ProgressBar::new(std::io::stderr(), std::io::stderr().is_terminal(), "downloaded", started);
     let mut progress = |progress: ferrogram_net::transfer::Progress| {
         bar.update(Instant::now(), progress.bytes_done, progress.bytes_total);
     };
-    let path = match output {
+    let path = match &arguments.output {
         Some(path) if path == Path::new("-") => {
             let stdout = std::io::stdout().lock();
-            client.download_file(file, &options, stdout, &mut progress).context("downloading")?;
+            client.download_file(chat, message, &options, stdout, &mut progress).context("downloading")?;
             bar.finish(Instant::now(), info.size);
             return Ok(());
         }
-        Some(path) => path.to_path_buf(),
-        None => PathBuf::from(default_file_name(&info.name, file.id)),
+        Some(path) => path.clone(),
+        None => PathBuf::from(default_file_name(&info.name, message)),
     };
-    let (writer, created) = open_output(&path, force)?;
-    let result =
-        client.download_file(file, &options, std::io::BufWriter::with_capacity(1 << 20, writer), &mut progress);
+    let (writer, created) = open_output(&path, arguments.force)?;
+    let writer = std::io::BufWriter::with_capacity(1 << 20, writer);
+    let result = client.download_file(chat, message, &options, writer, &mut progress);
     if let Err(error) = result {
         if created {
             // A partial file must not pass for the download.
@@ -198,6 +164,53 @@ pub fn download(
     bar.finish(Instant::now(), info.size);
     eprintln!("saved as {}", path.display());
     Ok(())
+}
+
+/// Sends the uploaded file, again with the same `random_id` while the server asks for a retry
+/// (`OVERLOADED`, `FLOOD_WAIT`): the send is idempotent, and giving up would leave the upload
+/// unsent.
+fn send_media(
+    client: &BlockingClient,
+    chat: ChatId,
+    file: FileRef,
+    kind: MediaKind,
+    caption: &str,
+) -> anyhow::Result<SentMessage> {
+    let random_id = random_id()?;
+    let mut retries = 0;
+    loop {
+        match client.send_media(chat, random_id, file, kind, caption) {
+            Err(error) if retries < RETRIES_MAX && asks_for_retry(&error) => {
+                retries += 1;
+                thread::sleep(retry_wait(&error));
+            }
+            result => return Ok(result?),
+        }
+    }
+}
+
+fn asks_for_retry(error: &ClientError) -> bool {
+    matches!(error.code(), Some(ErrorCode::Overloaded | ErrorCode::FloodWait))
+}
+
+/// The lower-case extension of a file name, if it has one.
+fn extension(name: &str) -> Option<String> {
+    let (stem, extension) = name.rsplit_once('.')?;
+    (!stem.is_empty() && !extension.is_empty()).then(|| extension.to_ascii_lowercase())
+}
+
+/// Photo for the picture formats clients show inline, document for everything else.
+fn kind_of(name: &str) -> MediaKind {
+    match extension(name) {
+        Some(extension) if PHOTO_EXTENSIONS.contains(&extension.as_str()) => MediaKind::Photo,
+        _ => MediaKind::Document,
+    }
+}
+
+fn mime_type_of(name: &str) -> &'static str {
+    extension(name)
+        .and_then(|extension| MIME_TYPES.iter().find(|(known, _)| *known == extension))
+        .map_or(MIME_TYPE_DEFAULT, |(_, mime_type)| mime_type)
 }
 
 /// Opens the output, refusing to replace a regular file without `force`; says whether it
@@ -219,18 +232,20 @@ fn open_output(path: &Path, force: bool) -> anyhow::Result<(File, bool)> {
     Ok((file, existing.is_none()))
 }
 
-/// The stored name if it is a plain file name (no directories, nothing hidden behind control
-/// characters), else `file-ID`: a name chosen by the uploader must not choose the directory.
-fn default_file_name(stored: &str, id: FileId) -> String {
-    let plain = !stored.is_empty()
-        && stored != "."
-        && stored != ".."
-        && !stored.contains(['/', '\\'])
-        && !stored.chars().any(char::is_control);
-    if plain {
-        stored.to_owned()
+/// The name the sender gave the file, made safe to create here: a name chosen by someone else
+/// must not choose the directory, hide the file or reach the terminal. Path separators and
+/// control characters become `_`, leading dots and spaces go; what is left empty becomes
+/// `message-ID`.
+fn default_file_name(stored: &str, message: MessageId) -> String {
+    let replaced: String = stored
+        .chars()
+        .map(|character| if character == '/' || character == '\\' || character.is_control() { '_' } else { character })
+        .collect();
+    let name = replaced.trim_start_matches(['.', ' ']).trim_end();
+    if name.is_empty() {
+        format!("message-{message}")
     } else {
-        format!("file-{}", id.0)
+        name.to_owned()
     }
 }
 
@@ -238,50 +253,45 @@ fn default_file_name(stored: &str, id: FileId) -> String {
 mod tests {
     use super::*;
 
-    // A reference round-trips through its text; anything else is refused with a reason.
+    // Pictures go as photos, the rest as documents; MIME types come from a small table, in any
+    // case, with a default for the unknown and for names without an extension.
     #[test]
-    fn file_refs_parse() {
-        let reference = FileRefArgument(FileRef { id: FileId(4097), access_hash: 0x00ab_cdef_0123_4567 });
-        let text = reference.to_string();
-        assert_eq!(text, "file:4097:00abcdef01234567");
-        assert_eq!(text.parse::<FileRefArgument>(), Ok(reference));
-        assert_eq!("file:1:FFFFFFFFFFFFFFFF".parse::<FileRefArgument>().map(|file| file.0.access_hash), Ok(u64::MAX));
-        assert!(!format!("{reference:?}").contains("abcdef"), "Debug keeps the hash out");
-
-        let refused = |text: &str| text.parse::<FileRefArgument>().unwrap_err();
-        assert!(matches!(refused("4097:00abcdef01234567"), FileRefError::Form(_)));
-        assert!(matches!(refused("file:4097"), FileRefError::Form(_)));
-        assert!(matches!(refused("file::00abcdef01234567"), FileRefError::Id(_)));
-        assert!(matches!(refused("file:+1:00abcdef01234567"), FileRefError::Id(_)));
-        assert!(matches!(refused("file:99999999999999999999:00abcdef01234567"), FileRefError::Id(_)));
-        assert!(matches!(refused("file:1:abc"), FileRefError::AccessHash(_)));
-        assert!(matches!(refused("file:1:00abcdef0123456g"), FileRefError::AccessHash(_)));
-        assert!(matches!(refused("file:1:+0abcdef01234567"), FileRefError::AccessHash(_)));
-        assert!(matches!(refused("file:1:00abcdef012345678"), FileRefError::AccessHash(_)));
+    fn kinds_and_mime_types_follow_the_extension() {
+        for name in ["cat.jpg", "CAT.JPEG", "a.b.png", "x.gif", "y.WebP"] {
+            assert_eq!(kind_of(name), MediaKind::Photo, "{name}");
+        }
+        for name in ["report.pdf", "jpg", ".jpg", "photo.jpg.zip", "noextension", "trailing."] {
+            assert_eq!(kind_of(name), MediaKind::Document, "{name}");
+        }
+        assert_eq!(mime_type_of("CAT.JPG"), "image/jpeg");
+        assert_eq!(mime_type_of("report.pdf"), "application/pdf");
+        assert_eq!(mime_type_of("archive.tar.gz"), "application/gzip");
+        assert_eq!(mime_type_of("data.bin"), MIME_TYPE_DEFAULT);
+        assert_eq!(mime_type_of("README"), MIME_TYPE_DEFAULT);
+        assert_eq!(mime_type_of(".png"), MIME_TYPE_DEFAULT, "a hidden file's name is not an extension");
+        for (extension, mime_type) in MIME_TYPES {
+            assert_eq!(extension, extension.to_ascii_lowercase());
+            assert!(mime_type.len() <= MIME_TYPE_BYTES_MAX);
+        }
+        for extension in PHOTO_EXTENSIONS {
+            assert!(mime_type_of(&format!("a.{extension}")).starts_with("image/"), "{extension}");
+        }
     }
 
-    // The positional forms: one argument is today's; two are the peer forms, refused with a
-    // message saying why.
-    #[test]
-    fn positional_forms() {
-        let args = |list: &[&str]| list.iter().map(|text| text.to_string()).collect::<Vec<_>>();
-        assert_eq!(upload_target(&args(&["a.bin"])).unwrap(), UploadTarget::File("a.bin".into()));
-        let peer = upload_target(&args(&["@alice", "a.bin"])).unwrap_err().to_string();
-        assert!(peer.contains("media messages"), "{peer}");
-        let reference = "file:4097:00abcdef01234567";
-        assert_eq!(download_source(&args(&[reference])).unwrap(), DownloadSource::File(reference.parse().unwrap()));
-        assert!(download_source(&args(&["file:4097"])).is_err());
-        assert!(download_source(&args(&["@alice", "12"])).unwrap_err().to_string().contains("media messages"));
-    }
-
-    // A stored name becomes the output only when it cannot reach another directory.
+    // A stored name becomes the output only without separators, control characters or a
+    // leading dot; an empty result falls back to the message id.
     #[test]
     fn default_names_stay_here() {
-        assert_eq!(default_file_name("photo.jpg", FileId(9)), "photo.jpg");
-        assert_eq!(default_file_name("../etc/passwd", FileId(9)), "file-9");
-        assert_eq!(default_file_name("/etc/passwd", FileId(9)), "file-9");
-        assert_eq!(default_file_name("..", FileId(9)), "file-9");
-        assert_eq!(default_file_name("", FileId(9)), "file-9");
-        assert_eq!(default_file_name("a\nb", FileId(9)), "file-9");
+        let message = MessageId(9);
+        assert_eq!(default_file_name("photo.jpg", message), "photo.jpg");
+        assert_eq!(default_file_name("my holiday.jpg", message), "my holiday.jpg");
+        assert_eq!(default_file_name("../etc/passwd", message), "_etc_passwd");
+        assert_eq!(default_file_name("/etc/passwd", message), "_etc_passwd");
+        assert_eq!(default_file_name("a\\b", message), "a_b");
+        assert_eq!(default_file_name(".bashrc", message), "bashrc");
+        assert_eq!(default_file_name("a\nb\u{1b}[31m", message), "a_b_[31m");
+        for empty in ["", ".", "..", "  ", ". ."] {
+            assert_eq!(default_file_name(empty, message), "message-9", "{empty:?}");
+        }
     }
 }

@@ -142,20 +142,27 @@ pub enum ClientCommand {
         #[arg(long, value_name = "on|off", value_parser = clap::builder::BoolishValueParser::new())]
         previews: Option<bool>,
     },
-    /// Upload a file and print its reference, file:ID:HASH, on one line. Until the server
-    /// has media messages the reference is the only way to read the file: give it to whoever
-    /// should (`ferrogram download file:ID:HASH`). Sending a file to a chat, `upload <peer>
-    /// <path> [--caption]`, comes with media messages.
+    /// Send a file: upload it (with a progress bar), send it to the peer as a photo or
+    /// document, and print the message's id. Pictures (jpg, jpeg, png, gif, webp) go as
+    /// photos, anything else as a document.
     Upload {
         #[command(flatten)]
         common: Common,
-        /// The file (the `<peer> <path>` form is not available yet).
-        #[arg(value_name = "[PEER] PATH", num_args = 1..=2, required = true)]
-        arguments: Vec<String>,
-        /// The name stored with the file [default: the path's file name].
+        /// @username, +phone or chat:ID.
+        peer: Peer,
+        /// The file to send.
+        path: PathBuf,
+        /// The message's text (at most 1024 characters).
+        #[arg(long, default_value = "")]
+        caption: String,
+        /// Send as a photo whatever the extension.
+        #[arg(long)]
+        photo: bool,
+        /// The name shown with the file [default: the path's file name].
         #[arg(long)]
         name: Option<String>,
-        /// The MIME type stored with the file, e.g. image/jpeg [default: none].
+        /// The MIME type shown with the file, e.g. image/jpeg [default: from the extension,
+        /// else application/octet-stream].
         #[arg(long)]
         mime: Option<String>,
         /// Part size in KiB: 1, 2, 4, ... or 512.
@@ -165,16 +172,17 @@ pub enum ClientCommand {
         #[arg(long, default_value_t = PARTS_IN_FLIGHT_DEFAULT)]
         parts_in_flight: usize,
     },
-    /// Download a file by the reference `upload` printed (file:ID:HASH). Reading a file from a
-    /// message, `download <peer> <message id>`, comes with media messages.
+    /// Download the file of a media message (with a progress bar).
     Download {
         #[command(flatten)]
         common: Common,
-        /// The file's reference (the `<peer> <message id>` form is not available yet).
-        #[arg(value_name = "FILE-REF", num_args = 1..=2, required = true)]
-        arguments: Vec<String>,
-        /// Where to write it [default: the file's stored name in the current directory];
-        /// `-` writes to standard output.
+        /// @username, +phone or chat:ID: the chat the message is in.
+        peer: Peer,
+        /// The message's id, as `history` and `upload` show it.
+        #[arg(value_name = "MESSAGE-ID")]
+        message: u64,
+        /// Where to write it [default: the file's name from the message, in the current
+        /// directory]; `-` writes to standard output.
         #[arg(short, long, value_name = "PATH")]
         output: Option<PathBuf>,
         /// Replace the output file if it exists.
@@ -323,13 +331,13 @@ pub fn run(command: ClientCommand) -> anyhow::Result<()> {
         ClientCommand::Channel(command) => groups::channel(command),
         ClientCommand::Devices { common, command } => devices::devices(&common, command),
         ClientCommand::Notify { common, peer, mute, previews } => devices::notify(&common, &peer, &mute, previews),
-        ClientCommand::Upload { common, arguments, name, mime, part_kib, parts_in_flight } => {
-            let target = media::upload_target(&arguments)?;
-            media::upload(&common, &target, &media::UploadArguments { name, mime, part_kib, parts_in_flight })
+        ClientCommand::Upload { common, peer, path, caption, photo, name, mime, part_kib, parts_in_flight } => {
+            let arguments = media::UploadArguments { caption, photo, name, mime, part_kib, parts_in_flight };
+            media::upload(&common, &peer, &path, &arguments)
         }
-        ClientCommand::Download { common, arguments, output, force, ranges_in_flight } => {
-            let source = media::download_source(&arguments)?;
-            media::download(&common, &source, output.as_deref(), force, ranges_in_flight)
+        ClientCommand::Download { common, peer, message, output, force, ranges_in_flight } => {
+            let arguments = media::DownloadArguments { output, force, ranges_in_flight };
+            media::download(&common, &peer, ferrogram_net::MessageId(message), &arguments)
         }
     }
 }
@@ -454,29 +462,39 @@ mod tests {
         assert!(parse("ferrogram notify chat:7 --previews maybe").is_err());
     }
 
-    // The media commands parse as documented: a path or a file reference, with the options
-    // in any place; the two-argument peer forms parse (and are refused when run), three do not.
+    // The media commands parse as documented: a peer and a path (options anywhere), a peer and
+    // a message id; the old one-argument forms (a bare path, a file reference) are gone.
     #[test]
     fn media_commands_parse() {
         let parse = |line: &str| TestCli::try_parse_from(line.split(' '));
 
         let cli =
-            parse("ferrogram upload photo.jpg --name holiday.jpg --mime image/jpeg --part-kib 128").expect("parses");
-        let ClientCommand::Upload { arguments, name, mime, part_kib, parts_in_flight, .. } = cli.command else {
+            parse("ferrogram upload @alice photo.jpg --name holiday.jpg --mime image/jpeg --part-kib 128 --photo")
+                .expect("parses");
+        let ClientCommand::Upload { peer, path, caption, photo, name, mime, part_kib, parts_in_flight, .. } =
+            cli.command
+        else {
             panic!("not upload")
         };
-        assert_eq!(arguments, ["photo.jpg"]);
+        assert_eq!((peer, path), (Peer::Username("alice".into()), PathBuf::from("photo.jpg")));
+        assert_eq!((caption.as_str(), photo), ("", true));
         assert_eq!((name.as_deref(), mime.as_deref(), part_kib), (Some("holiday.jpg"), Some("image/jpeg"), 128));
         assert_eq!(parts_in_flight, PARTS_IN_FLIGHT_DEFAULT);
-        assert!(parse("ferrogram upload @alice photo.jpg").is_ok(), "the peer form is reserved");
-        assert!(parse("ferrogram upload").is_err(), "upload needs a path");
-        assert!(parse("ferrogram upload a b c").is_err());
+        let cli = TestCli::try_parse_from(["ferrogram", "upload", "chat:7", "a.pdf", "--caption", "the report, v2"])
+            .expect("parses");
+        let ClientCommand::Upload { peer, caption, photo, .. } = cli.command else { panic!("not upload") };
+        assert_eq!((peer, caption.as_str(), photo), (Peer::Chat(ferrogram_net::ChatId(7)), "the report, v2", false));
+        assert!(parse("ferrogram upload photo.jpg").is_err(), "upload needs a peer");
+        assert!(parse("ferrogram upload alice photo.jpg").is_err(), "the peer is checked");
+        assert!(parse("ferrogram upload @alice a b").is_err());
 
-        let cli = parse("ferrogram download file:4097:00abcdef01234567 -o out.bin --force").expect("parses");
-        let ClientCommand::Download { arguments, output, force, .. } = cli.command else { panic!("not download") };
-        assert_eq!(arguments, ["file:4097:00abcdef01234567"]);
+        let cli = parse("ferrogram download +15550001111 12 -o out.bin --force").expect("parses");
+        let ClientCommand::Download { peer, message, output, force, .. } = cli.command else { panic!("not download") };
+        assert_eq!((peer, message), (Peer::Phone("+15550001111".into()), 12));
         assert_eq!((output, force), (Some(PathBuf::from("out.bin")), true));
-        assert!(parse("ferrogram download").is_err(), "download needs a reference");
+        assert!(parse("ferrogram download @alice").is_err(), "download needs a message id");
+        assert!(parse("ferrogram download file:4097:00abcdef01234567").is_err(), "file references are gone");
+        assert!(parse("ferrogram download @alice twelve").is_err(), "the message id is a number");
     }
 
     // The server comes from the flag (or environment) first, then the profile, then the

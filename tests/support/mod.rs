@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ferrogram_net::client::{connect_blocking, Authorized, BlockingClient, SignInOutcome};
-use ferrogram_net::{LiveEvent, Request, Response};
+use ferrogram_net::client::{connect_blocking, Authorized, BlockingClient, SignInOutcome, UploadedFile};
+use ferrogram_net::transfer::{DownloadOptions, TransferError, UploadOptions};
+use ferrogram_net::{ChatId, FileRef, LiveEvent, MediaKind, MessageId, Request, Response};
 
 /// A `ferrogram serve` child process. Killed when dropped.
 pub struct Server {
@@ -257,4 +258,112 @@ pub fn cli_command(server: &Server, home: &Path, args: &[&str]) -> Command {
         .env("FERROGRAM_HOME", home)
         .env_remove("FERROGRAM_SERVER");
     command
+}
+
+// Files and media messages.
+
+/// Deterministic pseudo-random bytes (SplitMix64): chunks of different files never match.
+pub fn pseudo_random(bytes: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes + 8);
+    let mut state = seed;
+    while out.len() < bytes {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(bytes);
+    out
+}
+
+/// Uploads `content` as a file named `name` with the library's defaults.
+pub fn upload(client: &BlockingClient, content: &[u8], name: &str) -> UploadedFile {
+    let options = UploadOptions { name: name.into(), ..UploadOptions::default() };
+    client.upload_file(content, Some(content.len() as u64), &options, |_| {}).expect("upload")
+}
+
+/// A random_id no other send of this test process used (each test runs its own server).
+pub fn next_random_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Sends `file` to `chat` as a document with a fresh random_id; answers the message's id.
+pub fn send_file(client: &BlockingClient, chat: ChatId, file: FileRef, caption: &str) -> MessageId {
+    client.send_media(chat, next_random_id(), file, MediaKind::Document, caption).expect("send media").id
+}
+
+/// Downloads the whole file of media message `message` of `chat`, `in_flight` ranges at once.
+pub fn download_message(
+    client: &BlockingClient,
+    chat: ChatId,
+    message: MessageId,
+    in_flight: usize,
+) -> Result<Vec<u8>, TransferError> {
+    let mut out = Vec::new();
+    let options = DownloadOptions { ranges_in_flight: in_flight };
+    let mut last = 0;
+    client.download_file(chat, message, &options, &mut out, |progress| {
+        assert!(progress.bytes_done >= last, "progress only grows");
+        last = progress.bytes_done;
+    })?;
+    Ok(out)
+}
+
+/// The media figures the metrics give, summed over shards.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct MediaFigures {
+    pub files: u64,
+    pub logical_bytes: u64,
+    pub stored_bytes: u64,
+    pub chunks: u64,
+    pub physical_bytes: u64,
+}
+
+/// Scrapes `/metrics` until `ready` holds (the server samples its shards once a second), at
+/// most 20 s.
+pub fn wait_for_media(address: SocketAddr, ready: impl Fn(&MediaFigures) -> bool) -> MediaFigures {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = scrape(address);
+        let sum = |name: &str| -> u64 {
+            let prefix = format!("ferrogram_media_{name}{{");
+            text.lines()
+                .filter(|line| line.starts_with(&prefix))
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum()
+        };
+        let figures = MediaFigures {
+            files: sum("files"),
+            logical_bytes: sum("logical_bytes"),
+            stored_bytes: sum("stored_bytes"),
+            chunks: sum("chunks"),
+            physical_bytes: sum("physical_bytes"),
+        };
+        if ready(&figures) {
+            return figures;
+        }
+        assert!(Instant::now() < deadline, "the metrics never showed it: {figures:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The text of `GET /metrics` at `address` (waits for the listener after a restart).
+pub fn scrape(address: SocketAddr) -> String {
+    use std::io::Read as _;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut stream = loop {
+        match std::net::TcpStream::connect(address) {
+            Ok(stream) => break stream,
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Err(error) => panic!("cannot reach the metrics at {address}: {error}"),
+        }
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nhost: test\r\n\r\n").expect("request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("response");
+    assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
+    response
 }
