@@ -139,3 +139,67 @@ fn a_reference_without_its_message_is_found_and_given_back() {
     assert_eq!(send(&messenger, chat, alice, 7, &file), Err(MessagingError::FileUnavailable));
     engine.shutdown().expect("shutdown");
 }
+
+/// A forward racing the deletion of its original either fails cleanly (the file already went)
+/// or leaves a copy whose file reads back byte for byte; it never leaves a message pointing at
+/// a freed file.
+#[test]
+fn a_forward_racing_the_deletion_of_its_original_never_loses_the_file() {
+    let dir = temp_dir("media-forward-race");
+    let engine = open(engine_config(&dir));
+    let messenger = engine.messenger();
+    let (alice, bob, carol) =
+        (user(&messenger, "+15550300001"), user(&messenger, "+15550300002"), user(&messenger, "+15550300003"));
+    let private = block_on(messenger.open_private(alice, bob)).expect("private chat");
+    let group = block_on(messenger.create_group(bob, "group", &[carol])).expect("group");
+    let (mut forwarded, mut refused) = (0, 0);
+    for round in 0..24u64 {
+        let (file, bytes) = upload_file(&engine, 100 + round);
+        let original = send(&messenger, private, alice, 1000 + round, &file).expect("media send");
+        // Half the rounds let the delete start first, half the forward.
+        let (first, second) = (round % 2 == 0, round % 2 == 1);
+        let deleter = {
+            let messenger = messenger.clone();
+            std::thread::spawn(move || {
+                if !first {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                block_on(messenger.delete(private, alice, &[original], true)).expect("delete");
+            })
+        };
+        if !second {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let result = block_on(messenger.forward(bob, private, &[original], group, RandomId(5000 + round)));
+        deleter.join().expect("deleter");
+        match result {
+            Ok(acks) if acks.len() == 1 => {
+                forwarded += 1;
+                let copy = block_on(messenger.message_media(group, carol, acks[0].id)).expect("the copy is visible");
+                // Once the original's reference is back, only the copy holds the file.
+                wait_references(&engine, &file, Some(1));
+                let read = download_file(
+                    &engine.media(),
+                    FileId::from_raw(copy.file),
+                    AccessHash::new(copy.access_hash),
+                    copy.size,
+                );
+                assert!(read == bytes, "round {round}: the forwarded copy reads back byte for byte");
+            }
+            // The original was gone before the forward read it, or its file was.
+            Ok(acks) => {
+                assert!(acks.is_empty(), "round {round}: {acks:?}");
+                refused += 1;
+                wait_references(&engine, &file, None);
+            }
+            Err(MessagingError::FileUnavailable) => {
+                refused += 1;
+                wait_references(&engine, &file, None);
+            }
+            Err(error) => panic!("round {round}: the forward failed with {error}"),
+        }
+    }
+    println!("{forwarded} forwards kept their file, {refused} found it gone");
+    assert_eq!(forwarded + refused, 24);
+    engine.shutdown().expect("shutdown");
+}
