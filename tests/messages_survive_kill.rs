@@ -232,7 +232,8 @@ fn verify(dir: &Path, acked: &[Acked], seed: u64, round: u64) {
             }
         }
         for (chat, top) in &tops {
-            let members = block_on(messenger.get_members(*chat, by_chat[chat][0].sender)).expect("members");
+            let members =
+                block_on(messenger.get_members(*chat, by_chat[chat][0].sender, None, usize::MAX)).expect("members");
             if members.iter().any(|(member, _)| *member == user) {
                 for id in 1..=*top {
                     assert!(

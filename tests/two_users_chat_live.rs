@@ -76,6 +76,17 @@ fn a_group_delivers_to_every_member() {
     let ids: Vec<_> = members.iter().skip(1).map(|(_, login)| login.user.id).collect();
     let group = members[0].0.create_group("Four of us", &ids).expect("create group");
     assert_eq!(members[2].0.get_chat(group).expect("a member sees the group").members, 4);
+    // Members come in pages, in user id order, each after the last one seen.
+    let first = members[2].0.get_members(group, None, 3).expect("first page");
+    let rest = members[2].0.get_members(group, first.last().map(|member| member.user), 3).expect("second page");
+    let mut listed: Vec<_> = first.iter().chain(&rest).map(|member| member.user).collect();
+    assert_eq!((first.len(), rest.len()), (3, 1), "a short page is the last");
+    let mut everyone: Vec<_> = members.iter().map(|(_, login)| login.user.id).collect();
+    everyone.sort();
+    listed.dedup();
+    assert_eq!(listed, everyone);
+    let refused = members[2].0.get_members(group, None, 0).expect_err("a page of none is refused");
+    assert_eq!(refused.code(), Some(ErrorCode::InvalidArgument));
 
     let mut sent = Vec::new();
     for round in 0..3u64 {

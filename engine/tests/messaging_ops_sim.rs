@@ -9,8 +9,8 @@ use ferrogram_engine::messaging::limits::{
 };
 use ferrogram_engine::messaging::{
     AuthorizationId, ChatId, ChatInfo, ChatKind, Dialog, ForwardedFrom, HistoryPage, LiveEvent, Message, MessageId,
-    MessagingError, MessagingResult, Pts, RandomId, Request, Response, SendAck, SendRequest, SessionId, Update, UserId,
-    SECRET_HASH_BYTES,
+    MessagingError, MessagingResult, Pts, RandomId, Request, Response, Role, SendAck, SendRequest, SessionId, Update,
+    UserId, SECRET_HASH_BYTES,
 };
 use ferrogram_engine::sim::messaging::{CrashKind, MessagingSim};
 use ferrogram_engine::sim::OpKind;
@@ -1001,4 +1001,40 @@ fn authorizations_survive_a_crash_across_a_checkpoint() {
     assert_eq!(listed, [after[0]]);
     let next = create_authorization(&mut sim, u[0], 5);
     assert!(next > after[1], "{next} is not an id given out before the crash");
+}
+
+/// Proves members come in pages in user id order, each after the last one seen, a short page
+/// ends the listing, and a non-member is refused.
+#[test]
+fn members_are_listed_page_by_page() {
+    let mut sim = sim(31);
+    let u = users(&mut sim, 12);
+    let chat = create(&mut sim, ChatKind::Group, u[0], &u[1..11]);
+    let page = |sim: &mut MessagingSim, after: Option<UserId>, limit: usize| match sim.call(Request::GetMembers {
+        chat,
+        user: u[3],
+        after,
+        limit,
+    }) {
+        Ok(Response::Members(members)) => members,
+        other => panic!("members: {other:?}"),
+    };
+    let mut seen = Vec::new();
+    loop {
+        let members = page(&mut sim, seen.last().copied(), 4);
+        assert!(members.len() <= 4, "a page holds at most its limit");
+        seen.extend(members.iter().map(|(user, _)| *user));
+        if members.len() < 4 {
+            break;
+        }
+    }
+    let mut expected: Vec<UserId> = u[..11].to_vec();
+    expected.sort();
+    assert_eq!(seen, expected, "every member once, in user id order");
+    let whole = page(&mut sim, None, usize::MAX);
+    assert_eq!(whole.len(), 11, "a limit past the bound is clamped, not refused");
+    assert_eq!(whole.iter().filter(|(_, role)| *role == Role::Creator).count(), 1);
+    assert!(page(&mut sim, Some(expected[10]), 4).is_empty(), "nothing after the last member");
+    let outsider = Request::GetMembers { chat, user: u[11], after: None, limit: 4 };
+    assert_eq!(sim.call(outsider), Err(MessagingError::NotMember(u[11])));
 }

@@ -346,11 +346,13 @@ async fn authorized(
             let info = messenger.get_chat(chat_id(chat), me).await.map_err(engine_error)?;
             Ok(Response::Chat(convert::chat(info, me)))
         }
-        Request::GetMembers { chat } => {
-            let mut members = messenger.get_members(chat_id(chat), me).await.map_err(engine_error)?;
-            // A channel may have far more subscribers than a frame holds; members are not paged
-            // yet, so the answer lists the first ones.
-            members.truncate(MEMBERS_PER_ANSWER_MAX);
+        Request::GetMembers { chat, after, limit } => {
+            if limit == 0 || limit as usize > MEMBERS_PER_ANSWER_MAX {
+                return Err(invalid(&format!("limit must be between 1 and {MEMBERS_PER_ANSWER_MAX}")));
+            }
+            let after = after.map(user_id);
+            let members =
+                messenger.get_members(chat_id(chat), me, after, limit as usize).await.map_err(engine_error)?;
             Ok(Response::Members(
                 members
                     .into_iter()

@@ -590,9 +590,9 @@ typed_helpers! {
     fn get_chat(&self, chat: ChatId) -> Chat {
         Request::GetChat { chat }, "Chat", Response::Chat(chat) => chat
     }
-    /// `GetMembers` → `Members`.
-    fn get_members(&self, chat: ChatId) -> Vec<Member> {
-        Request::GetMembers { chat }, "Members", Response::Members(members) => members
+    /// `GetMembers` → `Members`: one page, after `after`.
+    fn get_members(&self, chat: ChatId, after: Option<UserId>, limit: u32) -> Vec<Member> {
+        Request::GetMembers { chat, after, limit }, "Members", Response::Members(members) => members
     }
     /// `SendMessage` (not a reply) → `Sent`. Retrying with the same `random_id` is safe: the
     /// server answers the original message.

@@ -174,8 +174,11 @@ pub enum Request {
     GetChat {
         chat: ChatId,
     },
+    /// A page of members in user id order after `after`, at most `limit` (1 to 10,000).
     GetMembers {
         chat: ChatId,
+        after: Option<UserId>,
+        limit: u32,
     },
 
     // Messages.

@@ -703,7 +703,7 @@ fn enum_layouts_match_the_document() {
         variant_layout!(Request, ArchivedRequest, RemoveMember { chat, user }),
         variant_layout!(Request, ArchivedRequest, PromoteMember { chat, user }),
         variant_layout!(Request, ArchivedRequest, GetChat { chat }),
-        variant_layout!(Request, ArchivedRequest, GetMembers { chat }),
+        variant_layout!(Request, ArchivedRequest, GetMembers { chat, after, limit }),
         variant_layout!(Request, ArchivedRequest, SendMessage { chat, random_id, text, reply_to }),
         variant_layout!(Request, ArchivedRequest, ForwardMessages { from_chat, ids, to_chat, random_id }),
         variant_layout!(Request, ArchivedRequest, EditMessage { chat, id, text }),

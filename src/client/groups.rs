@@ -1,6 +1,6 @@
 //! The `group` and `channel` subcommands.
 
-use ferrogram_net::{Role, UserId};
+use ferrogram_net::{Member, Role, UserId};
 
 use super::format::unknown_user;
 use super::messages::user_names;
@@ -42,7 +42,15 @@ pub fn group(command: GroupCommand) -> anyhow::Result<()> {
         }
         GroupCommand::Members { common, chat } => {
             let session = Session::open(&common)?;
-            let members = session.client.get_members(chat.0)?;
+            let mut members = Vec::new();
+            loop {
+                let page = session.client.get_members(chat.0, members.last().map(|m: &Member| m.user), 1000)?;
+                let last = page.len() < 1000;
+                members.extend(page);
+                if last {
+                    break;
+                }
+            }
             let ids: Vec<UserId> = members.iter().map(|member| member.user).collect();
             let names = user_names(&session.client, &ids)?;
             for member in members {

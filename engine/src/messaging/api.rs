@@ -212,8 +212,17 @@ impl Messenger {
         expect!(self.call(chat.vshard(), Request::GetChat { chat, user }).await, Response::ChatInfo(info) => info)
     }
 
-    pub async fn get_members(&self, chat: ChatId, user: UserId) -> MessagingResult<Vec<(UserId, Role)>> {
-        expect!(self.call(chat.vshard(), Request::GetMembers { chat, user }).await, Response::Members(m) => m)
+    /// A page of the chat's members in user id order: those after `after` (from the first
+    /// with `None`), at most `limit` (clamped to `MEMBERS_PAGE_MAX`). A short page is the last.
+    pub async fn get_members(
+        &self,
+        chat: ChatId,
+        user: UserId,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> MessagingResult<Vec<(UserId, Role)>> {
+        let request = Request::GetMembers { chat, user, after, limit };
+        expect!(self.call(chat.vshard(), request).await, Response::Members(m) => m)
     }
 
     // Messages.

@@ -30,6 +30,8 @@ pub const FANOUT_MAX: usize = 1000;
 /// A chat fanned out on read goes back to fan-out on write only under this many members, so
 /// a chat at the boundary does not flip mode on every join and leave.
 pub const FANOUT_BACK_UNDER: usize = FANOUT_MAX * 9 / 10;
+/// Members in one `get_members` page.
+pub const MEMBERS_PAGE_MAX: usize = 10_000;
 /// Members given when a chat is created.
 pub const CREATE_MEMBERS_MAX: usize = 200;
 /// Updates a user's box keeps; older pts answer `DifferenceTooLong`.

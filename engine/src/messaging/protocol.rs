@@ -149,9 +149,12 @@ pub enum Request {
         chat: ChatId,
         user: UserId,
     },
+    /// Members in user id order after `after`, at most `limit` (clamped to `MEMBERS_PAGE_MAX`).
     GetMembers {
         chat: ChatId,
         user: UserId,
+        after: Option<UserId>,
+        limit: usize,
     },
     GetChatDifference {
         chat: ChatId,

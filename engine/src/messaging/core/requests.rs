@@ -271,10 +271,19 @@ impl MessagingCore {
                 self.reply_after_acked(self.chat_lsn(chat), origin, Ok(Response::ChatInfo(info)));
                 Ok(())
             }
-            Request::GetMembers { chat, user } => {
+            Request::GetMembers { chat, user, after, limit } => {
                 let state = self.chat(chat)?;
                 self.require_member(state, user)?;
-                let members = state.members.iter().map(|(&user, member)| (user, member.role)).collect();
+                let start = match after {
+                    Some(after) => std::ops::Bound::Excluded(after),
+                    None => std::ops::Bound::Unbounded,
+                };
+                let members = state
+                    .members
+                    .range((start, std::ops::Bound::Unbounded))
+                    .take(limit.clamp(1, MEMBERS_PAGE_MAX))
+                    .map(|(&user, member)| (user, member.role))
+                    .collect();
                 self.reply_after_acked(self.chat_lsn(chat), origin, Ok(Response::Members(members)));
                 Ok(())
             }
