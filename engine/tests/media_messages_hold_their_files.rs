@@ -203,3 +203,28 @@ fn a_forward_racing_the_deletion_of_its_original_never_loses_the_file() {
     assert_eq!(forwarded + refused, 24);
     engine.shutdown().expect("shutdown");
 }
+
+/// A retry of a media send whose message was deleted meanwhile answers the (deleted)
+/// original, and the reference it took again is found by the leak check and given back,
+/// rather than confirmed and kept forever.
+#[test]
+fn a_retry_after_the_delete_does_not_keep_the_file() {
+    let dir = temp_dir("media-retry-after-delete");
+    let engine = open(engine_config(&dir));
+    let messenger = engine.messenger();
+    let (alice, bob) = (user(&messenger, "+15550500001"), user(&messenger, "+15550500002"));
+    let chat = block_on(messenger.open_private(alice, bob)).expect("private chat");
+    let (file, _) = upload_file(&engine, 21);
+    let original = send(&messenger, chat, alice, 1, &file).expect("media send");
+    // A second message keeps the file alive, so the retry can take its reference again.
+    let keeper = send(&messenger, chat, alice, 2, &file).expect("media send");
+    block_on(messenger.delete(chat, alice, &[original], true)).expect("delete");
+    wait_references(&engine, &file, Some(1));
+    assert_eq!(send(&messenger, chat, alice, 1, &file), Ok(original), "the retry answers the original");
+    assert_eq!(references(&engine, &file), Some(2), "the retry took the reference again");
+    // The leak check finds no live message under the retry's key and gives it back.
+    wait_references(&engine, &file, Some(1));
+    block_on(messenger.delete(chat, alice, &[keeper], true)).expect("delete");
+    wait_references(&engine, &file, None);
+    engine.shutdown().expect("shutdown");
+}

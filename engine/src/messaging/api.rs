@@ -282,7 +282,7 @@ impl Messenger {
                 media,
             });
             let ack = expect!(self.call(to.vshard(), request).await, Response::Sent(ack) => ack)?;
-            if let Some((file, holder)) = holder {
+            if let Some((file, holder)) = holder.filter(|_| !ack.duplicate) {
                 self.confirm_media(file, holder).await;
             }
             acks.push(ack);
@@ -313,7 +313,12 @@ impl Messenger {
             media: Some(media),
         });
         let ack = expect!(self.call(chat.vshard(), request).await, Response::Sent(ack) => ack)?;
-        self.confirm_media(file, holder(chat, sender, random_id)).await;
+        // A duplicate's message may have been deleted since (its reference given back, and
+        // taken again just now by this retry): only the leak check, which asks the chat, may
+        // decide about that reference.
+        if !ack.duplicate {
+            self.confirm_media(file, holder(chat, sender, random_id)).await;
+        }
         Ok(ack)
     }
 
