@@ -36,6 +36,11 @@ pub struct MediaConfig {
     pub compaction_live_per_mille: u32,
     /// Live bytes one compaction call may move.
     pub compaction_bytes_per_call: u64,
+    /// Downloads reading from disk at once; past it `begin_read` waits for one to finish.
+    pub reads_in_flight_max: usize,
+    /// Bytes those downloads may hold (their disk reads and answers); past it `begin_read`
+    /// waits too, unless no read is in flight (so one read always proceeds).
+    pub read_bytes_in_flight_max: u64,
 }
 
 impl MediaConfig {
@@ -55,6 +60,8 @@ impl MediaConfig {
             cache_bytes_max: CACHE_BYTES_DEFAULT,
             compaction_live_per_mille: COMPACTION_LIVE_PER_MILLE_DEFAULT,
             compaction_bytes_per_call: COMPACTION_BYTES_PER_CALL_DEFAULT,
+            reads_in_flight_max: READS_IN_FLIGHT_MAX_DEFAULT,
+            read_bytes_in_flight_max: READ_BYTES_IN_FLIGHT_MAX_DEFAULT,
         }
     }
 
@@ -95,6 +102,16 @@ impl MediaConfig {
             self.compaction_bytes_per_call >= u64::from(CHUNK_BYTES_MAX),
             "compaction_bytes_per_call",
             format!(">= {CHUNK_BYTES_MAX}"),
+        )?;
+        check(
+            (1..=READS_IN_FLIGHT_LIMIT).contains(&self.reads_in_flight_max),
+            "reads_in_flight_max",
+            format!("1..={READS_IN_FLIGHT_LIMIT}"),
+        )?;
+        check(
+            self.read_bytes_in_flight_max >= READ_BYTES_TYPICAL_MAX,
+            "read_bytes_in_flight_max",
+            format!(">= {READ_BYTES_TYPICAL_MAX} (one read of a whole range)"),
         )?;
         check(
             self.weak_hash_bits_for_tests.is_none_or(|bits| (1..=128).contains(&bits)),

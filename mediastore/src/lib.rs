@@ -31,13 +31,13 @@ pub use ids::{
 };
 pub use journal::{Journal, JournalFault, JournalTicket, MemoryJournal, Recovery};
 pub use records::{MediaRecord, MediaSnapshot};
-pub use segment::dma::DmaSegments;
-pub use segment::memory::MemorySegments;
-pub use segment::std_files::StdSegments;
-pub use segment::SegmentIo;
+pub use segment::dma::{DmaSegmentReader, DmaSegments};
+pub use segment::memory::{MemorySegmentReader, MemorySegments};
+pub use segment::std_files::{StdSegmentReader, StdSegments};
+pub use segment::{SegmentIo, SegmentReader};
 pub use shard::{
-    CompactionReport, FileInfo, FinishUpload, FinishedFile, MaintenanceReport, MediaShard, StartUpload, StorageStats,
-    SweepReport,
+    CompactionReport, FileInfo, FinishUpload, FinishedFile, MaintenanceReport, MediaShard, PendingRead, ReadsInFlight,
+    StartUpload, StorageStats, SweepReport,
 };
 pub use state::HolderEntry;
 pub use upload::PartAccepted;

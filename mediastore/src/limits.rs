@@ -46,6 +46,18 @@ pub const SEGMENT_BYTES_MAX: u64 = 4 * GIB;
 /// 1 MiB touches at most 1 MiB plus two partial chunks).
 pub const READ_SPAN_BYTES_MAX: u64 = 2 * MIB;
 
+/// Downloads a shard reads from disk at once: the default and the largest allowed bound on
+/// their number, and the default bound on the bytes they hold (their disk reads and their
+/// answers). A client keeps a few ranges in flight; many clients together must not exhaust
+/// memory, so past the bound a read waits for one to finish.
+pub const READS_IN_FLIGHT_MAX_DEFAULT: usize = 16;
+pub const READS_IN_FLIGHT_LIMIT: usize = 1024;
+pub const READ_BYTES_IN_FLIGHT_MAX_DEFAULT: u64 = 64 * MIB;
+/// What one read of a whole download range holds, at most in the usual case: one span read
+/// and the answer. (A range whose chunks lie in many places holds a little more; a read is
+/// always let through when no other is in flight, so any read can proceed.)
+pub const READ_BYTES_TYPICAL_MAX: u64 = READ_SPAN_BYTES_MAX + DOWNLOAD_LIMIT_BYTES_MAX;
+
 /// The most chunks one journal record names, so a record of a 2 GiB file of minimum-size
 /// chunks still fits a WAL batch (DESIGN §10: a batch is at most 1 MiB).
 pub const RECORD_CHUNKS_MAX: usize = 4096;
@@ -116,6 +128,10 @@ const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT && SEGMENT_BYTE
 const _: () =
     assert!(READ_SPAN_BYTES_MAX >= DOWNLOAD_LIMIT_BYTES_MAX + 2 * (CHUNK_BYTES_MAX as u64 + FRAME_HEADER_BYTES as u64));
 const _: () = assert!(DOWNLOAD_LIMIT_BYTES_MAX <= DOWNLOAD_WINDOW_BYTES);
+// A read of a whole range fits the default byte budget; the count is the bound that usually
+// binds, the bytes the one that stops ranges scattered over many places.
+const _: () = assert!(READ_BYTES_IN_FLIGHT_MAX_DEFAULT >= READ_BYTES_TYPICAL_MAX);
+const _: () = assert!(1 <= READS_IN_FLIGHT_MAX_DEFAULT && READS_IN_FLIGHT_MAX_DEFAULT <= READS_IN_FLIGHT_LIMIT);
 const _: () = assert!(DOWNLOAD_WINDOW_BYTES.is_multiple_of(DOWNLOAD_ALIGN_BYTES));
 // A record of the most chunks fits one WAL batch with room for the rest of the record.
 const _: () = assert!(RECORD_CHUNKS_MAX * RECORD_CHUNK_ENTRY_BYTES_MAX + 4096 <= JOURNAL_RECORD_BYTES_MAX);

@@ -310,6 +310,11 @@ fn total(shards: &[StorageStats]) -> StorageStats {
         total.uploads += stats.uploads;
         total.staging_bytes += stats.staging_bytes;
         total.cache_bytes += stats.cache_bytes;
+        total.reads_in_flight += stats.reads_in_flight;
+        total.read_bytes_in_flight += stats.read_bytes_in_flight;
+        // Each shard's peak came at its own moment: the total keeps the highest, not a sum.
+        total.reads_in_flight_peak = total.reads_in_flight_peak.max(stats.reads_in_flight_peak);
+        total.read_bytes_in_flight_peak = total.read_bytes_in_flight_peak.max(stats.read_bytes_in_flight_peak);
     }
     total.dedup_ratio =
         if total.stored_bytes == 0 { 1.0 } else { total.logical_bytes as f64 / total.stored_bytes as f64 };

@@ -3,6 +3,14 @@
 //! from a bounded local queue: requests from the handle, the maintenance timer's ticks, and
 //! snapshots for the shard's checkpoints.
 //!
+//! Downloads are the exception. The owning task only plans a read (`begin_read`: which
+//! chunks, which are cached, which spans to read, holding the segments open) and hands its
+//! disk reads to a task of their own, then goes on with the next job: the ranges a client
+//! keeps in flight, and those of other clients and files, are read from disk at once instead
+//! of each waiting for the one before. The store bounds how many run at once and the bytes
+//! they hold (`reads_in_flight_max`, `read_bytes_in_flight_max`); at the bound, planning the
+//! next read waits for one to finish. A read answered from the cache is answered at once.
+//!
 //! Checkpoints. The messaging driver takes a checkpoint's ticket and asks for the media
 //! section in the same step ([`MediaDriver::checkpoint_section`]); the snapshot job goes to
 //! the front of the queue and runs as soon as the operation running now has ended, when every
@@ -218,6 +226,8 @@ async fn serve(context: Rc<ShardContext>, mut store: Store) {
         }
     }
     driver.requests_queued.set(0);
+    // Reads already planned are answered before their segment files are closed.
+    store.reads_finished().await;
     let (segments, _journal) = store.into_parts();
     let _ = segments.close().await;
     driver.stopped.set(true);
@@ -238,8 +248,16 @@ async fn perform(store: &mut Store, request: MediaRequest) {
         MediaRequest::Cancel { upload, reply } => answer(reply, Ok::<_, Infallible>(store.cancel(upload))),
         MediaRequest::Read { file, access_hash, offset, limit, reply } => {
             // A read nobody waits for any more is not worth the disk.
-            if !reply.is_disconnected() {
-                answer(reply, store.read(file, access_hash, offset, limit).await);
+            if reply.is_disconnected() {
+                return;
+            }
+            match store.begin_read(file, access_hash, offset, limit).await {
+                Err(error) => answer(reply, Err(error)),
+                Ok(read) if !read.needs_disk() => answer(reply, read.run().await),
+                // Its disk reads run beside the jobs that follow (see the module documentation).
+                Ok(read) => {
+                    glommio::spawn_local(async move { answer(reply, read.run().await) }).detach();
+                }
             }
         }
         MediaRequest::FileInfo { file, access_hash, reply } => answer(reply, store.file_info(file, access_hash)),

@@ -1,6 +1,8 @@
 //! Segments through glommio: O_DIRECT `DmaFile` writes of whole, padded blocks and DMA reads,
 //! all on the shard's io_uring, so nothing blocks the reactor once the shard serves. Must be
-//! used inside a glommio executor.
+//! used inside a glommio executor. Files are shared (`Rc<DmaFile>`) with the readers of
+//! downloads in flight: removing a segment unlinks its file, and the descriptor closes when
+//! the last reader is done with it.
 //!
 //! glommio decides on the first DMA open of an executor whether the device takes polled I/O,
 //! and an empty file fools that probe into a wrong "yes" after which every DMA read fails
@@ -11,11 +13,12 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
-use glommio::io::{Directory, DmaFile, OpenOptions};
+use glommio::io::{Directory, DmaFile, OpenOptions, ReadResult};
 
 use super::std_files::{list_segment_files, segment_file_name};
-use super::SegmentIo;
+use super::{SegmentIo, SegmentReader};
 use crate::ids::SegmentId;
 
 const DMA_PROBE_FILE: &str = ".media-dma-probe";
@@ -24,7 +27,25 @@ const DMA_PROBE_BYTES: usize = 4096;
 #[derive(Debug)]
 pub struct DmaSegments {
     dir: PathBuf,
-    files: HashMap<SegmentId, DmaFile>,
+    files: HashMap<SegmentId, Rc<DmaFile>>,
+}
+
+/// Reads one segment through its shared `DmaFile`.
+#[derive(Clone, Debug)]
+pub struct DmaSegmentReader {
+    file: Rc<DmaFile>,
+}
+
+impl SegmentReader for DmaSegmentReader {
+    type Bytes = ReadResult;
+
+    async fn read_at(&self, offset: u64, length: usize) -> io::Result<ReadResult> {
+        let read = self.file.read_at(offset, length).await?;
+        if read.len() != length {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "segment shorter than the read"));
+        }
+        Ok(read)
+    }
 }
 
 impl DmaSegments {
@@ -40,10 +61,10 @@ impl DmaSegments {
         self.dir.join(segment_file_name(segment))
     }
 
-    async fn file(&mut self, segment: SegmentId) -> io::Result<&DmaFile> {
+    async fn file(&mut self, segment: SegmentId) -> io::Result<&Rc<DmaFile>> {
         if !self.files.contains_key(&segment) {
             let file = OpenOptions::new().read(true).write(true).dma_open(self.path(segment)).await?;
-            self.files.insert(segment, file);
+            self.files.insert(segment, Rc::new(file));
         }
         Ok(&self.files[&segment])
     }
@@ -55,16 +76,19 @@ impl DmaSegments {
         Ok(synced?)
     }
 
-    /// Closes every open file (dropping them also works, but closing reports errors).
+    /// Closes every open file no reader holds (dropping them also works, but closing reports
+    /// errors); a file a reader still holds closes when the reader drops it.
     pub async fn close(mut self) -> io::Result<()> {
         for (_, file) in self.files.drain() {
-            file.close().await?;
+            file.close_rc().await?;
         }
         Ok(())
     }
 }
 
 impl SegmentIo for DmaSegments {
+    type Reader = DmaSegmentReader;
+
     fn list(&mut self) -> io::Result<Vec<(SegmentId, u64)>> {
         list_segment_files(&self.dir)
     }
@@ -73,7 +97,7 @@ impl SegmentIo for DmaSegments {
         // Opened for reading and writing: `DmaFile::create` is write-only, and reading through
         // a write-only handle fails with EBADF (NOTES-runtime).
         let file = OpenOptions::new().read(true).write(true).create_new(true).dma_open(self.path(segment)).await?;
-        self.files.insert(segment, file);
+        self.files.insert(segment, Rc::new(file));
         self.sync_directory().await
     }
 
@@ -97,17 +121,14 @@ impl SegmentIo for DmaSegments {
         Ok(self.file(segment).await?.fdatasync().await?)
     }
 
-    async fn read_at(&mut self, segment: SegmentId, offset: u64, length: usize) -> io::Result<Vec<u8>> {
-        let read = self.file(segment).await?.read_at(offset, length).await?;
-        if read.len() != length {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "segment shorter than the chunk"));
-        }
-        Ok(read.to_vec())
+    async fn reader(&mut self, segment: SegmentId) -> io::Result<DmaSegmentReader> {
+        Ok(DmaSegmentReader { file: self.file(segment).await?.clone() })
     }
 
     async fn remove(&mut self, segment: SegmentId) -> io::Result<()> {
         if let Some(file) = self.files.remove(&segment) {
-            file.close().await?;
+            // Readers of downloads in flight keep the descriptor, and so the unlinked file.
+            file.close_rc().await?;
         }
         glommio::io::remove(self.path(segment)).await?;
         self.sync_directory().await

@@ -8,6 +8,11 @@
 //! Rules (DESIGN §4): a write starts on a fresh 4 KiB block and is padded to whole blocks, so
 //! a written block is never rewritten; segments are synced before any journal record names
 //! their chunks; after a restart writing always starts in a new segment.
+//!
+//! Reads go through a [`SegmentReader`]: a handle on one segment that reads without the
+//! store's exclusive borrow (so downloads run beside each other and beside writes) and keeps
+//! the segment readable after compaction removed it, as an open file stays readable after
+//! it is unlinked.
 
 pub mod dma;
 pub mod frame;
@@ -18,6 +23,8 @@ pub mod std_files;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::io;
+use std::ops::Deref;
+use std::rc::Rc;
 
 use crate::error::StorageError;
 use crate::ids::{ChunkKey, ChunkLocation, SegmentId};
@@ -25,6 +32,9 @@ use crate::limits::{BLOCK_BYTES, FRAME_HEADER_BYTES, SEGMENT_WRITE_BUFFER_BYTES}
 
 /// The file operations of a shard's segments. Futures are shard-local (not `Send`).
 pub trait SegmentIo {
+    /// A read handle on one segment (see [`SegmentReader`]).
+    type Reader: SegmentReader;
+
     /// Existing segments and their lengths in bytes. Called once while the shard opens, when
     /// blocking is allowed.
     fn list(&mut self) -> io::Result<Vec<(SegmentId, u64)>>;
@@ -38,11 +48,23 @@ pub trait SegmentIo {
     /// Makes every completed write to `segment` durable (fdatasync).
     fn sync(&mut self, segment: SegmentId) -> impl Future<Output = io::Result<()>>;
 
-    /// Reads exactly `length` bytes at `offset` (any alignment).
-    fn read_at(&mut self, segment: SegmentId, offset: u64, length: usize) -> impl Future<Output = io::Result<Vec<u8>>>;
+    /// A read handle on an existing segment. It keeps reading the segment's bytes after
+    /// `remove` deleted it (an open file whose name is gone), so a read planned before a
+    /// compaction still finds the chunks where it was told they are.
+    fn reader(&mut self, segment: SegmentId) -> impl Future<Output = io::Result<Self::Reader>>;
 
-    /// Deletes a segment.
+    /// Deletes a segment. Readers already handed out keep reading it.
     fn remove(&mut self, segment: SegmentId) -> impl Future<Output = io::Result<()>>;
+}
+
+/// Reads one segment, shared by every read in flight on it (cloning is cheap). Shard-local.
+pub trait SegmentReader: Clone + 'static {
+    /// The bytes a read returns, where they landed (a DMA buffer, a vector): verified and
+    /// copied out from there, not copied first.
+    type Bytes: Deref<Target = [u8]>;
+
+    /// Reads exactly `length` bytes at `offset` (any alignment).
+    fn read_at(&self, offset: u64, length: usize) -> impl Future<Output = io::Result<Self::Bytes>>;
 }
 
 /// The writer and reader of a shard's segments over a [`SegmentIo`].
@@ -146,73 +168,49 @@ impl<S: SegmentIo> SegmentStore<S> {
     }
 
     /// Reads a chunk's frame, verifies it and returns the payload.
-    pub async fn read(&mut self, key: ChunkKey, location: ChunkLocation) -> Result<Vec<u8>, StorageError> {
-        let frame_bytes = location.frame_bytes() as usize;
-        let written = self.sizes.get(&location.segment).copied().unwrap_or(0);
-        let corrupt = |reason| StorageError::Corrupt { segment: location.segment, offset: location.offset, reason };
-        let bytes = if location.segment == self.open && location.offset >= written {
-            let start = (location.offset - written) as usize;
-            self.buffer
-                .get(start..start + frame_bytes)
-                .ok_or_else(|| corrupt("location past the written end"))?
-                .to_vec()
-        } else {
-            if location.offset + frame_bytes as u64 > written {
-                return Err(StorageError::ChunkMissing { key });
-            }
-            self.io
-                .read_at(location.segment, location.offset, frame_bytes)
-                .await
-                .map_err(|source| StorageError::Io { context: "reading a segment", source })?
-        };
-        let payload = frame::verify_frame(&bytes, location.segment, key).map_err(corrupt)?;
-        if payload.len() != location.length as usize {
-            return Err(corrupt("frame length differs from the index"));
+    pub async fn read(&mut self, key: ChunkKey, location: ChunkLocation) -> Result<Rc<[u8]>, StorageError> {
+        if let Some(frame) = self.buffered_frame(location)? {
+            return Ok(Rc::from(frame_payload(frame, location.offset, key, location)?));
         }
-        let mut bytes = bytes;
-        bytes.drain(..FRAME_HEADER_BYTES as usize);
-        Ok(bytes)
-    }
-
-    /// Reads `length` written bytes of `segment` at `offset`: several frames stored one after
-    /// another, in one read (the caller verifies each with [`SegmentStore::frame_payload`]).
-    /// `None` when any of the span is not written yet (still in the write buffer) or lies
-    /// past the segment's end: read those frames one at a time instead.
-    pub async fn read_span(
-        &mut self,
-        segment: SegmentId,
-        offset: u64,
-        length: usize,
-    ) -> Result<Option<Vec<u8>>, StorageError> {
-        let written = self.sizes.get(&segment).copied().unwrap_or(0);
-        if offset + length as u64 > written {
-            return Ok(None);
+        if location.offset + location.frame_bytes() > self.written_bytes(location.segment) {
+            return Err(StorageError::ChunkMissing { key });
         }
-        let bytes = self
-            .io
-            .read_at(segment, offset, length)
+        let reader = self.reader(location.segment).await?;
+        let frame = reader
+            .read_at(location.offset, location.frame_bytes() as usize)
             .await
             .map_err(|source| StorageError::Io { context: "reading a segment", source })?;
-        Ok(Some(bytes))
+        Ok(Rc::from(frame_payload(&frame, location.offset, key, location)?))
     }
 
-    /// The verified payload of the frame at `location`, inside `span` (read from `location`'s
-    /// segment at `span_offset`).
-    pub fn frame_payload(
-        span: &[u8],
-        span_offset: u64,
-        key: ChunkKey,
-        location: ChunkLocation,
-    ) -> Result<&[u8], StorageError> {
-        let corrupt = |reason| StorageError::Corrupt { segment: location.segment, offset: location.offset, reason };
-        let start = location.offset.checked_sub(span_offset).ok_or_else(|| corrupt("frame before the span"))? as usize;
-        let frame =
-            span.get(start..start + location.frame_bytes() as usize).ok_or_else(|| corrupt("frame past the span"))?;
-        let payload = frame::verify_frame(frame, location.segment, key).map_err(corrupt)?;
-        if payload.len() != location.length as usize {
-            return Err(corrupt("frame length differs from the index"));
+    /// The frame at `location` if it is still in the write buffer (appended, not yet
+    /// written); `None` if it lies in the written part of its segment.
+    pub fn buffered_frame(&self, location: ChunkLocation) -> Result<Option<&[u8]>, StorageError> {
+        let written = self.sizes.get(&location.segment).copied().unwrap_or(0);
+        if location.segment != self.open || location.offset < written {
+            return Ok(None);
         }
-        Ok(payload)
+        let start = (location.offset - written) as usize;
+        let frame = self.buffer.get(start..start + location.frame_bytes() as usize).ok_or(StorageError::Corrupt {
+            segment: location.segment,
+            offset: location.offset,
+            reason: "location past the written end",
+        })?;
+        Ok(Some(frame))
+    }
+
+    /// A reader of `segment` (see [`SegmentIo::reader`]).
+    pub async fn reader(&mut self, segment: SegmentId) -> Result<S::Reader, StorageError> {
+        self.io
+            .reader(segment)
+            .await
+            .map_err(|source| StorageError::Io { context: "opening a segment to read", source })
+    }
+
+    /// Bytes written to `segment` (what a read may cover; the open segment's buffered frames
+    /// come after).
+    pub fn written_bytes(&self, segment: SegmentId) -> u64 {
+        self.sizes.get(&segment).copied().unwrap_or(0)
     }
 
     /// Deletes a segment that is no longer needed.
@@ -257,4 +255,24 @@ impl<S: SegmentIo> SegmentStore<S> {
     pub fn into_io(self) -> S {
         self.io
     }
+}
+
+/// The verified payload of the frame at `location`, inside `span` (bytes of `location`'s
+/// segment read from `span_offset`): the frame must hold `key`, intact, written for that
+/// segment, with the length the index records.
+pub fn frame_payload(
+    span: &[u8],
+    span_offset: u64,
+    key: ChunkKey,
+    location: ChunkLocation,
+) -> Result<&[u8], StorageError> {
+    let corrupt = |reason| StorageError::Corrupt { segment: location.segment, offset: location.offset, reason };
+    let start = location.offset.checked_sub(span_offset).ok_or_else(|| corrupt("frame before the span"))? as usize;
+    let frame =
+        span.get(start..start + location.frame_bytes() as usize).ok_or_else(|| corrupt("frame past the span"))?;
+    let payload = frame::verify_frame(frame, location.segment, key).map_err(corrupt)?;
+    if payload.len() != location.length as usize {
+        return Err(corrupt("frame length differs from the index"));
+    }
+    Ok(payload)
 }

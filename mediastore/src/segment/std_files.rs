@@ -7,8 +7,9 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
-use super::SegmentIo;
+use super::{SegmentIo, SegmentReader};
 use crate::ids::SegmentId;
 
 const SEGMENT_PREFIX: &str = "chunks-";
@@ -41,7 +42,23 @@ pub fn list_segment_files(dir: &Path) -> io::Result<Vec<(SegmentId, u64)>> {
 #[derive(Debug)]
 pub struct StdSegments {
     dir: PathBuf,
-    files: HashMap<SegmentId, File>,
+    files: HashMap<SegmentId, Rc<File>>,
+}
+
+/// Reads one segment through its shared `File` (blocking, like the rest of this backend).
+#[derive(Clone, Debug)]
+pub struct StdSegmentReader {
+    file: Rc<File>,
+}
+
+impl SegmentReader for StdSegmentReader {
+    type Bytes = Vec<u8>;
+
+    async fn read_at(&self, offset: u64, length: usize) -> io::Result<Vec<u8>> {
+        let mut bytes = vec![0u8; length];
+        self.file.read_exact_at(&mut bytes, offset)?;
+        Ok(bytes)
+    }
 }
 
 impl StdSegments {
@@ -55,16 +72,18 @@ impl StdSegments {
         self.dir.join(segment_file_name(segment))
     }
 
-    fn file(&mut self, segment: SegmentId) -> io::Result<&File> {
+    fn file(&mut self, segment: SegmentId) -> io::Result<&Rc<File>> {
         if !self.files.contains_key(&segment) {
             let file = OpenOptions::new().read(true).write(true).open(self.path(segment))?;
-            self.files.insert(segment, file);
+            self.files.insert(segment, Rc::new(file));
         }
         Ok(&self.files[&segment])
     }
 }
 
 impl SegmentIo for StdSegments {
+    type Reader = StdSegmentReader;
+
     fn list(&mut self) -> io::Result<Vec<(SegmentId, u64)>> {
         list_segment_files(&self.dir)
     }
@@ -72,7 +91,7 @@ impl SegmentIo for StdSegments {
     async fn create(&mut self, segment: SegmentId) -> io::Result<()> {
         let file = OpenOptions::new().read(true).write(true).create_new(true).open(self.path(segment))?;
         File::open(&self.dir)?.sync_all()?;
-        self.files.insert(segment, file);
+        self.files.insert(segment, Rc::new(file));
         Ok(())
     }
 
@@ -84,10 +103,8 @@ impl SegmentIo for StdSegments {
         self.file(segment)?.sync_data()
     }
 
-    async fn read_at(&mut self, segment: SegmentId, offset: u64, length: usize) -> io::Result<Vec<u8>> {
-        let mut bytes = vec![0u8; length];
-        self.file(segment)?.read_exact_at(&mut bytes, offset)?;
-        Ok(bytes)
+    async fn reader(&mut self, segment: SegmentId) -> io::Result<StdSegmentReader> {
+        Ok(StdSegmentReader { file: self.file(segment)?.clone() })
     }
 
     async fn remove(&mut self, segment: SegmentId) -> io::Result<()> {

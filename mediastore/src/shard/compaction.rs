@@ -100,8 +100,11 @@ impl<S: SegmentIo, J: Journal> MediaShard<S, J> {
             .collect();
         self.commit(&records).await?;
         report.chunks_dropped = dropped.len();
-        for key in dropped {
-            self.cache.remove(&key);
+        {
+            let mut cache = self.cache.borrow_mut();
+            for key in dropped {
+                cache.remove(&key);
+            }
         }
         for segment in retired {
             report.bytes_reclaimed += self.segments.sizes().get(&segment).copied().unwrap_or(0);

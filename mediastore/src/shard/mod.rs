@@ -6,7 +6,9 @@
 //! nothing shared. Every operation takes `&mut self`, so operations of one shard run one at a
 //! time and each sees the state the previous one left; none is long (a part is at most
 //! 512 KiB, `finish` only folds the tail, compaction moves a bounded number of bytes per
-//! call), so a queue of them drains quickly.
+//! call), so a queue of them drains quickly. Downloads are the exception: a read is planned
+//! under `&mut self` and its disk reads run without it (`read.rs`), so many ranges are read
+//! at once, beside the operations that follow.
 //!
 //! Order of durability, which is what makes a crash harmless:
 //! 1. a chunk's bytes are written to a segment and synced,
@@ -17,6 +19,7 @@
 //! be lost. What a crash can leave behind is only unreferenced bytes in segments (chunks of
 //! unfinished uploads), which compaction reclaims.
 
+use std::cell::{Cell, RefCell};
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::rc::Rc;
 
@@ -33,6 +36,10 @@ use crate::state::{FileEntry, MediaState};
 use crate::upload::{PartAccepted, Upload};
 
 mod compaction;
+mod read;
+
+use read::ReadSlots;
+pub use read::{PendingRead, ReadsInFlight};
 
 /// What `start` needs.
 #[derive(Clone, Debug)]
@@ -133,6 +140,12 @@ pub struct StorageStats {
     pub uploads: u64,
     pub staging_bytes: u64,
     pub cache_bytes: u64,
+    /// Downloads reading from disk now, and the bytes they hold; and the most of each at
+    /// once since the shard opened (each at its own moment).
+    pub reads_in_flight: u64,
+    pub read_bytes_in_flight: u64,
+    pub reads_in_flight_peak: u64,
+    pub read_bytes_in_flight_peak: u64,
 }
 
 /// One shard's media store (see the module documentation).
@@ -149,9 +162,12 @@ pub struct MediaShard<S, J> {
     /// How many unfinished uploads use each chunk; a pinned chunk is never dropped.
     pins: HashMap<ChunkKey, u32>,
     segments: SegmentStore<S>,
-    cache: ChunkCache,
+    /// Shared with the reads in flight, which fill it as they finish (`read.rs`).
+    cache: Rc<RefCell<ChunkCache>>,
     journal: J,
-    failed: bool,
+    /// Set by the first storage error, also by one a read in flight meets.
+    failed: Rc<Cell<bool>>,
+    reads: Rc<ReadSlots>,
 }
 
 impl<S: SegmentIo, J: Journal> MediaShard<S, J> {
@@ -186,7 +202,8 @@ impl<S: SegmentIo, J: Journal> MediaShard<S, J> {
         }
         Ok(MediaShard {
             hasher: ChunkHasher::from_config(&config),
-            cache: ChunkCache::new(config.cache_bytes_max),
+            cache: Rc::new(RefCell::new(ChunkCache::new(config.cache_bytes_max))),
+            reads: ReadSlots::new(config.reads_in_flight_max, config.read_bytes_in_flight_max),
             config,
             state,
             uploads: HashMap::new(),
@@ -196,7 +213,7 @@ impl<S: SegmentIo, J: Journal> MediaShard<S, J> {
             pins: HashMap::new(),
             segments,
             journal,
-            failed: false,
+            failed: Rc::new(Cell::new(false)),
         })
     }
 
@@ -378,66 +395,6 @@ impl<S: SegmentIo, J: Journal> MediaShard<S, J> {
         true
     }
 
-    /// Reads `limit` bytes at `offset` (fewer at the end of the file, none past it), under
-    /// Telegram's rules: offset and limit multiples of 4 KiB, limit at most 1 MiB, and the
-    /// range inside one 1 MiB window.
-    pub async fn read(
-        &mut self,
-        file: FileId,
-        access_hash: AccessHash,
-        offset: u64,
-        limit: u64,
-    ) -> Result<Vec<u8>, ReadError> {
-        check_download_range(offset, limit)?;
-        self.check_failed()?;
-        let entry = self.authorized(file, access_hash)?;
-        let end = (offset + limit).min(entry.meta.size);
-        if offset >= end {
-            return Ok(Vec::new());
-        }
-        let first = entry.chunk_ends.partition_point(|&chunk_end| chunk_end <= offset);
-        let mut pieces = Vec::new();
-        let mut chunk_start = if first == 0 { 0 } else { entry.chunk_ends[first - 1] };
-        for index in first..entry.chunks.len() {
-            if chunk_start >= end {
-                break;
-            }
-            pieces.push((entry.chunks[index], chunk_start));
-            chunk_start = entry.chunk_ends[index];
-        }
-        let mut out = Vec::with_capacity((end - offset) as usize);
-        let mut index = 0;
-        while index < pieces.len() {
-            // Chunks written one after another (a file's new chunks usually are) are read in
-            // one go: a range of a cold file costs one disk read, not one per chunk.
-            let run = self.uncached_run(&pieces[index..]);
-            if run.len() > 1 {
-                let (first, last) = (run[0], run[run.len() - 1]);
-                let span_bytes = (last.offset + last.frame_bytes() - first.offset) as usize;
-                let span = self.segments.read_span(first.segment, first.offset, span_bytes).await;
-                if let Some(span) = self.storage(span)? {
-                    for (&(key, chunk_start), &location) in pieces[index..].iter().zip(&run) {
-                        let payload = SegmentStore::<S>::frame_payload(&span, first.offset, key, location)?;
-                        let from = offset.saturating_sub(chunk_start) as usize;
-                        let to = ((end - chunk_start) as usize).min(payload.len());
-                        out.extend_from_slice(&payload[from..to]);
-                        self.cache.insert(key, Rc::from(payload));
-                    }
-                    index += run.len();
-                    continue;
-                }
-            }
-            let (key, chunk_start) = pieces[index];
-            let payload = self.chunk_payload(key).await?;
-            let from = offset.saturating_sub(chunk_start) as usize;
-            let to = ((end - chunk_start) as usize).min(payload.len());
-            out.extend_from_slice(&payload[from..to]);
-            index += 1;
-        }
-        assert_eq!(out.len() as u64, end - offset, "a read returned the wrong number of bytes");
-        Ok(out)
-    }
-
     /// Describes a file to someone holding its access hash.
     pub fn file_info(&self, file: FileId, access_hash: AccessHash) -> Result<FileInfo, ReadError> {
         self.authorized(file, access_hash).map(describe)
@@ -604,9 +561,14 @@ impl<S: SegmentIo, J: Journal> MediaShard<S, J> {
             segments: self.segments.sizes().len() as u64,
             uploads: self.uploads.len() as u64,
             staging_bytes: self.staging_bytes,
-            cache_bytes: self.cache.bytes(),
+            cache_bytes: self.cache.borrow().bytes(),
             ..StorageStats::default()
         };
+        let reads = self.reads_in_flight();
+        stats.reads_in_flight = reads.reads as u64;
+        stats.read_bytes_in_flight = reads.bytes;
+        stats.reads_in_flight_peak = reads.reads_peak as u64;
+        stats.read_bytes_in_flight_peak = reads.bytes_peak;
         stats.files = self.state.file_count() as u64;
         // Kept as refcounts change: a statistics sample never walks the chunk index. Debug
         // builds (every test) check the running totals against a walk.
@@ -665,7 +627,7 @@ impl<S: SegmentIo, J: Journal> MediaShard<S, J> {
                 let location = self.storage(location)?;
                 self.provisional.insert(key, location);
                 // Fresh media is the most likely to be read next (the recipients download it).
-                self.cache.insert(key, Rc::from(bytes));
+                self.cache.borrow_mut().insert(key, Rc::from(bytes));
                 return Ok(key);
             };
             if location.length as usize != bytes.len() {
@@ -682,37 +644,10 @@ impl<S: SegmentIo, J: Journal> MediaShard<S, J> {
         Err(StorageError::TooManyCollisions { count: COLLISIONS_MAX })
     }
 
-    /// The locations of the first chunks of `pieces` that are not cached and lie one after
-    /// another in one segment (at most a block of padding apart), up to `READ_SPAN_BYTES_MAX`.
-    fn uncached_run(&self, pieces: &[(ChunkKey, u64)]) -> Vec<ChunkLocation> {
-        let mut run: Vec<ChunkLocation> = Vec::new();
-        for (key, _) in pieces {
-            if self.cache.contains(key) {
-                break;
-            }
-            let Some(location) =
-                self.state.chunk(key).map(|entry| entry.location).or(self.provisional.get(key).copied())
-            else {
-                break;
-            };
-            if let Some(&previous) = run.last() {
-                let previous_end = previous.offset + previous.frame_bytes();
-                let adjacent = location.segment == previous.segment
-                    && location.offset >= previous_end
-                    && location.offset - previous_end <= BLOCK_BYTES;
-                let span_end = location.offset + location.frame_bytes();
-                if !adjacent || span_end - run[0].offset > READ_SPAN_BYTES_MAX {
-                    break;
-                }
-            }
-            run.push(location);
-        }
-        run
-    }
-
     /// A chunk's payload, from the cache or read (and verified) from its segment.
     async fn chunk_payload(&mut self, key: ChunkKey) -> Result<Rc<[u8]>, StorageError> {
-        if let Some(bytes) = self.cache.get(&key) {
+        let cached = self.cache.borrow_mut().get(&key);
+        if let Some(bytes) = cached {
             return Ok(bytes);
         }
         let location = self
@@ -722,8 +657,8 @@ impl<S: SegmentIo, J: Journal> MediaShard<S, J> {
             .or(self.provisional.get(&key).copied())
             .ok_or(StorageError::ChunkMissing { key })?;
         let read = self.segments.read(key, location).await;
-        let bytes: Rc<[u8]> = Rc::from(self.storage(read)?);
-        self.cache.insert(key, bytes.clone());
+        let bytes = self.storage(read)?;
+        self.cache.borrow_mut().insert(key, bytes.clone());
         Ok(bytes)
     }
 
@@ -734,7 +669,7 @@ impl<S: SegmentIo, J: Journal> MediaShard<S, J> {
             self.pins.remove(&key);
             // A chunk only an abandoned upload wrote is garbage now: compaction takes it.
             if self.provisional.remove(&key).is_some() {
-                self.cache.remove(&key);
+                self.cache.borrow_mut().remove(&key);
             }
         }
     }
@@ -771,13 +706,13 @@ impl<S: SegmentIo, J: Journal> MediaShard<S, J> {
     /// Passes a storage result through, marking the shard failed on an I/O or journal error.
     pub(crate) fn storage<T>(&mut self, result: Result<T, StorageError>) -> Result<T, StorageError> {
         if let Err(StorageError::Io { .. } | StorageError::Journal(_) | StorageError::Entropy(_)) = &result {
-            self.failed = true;
+            self.failed.set(true);
         }
         result
     }
 
     pub(crate) fn check_failed(&self) -> Result<(), StorageError> {
-        if self.failed {
+        if self.failed.get() {
             Err(StorageError::PreviouslyFailed)
         } else {
             Ok(())

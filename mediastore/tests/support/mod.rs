@@ -106,3 +106,54 @@ pub fn download(shard: &mut TestShard, file: &FinishedFile) -> Vec<u8> {
         }
     }
 }
+
+/// Uploads several files at once, a part of each in turn, so their chunks interleave in the
+/// segments (a range of one file then spans several places), finishes them and gives each a
+/// message's reference. Works over any segments (DMA ones inside a glommio executor).
+pub async fn upload_interleaved<S: SegmentIo>(
+    shard: &mut MediaShard<S, MemoryJournal>,
+    contents: &[Vec<u8>],
+) -> Vec<FinishedFile> {
+    let part_bytes = 512 * KIB;
+    let mut ids = Vec::new();
+    for (index, _) in contents.iter().enumerate() {
+        let request = StartUpload {
+            owner: UploaderId(index as u64 + 1),
+            client_upload_id: None,
+            total_bytes: None,
+            vshard: VShard::default(),
+        };
+        ids.push(shard.start(request, TimestampMs(0)).expect("start"));
+    }
+    let most_parts = contents.iter().map(|bytes| bytes.len().div_ceil(part_bytes)).max().unwrap_or(0);
+    for part in 0..most_parts {
+        for (bytes, id) in contents.iter().zip(&ids) {
+            if let Some(piece) = bytes.chunks(part_bytes).nth(part) {
+                shard.put_part(*id, part as u32, piece, TimestampMs(0)).await.expect("part");
+            }
+        }
+    }
+    let mut files = Vec::new();
+    for (bytes, id) in contents.iter().zip(&ids) {
+        let file = shard.finish(*id, finish_request(bytes, part_bytes), TimestampMs(0)).await.expect("finish");
+        shard.take_reference(file.file, file.access_hash).await.expect("a message's reference");
+        files.push(file);
+    }
+    files
+}
+
+/// The bytes a read of `limit` at `offset` must answer.
+pub fn expected(content: &[u8], offset: u64, limit: u64) -> &[u8] {
+    let start = (offset as usize).min(content.len());
+    let end = ((offset + limit) as usize).min(content.len());
+    &content[start..end]
+}
+
+/// Runs `scenario` on a glommio executor of its own (DMA segments need one) and waits.
+pub fn on_glommio<F: std::future::Future<Output = ()> + 'static>(scenario: impl FnOnce() -> F + Send + 'static) {
+    glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .spawn(move || async move { scenario().await })
+        .expect("executor")
+        .join()
+        .expect("scenario");
+}
