@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Media throughput end to end through the gateway on loopback: `ferrogram serve --cores 1`
-# pinned to one CPU, the command-line client (`ferrogram upload`, `ferrogram download -o
-# /dev/null`) pinned to another, release build, durability sync. Each run starts a fresh server
-# on a fresh data directory and moves two files of SIZE_MIB:
+# pinned to one CPU, the command-line client pinned to another, release build, durability
+# sync. Each run starts a fresh server on a fresh data directory and logs in two users (the
+# `fixed:` code sender, one profile each); the sender sends each file to the receiver as a
+# media message (`ferrogram upload +RECEIVER PATH`, which prints the message id), and the
+# receiver reads it back through that message (`ferrogram download +SENDER ID -o /dev/null`).
+# Two files of SIZE_MIB move:
 #   random   - random bytes: every chunk is new (chunked, hashed, written, synced);
 #   repeated - one random 1 MiB block over and over: after the first MiB every chunk is a
 #              dedup hit (hashed, compared byte for byte with the stored chunk, not written).
-# The figures are the client's own (its summary line: MB/s = 10^6 bytes per second), plus the
-# server's CPU time over each transfer (utime + stime from /proc), which says how busy its one
-# core was.
+# The figures are the client's own (its summary line: MB/s = 10^6 bytes per second; an upload
+# is timed from UploadStart to UploadFinished, before the SendMedia that follows; a download from
+# the transfer's GetFileInfo to the last byte), plus the server's CPU time over each client command
+# (utime + stime from /proc), which says how busy its one core was.
 #
 # Usage: benches/media.sh [RUNS]
 #   env: SIZE_MIB (1024), SERVER_CPU (0), CLIENT_CPU (1), DIR (a new temporary directory),
@@ -43,6 +47,8 @@ head -c $((1 << 20)) /dev/urandom > "$dir/block.bin"
 : > "$dir/repeated.bin"
 for _ in $(seq "$size_mib"); do cat "$dir/block.bin"; done >> "$dir/repeated.bin"
 
+sender_phone=+15550009001
+receiver_phone=+15550009002
 clock_ticks=$(getconf CLK_TCK)
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
@@ -58,7 +64,10 @@ start_server() {
   done
   [ -n "$address" ] || { cat "$dir/serve.err"; echo "the server did not start" >&2; exit 1; }
   export FERROGRAM_HOME=$dir/home FERROGRAM_SERVER=$address
-  taskset -c "$client_cpu" "$bin" login --phone +15550009001 --code 12345 --name "Bench Media" > /dev/null
+  taskset -c "$client_cpu" "$bin" login --profile sender --phone "$sender_phone" --code 12345 \
+    --name "Bench Sender" > /dev/null
+  taskset -c "$client_cpu" "$bin" login --profile receiver --phone "$receiver_phone" --code 12345 \
+    --name "Bench Receiver" > /dev/null
 }
 
 stop_server() {
@@ -89,9 +98,10 @@ for run in $(seq "$runs"); do
   echo "## run $run"
   start_server
   for file in random repeated; do
-    measure "upload $file" upload "$dir/$file.bin"
-    reference=$(cat "$dir/client.out")
-    measure "download $file" download "$reference" -o /dev/null
+    measure "upload $file" upload --profile sender "$receiver_phone" "$dir/$file.bin"
+    message=$(cat "$dir/client.out")
+    [[ $message =~ ^[0-9]+$ ]] || { echo "upload printed no message id: $message" >&2; exit 1; }
+    measure "download $file" download --profile receiver "$sender_phone" "$message" -o /dev/null
   done
   stop_server
 done

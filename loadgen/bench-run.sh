@@ -15,7 +15,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 name=$1
 shift
-dir=target/bench-loadgen/$name
+# Absolute: the server's media store cannot create segments under a relative --data-dir
+# (glommio's Directory::open fails with EBADF on one), so every path handed to it is absolute.
+dir=$PWD/target/bench-loadgen/$name
 server=target/release/ferrogram
 loadgen=target/release/ferrogram-loadgen
 [[ -x $server && -x $loadgen ]] || { echo "missing $server or $loadgen: run cargo build --release" >&2; exit 1; }

@@ -6,12 +6,15 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ferrogram_net::limits::{is_full_part_size, UPLOAD_PARTS_MAX, UPLOAD_PART_BYTES_MAX};
+
 use crate::limits::{
-    DURATION_S_MAX, FOLLOWED_CHATS_MAX, GROUP_SIZE_MAX, IN_FLIGHT_DEFAULT, IN_FLIGHT_MAX, MESSAGE_BYTES_MAX,
-    PREFILL_MAX, PROVISION_CONCURRENCY_DEFAULT, PROVISION_CONCURRENCY_MAX, RATE_PER_SECOND_MAX, USERS_MAX,
-    VERIFY_THREADS_DEFAULT, VERIFY_THREADS_MAX,
+    DURATION_S_MAX, FOLLOWED_CHATS_MAX, GROUP_SIZE_MAX, IN_FLIGHT_DEFAULT, IN_FLIGHT_MAX, MEDIA_FILE_BYTES_DEFAULT,
+    MEDIA_FILE_BYTES_MAX, MEDIA_POOL_FILES_DEFAULT, MEDIA_POOL_FILES_MAX, MEDIA_WINDOW_DEFAULT, MEDIA_WINDOW_MAX,
+    MESSAGE_BYTES_MAX, PREFILL_MAX, PROVISION_CONCURRENCY_DEFAULT, PROVISION_CONCURRENCY_MAX, RATE_PER_SECOND_MAX,
+    USERS_MAX, VERIFY_THREADS_DEFAULT, VERIFY_THREADS_MAX,
 };
-use crate::options::{Mix, RunOptions, Scenario};
+use crate::options::{MediaOptions, Mix, RunOptions, Scenario};
 
 #[derive(Debug, clap::Parser)]
 #[command(
@@ -47,7 +50,7 @@ pub enum TargetKind {
     /// A running `ferrogram serve` (start it with `--config loadgen/bench-server.toml`).
     Ferrogram,
     /// A running redis-server, 7 or later (streams, Pub/Sub, one function call per send; see
-    /// `benches/compare.sh` for how to start it). `--code` is not used.
+    /// `benches/compare.sh` for how to start it). `--code` is not used. No media scenario.
     Redis,
 }
 
@@ -79,7 +82,8 @@ pub struct RunArgs {
     /// --online.
     #[arg(long)]
     pub connections: Option<usize>,
-    /// Chats per pool [default: dm users/2, group users/group-size, channel 1, history 10].
+    /// Chats per pool [default: dm and media users/2, group users/group-size, channel 1,
+    /// history 10].
     #[arg(long)]
     pub chats: Option<usize>,
     #[arg(long, default_value_t = 50)]
@@ -96,12 +100,35 @@ pub struct RunArgs {
     /// Messages sent into each history chat before the load.
     #[arg(long, default_value_t = 1000)]
     pub prefill: usize,
-    /// Weights of the mixed scenario, e.g. dm=50,group=30,channel=0,history=20.
+    /// Weights of the mixed scenario, e.g. dm=50,group=30,channel=0,history=20,media=0.
     #[arg(long, default_value = "dm=50,group=30,history=20")]
     pub mix: Mix,
     /// Bytes of each message text (a timestamp padded to this size).
     #[arg(long, default_value_t = 64)]
     pub message_bytes: usize,
+    /// Media: bytes of each file uploaded and sent.
+    #[arg(long, default_value_t = MEDIA_FILE_BYTES_DEFAULT)]
+    pub media_bytes: u64,
+    /// Media: bytes of every upload part but the last (a multiple of 1 KiB dividing 512 KiB).
+    #[arg(long, default_value_t = UPLOAD_PART_BYTES_MAX)]
+    pub part_bytes: usize,
+    /// Media: share of the files drawn from a small pool of repeated files (`--media-pool`),
+    /// so the server's deduplication is exercised; the rest are new content.
+    #[arg(long, default_value_t = 0.25)]
+    pub media_dup_fraction: f64,
+    /// Media: files in the pool of repeated files.
+    #[arg(long, default_value_t = MEDIA_POOL_FILES_DEFAULT)]
+    pub media_pool: usize,
+    /// Media: share of the media messages the online recipient downloads (whole, every byte
+    /// checked).
+    #[arg(long, default_value_t = 1.0)]
+    pub media_download_fraction: f64,
+    /// Media: upload parts each upload keeps in flight.
+    #[arg(long, default_value_t = MEDIA_WINDOW_DEFAULT)]
+    pub media_parts_in_flight: usize,
+    /// Media: 1 MiB ranges each download keeps in flight.
+    #[arg(long, default_value_t = MEDIA_WINDOW_DEFAULT)]
+    pub media_ranges_in_flight: usize,
     /// Operations per second, offered whatever the latency.
     #[arg(long, default_value_t = 1000.0)]
     pub rate: f64,
@@ -257,6 +284,7 @@ impl RunArgs {
         if self.push_devices && self.target != TargetKind::Ferrogram {
             return Err("--push-devices needs --target ferrogram (push devices are ferrogram's)".into());
         }
+        let media = self.media_options()?;
 
         let channel_only = self.scenario == Scenario::Channel;
         let users = if channel_only { self.posters + self.subscribers } else { self.users };
@@ -275,6 +303,11 @@ impl RunArgs {
             }
         };
         let mix = Mix::for_scenario(self.scenario, self.mix);
+        if mix.media > 0 && self.target != TargetKind::Ferrogram {
+            return Err(
+                "the media scenario needs --target ferrogram: the Redis adapter has no files or media messages".into(),
+            );
+        }
         let pool_chats = |weight: u32, default: usize| if weight == 0 { 0 } else { self.chats.unwrap_or(default) };
         let channels = pool_chats(mix.channel, 1);
         if channels > FOLLOWED_CHATS_MAX {
@@ -296,6 +329,8 @@ impl RunArgs {
             prefill: if mix.history == 0 { 0 } else { self.prefill },
             page: self.page,
             message_bytes: self.message_bytes,
+            media_chats: pool_chats(mix.media, (users / 2).max(1)),
+            media,
             rate_per_second: self.rate,
             warmup,
             duration,
@@ -311,6 +346,55 @@ impl RunArgs {
         };
         check_phones(&options)?;
         Ok(options)
+    }
+}
+
+impl RunArgs {
+    /// The checked media options.
+    fn media_options(&self) -> Result<MediaOptions, String> {
+        if !(1..=MEDIA_FILE_BYTES_MAX).contains(&self.media_bytes) {
+            return Err(format!("--media-bytes must be 1 to {MEDIA_FILE_BYTES_MAX}"));
+        }
+        if !is_full_part_size(self.part_bytes) {
+            return Err(format!(
+                "--part-bytes must be a multiple of 1024 that divides {UPLOAD_PART_BYTES_MAX} (1024, 2048, ..., 524288)"
+            ));
+        }
+        if self.media_bytes.div_ceil(self.part_bytes as u64) > u64::from(UPLOAD_PARTS_MAX) {
+            return Err(format!(
+                "a file has at most {UPLOAD_PARTS_MAX} parts: raise --part-bytes or lower --media-bytes"
+            ));
+        }
+        for (name, share) in [
+            ("--media-dup-fraction", self.media_dup_fraction),
+            ("--media-download-fraction", self.media_download_fraction),
+        ] {
+            if !(0.0..=1.0).contains(&share) {
+                return Err(format!("{name} must be between 0 and 1"));
+            }
+        }
+        if self.media_pool > MEDIA_POOL_FILES_MAX || (self.media_pool == 0 && self.media_dup_fraction > 0.0) {
+            return Err(format!(
+                "--media-pool must be 1 to {MEDIA_POOL_FILES_MAX} (0 only with --media-dup-fraction 0)"
+            ));
+        }
+        for (name, window) in [
+            ("--media-parts-in-flight", self.media_parts_in_flight),
+            ("--media-ranges-in-flight", self.media_ranges_in_flight),
+        ] {
+            if !(1..=MEDIA_WINDOW_MAX).contains(&window) {
+                return Err(format!("{name} must be 1 to {MEDIA_WINDOW_MAX}"));
+            }
+        }
+        Ok(MediaOptions {
+            file_bytes: self.media_bytes,
+            part_bytes: self.part_bytes,
+            duplicate_fraction: self.media_dup_fraction,
+            pool_files: self.media_pool,
+            download_fraction: self.media_download_fraction,
+            parts_in_flight: self.media_parts_in_flight,
+            ranges_in_flight: self.media_ranges_in_flight,
+        })
     }
 }
 
@@ -396,6 +480,36 @@ mod tests {
         assert!(args.check().is_ok());
         let Some(Command::PushSink(args)) = parse(&["push-sink", "--seconds", "0"]).command else { panic!("parsed") };
         assert!(args.check().expect_err("refused").contains("--seconds"));
+    }
+
+    // The media scenario plans private chats like dm and takes its file options; Redis is
+    // refused with the reason, in the media scenario and in a mix that includes media.
+    #[test]
+    fn media_options_parse_and_need_ferrogram() {
+        let arguments = ["--scenario", "media", "--users", "20", "--media-bytes", "1048577", "--part-bytes", "65536"];
+        let options = parse(&arguments).run.resolve().expect("valid");
+        assert_eq!((options.media_chats, options.dm_chats), (10, 0));
+        assert_eq!((options.media.file_bytes, options.media.part_bytes), (1_048_577, 65_536));
+        assert_eq!(options.media.duplicate_fraction, 0.25);
+        assert_eq!(options.media.download_fraction, 1.0);
+        let options = parse(&["--scenario", "mixed", "--mix", "dm=1,media=1", "--users", "20"]).run.resolve();
+        assert_eq!(options.expect("valid").media_chats, 10);
+        for arguments in [
+            &["--target", "redis", "--scenario", "media"][..],
+            &["--target", "redis", "--mix", "media=1", "--scenario", "mixed"],
+        ] {
+            let refused = parse(arguments).run.resolve().expect_err("refused");
+            assert!(refused.contains("needs --target ferrogram"), "{refused}");
+        }
+        let refused = |arguments: &[&str]| parse(arguments).run.resolve().expect_err("refused");
+        assert!(refused(&["--scenario", "media", "--part-bytes", "1000"]).contains("--part-bytes"));
+        assert!(refused(&["--scenario", "media", "--media-bytes", "0"]).contains("--media-bytes"));
+        assert!(refused(&["--scenario", "media", "--media-bytes", "8388608", "--part-bytes", "1024"]).contains("parts"));
+        assert!(refused(&["--media-dup-fraction", "1.5"]).contains("--media-dup-fraction"));
+        assert!(refused(&["--media-download-fraction=-0.1"]).contains("--media-download-fraction"));
+        assert!(refused(&["--media-pool", "0"]).contains("--media-pool"));
+        assert!(refused(&["--media-ranges-in-flight", "9"]).contains("--media-ranges-in-flight"));
+        assert!(parse(&["--media-pool", "0", "--media-dup-fraction", "0"]).run.resolve().is_ok());
     }
 
     #[test]

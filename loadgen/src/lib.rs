@@ -4,7 +4,9 @@
 //! normal client API (`setup`), then offers operations at a fixed rate whatever the latency
 //! (`schedule`, `run`), measuring each from its intended start into HdrHistograms (`stats`):
 //! send → ack, send → delivery on every online recipient (the intended time travels in the
-//! message text, `stamp`), history pages, and loadgen's own lateness. It reports achieved vs
+//! message text, `stamp`), history pages, media messages (upload, send, the recipient's
+//! download checked byte for byte against content regenerated from the caption's seed:
+//! `media`), and loadgen's own lateness. It reports achieved vs
 //! offered rate, errors by code, lost deliveries and its own CPU use, and says when it, not
 //! the server, was the bottleneck (`report`). `acks` and `verify` check afterwards that every
 //! acknowledged message is stored and delivered exactly once.
@@ -18,6 +20,7 @@
 pub mod acks;
 pub mod cli;
 pub mod limits;
+pub mod media;
 pub mod observer;
 pub mod options;
 pub mod plan;

@@ -63,6 +63,26 @@ pub const TIMELINE_STEPS_MAX: usize = 36_000;
 /// Message texts: the stamp plus padding, within the server's text limit.
 pub const MESSAGE_BYTES_MAX: usize = ferrogram_net::limits::MESSAGE_TEXT_MAX;
 
+/// The media scenario (`--scenario media`): the default file size, the duplicate pool, the
+/// window of parts or ranges one transfer keeps in flight (the Rust client keeps 4 of each;
+/// the server holds at most 2 MiB of one connection's file bytes queued, so more ranges only
+/// wait there), and the uploads and downloads in flight over the whole run. Loadgen holds at
+/// most one window of buffers per transfer in flight, so its media memory stays under
+/// `MEDIA_BUFFER_BYTES_MAX`; an operation that finds every upload slot taken waits, and the
+/// wait is counted (the run is then loadgen's limit, like the in-flight cap).
+pub const MEDIA_FILE_BYTES_DEFAULT: u64 = 256 * 1024;
+pub const MEDIA_FILE_BYTES_MAX: u64 = ferrogram_net::limits::FILE_BYTES_MAX;
+pub const MEDIA_POOL_FILES_DEFAULT: usize = 8;
+pub const MEDIA_POOL_FILES_MAX: usize = 4096;
+pub const MEDIA_WINDOW_DEFAULT: usize = 4;
+pub const MEDIA_WINDOW_MAX: usize = 8;
+pub const MEDIA_UPLOADS_IN_FLIGHT_MAX: usize = 256;
+pub const MEDIA_DOWNLOADS_IN_FLIGHT_MAX: usize = 256;
+pub const MEDIA_BUFFER_BYTES_MAX: u64 = 4 << 30;
+/// Media messages received and waiting for a download slot; a receiver that finds the queue
+/// full waits (its update stream backs up, as a slow client's does).
+pub const MEDIA_ARRIVALS_QUEUED_MAX: usize = 65_536;
+
 /// File descriptors kept free beyond one per connection (listener-free client: the reactor,
 /// output files, standard streams, provisioning connections in passing).
 pub const SPARE_FILE_DESCRIPTORS: u64 = 256;
@@ -104,4 +124,16 @@ const _: () = assert!(PREFILL_BATCH <= IN_FLIGHT_PER_CONNECTION_MAX, "a prefill 
 const _: () = assert!(GROUP_MEMBERS_AT_CREATION_MAX < GROUP_SIZE_MAX);
 const _: () = assert!(HISTOGRAM_US_LOWEST < HISTOGRAM_US_HIGHEST);
 const _: () = assert!(VERIFY_THREADS_DEFAULT <= VERIFY_THREADS_MAX);
+const _: () = assert!(MEDIA_WINDOW_DEFAULT <= MEDIA_WINDOW_MAX);
+const _: () = assert!(MEDIA_POOL_FILES_DEFAULT <= MEDIA_POOL_FILES_MAX);
+const _: () = assert!(MEDIA_FILE_BYTES_DEFAULT <= MEDIA_FILE_BYTES_MAX);
+const _: () = assert!(
+    (MEDIA_UPLOADS_IN_FLIGHT_MAX * ferrogram_net::limits::UPLOAD_PART_BYTES_MAX
+        + MEDIA_DOWNLOADS_IN_FLIGHT_MAX * ferrogram_net::limits::DOWNLOAD_LIMIT_BYTES_MAX as usize) as u64
+        * MEDIA_WINDOW_MAX as u64
+        <= MEDIA_BUFFER_BYTES_MAX,
+    "every transfer's window of buffers fits the media memory bound"
+);
+const _: () =
+    assert!(MEDIA_WINDOW_MAX < IN_FLIGHT_PER_CONNECTION_MAX, "a window fits one connection's in-flight bound");
 const _: () = assert!(SINK_READ_BYTES >= SINK_HEAD_BYTES_MAX, "a maximal head fits the first read buffer");

@@ -1,15 +1,34 @@
 //! What every task of a run shares: the clock, the recorder, the delivery bookkeeping, and the
 //! receivers that read each online session's update stream from the moment it is provisioned
-//! (so setup's own events never pile up) to the end of the run.
+//! (so setup's own events never pile up) to the end of the run. A receiver that reads a media
+//! message meant to be downloaded queues it for the run's downloader (`run`), which downloads
+//! it on the recipient's session.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::OnceLock;
 use std::time::Instant;
 
+use crate::limits::MEDIA_ARRIVALS_QUEUED_MAX;
+use crate::media::{self, CaptionInfo};
 use crate::schedule::Window;
 use crate::stamp::{self, Clock};
 use crate::stats::{Arrival, Deliveries, Measure, Recorder};
-use crate::target::{Delivery, UpdateSource, UserId};
+use crate::target::{ChatId, Delivery, MessageId, UpdateSource, UserId};
+
+/// A media message its recipient is to download.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MediaArrival {
+    pub recipient: UserId,
+    pub chat: ChatId,
+    pub id: MessageId,
+    pub random_id: u64,
+    /// The file's size as the message gives it.
+    pub bytes: u64,
+    /// What the caption says was uploaded.
+    pub info: CaptionInfo,
+    /// The send's intended start.
+    pub intended: Instant,
+}
 
 /// Shared by the scheduler, the operations and the receivers of one run.
 #[derive(Debug)]
@@ -25,10 +44,17 @@ pub struct Observer {
     pub streams_lost: AtomicU64,
     /// New messages announced without a body during the load.
     pub bodiless: AtomicU64,
+    /// Downloads expected of measured media messages: one per message whose caption asks for
+    /// it, counted off when the download ends (checked, refused or failed).
+    pub downloads: Deliveries,
+    media_arrivals: flume::Sender<MediaArrival>,
+    /// Media messages waiting for the downloader.
+    pub media_queue: flume::Receiver<MediaArrival>,
 }
 
 impl Observer {
     pub fn new() -> Observer {
+        let (media_arrivals, media_queue) = flume::bounded(MEDIA_ARRIVALS_QUEUED_MAX);
         Observer {
             clock: Clock::new(),
             window: OnceLock::new(),
@@ -37,6 +63,9 @@ impl Observer {
             closing: AtomicBool::new(false),
             streams_lost: AtomicU64::new(0),
             bodiless: AtomicU64::new(0),
+            downloads: Deliveries::new(),
+            media_arrivals,
+            media_queue,
         }
     }
 
@@ -51,7 +80,7 @@ impl Observer {
         self.recorder.get()
     }
 
-    fn measured(&self, intended: Instant) -> bool {
+    pub fn measured(&self, intended: Instant) -> bool {
         self.window.get().is_some_and(|window| window.contains(intended))
     }
 }
@@ -67,7 +96,7 @@ impl Default for Observer {
 pub async fn receive<U: UpdateSource>(observer: std::sync::Arc<Observer>, me: UserId, mut updates: U) {
     while let Some(delivery) = updates.next().await {
         match delivery {
-            Delivery::Message { sender, random_id, text, .. } => {
+            Delivery::Message { chat, id, sender, random_id, text, media_bytes } => {
                 if sender == me {
                     continue;
                 }
@@ -84,6 +113,15 @@ pub async fn receive<U: UpdateSource>(observer: std::sync::Arc<Observer>, me: Us
                         }
                     }
                 }
+                let Some(bytes) = media_bytes else { continue };
+                let Some(info) = media::parse_caption(&text).filter(|info| info.download) else { continue };
+                if observer.closing.load(Relaxed) {
+                    continue;
+                }
+                let arrival = MediaArrival { recipient: me, chat, id, random_id, bytes, info, intended };
+                // The downloader holds the receiving end for the whole run (the observer owns
+                // both), so this fails only never; a full queue makes this stream wait.
+                let _ = observer.media_arrivals.send_async(arrival).await;
             }
             Delivery::Bodiless { .. } => {
                 if observer.recorder().is_some() {

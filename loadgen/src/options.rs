@@ -17,6 +17,10 @@ pub enum Scenario {
     Channel,
     /// Pages of `--page` messages from chats pre-filled with `--prefill` messages.
     History,
+    /// Files of `--media-bytes` uploaded and sent as media messages into private chats; the
+    /// online recipient downloads each one (or `--media-download-fraction` of them) and checks
+    /// every byte. Ferrogram only.
+    Media,
     /// A weighted mix of the above (`--mix`).
     Mixed,
 }
@@ -29,10 +33,12 @@ pub enum Pool {
     Group,
     Channel,
     History,
+    /// Private chats that carry media messages.
+    Media,
 }
 
 impl Pool {
-    pub const ALL: [Pool; 4] = [Pool::Dm, Pool::Group, Pool::Channel, Pool::History];
+    pub const ALL: [Pool; 5] = [Pool::Dm, Pool::Group, Pool::Channel, Pool::History, Pool::Media];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -40,6 +46,7 @@ impl Pool {
             Pool::Group => "group",
             Pool::Channel => "channel",
             Pool::History => "history",
+            Pool::Media => "media",
         }
     }
 
@@ -55,6 +62,7 @@ pub struct Mix {
     pub group: u32,
     pub channel: u32,
     pub history: u32,
+    pub media: u32,
 }
 
 impl Mix {
@@ -65,12 +73,14 @@ impl Mix {
             group: u32::from(pool == Pool::Group),
             channel: u32::from(pool == Pool::Channel),
             history: u32::from(pool == Pool::History),
+            media: u32::from(pool == Pool::Media),
         };
         match scenario {
             Scenario::Dm => only(Pool::Dm),
             Scenario::Group => only(Pool::Group),
             Scenario::Channel => only(Pool::Channel),
             Scenario::History => only(Pool::History),
+            Scenario::Media => only(Pool::Media),
             Scenario::Mixed => mixed,
         }
     }
@@ -81,6 +91,7 @@ impl Mix {
             Pool::Group => self.group,
             Pool::Channel => self.channel,
             Pool::History => self.history,
+            Pool::Media => self.media,
         }
     }
 
@@ -91,7 +102,7 @@ impl Mix {
 
 impl Default for Mix {
     fn default() -> Mix {
-        Mix { dm: 50, group: 30, channel: 0, history: 20 }
+        Mix { dm: 50, group: 30, channel: 0, history: 20, media: 0 }
     }
 }
 
@@ -99,7 +110,7 @@ impl FromStr for Mix {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Mix, String> {
-        let mut mix = Mix { dm: 0, group: 0, channel: 0, history: 0 };
+        let mut mix = Mix { dm: 0, group: 0, channel: 0, history: 0, media: 0 };
         for part in text.split(',').filter(|part| !part.trim().is_empty()) {
             let (name, weight) = part.split_once('=').ok_or_else(|| format!("expected name=weight, got {part:?}"))?;
             let weight: u32 = weight.trim().parse().map_err(|_| format!("bad weight in {part:?}"))?;
@@ -108,7 +119,8 @@ impl FromStr for Mix {
                 "group" => mix.group = weight,
                 "channel" => mix.channel = weight,
                 "history" => mix.history = weight,
-                other => return Err(format!("unknown kind {other:?}: expected dm, group, channel or history")),
+                "media" => mix.media = weight,
+                other => return Err(format!("unknown kind {other:?}: expected dm, group, channel, history or media")),
             }
         }
         if mix.total() == 0 {
@@ -137,6 +149,9 @@ pub struct RunOptions {
     pub prefill: usize,
     pub page: u32,
     pub message_bytes: usize,
+    /// Private chats carrying media messages, and what each media operation moves.
+    pub media_chats: usize,
+    pub media: MediaOptions,
     pub rate_per_second: f64,
     #[serde(serialize_with = "seconds")]
     pub warmup: Duration,
@@ -175,6 +190,8 @@ impl RunOptions {
             prefill: 0,
             page: 20,
             message_bytes: 64,
+            media_chats: 0,
+            media: MediaOptions::default(),
             rate_per_second: 100.0,
             warmup: Duration::ZERO,
             duration: Duration::from_secs(1),
@@ -201,6 +218,39 @@ impl RunOptions {
     }
 }
 
+/// What each operation of the media scenario moves.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct MediaOptions {
+    /// Bytes of each file.
+    pub file_bytes: u64,
+    /// Bytes of every upload part but the last: a multiple of 1 KiB dividing 512 KiB.
+    pub part_bytes: usize,
+    /// Share of the operations that upload a file of the duplicate pool (content the server
+    /// already holds after the pool file's first upload) instead of a new one.
+    pub duplicate_fraction: f64,
+    /// Files in the duplicate pool.
+    pub pool_files: usize,
+    /// Share of the media messages the online recipient downloads.
+    pub download_fraction: f64,
+    /// Parts (upload) and 1 MiB ranges (download) one transfer keeps in flight.
+    pub parts_in_flight: usize,
+    pub ranges_in_flight: usize,
+}
+
+impl Default for MediaOptions {
+    fn default() -> MediaOptions {
+        MediaOptions {
+            file_bytes: crate::limits::MEDIA_FILE_BYTES_DEFAULT,
+            part_bytes: ferrogram_net::limits::UPLOAD_PART_BYTES_MAX,
+            duplicate_fraction: 0.25,
+            pool_files: crate::limits::MEDIA_POOL_FILES_DEFAULT,
+            download_fraction: 1.0,
+            parts_in_flight: crate::limits::MEDIA_WINDOW_DEFAULT,
+            ranges_in_flight: crate::limits::MEDIA_WINDOW_DEFAULT,
+        }
+    }
+}
+
 fn seconds<S: serde::Serializer>(duration: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_f64(duration.as_secs_f64())
 }
@@ -212,7 +262,10 @@ mod tests {
     #[test]
     fn mixes_parse_and_scenarios_pick_their_pool() {
         let mix: Mix = "dm=2, history=1".parse().expect("a valid mix");
-        assert_eq!(mix, Mix { dm: 2, group: 0, channel: 0, history: 1 });
+        assert_eq!(mix, Mix { dm: 2, group: 0, channel: 0, history: 1, media: 0 });
+        let media: Mix = "media=3,dm=1".parse().expect("a valid mix");
+        assert_eq!((media.media, media.dm, media.total()), (3, 1, 4));
+        assert_eq!(Mix::for_scenario(Scenario::Media, mix).weight(Pool::Media), 1);
         assert!("dm=0".parse::<Mix>().is_err());
         assert!("dms=1".parse::<Mix>().is_err());
         assert!("dm".parse::<Mix>().is_err());

@@ -15,7 +15,7 @@ pub struct Plan {
     pub online_users: usize,
     pub chats: Vec<PlannedChat>,
     /// Chat indexes of each pool, by `Pool::index`.
-    pub pools: [Vec<usize>; 4],
+    pub pools: [Vec<usize>; Pool::ALL.len()],
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,6 +89,9 @@ impl Plan {
         if mix.weight(Pool::History) > 0 {
             plan.private_chats(Pool::History, options.history_chats, &mut rng)?;
         }
+        if mix.weight(Pool::Media) > 0 {
+            plan.private_chats(Pool::Media, options.media_chats, &mut rng)?;
+        }
         if mix.weight(Pool::Group) > 0 {
             if online == 0 {
                 return Err(PlanError::TooFewOnline { pool: "group", needed: 1, online });
@@ -159,11 +162,13 @@ impl Plan {
         // Pairs with at least one online member: online*(online-1)/2 + online*(users-online).
         let (o, u) = (online as u128, users as u128);
         let pairs = o * (o - 1) / 2 + o * (u - o);
-        if count as u128 > pairs {
-            return Err(PlanError::TooFewPairs { chats: count, pairs });
-        }
         let mut taken: HashSet<(usize, usize)> =
             self.chats.iter().filter(|chat| chat.members.len() == 2 && chat.pool != Pool::Group).map(pair_of).collect();
+        // The pools' private chats share the pairs (the server has one private chat per pair),
+        // so the pairs taken by an earlier pool are not free for this one.
+        if (count + taken.len()) as u128 > pairs {
+            return Err(PlanError::TooFewPairs { chats: count + taken.len(), pairs });
+        }
         let mut made = 0;
         while made < count {
             let first = rng.usize(0..online);
@@ -210,7 +215,7 @@ mod tests {
     #[test]
     fn plans_respect_the_options() {
         let options = RunOptions {
-            mix: Mix { dm: 1, group: 1, channel: 1, history: 1 },
+            mix: Mix { dm: 1, group: 1, channel: 1, history: 1, media: 1 },
             users: 40,
             online_users: 30,
             dm_chats: 50,
@@ -220,6 +225,7 @@ mod tests {
             posters: 2,
             subscribers: 20,
             history_chats: 4,
+            media_chats: 6,
             ..RunOptions::small(Scenario::Mixed)
         };
         let plan = Plan::new(&options).expect("a plan");
@@ -227,6 +233,12 @@ mod tests {
         let pairs: HashSet<(usize, usize)> =
             plan.pools[Pool::Dm.index()].iter().map(|&chat| pair_of(&plan.chats[chat])).collect();
         assert_eq!(pairs.len(), 50, "distinct pairs");
+        let media: Vec<&PlannedChat> = plan.pools[Pool::Media.index()].iter().map(|&chat| &plan.chats[chat]).collect();
+        assert_eq!(media.len(), 6);
+        for chat in &media {
+            assert!(!pairs.contains(&pair_of(chat)), "a media chat is not also a dm chat");
+            assert_eq!(chat.recipients() as usize, chat.receivers.len() - 1);
+        }
         for chat in &plan.chats {
             assert!(chat.creator < 30, "the creator is online");
             let distinct: HashSet<usize> = chat.members.iter().copied().collect();

@@ -8,7 +8,10 @@ use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use crate::limits::{CPU_BOTTLENECK_SHARE, ISSUE_LAG_P99_MAX, RATE_SHORTFALL_SHARE};
+use crate::limits::{
+    CPU_BOTTLENECK_SHARE, ISSUE_LAG_P99_MAX, MEDIA_DOWNLOADS_IN_FLIGHT_MAX, MEDIA_UPLOADS_IN_FLIGHT_MAX,
+    RATE_SHORTFALL_SHARE,
+};
 use crate::options::RunOptions;
 use crate::setup::SetupReport;
 use crate::stats::{ErrorCount, Measure, Summary};
@@ -31,6 +34,8 @@ pub struct Report {
     pub measures: BTreeMap<&'static str, Summary>,
     pub errors_by_code: BTreeMap<&'static str, ErrorCount>,
     pub deliveries: DeliveryFigures,
+    /// The media operations' figures, when the run had any.
+    pub media: Option<MediaFigures>,
     pub loadgen_cpu: CpuFigures,
     /// The server's CPU use over the same span (with `--server-pid`); `cores` is left 0, and
     /// `utilization` is the share of one core.
@@ -70,6 +75,33 @@ pub struct LoadFigures {
     pub in_flight_cap_waits: u64,
     pub duplicate_acks: u64,
     pub short_pages: u64,
+    /// Times a media upload or download waited for one of loadgen's own transfer slots.
+    pub media_slot_waits: u64,
+}
+
+/// What the media operations moved and how their downloads went. Sends and downloads count
+/// measured operations (intended inside the window); the bytes and MB/s (10^6 bytes per
+/// second) count file bytes whose send was acknowledged, or whose download was checked whole,
+/// inside the window: the achieved transfer rates.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct MediaFigures {
+    pub file_bytes: u64,
+    /// Media sends acknowledged, and those whose file came from the duplicate pool (issued).
+    pub sends: u64,
+    pub duplicate_sends: u64,
+    pub upload_bytes_in_window: u64,
+    pub upload_mb_per_s: f64,
+    /// Downloads due (one per measured, acknowledged media message meant to be downloaded
+    /// by an online recipient), checked whole, refused by the check (wrong bytes or
+    /// length: `CONTENT_MISMATCH`), failed otherwise, never finished, and more than due.
+    pub downloads_expected: u64,
+    pub downloads_verified: u64,
+    pub downloads_corrupt: u64,
+    pub downloads_failed: u64,
+    pub downloads_missing: u64,
+    pub downloads_unexpected: u64,
+    pub download_bytes_in_window: u64,
+    pub download_mb_per_s: f64,
 }
 
 #[derive(Clone, Copy, Debug, Default, serde::Serialize)]
@@ -152,6 +184,13 @@ pub fn judge(load: &LoadFigures, cpu: &CpuFigures, issue_lag_p99_ms: f64, server
             cpu.cores,
             busy * 100.0,
             cpu.utilization * 100.0
+        ));
+    }
+    if load.media_slot_waits > 0 {
+        reasons.push(format!(
+            "media transfers waited {} times for one of loadgen's own upload or download slots \
+             ({MEDIA_UPLOADS_IN_FLIGHT_MAX} and {MEDIA_DOWNLOADS_IN_FLIGHT_MAX} in flight at most)",
+            load.media_slot_waits
         ));
     }
     if issue_lag_p99_ms > ISSUE_LAG_P99_MAX.as_secs_f64() * 1000.0 {
@@ -266,6 +305,25 @@ impl Report {
             deliveries.streams_lost,
             deliveries.bodiless
         );
+        if let Some(media) = &self.media {
+            let _ = writeln!(
+                out,
+                "media: files of {} bytes; {} sends acknowledged ({} from the duplicate pool); uploaded {:.1} MB/s; \
+                 downloads: {} due, {} checked whole, {} with wrong content, {} failed, {} missing, {} unexpected; \
+                 downloaded {:.1} MB/s",
+                media.file_bytes,
+                media.sends,
+                media.duplicate_sends,
+                media.upload_mb_per_s,
+                media.downloads_expected,
+                media.downloads_verified,
+                media.downloads_corrupt,
+                media.downloads_failed,
+                media.downloads_missing,
+                media.downloads_unexpected,
+                media.download_mb_per_s
+            );
+        }
         if setup.push_devices > 0 || self.offline_recipient_messages > 0 {
             let _ = writeln!(
                 out,
@@ -274,11 +332,11 @@ impl Report {
                 setup.push_devices, self.offline_recipient_messages
             );
         }
-        if load.duplicate_acks > 0 || load.short_pages > 0 || self.ack_write_errors > 0 {
+        if load.duplicate_acks > 0 || load.short_pages > 0 || self.ack_write_errors > 0 || load.media_slot_waits > 0 {
             let _ = writeln!(
                 out,
-                "also: {} duplicate acks, {} short history pages, {} acks not written",
-                load.duplicate_acks, load.short_pages, self.ack_write_errors
+                "also: {} duplicate acks, {} short history pages, {} acks not written, {} media slot waits",
+                load.duplicate_acks, load.short_pages, self.ack_write_errors, load.media_slot_waits
             );
         }
         let cpu = &self.loadgen_cpu;
@@ -365,5 +423,9 @@ mod tests {
 
         let refusing = judge(&load(1000.0, 800.0, 600.0), &cpu(0.50), 0.2, true);
         assert!(!refusing.loadgen_bottleneck && !refusing.server_saturated);
+
+        let waited = LoadFigures { media_slot_waits: 3, ..load(100.0, 100.0, 100.0) };
+        let waited = judge(&waited, &cpu(0.30), 0.2, false);
+        assert!(waited.loadgen_bottleneck && waited.reasons[0].contains("waited 3 times"), "{:?}", waited.reasons);
     }
 }

@@ -6,17 +6,25 @@
 //! the next send. Every wait is bounded: at the drain deadline (the end of the window plus
 //! `--drain-s`) the scheduler stops issuing, the sessions are closed, and every operation
 //! still waiting fails and counts as timed out; closing has its own bound.
+//!
+//! Media operations upload and send a file; the recipient's receiver queues each media
+//! message meant to be downloaded, and the run's downloader task starts a download task for
+//! it on the recipient's session, measured from the send's intended start too.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::acks::{AckRecord, AckWriter};
-use crate::limits::{CLOSE_GRACE, CLOSE_TIMEOUT, DRAIN_POLL, LOAD_START_LEAD};
-use crate::observer::Observer;
-use crate::options::{Pool, RunOptions};
+use crate::limits::{
+    CLOSE_GRACE, CLOSE_TIMEOUT, DRAIN_POLL, LOAD_START_LEAD, MEDIA_DOWNLOADS_IN_FLIGHT_MAX, MEDIA_UPLOADS_IN_FLIGHT_MAX,
+};
+use crate::media::{self, CaptionInfo, Content, ContentPicker};
+use crate::observer::{MediaArrival, Observer};
+use crate::options::{MediaOptions, Pool, RunOptions};
 use crate::plan::{Plan, PlanError};
-use crate::report::{judge, CpuFigures, DeliveryFigures, LoadFigures, Report};
+use crate::report::{judge, CpuFigures, DeliveryFigures, LoadFigures, MediaFigures, Report};
 use crate::runtime::{Handle, Runtime};
 use crate::schedule::{Schedule, Window};
 use crate::setup::{concurrently, set_up, RandomIds, SetupError, World};
@@ -24,7 +32,7 @@ use crate::slots::{Slot, Slots};
 use crate::stamp;
 use crate::stats::{Measure, Recorder};
 use crate::system::{self, CpuTicks, CpuTime};
-use crate::target::{within, MessageId, Target, TargetError};
+use crate::target::{within, Ack, MediaUpload, MessageId, Target, TargetError, UserId, CONTENT_MISMATCH};
 
 /// Why a run could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +44,8 @@ pub enum RunError {
     Setup(#[from] SetupError),
     #[error("cannot write the acks file: {0}")]
     Acks(#[from] std::io::Error),
+    #[error("the media scenario needs a target with media messages; {target} has none (use --target ferrogram)")]
+    MediaUnsupported { target: &'static str },
 }
 
 /// Runs `options` against `target` on `runtime` and reports what it measured.
@@ -64,6 +74,14 @@ struct RunContext<T: Target> {
     offline_members: Vec<u32>,
     /// Offline members reached by the acknowledged sends of the whole load.
     offline_recipient_messages: AtomicU64,
+    media: MediaOptions,
+    /// Each media operation's content.
+    content: ContentPicker,
+    /// Uploads and downloads in flight over the run (bounds loadgen's media memory).
+    uploads: Slots,
+    downloads: Slots,
+    /// The plan's index of each user, for the downloader.
+    user_index: HashMap<UserId, usize>,
 }
 
 impl<T: Target> RunContext<T> {
@@ -75,8 +93,24 @@ impl<T: Target> RunContext<T> {
 /// One operation of the load.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Operation {
-    Send { chat: usize, sender: usize },
-    History { chat: usize, reader: usize, offset: MessageId },
+    Send {
+        chat: usize,
+        sender: usize,
+    },
+    History {
+        chat: usize,
+        reader: usize,
+        offset: MessageId,
+    },
+    /// Upload a file of `content` and send it; `duplicate` when it comes from the pool, and
+    /// `download` when the recipient is to download it.
+    Media {
+        chat: usize,
+        sender: usize,
+        content: Content,
+        duplicate: bool,
+        download: bool,
+    },
 }
 
 async fn run_async<T: Target>(
@@ -86,6 +120,9 @@ async fn run_async<T: Target>(
     server: &str,
     options: &RunOptions,
 ) -> Result<Report, RunError> {
+    if options.mix.weight(Pool::Media) > 0 && !target.supports_media() {
+        return Err(RunError::MediaUnsupported { target: target.name() });
+    }
     let plan = Plan::new(options)?;
     let observer = Arc::new(Observer::new());
     let acks = match &options.record_acks {
@@ -101,6 +138,14 @@ async fn run_async<T: Target>(
     observer.start(window);
     let drain_deadline = window.end + options.drain;
     let offline_members = (0..world.plan.chats.len()).map(|chat| world.plan.offline_members(chat)).collect();
+    let user_index = world.users.iter().enumerate().map(|(index, &user)| (user, index)).collect();
+    let content = ContentPicker {
+        // Drawn anew each run, not from the seed: see `ContentPicker`.
+        salt: fastrand::u64(..),
+        bytes: options.media.file_bytes,
+        duplicate_fraction: options.media.duplicate_fraction,
+        pool: options.media.pool_files,
+    };
     let context = Arc::new(RunContext {
         target: target.clone(),
         world,
@@ -114,7 +159,14 @@ async fn run_async<T: Target>(
         ack_write_errors: AtomicU64::new(0),
         offline_members,
         offline_recipient_messages: AtomicU64::new(0),
+        media: options.media,
+        content,
+        uploads: Slots::new(MEDIA_UPLOADS_IN_FLIGHT_MAX),
+        downloads: Slots::new(MEDIA_DOWNLOADS_IN_FLIGHT_MAX),
+        user_index,
     });
+    // Runs until dropped below, after the drain.
+    let downloader = handle.spawn(download_media(context.clone(), handle.clone()));
 
     let cpus = system::allowed_cpu_list();
     let ticks_before = CpuTicks::read(&cpus);
@@ -143,10 +195,18 @@ async fn run_async<T: Target>(
     while !observer.deliveries.all_arrived() && Instant::now() < drain_deadline {
         async_io::Timer::after(DRAIN_POLL).await;
     }
+    while !(observer.downloads.all_arrived() && context.downloads.free() == context.downloads.capacity())
+        && Instant::now() < drain_deadline
+    {
+        async_io::Timer::after(DRAIN_POLL).await;
+    }
     observer.closing.store(true, Relaxed);
+    drop(downloader);
     close_sessions(&context, &handle, options.provision_concurrency).await;
     let grace = Instant::now() + CLOSE_GRACE;
-    while in_flight.free() < in_flight.capacity() && Instant::now() < grace {
+    while (in_flight.free() < in_flight.capacity() || context.downloads.free() < context.downloads.capacity())
+        && Instant::now() < grace
+    {
         async_io::Timer::after(DRAIN_POLL).await;
     }
     if let Some(acks) = &acks {
@@ -200,7 +260,7 @@ async fn dispatch<T: Target>(
                     }
                 }
             };
-            let operation = choose(&mut rng, &context.world.plan, &pools, total_weight, context.page, context.prefill);
+            let operation = choose(&mut rng, context, &pools, total_weight, index);
             let intended = schedule.intended(index);
             handle.spawn(perform(context.clone(), operation, intended, slot)).detach();
             next = index + 1;
@@ -212,15 +272,16 @@ async fn dispatch<T: Target>(
     recorder.counters.not_issued.fetch_add(never, Relaxed);
 }
 
-/// Draws the next operation: a pool by weight, a chat of it, a sender or reader of the chat.
-fn choose(
+/// Draws operation `index`: a pool by weight, a chat of it, a sender or reader of the chat
+/// (and for media, the file and whether it is downloaded).
+fn choose<T: Target>(
     rng: &mut fastrand::Rng,
-    plan: &Plan,
+    context: &RunContext<T>,
     pools: &[(Pool, u32)],
     total_weight: u32,
-    page: u32,
-    prefill: usize,
+    index: u64,
 ) -> Operation {
+    let plan = &context.world.plan;
     let mut pick = rng.u32(0..total_weight);
     let pool = pools
         .iter()
@@ -239,11 +300,16 @@ fn choose(
     match pool {
         Pool::History => {
             // Ids are dense from 1: an offset in page+1 ..= prefill+1 gives a full page.
-            let newest = prefill as u64 + 1;
-            let lowest = (u64::from(page) + 1).min(newest);
+            let newest = context.prefill as u64 + 1;
+            let lowest = (u64::from(context.page) + 1).min(newest);
             Operation::History { chat, reader: sender, offset: MessageId(rng.u64(lowest..=newest)) }
         }
-        _ => Operation::Send { chat, sender },
+        Pool::Media => {
+            let (content, duplicate) = context.content.pick(rng, index);
+            let download = plan.chats[chat].recipients() > 0 && rng.f64() < context.media.download_fraction;
+            Operation::Media { chat, sender, content, duplicate, download }
+        }
+        Pool::Dm | Pool::Group | Pool::Channel => Operation::Send { chat, sender },
     }
 }
 
@@ -271,21 +337,49 @@ async fn perform<T: Target>(context: Arc<RunContext<T>>, operation: Operation, i
             let text = stamp::text(context.observer.clock.unix_ns(intended), context.message_bytes);
             let result = context.target.send(world.session(sender), world.chats[chat], random_id, text).await;
             if let Ok(ack) = &result {
-                if ack.duplicate && measured {
-                    recorder.counters.duplicate_acks.fetch_add(1, Relaxed);
-                }
-                let offline = context.offline_members[chat];
-                if offline > 0 && !ack.duplicate {
-                    context.offline_recipient_messages.fetch_add(u64::from(offline), Relaxed);
-                }
-                if let Some(acks) = &context.acks {
-                    let record = AckRecord { chat: ack.chat, id: ack.id, random_id, sender: world.users[sender] };
-                    if acks.ack(record).is_err() {
-                        context.ack_write_errors.fetch_add(1, Relaxed);
-                    }
-                }
+                context.acknowledged(ack, chat, sender, random_id, measured);
             }
             (Measure::SendAck, result.map(|_| ()), Some(random_id))
+        }
+        Operation::Media { chat, sender, content, duplicate, download } => {
+            let random_id = context.random_ids.next();
+            let planned = &world.plan.chats[chat];
+            if measured {
+                context.observer.deliveries.expect(random_id, planned.recipients(), intended);
+                if download {
+                    context.observer.downloads.expect(random_id, 1, intended);
+                }
+                if duplicate {
+                    recorder.counters.media_duplicate_sends.fetch_add(1, Relaxed);
+                }
+            }
+            let info = CaptionInfo { content, download };
+            let upload = MediaUpload {
+                content,
+                caption: media::caption(context.observer.clock.unix_ns(intended), info),
+                part_bytes: context.media.part_bytes,
+                parts_in_flight: context.media.parts_in_flight,
+            };
+            let _upload = match context.uploads.try_take() {
+                Some(slot) => slot,
+                None => {
+                    if measured {
+                        recorder.counters.media_slot_waits.fetch_add(1, Relaxed);
+                    }
+                    context.uploads.take().await
+                }
+            };
+            let result = context.target.send_media(world.session(sender), world.chats[chat], random_id, &upload).await;
+            if let Ok(sent) = &result {
+                context.acknowledged(&sent.ack, chat, sender, random_id, measured);
+                if measured {
+                    recorder.record(Measure::MediaUpload, sent.uploaded.saturating_duration_since(intended));
+                }
+                if window.contains(Instant::now()) {
+                    recorder.counters.media_upload_bytes_in_window.fetch_add(content.bytes, Relaxed);
+                }
+            }
+            (Measure::MediaSend, result.map(|_| ()), Some(random_id))
         }
         Operation::History { chat, reader, offset } => {
             let result = context.target.history(world.session(reader), world.chats[chat], offset, context.page).await;
@@ -305,7 +399,7 @@ async fn perform<T: Target>(context: Arc<RunContext<T>>, operation: Operation, i
                 recorder.counters.succeeded.fetch_add(1, Relaxed);
                 let latency = done.saturating_duration_since(intended);
                 recorder.record(measure, latency);
-                if measure == Measure::SendAck {
+                if matches!(measure, Measure::SendAck | Measure::MediaSend) {
                     recorder.record_ack_timeline(intended, latency);
                 }
             }
@@ -320,10 +414,127 @@ async fn perform<T: Target>(context: Arc<RunContext<T>>, operation: Operation, i
                 recorder.error(&error);
                 if let Some(random_id) = random_id {
                     context.observer.deliveries.abandon(random_id, error.outcome_unknown());
+                    context.observer.downloads.abandon(random_id, error.outcome_unknown());
                 }
             }
         }
     }
+}
+
+impl<T: Target> RunContext<T> {
+    /// Book-keeping of an acknowledged send (text or media): duplicates, the push jobs it
+    /// causes, the acks file.
+    fn acknowledged(&self, ack: &Ack, chat: usize, sender: usize, random_id: u64, measured: bool) {
+        if ack.duplicate && measured {
+            self.recorder().counters.duplicate_acks.fetch_add(1, Relaxed);
+        }
+        let offline = self.offline_members[chat];
+        if offline > 0 && !ack.duplicate {
+            self.offline_recipient_messages.fetch_add(u64::from(offline), Relaxed);
+        }
+        if let Some(acks) = &self.acks {
+            let record = AckRecord { chat: ack.chat, id: ack.id, random_id, sender: self.world.users[sender] };
+            if acks.ack(record).is_err() {
+                self.ack_write_errors.fetch_add(1, Relaxed);
+            }
+        }
+    }
+}
+
+/// The downloader: takes each media message a receiver queued and downloads it on the
+/// recipient's session as a task of its own, at most `MEDIA_DOWNLOADS_IN_FLIGHT_MAX` at once.
+/// Runs until the run drops it.
+async fn download_media<T: Target>(context: Arc<RunContext<T>>, handle: Handle) {
+    let queue = context.observer.media_queue.clone();
+    while let Ok(arrival) = queue.recv_async().await {
+        let Some(&reader) = context.user_index.get(&arrival.recipient) else { continue };
+        if context.world.sessions[reader].is_none() {
+            continue;
+        }
+        let slot = match context.downloads.try_take() {
+            Some(slot) => slot,
+            None => {
+                match context.observer.recorder() {
+                    Some(recorder) if recorder.measured(arrival.intended) => {
+                        recorder.counters.media_slot_waits.fetch_add(1, Relaxed);
+                    }
+                    _ => {}
+                }
+                context.downloads.take().await
+            }
+        };
+        handle.spawn(download(context.clone(), arrival, reader, slot)).detach();
+    }
+}
+
+/// Downloads one media message on the recipient's session, checks every byte against the
+/// content its caption names, and records the outcome.
+async fn download<T: Target>(context: Arc<RunContext<T>>, arrival: MediaArrival, reader: usize, _slot: Slot) {
+    let observer = &context.observer;
+    let measured = observer.measured(arrival.intended);
+    let content = arrival.info.content;
+    let result = if arrival.bytes != content.bytes {
+        Err(mismatch(format!("the message says {} bytes, {} were uploaded", arrival.bytes, content.bytes)))
+    } else {
+        let mut check =
+            |offset: u64, bytes: &[u8]| content.check(offset, bytes).map_err(|found| mismatch(found.to_string()));
+        let session = context.world.session(reader);
+        let ranges = context.media.ranges_in_flight;
+        match context.target.download(session, arrival.chat, arrival.id, arrival.bytes, ranges, &mut check).await {
+            Ok(read) if read == content.bytes => Ok(()),
+            Ok(read) => Err(mismatch(format!("{read} bytes downloaded of {}", content.bytes))),
+            Err(error) => Err(error),
+        }
+    };
+    let done = Instant::now();
+    let Some(recorder) = observer.recorder() else { return };
+    record_download(recorder, &arrival, measured, done, context.drain_deadline, result);
+    if measured {
+        observer.downloads.arrived(arrival.random_id, true);
+    }
+}
+
+/// Records a download's outcome: its latency and bytes when checked whole, else the error (a
+/// refused check as `CONTENT_MISMATCH`, the server's fault).
+fn record_download(
+    recorder: &Recorder,
+    arrival: &MediaArrival,
+    measured: bool,
+    done: Instant,
+    drain_deadline: Instant,
+    result: Result<(), TargetError>,
+) {
+    let counters = &recorder.counters;
+    match result {
+        Ok(()) => {
+            if recorder.window().contains(done) {
+                counters.media_download_bytes_in_window.fetch_add(arrival.bytes, Relaxed);
+            }
+            if measured {
+                counters.media_downloads_verified.fetch_add(1, Relaxed);
+                recorder.record(Measure::MediaDownload, done.saturating_duration_since(arrival.intended));
+            }
+        }
+        Err(mut error) => {
+            if done >= drain_deadline && error.code != CONTENT_MISMATCH {
+                // Still unanswered at the deadline: the run closed its sessions under it.
+                error = TargetError::timeout();
+            }
+            if measured {
+                let outcome = if error.code == CONTENT_MISMATCH {
+                    &counters.media_downloads_corrupt
+                } else {
+                    &counters.media_downloads_failed
+                };
+                outcome.fetch_add(1, Relaxed);
+                recorder.error(&error);
+            }
+        }
+    }
+}
+
+fn mismatch(message: String) -> TargetError {
+    TargetError::server(CONTENT_MISMATCH, message, None)
 }
 
 /// Ends every online session (bounded in time).
@@ -371,6 +582,7 @@ fn report<T: Target>(
         in_flight_cap_waits: counters.in_flight_cap_waits.load(Relaxed),
         duplicate_acks: counters.duplicate_acks.load(Relaxed),
         short_pages: counters.short_pages.load(Relaxed),
+        media_slot_waits: counters.media_slot_waits.load(Relaxed),
     };
     let deliveries = &context.observer.deliveries;
     let delivery_figures = DeliveryFigures {
@@ -382,6 +594,26 @@ fn report<T: Target>(
         streams_lost: context.observer.streams_lost.load(Relaxed),
         bodiless: context.observer.bodiless.load(Relaxed),
     };
+    let media = (options.mix.weight(Pool::Media) > 0).then(|| {
+        let downloads = &context.observer.downloads;
+        let upload_bytes = counters.media_upload_bytes_in_window.load(Relaxed);
+        let download_bytes = counters.media_download_bytes_in_window.load(Relaxed);
+        MediaFigures {
+            file_bytes: options.media.file_bytes,
+            sends: recorder.summary(Measure::MediaSend).count,
+            duplicate_sends: counters.media_duplicate_sends.load(Relaxed),
+            upload_bytes_in_window: upload_bytes,
+            upload_mb_per_s: upload_bytes as f64 / 1e6 / window_s,
+            downloads_expected: downloads.expected.load(Relaxed),
+            downloads_verified: counters.media_downloads_verified.load(Relaxed),
+            downloads_corrupt: counters.media_downloads_corrupt.load(Relaxed),
+            downloads_failed: counters.media_downloads_failed.load(Relaxed),
+            downloads_missing: downloads.missing(),
+            downloads_unexpected: downloads.unexpected.load(Relaxed),
+            download_bytes_in_window: download_bytes,
+            download_mb_per_s: download_bytes as f64 / 1e6 / window_s,
+        }
+    });
     let issue_lag_p99_ms = recorder.summary(Measure::IssueLag).p99_ms;
     let judgement = judge(&load, &cpu, issue_lag_p99_ms, recorder.server_reported_errors());
     Report {
@@ -395,6 +627,7 @@ fn report<T: Target>(
         measures: Measure::ALL.iter().map(|&measure| (measure.name(), recorder.summary(measure))).collect(),
         errors_by_code: recorder.errors(),
         deliveries: delivery_figures,
+        media,
         loadgen_cpu: cpu,
         server_cpu,
         loadgen_bottleneck: judgement.loadgen_bottleneck,
@@ -404,5 +637,51 @@ fn report<T: Target>(
         offline_recipient_messages: context.offline_recipient_messages.load(Relaxed),
         send_ack_max_ms_by_100ms: recorder.ack_timeline_ms(),
         histograms: Measure::ALL.iter().map(|&measure| (measure, recorder.histogram(measure))).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::target::ChatId;
+
+    // Bytes that differ from the uploaded content fail the check, and the failed check is
+    // recorded as a CONTENT_MISMATCH error of the server and a corrupt download, with no
+    // latency sample and no bytes counted; the right bytes are recorded as a checked download.
+    #[test]
+    fn a_download_with_wrong_bytes_is_an_error() {
+        let start = Instant::now();
+        let recorder = Recorder::new(Window { start, end: start + Duration::from_secs(60) });
+        let content = Content { seed: 11, bytes: 8192 };
+        let arrival = MediaArrival {
+            recipient: UserId(2),
+            chat: ChatId(1),
+            id: MessageId(5),
+            random_id: 77,
+            bytes: content.bytes,
+            info: CaptionInfo { content, download: true },
+            intended: start,
+        };
+        let mut downloaded = content.range(0, 8192);
+        downloaded[4100] ^= 0xff;
+        let checked = content.check(0, &downloaded).map_err(|found| mismatch(found.to_string()));
+        let deadline = start + Duration::from_secs(120);
+        record_download(&recorder, &arrival, true, start + Duration::from_millis(3), deadline, checked);
+        let counters = &recorder.counters;
+        assert_eq!(counters.media_downloads_corrupt.load(Relaxed), 1);
+        assert_eq!(counters.media_downloads_verified.load(Relaxed), 0);
+        assert_eq!(counters.media_download_bytes_in_window.load(Relaxed), 0);
+        assert_eq!(recorder.summary(Measure::MediaDownload).count, 0);
+        let errors = recorder.errors();
+        assert_eq!((errors[CONTENT_MISMATCH].count, errors[CONTENT_MISMATCH].from_server), (1, true));
+
+        let checked = content.check(0, &content.range(0, 8192)).map_err(|found| mismatch(found.to_string()));
+        record_download(&recorder, &arrival, true, start + Duration::from_millis(3), deadline, checked);
+        assert_eq!(counters.media_downloads_verified.load(Relaxed), 1);
+        assert_eq!(counters.media_download_bytes_in_window.load(Relaxed), 8192);
+        assert_eq!(recorder.summary(Measure::MediaDownload).count, 1);
+        assert_eq!(recorder.errors()[CONTENT_MISMATCH].count, 1, "no new error");
     }
 }

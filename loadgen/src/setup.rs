@@ -166,7 +166,9 @@ pub async fn set_up<T: Target>(
                 let planned = &world.plan.chats[index];
                 let users = |indexes: &[usize]| indexes.iter().map(|&user| world.users[user]).collect::<Vec<_>>();
                 let spec = match planned.pool {
-                    Pool::Dm | Pool::History => ChatSpec::Private { peer: world.users[planned.members[1]] },
+                    Pool::Dm | Pool::History | Pool::Media => {
+                        ChatSpec::Private { peer: world.users[planned.members[1]] }
+                    }
                     Pool::Group => ChatSpec::Group {
                         title: format!("loadgen group {index}"),
                         members: users(&planned.members[1..]),
@@ -380,7 +382,7 @@ fn write_header<T: Target>(acks: &AckWriter, world: &World<T>) -> std::io::Resul
     }
     for (index, planned) in world.plan.chats.iter().enumerate() {
         let kind = match planned.pool {
-            Pool::Dm | Pool::History => ChatKind::Private,
+            Pool::Dm | Pool::History | Pool::Media => ChatKind::Private,
             Pool::Group => ChatKind::Group,
             Pool::Channel => ChatKind::Channel,
         };

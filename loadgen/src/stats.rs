@@ -32,11 +32,27 @@ pub enum Measure {
     History,
     /// Intended start → handed to the target: loadgen's own lateness.
     IssueLag,
+    /// A media send's intended start → its file stored (`UploadFinished`).
+    MediaUpload,
+    /// A media send's intended start → its `SendMedia` acknowledged: the whole upload and the
+    /// message.
+    MediaSend,
+    /// A media send's intended start → the recipient has downloaded the whole file and
+    /// checked every byte.
+    MediaDownload,
 }
 
 impl Measure {
-    pub const ALL: [Measure; 5] =
-        [Measure::SendAck, Measure::Delivery, Measure::DeliveryAll, Measure::History, Measure::IssueLag];
+    pub const ALL: [Measure; 8] = [
+        Measure::SendAck,
+        Measure::Delivery,
+        Measure::DeliveryAll,
+        Measure::History,
+        Measure::IssueLag,
+        Measure::MediaUpload,
+        Measure::MediaSend,
+        Measure::MediaDownload,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -45,6 +61,9 @@ impl Measure {
             Measure::DeliveryAll => "delivery_all",
             Measure::History => "history_page",
             Measure::IssueLag => "issue_lag",
+            Measure::MediaUpload => "media_upload",
+            Measure::MediaSend => "media_send",
+            Measure::MediaDownload => "media_download",
         }
     }
 
@@ -76,6 +95,17 @@ pub struct Counters {
     /// `Resync` events read from the update streams since the load started (events the
     /// server or the client dropped).
     pub resyncs: AtomicU64,
+    /// Media: measured sends whose file came from the duplicate pool; file bytes of the sends
+    /// acknowledged and of the downloads completed while the window was open (the achieved
+    /// MB/s); downloads checked whole, refused by the check (wrong bytes or length), and
+    /// failed otherwise; waits for a free upload or download slot (loadgen's own bound).
+    pub media_duplicate_sends: AtomicU64,
+    pub media_upload_bytes_in_window: AtomicU64,
+    pub media_download_bytes_in_window: AtomicU64,
+    pub media_downloads_verified: AtomicU64,
+    pub media_downloads_corrupt: AtomicU64,
+    pub media_downloads_failed: AtomicU64,
+    pub media_slot_waits: AtomicU64,
 }
 
 /// How often each error code was seen and whether the server sent it.

@@ -31,7 +31,7 @@ fn verify_finds_every_acknowledged_message_and_catches_a_missing_one() {
     let server = Server::start(&binary, "e2e", "", &[], |_| Vec::new());
     let acks_path = server.directory.join("acks.txt");
     let options = RunOptions {
-        mix: Mix { dm: 4, group: 3, channel: 1, history: 2 },
+        mix: Mix { dm: 4, group: 3, channel: 1, history: 2, media: 0 },
         users: 8,
         online_users: 6,
         dm_chats: 3,

@@ -1,6 +1,7 @@
-//! An in-process target for loadgen's own tests: users, chats, messages and live deliveries in
-//! memory, with an answer delay and injected faults (a server stall, a stall of loadgen's own
-//! thread, lost deliveries), so the accounting can be checked against a known truth.
+//! An in-process target for loadgen's own tests: users, chats, messages, files and live
+//! deliveries in memory, with an answer delay and injected faults (a server stall, a stall of
+//! loadgen's own thread, lost deliveries, corrupted downloads), so the accounting can be
+//! checked against a known truth.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -8,8 +9,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::{
-    Ack, ChatId, ChatSpec, Delivery, MessageId, Provisioned, Target, TargetError, UpdateSource, UserId, UserSpec,
-    CLOSED,
+    Ack, ChatId, ChatSpec, Delivery, MediaSent, MediaUpload, MessageId, Provisioned, RangeCheck, Target, TargetError,
+    UpdateSource, UserId, UserSpec, CLOSED,
 };
 use crate::stats::lock;
 
@@ -26,7 +27,13 @@ pub struct FakeBehaviour {
     pub thread_stall: Option<(Instant, Duration)>,
     /// Every n-th delivery is lost.
     pub lose_every_nth_delivery: Option<u64>,
+    /// Every n-th download gets one byte flipped in its middle, as a server answering wrong
+    /// bytes would.
+    pub corrupt_every_nth_download: Option<u64>,
 }
+
+/// Bytes of one range of a fake download (the protocol's largest).
+const FAKE_RANGE_BYTES: usize = ferrogram_net::limits::DOWNLOAD_LIMIT_BYTES_MAX as usize;
 
 /// See the module documentation.
 #[derive(Debug)]
@@ -37,6 +44,10 @@ pub struct FakeTarget {
     deliveries: AtomicU64,
     /// Sends answered (for tests to compare with loadgen's count).
     pub sends: AtomicU64,
+    /// Media messages sent, downloads served, and those of them corrupted.
+    pub media_sends: AtomicU64,
+    pub downloads: AtomicU64,
+    pub corrupted_downloads: AtomicU64,
     /// (message, member) pairs where the member was offline with a push device: what a
     /// server with push on would queue push jobs for.
     pub pushes_due: AtomicU64,
@@ -49,6 +60,8 @@ struct FakeState {
     chats: HashMap<ChatId, FakeChat>,
     /// Push device tokens registered, by user.
     push_devices: HashMap<UserId, String>,
+    /// The file of each media message.
+    files: HashMap<(ChatId, MessageId), std::sync::Arc<Vec<u8>>>,
 }
 
 #[derive(Debug)]
@@ -85,6 +98,9 @@ impl FakeTarget {
             thread_stalled: Mutex::new(false),
             deliveries: AtomicU64::new(0),
             sends: AtomicU64::new(0),
+            media_sends: AtomicU64::new(0),
+            downloads: AtomicU64::new(0),
+            corrupted_downloads: AtomicU64::new(0),
             pushes_due: AtomicU64::new(0),
         }
     }
@@ -130,7 +146,15 @@ impl FakeTarget {
         }
     }
 
-    fn deliver(&self, chat: ChatId, id: MessageId, sender: UserId, random_id: u64, text: &str) {
+    fn deliver(
+        &self,
+        chat: ChatId,
+        id: MessageId,
+        sender: UserId,
+        random_id: u64,
+        text: &str,
+        media_bytes: Option<u64>,
+    ) {
         let state = lock(&self.state);
         let Some(entry) = state.chats.get(&chat) else { return };
         let offline_with_device = entry
@@ -147,7 +171,7 @@ impl FakeTarget {
             if self.behaviour.lose_every_nth_delivery.is_some_and(|nth| count.is_multiple_of(nth)) {
                 continue;
             }
-            let _ = stream.send(Delivery::Message { chat, id, sender, random_id, text: text.to_owned() });
+            let _ = stream.send(Delivery::Message { chat, id, sender, random_id, text: text.to_owned(), media_bytes });
         }
     }
 
@@ -224,8 +248,76 @@ impl Target for FakeTarget {
         self.serve_delay(sender.user).await?;
         let id = self.append(sender.user, chat)?;
         self.sends.fetch_add(1, Relaxed);
-        self.deliver(chat, id, sender.user, random_id, &text);
+        self.deliver(chat, id, sender.user, random_id, &text, None);
         Ok(Ack { chat, id, duplicate: false })
+    }
+
+    fn supports_media(&self) -> bool {
+        true
+    }
+
+    /// Generates the file part by part, as the real upload does, then stores it with the
+    /// message and delivers the message.
+    async fn send_media(
+        &self,
+        sender: &FakeSession,
+        chat: ChatId,
+        random_id: u64,
+        upload: &MediaUpload,
+    ) -> Result<MediaSent, TargetError> {
+        self.serve_delay(sender.user).await?;
+        let size = upload.content.bytes;
+        let mut file = Vec::with_capacity(size as usize);
+        let mut offset = 0;
+        while offset < size {
+            let length = (size - offset).min(upload.part_bytes as u64) as usize;
+            file.extend_from_slice(&upload.content.range(offset, length));
+            offset += length as u64;
+        }
+        let uploaded = Instant::now();
+        let id = self.append(sender.user, chat)?;
+        lock(&self.state).files.insert((chat, id), std::sync::Arc::new(file));
+        self.media_sends.fetch_add(1, Relaxed);
+        self.deliver(chat, id, sender.user, random_id, &upload.caption, Some(size));
+        Ok(MediaSent { ack: Ack { chat, id, duplicate: false }, uploaded })
+    }
+
+    async fn download(
+        &self,
+        reader: &FakeSession,
+        chat: ChatId,
+        message: MessageId,
+        _bytes: u64,
+        _ranges_in_flight: usize,
+        check: RangeCheck<'_>,
+    ) -> Result<u64, TargetError> {
+        self.serve_delay(reader.user).await?;
+        let file = {
+            let state = lock(&self.state);
+            let entry = state.chats.get(&chat).ok_or_else(|| TargetError::server("NOT_FOUND", "no chat", None))?;
+            if !entry.members.contains(&reader.user) {
+                return Err(TargetError::server("PERMISSION_DENIED", "not a member", None));
+            }
+            state
+                .files
+                .get(&(chat, message))
+                .cloned()
+                .ok_or_else(|| TargetError::server("NOT_FOUND", "no file", None))?
+        };
+        let count = self.downloads.fetch_add(1, Relaxed) + 1;
+        let mut served: Vec<u8> = file.as_ref().clone();
+        if self.behaviour.corrupt_every_nth_download.is_some_and(|nth| count.is_multiple_of(nth)) && !served.is_empty()
+        {
+            let middle = served.len() / 2;
+            served[middle] ^= 0x01;
+            self.corrupted_downloads.fetch_add(1, Relaxed);
+        }
+        let mut offset = 0u64;
+        for range in served.chunks(FAKE_RANGE_BYTES) {
+            check(offset, range)?;
+            offset += range.len() as u64;
+        }
+        Ok(offset)
     }
 
     async fn send_batch(

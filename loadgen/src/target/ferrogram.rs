@@ -2,21 +2,37 @@
 //! (the protocol carries one login per connection), logged in through the normal login with the
 //! server's `fixed:CODE` code sender. Requests are pipelined on each connection up to the
 //! server's in-flight bound; the connection futures run on loadgen's executor.
+//!
+//! Media messages go as any client sends them (docs/PROTOCOL.md §4.4): `UploadStart`, the
+//! parts with a window in flight, `UploadFinish`, `SendMedia`; a download asks for the file in
+//! 1 MiB ranges through the message, a window in flight. Each request of a window holds one of
+//! the connection's slots; a transfer that finds none free answers its oldest request first
+//! and waits for a slot only with nothing in flight, so transfers sharing a connection never
+//! hold slots while waiting for more (no deadlock).
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::time::Instant;
 
-use ferrogram_net::client::{self, Client, ClientError, UpdateStream};
-use ferrogram_net::{DeviceKind, LiveEvent, Request, Response, SentMessage, Update};
+use ferrogram_net::client::{self, Client, ClientError, Submitted, UpdateStream};
+use ferrogram_net::limits::DOWNLOAD_LIMIT_BYTES_MAX;
+use ferrogram_net::{
+    DeviceKind, LiveEvent, MediaKind, NewMediaMessage, Request, Response, SentMessage, Update, UploadId,
+};
 
 use super::{
-    push_device_token, within, Ack, ChatId, ChatSpec, Delivery, MessageId, Provisioned, Spawner, Target, TargetError,
-    UpdateSource, UserId, UserSpec, CLOSED, IO, PROTOCOL, TIMEOUT,
+    push_device_token, within, Ack, ChatId, ChatSpec, Delivery, MediaSent, MediaUpload, MessageId, Provisioned,
+    RangeCheck, Spawner, Target, TargetError, UpdateSource, UserId, UserSpec, CLOSED, CONTENT_MISMATCH, IO, PROTOCOL,
+    TIMEOUT,
 };
 use crate::limits::{
-    CONNECT_TIMEOUT, GROUP_MEMBERS_AT_CREATION_MAX, IN_FLIGHT_PER_CONNECTION_MAX, LOG_OUT_TIMEOUT, PREFILL_BATCH,
-    SETUP_CALL_TIMEOUT,
+    CONNECT_TIMEOUT, GROUP_MEMBERS_AT_CREATION_MAX, IN_FLIGHT_PER_CONNECTION_MAX, LOG_OUT_TIMEOUT, MEDIA_WINDOW_MAX,
+    PREFILL_BATCH, SETUP_CALL_TIMEOUT,
 };
-use crate::slots::Slots;
+use crate::slots::{Slot, Slots};
+
+/// The MIME type of loadgen's files (random bytes).
+const MEDIA_MIME_TYPE: &str = "application/octet-stream";
 
 /// The client name the server stores in each login's device description.
 const CLIENT_NAME: &str = "ferrogram-loadgen";
@@ -102,6 +118,72 @@ impl FerrogramSession {
     async fn call(&self, request: Request) -> Result<Response, TargetError> {
         let _slot = self.slots.take().await;
         self.client.call(request).await.map_err(error)
+    }
+
+    /// A slot for the next request of a transfer's window: a free one now, else (with nothing
+    /// of the window in flight) one when it frees. `None` says: answer the oldest request of
+    /// the window first.
+    async fn window_slot(&self, window_empty: bool) -> Option<Slot> {
+        match self.slots.try_take() {
+            Some(slot) => Some(slot),
+            None if window_empty => Some(self.slots.take().await),
+            None => None,
+        }
+    }
+
+    /// Sends the parts of `upload` with a window in flight; answers how many there were.
+    async fn upload_parts(&self, upload_id: UploadId, upload: &MediaUpload) -> Result<u32, TargetError> {
+        let size = upload.content.bytes;
+        let part_bytes = upload.part_bytes as u64;
+        let parts = size.div_ceil(part_bytes);
+        let window_max = upload.parts_in_flight.clamp(1, MEDIA_WINDOW_MAX);
+        let mut window: VecDeque<(Submitted, Slot)> = VecDeque::with_capacity(window_max);
+        let mut next = 0u64;
+        loop {
+            while next < parts && window.len() < window_max {
+                let Some(slot) = self.window_slot(window.is_empty()).await else { break };
+                let offset = next * part_bytes;
+                // Generated when sent, so at most one window of parts is in memory.
+                let bytes = upload.content.range(offset, (size - offset).min(part_bytes) as usize);
+                let part = u32::try_from(next).map_err(|_| TargetError::local(PROTOCOL, "too many parts"))?;
+                let submitted =
+                    self.client.submit(&Request::UploadPart { upload_id, part, bytes }).await.map_err(error)?;
+                window.push_back((submitted, slot));
+                next += 1;
+            }
+            let Some((oldest, slot)) = window.pop_front() else { break };
+            let answer = oldest.answer().await.map_err(error)?;
+            drop(slot);
+            if !matches!(answer, Response::PartStored { .. }) {
+                return Err(unexpected("PartStored", &answer));
+            }
+        }
+        u32::try_from(parts).map_err(|_| TargetError::local(PROTOCOL, "too many parts"))
+    }
+
+    /// `UploadFinish` after the parts.
+    async fn finish_upload(
+        &self,
+        upload_id: UploadId,
+        upload: &MediaUpload,
+    ) -> Result<ferrogram_net::FileRef, TargetError> {
+        let parts = self.upload_parts(upload_id, upload).await?;
+        let finish = Request::UploadFinish {
+            parts,
+            upload_id,
+            total_bytes: Some(upload.content.bytes),
+            name: format!("loadgen-{:016x}.bin", upload.content.seed),
+            mime_type: MEDIA_MIME_TYPE.into(),
+        };
+        match self.call(finish).await? {
+            Response::UploadFinished { file, size } if size == upload.content.bytes => Ok(file),
+            Response::UploadFinished { size, .. } => Err(TargetError::server(
+                CONTENT_MISMATCH,
+                format!("the server stored {size} bytes of the {} uploaded", upload.content.bytes),
+                None,
+            )),
+            other => Err(unexpected("UploadFinished", &other)),
+        }
     }
 }
 
@@ -236,6 +318,87 @@ impl Target for FerrogramTarget {
         }
     }
 
+    fn supports_media(&self) -> bool {
+        true
+    }
+
+    async fn send_media(
+        &self,
+        sender: &FerrogramSession,
+        chat: ChatId,
+        random_id: u64,
+        upload: &MediaUpload,
+    ) -> Result<MediaSent, TargetError> {
+        // The random_id doubles as the client's upload id: unique within the run, never 0.
+        let start = Request::UploadStart { client_upload_id: random_id, total_bytes: Some(upload.content.bytes) };
+        let upload_id = match sender.call(start).await? {
+            Response::UploadStarted { upload_id } => upload_id,
+            other => return Err(unexpected("UploadStarted", &other)),
+        };
+        let file = match sender.finish_upload(upload_id, upload).await {
+            Ok(file) => file,
+            Err(failed) => {
+                // Gives the server its staging space back now rather than in an hour: best
+                // effort, sent only when the connection has a slot free, its answer not awaited.
+                if let Some(_slot) = sender.slots.try_take() {
+                    let _ = sender.client.submit(&Request::UploadCancel { upload_id }).await;
+                }
+                return Err(failed);
+            }
+        };
+        let uploaded = Instant::now();
+        let message = NewMediaMessage {
+            chat,
+            random_id,
+            file,
+            kind: MediaKind::Document,
+            caption: upload.caption.clone(),
+            reply_to: None,
+        };
+        match sender.call(Request::SendMedia(Box::new(message))).await? {
+            Response::Sent(sent) => Ok(MediaSent { ack: ack(sent), uploaded }),
+            other => Err(unexpected("Sent", &other)),
+        }
+    }
+
+    async fn download(
+        &self,
+        reader: &FerrogramSession,
+        chat: ChatId,
+        message: MessageId,
+        bytes: u64,
+        ranges_in_flight: usize,
+        check: RangeCheck<'_>,
+    ) -> Result<u64, TargetError> {
+        let range = u64::from(DOWNLOAD_LIMIT_BYTES_MAX);
+        let window_max = ranges_in_flight.clamp(1, MEDIA_WINDOW_MAX);
+        let mut window: VecDeque<(Submitted, Slot, u64)> = VecDeque::with_capacity(window_max);
+        let (mut next, mut read) = (0u64, 0u64);
+        loop {
+            while next < bytes && window.len() < window_max {
+                let Some(slot) = reader.window_slot(window.is_empty()).await else { break };
+                let request = Request::GetFile { chat, message, offset: next, limit: DOWNLOAD_LIMIT_BYTES_MAX };
+                window.push_back((reader.client.submit(&request).await.map_err(error)?, slot, next));
+                next += range;
+            }
+            let Some((oldest, slot, offset)) = window.pop_front() else { break };
+            let answer = oldest.answer().await.map_err(error)?;
+            drop(slot);
+            let Response::FileBytes { bytes: found } = answer else { return Err(unexpected("FileBytes", &answer)) };
+            let expected = (bytes - offset).min(range);
+            if found.len() as u64 != expected {
+                return Err(TargetError::server(
+                    CONTENT_MISMATCH,
+                    format!("{} bytes at offset {offset} of a file of {bytes}, {expected} expected", found.len()),
+                    None,
+                ));
+            }
+            check(offset, &found)?;
+            read += expected;
+        }
+        Ok(read)
+    }
+
     async fn close(&self, session: &FerrogramSession) {
         let _ = within(LOG_OUT_TIMEOUT, session.client.log_out()).await;
         session.client.close();
@@ -258,6 +421,7 @@ fn delivery(event: LiveEvent) -> Delivery {
                 id: message.id,
                 sender: message.sender,
                 random_id: message.random_id,
+                media_bytes: message.media.as_ref().map(|media| media.size),
                 text: message.text,
             }
         }

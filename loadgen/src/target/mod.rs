@@ -7,6 +7,11 @@
 //!
 //! Ids are the wire protocol's newtypes; an adapter for another system mints its own values
 //! in them (they are opaque to loadgen).
+//!
+//! Media messages (files) are optional: a target that stores files says so
+//! ([`Target::supports_media`]) and implements [`Target::send_media`] and
+//! [`Target::download`]; the others answer `UNSUPPORTED`, and a run of the media scenario
+//! against them is refused before it starts.
 
 pub mod fake;
 pub mod ferrogram;
@@ -16,9 +21,11 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use ferrogram_net::{ChatId, MessageId, UserId};
+
+use crate::media::Content;
 
 /// A system under load.
 ///
@@ -80,6 +87,42 @@ pub trait Target: Send + Sync + 'static {
         limit: u32,
     ) -> impl Future<Output = Result<usize, TargetError>> + Send;
 
+    /// Whether the system stores files and sends them as media messages.
+    fn supports_media(&self) -> bool {
+        false
+    }
+
+    /// Uploads `upload.content` as one file (in parts of `upload.part_bytes`, a window of
+    /// `upload.parts_in_flight` in flight), sends it into `chat` as a media message with
+    /// `upload.caption`, and answers the acknowledgement and when the upload had finished.
+    fn send_media(
+        &self,
+        sender: &Self::Session,
+        chat: ChatId,
+        random_id: u64,
+        upload: &MediaUpload,
+    ) -> impl Future<Output = Result<MediaSent, TargetError>> + Send {
+        let _ = (sender, chat, random_id, upload);
+        async { Err(media_unsupported()) }
+    }
+
+    /// Downloads the whole file of media message `message` of `chat` (`bytes` long, as the
+    /// message says), a window of `ranges_in_flight` ranges in flight, handing each range to
+    /// `check` in file order; a range `check` refuses ends the download with its error.
+    /// Answers the bytes read.
+    fn download(
+        &self,
+        reader: &Self::Session,
+        chat: ChatId,
+        message: MessageId,
+        bytes: u64,
+        ranges_in_flight: usize,
+        check: RangeCheck<'_>,
+    ) -> impl Future<Output = Result<u64, TargetError>> + Send {
+        let _ = (reader, chat, message, bytes, ranges_in_flight, check);
+        async { Err(media_unsupported()) }
+    }
+
     /// Ends an online session gracefully (logging it out where the system has logins).
     fn close(&self, session: &Self::Session) -> impl Future<Output = ()> + Send;
 
@@ -129,6 +172,33 @@ pub enum ChatSpec {
     Channel { title: String, admins: Vec<UserId> },
 }
 
+/// A file to upload and send as a media message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MediaUpload {
+    /// What the file holds (generated part by part while uploading).
+    pub content: Content,
+    /// The message's caption (the send-time stamp and the content's seed).
+    pub caption: String,
+    pub part_bytes: usize,
+    pub parts_in_flight: usize,
+}
+
+/// What sending a media message gave.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MediaSent {
+    pub ack: Ack,
+    /// When the upload was finished (the file stored), before the message was sent.
+    pub uploaded: Instant,
+}
+
+/// Takes each downloaded range (its offset and bytes), in file order.
+pub type RangeCheck<'a> = &'a mut (dyn FnMut(u64, &[u8]) -> Result<(), TargetError> + Send);
+
+/// The error of a target that stores no files.
+pub fn media_unsupported() -> TargetError {
+    TargetError::local(UNSUPPORTED, "this target has no media messages")
+}
+
 /// A send's acknowledgement.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ack {
@@ -141,8 +211,9 @@ pub struct Ack {
 /// One event of an update stream that matters to loadgen.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Delivery {
-    /// A new message, with its body.
-    Message { chat: ChatId, id: MessageId, sender: UserId, random_id: u64, text: String },
+    /// A new message, with its body; `media_bytes` is the size of its file, for a media
+    /// message.
+    Message { chat: ChatId, id: MessageId, sender: UserId, random_id: u64, text: String, media_bytes: Option<u64> },
     /// A new message announced without its body (ferrogram sends a box update without the
     /// message when it could not fetch it): it cannot be matched to a send.
     Bodiless { chat: ChatId, id: MessageId },
@@ -190,6 +261,11 @@ pub const TIMEOUT: &str = "TIMEOUT";
 pub const CLOSED: &str = "CLOSED";
 pub const IO: &str = "IO";
 pub const PROTOCOL: &str = "PROTOCOL";
+/// The target has no media messages.
+pub const UNSUPPORTED: &str = "UNSUPPORTED";
+/// A download's bytes (or length) differ from what was uploaded: the server answered wrong
+/// content. Counted as the server's error.
+pub const CONTENT_MISMATCH: &str = "CONTENT_MISMATCH";
 
 /// A future that runs to completion on loadgen's executor, detached.
 pub type BoxedTask = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;

@@ -12,6 +12,9 @@
 //! Pub/Sub on one connection, hence two kinds. Setup (users, chats, follows) goes over one
 //! shared connection, pipelined.
 //!
+//! Media messages are not modelled (Redis would hold files as plain values, not what a
+//! strong team would build): `supports_media` stays false and the media scenario is refused.
+//!
 //! Durability is the server's (`appendonly yes` with `appendfsync always` or `everysec`, set
 //! when redis-server starts; see `benches/compare.sh`).
 
@@ -253,7 +256,14 @@ pub fn delivery_of_message(payload: &[u8]) -> Delivery {
         return Delivery::Other;
     };
     let text = parts.next().unwrap_or("").to_owned();
-    Delivery::Message { chat: ChatId(chat), id: MessageId(id), sender: UserId(sender), random_id, text }
+    Delivery::Message {
+        chat: ChatId(chat),
+        id: MessageId(id),
+        sender: UserId(sender),
+        random_id,
+        text,
+        media_bytes: None,
+    }
 }
 
 fn submit_send(
@@ -322,7 +332,8 @@ mod tests {
                 id: MessageId(12),
                 sender: UserId(3),
                 random_id: 99,
-                text: "lg:1:x y".into()
+                text: "lg:1:x y".into(),
+                media_bytes: None
             }
         );
         assert_eq!(delivery_of_message(b"7 12 3"), Delivery::Other);
