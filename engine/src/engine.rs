@@ -151,7 +151,11 @@ impl Engine {
     }
 
     /// As [`Engine::open`], with the host's hooks.
-    pub fn open_with_hooks(config: EngineConfig, hooks: EngineHooks) -> Result<Engine, EngineError> {
+    pub fn open_with_hooks(mut config: EngineConfig, hooks: EngineHooks) -> Result<Engine, EngineError> {
+        // Every file is opened by an absolute path: a shard never depends on the process's
+        // working directory, and some of glommio's calls refuse relative paths.
+        config.data_dir = std::path::absolute(&config.data_dir)
+            .map_err(|_| EngineError::InvalidArgument("the data directory has no absolute path"))?;
         if config.shards == 0 || config.shards > SHARD_COUNT_MAX {
             return Err(EngineError::InvalidArgument("shard count must be between 1 and 256"));
         }

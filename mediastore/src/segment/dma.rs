@@ -53,8 +53,11 @@ impl DmaSegments {
     /// this executor opens any other DMA file, or make sure the host already probed.
     pub async fn open(dir: &Path) -> io::Result<DmaSegments> {
         std::fs::create_dir_all(dir)?;
-        probe_dma_reads(dir).await?;
-        Ok(DmaSegments { dir: dir.to_path_buf(), files: HashMap::new() })
+        // glommio's `Directory::open` fails a relative path with EBADF (the directory sync
+        // after a new segment would stop the store), so the store keeps an absolute one.
+        let dir = std::path::absolute(dir)?;
+        probe_dma_reads(&dir).await?;
+        Ok(DmaSegments { dir, files: HashMap::new() })
     }
 
     fn path(&self, segment: SegmentId) -> PathBuf {
