@@ -283,7 +283,7 @@ impl Messenger {
             });
             let ack = expect!(self.call(to.vshard(), request).await, Response::Sent(ack) => ack)?;
             if let Some((file, holder)) = holder.filter(|_| !ack.duplicate) {
-                self.confirm_media(file, holder).await;
+                self.confirm_media(file, holder);
             }
             acks.push(ack);
         }
@@ -317,7 +317,7 @@ impl Messenger {
         // taken again just now by this retry): only the leak check, which asks the chat, may
         // decide about that reference.
         if !ack.duplicate {
-            self.confirm_media(file, holder(chat, sender, random_id)).await;
+            self.confirm_media(file, holder(chat, sender, random_id));
         }
         Ok(ack)
     }
@@ -346,11 +346,12 @@ impl Messenger {
         Ok(MessageMedia { kind, file, access_hash, size: info.size, name: info.name, mime_type: info.mime_type })
     }
 
-    /// Tells the file's shard that a durable message holds this reference, so the leak sweep
-    /// need not ask about it. Best effort: a confirmation lost to a crash only costs the
-    /// sweep one question.
-    async fn confirm_media(&self, file: u64, holder: Holder) {
-        let _ = self.engine.media().confirm_holder(crate::media::FileId::from_raw(file), holder).await;
+    /// Tells the file's shard that a durable message holds this reference, so the leak check
+    /// need not ask about it. Not waited for: the request is queued when the call is made (see
+    /// `Engine::request_raw`), and a confirmation lost to a crash only costs the leak check a
+    /// question, so the sender's acknowledgement does not wait for another group commit.
+    fn confirm_media(&self, file: u64, holder: Holder) {
+        drop(self.engine.media().confirm_holder(crate::media::FileId::from_raw(file), holder));
     }
 
     /// The media of message `id` of `chat`, if `user` can see it: the only way to a file's
