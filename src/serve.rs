@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use engine::{Durability, Engine, EngineConfig, EngineHooks};
 use gateway::push::{ApnsAuth, ApnsConfig, FcmConfig, PushConfig, WebhookConfig};
 use gateway::push_host::{push_intake, PushHost};
-use gateway::{CodeSender, GatewayConfig, GatewayHandle, GatewayLimits};
+use gateway::{CodeSender, ConnectionCapacity, GatewayConfig, GatewayHandle, GatewayLimits, OpenFiles};
 
 use ferrogram_gateway_shim as gateway;
 
@@ -249,7 +249,10 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])
         .context("cannot install the signal handlers")?;
     let data_dir = settings.engine.data_dir.clone();
-    raise_open_files_limit();
+    // Before the engine opens, so its files and every connection count against the raised limit.
+    if let Err(error) = OpenFiles::raise() {
+        tracing::warn!(%error, "cannot raise the open-files limit");
+    }
     // The push hook goes in before the engine opens: jobs made durable from the first request
     // on reach the dispatcher; those left from an earlier run are found by its first sweep.
     let (push_hook, push_intake) = push_intake();
@@ -285,6 +288,9 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     if push.is_some() {
         tracing::info!("push notifications on");
     }
+    if let Some(capacity) = handle.connection_capacity() {
+        report_connection_capacity(&capacity);
+    }
     // One line on standard output, for scripts and tests that wait for the server.
     println!(
         "ferrogram listening on {} (data in {}, {} shards)",
@@ -304,33 +310,33 @@ pub fn serve(args: &ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Raises the soft limit on open files to the hard limit and says what it allows: each
-/// client connection takes two descriptors (its socket, and the duplicate its writer uses),
-/// and the WAL and media segments take a few per shard.
-fn raise_open_files_limit() {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit and setrlimit only read and write the struct passed to them.
-    let raised = unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return;
-        }
-        if limit.rlim_cur < limit.rlim_max {
-            let wanted = libc::rlimit { rlim_cur: limit.rlim_max, rlim_max: limit.rlim_max };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 {
-                limit = wanted;
-            }
-        }
-        limit.rlim_cur
-    };
-    let connections = raised.saturating_sub(256) / 2;
-    if raised < 4096 {
+/// Connections a server is expected to hold at least (issue 5's goal): an open-files limit
+/// that allows fewer, and fewer than the configuration's cap, is worth a warning.
+const CONNECTIONS_EXPECTED_MIN: u64 = 10_000;
+
+/// Says how many client connections the open-files limit allows (a connection holds one
+/// descriptor; the engine's files and the listeners were open when it was read): past that,
+/// the gateway refuses connections with `OVERLOADED`. Warns when that is low.
+fn report_connection_capacity(capacity: &ConnectionCapacity) {
+    let ConnectionCapacity { open_files, by_open_files, configured } = *capacity;
+    if by_open_files < configured.min(CONNECTIONS_EXPECTED_MIN) {
         tracing::warn!(
-            open_files = raised,
-            connections,
-            "a low open-files limit caps client connections; raise `ulimit -n`"
+            open_files_limit = open_files.limit,
+            open_files_hard_limit = open_files.limit_hard,
+            descriptors_in_use = open_files.in_use,
+            connections_max = by_open_files,
+            connections_configured = configured,
+            "a low open-files limit caps client connections; raise the hard limit (`ulimit -Hn`, \
+             LimitNOFILE=) to serve more"
         );
     } else {
-        tracing::info!(open_files = raised, connections, "open-files limit");
+        tracing::info!(
+            open_files_limit = open_files.limit,
+            descriptors_in_use = open_files.in_use,
+            connections_max = by_open_files,
+            connections_configured = configured,
+            "open files: one descriptor per client connection"
+        );
     }
 }
 

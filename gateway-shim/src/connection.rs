@@ -3,22 +3,26 @@
 //! Three tasks share a [`Connection`]: the reader (this file's [`serve`]), which reads frames
 //! and spawns one task per request; the writer, which sends queued frames in batches, one
 //! socket write per batch; and, once the connection is authorized, the update pump
-//! (`updates.rs`). The reader and writer use two descriptors of the same socket, so neither
-//! waits for the other.
+//! (`updates.rs`). The reader and writer share the connection's one socket descriptor
+//! ([`Socket`]): each polls its own direction, so neither waits for the other.
 //!
 //! Memory is bounded by budgets, never by trust: a frame's length is checked against
 //! `FRAME_MAX` and its bytes are reserved from the shard's request budget before anything is
 //! allocated; responses and updates are reserved from the shard's outbound budget and the
 //! connection's own queue limit, and a connection that does not read is closed. An idle
-//! connection holds no read buffer.
+//! connection holds no read buffer and no write buffer: issue 5 holds 10,000 connections at
+//! under 8 KiB of server memory each (`tests/connection_memory.rs` of this crate counts what
+//! one costs).
 
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use engine::messaging::{AuthorizationId, SessionId, UserId};
@@ -26,7 +30,7 @@ use ferrogram_net::codec::{self, DecodeError};
 use ferrogram_net::frame::{FrameError, FrameHeader, FrameType, PING_BYTES_MAX};
 use ferrogram_net::limits::{FRAME_HEADER_BYTES, FRAME_MAX, PROTOCOL_VERSION, REQ_ID_BYTES};
 use ferrogram_net::{ErrorBody, ErrorCode, Outcome};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use glommio::sync::{Semaphore, StaticPermit};
 
@@ -79,23 +83,27 @@ pub(crate) struct Connection {
     pub subscriptions: RefCell<std::collections::BTreeSet<engine::messaging::ChatId>>,
     /// Users whose presence this connection watches (asked with `GetPresence`).
     pub watched: RefCell<std::collections::BTreeSet<UserId>>,
+    /// The socket's descriptor, for `shutdown` (the stream itself is the reader's and
+    /// writer's [`Socket`]).
     fd: RawFd,
     /// When the reader must have what it waits for (the next frame's first byte, or the rest
     /// of a frame); the shard's sweep closes the connection past it.
     pub deadline: Cell<Option<Instant>>,
     /// The handshake is done (its deadline covers the whole first frame; later waits are idle).
     greeted: Cell<bool>,
-    /// Whether `fd` is still owned by the reader's stream.
+    /// Whether `fd` is still open (the [`Socket`] not yet dropped).
     fd_open: Cell<bool>,
     queue: RefCell<VecDeque<Queued>>,
     queued_bytes: Cell<usize>,
-    doorbell: (flume::Sender<()>, flume::Receiver<()>),
+    /// Rung when a frame is queued or the connection closes; the writer waits on it.
+    doorbell: Signal,
     closed: Cell<Option<CloseReason>>,
     in_flight: Cell<usize>,
-    /// Woken when the last in-flight request finishes (graceful shutdown waits for it).
-    drained: Rc<Semaphore>,
-    /// File bytes of downloads being read or queued (`DOWNLOAD_BYTES_QUEUED_PER_CONNECTION_MAX`).
-    downloads: Rc<Semaphore>,
+    /// Rung when the last in-flight request finishes (graceful shutdown waits for it).
+    drained: Signal,
+    /// File bytes of downloads being read or queued (`DOWNLOAD_BYTES_QUEUED_PER_CONNECTION_MAX`);
+    /// made by the connection's first download, so other connections do not pay for it.
+    downloads: OnceCell<Rc<Semaphore>>,
 }
 
 /// A frame waiting for the writer, with its share of the shard's outbound budget and, for a
@@ -132,7 +140,7 @@ impl Connection {
             self.shut_socket();
         }
         // The writer flushes what is queued (for a graceful close) and then shuts the socket.
-        let _ = self.doorbell.0.try_send(());
+        self.doorbell.ring();
     }
 
     /// Records why the connection closed, in its state and in the metrics.
@@ -149,13 +157,13 @@ impl Connection {
     }
 
     fn shut_socket(&self) {
-        // Once the reader's stream is dropped its descriptor number may already belong to
-        // another connection: never shut it then.
+        // Once the socket is dropped its descriptor number may already belong to another
+        // connection: never shut it then.
         if !self.fd_open.get() {
             return;
         }
-        // SAFETY: `fd_open` says the reader's `TcpStream` still owns `fd` (`serve` clears it
-        // before dropping the stream), so this is our socket; `shutdown` does not close it.
+        // SAFETY: `fd_open` says the connection's `Socket` still owns `fd` (`finish` clears it
+        // before dropping the socket), so this is our socket; `shutdown` does not close it.
         unsafe {
             libc::shutdown(self.fd, libc::SHUT_RDWR);
         }
@@ -183,7 +191,7 @@ impl Connection {
         };
         self.queue.borrow_mut().push_back(Queued { frame, _outbound: permit, _held: held });
         self.queued_bytes.set(self.queued_bytes.get() + bytes);
-        let _ = self.doorbell.0.try_send(());
+        self.doorbell.ring();
         true
     }
 
@@ -195,7 +203,9 @@ impl Connection {
     /// Waits (at most `DOWNLOAD_QUEUE_WAIT`) until `bytes` more file bytes may be read for
     /// this connection, and reserves them; `None` when no room came in time.
     pub async fn reserve_download(&self, bytes: u64) -> Option<StaticPermit> {
-        within(DOWNLOAD_QUEUE_WAIT, self.downloads.acquire_static_permit(bytes)).await?.ok()
+        let downloads =
+            self.downloads.get_or_init(|| Rc::new(Semaphore::new(DOWNLOAD_BYTES_QUEUED_PER_CONNECTION_MAX))).clone();
+        within(DOWNLOAD_QUEUE_WAIT, downloads.acquire_static_permit(bytes)).await?.ok()
     }
 
     /// [`Connection::respond`], keeping `held` reserved until the writer takes the answer.
@@ -235,33 +245,92 @@ impl Connection {
             return;
         }
         self.mark_closed(reason);
-        let _ = self.doorbell.0.try_send(());
+        self.doorbell.ring();
     }
 
     /// Waits until no request is in flight (for graceful shutdown), at most `timeout`.
     pub async fn drain(&self, timeout: Duration) {
-        if self.in_flight.get() == 0 {
-            return;
-        }
-        let drained = self.drained.clone();
-        within(timeout, async move { drained.acquire(1).await }).await;
+        within(timeout, async {
+            while self.in_flight.get() > 0 {
+                self.drained.wait().await;
+            }
+        })
+        .await;
     }
 }
 
-/// Serves one accepted connection until it closes.
-pub(crate) async fn serve(shard: Rc<ShardGateway>, stream: TcpStream, ip: IpAddr) {
-    let fd = stream.as_raw_fd();
-    // SAFETY: `dup` returns a new descriptor for the same socket, owned from here on by the
-    // writer's `TcpStream` alone; the reader keeps the original.
-    let writer = unsafe {
-        let duplicate = libc::dup(fd);
-        if duplicate < 0 {
-            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot duplicate a connection's descriptor");
-            return;
+/// The connection's one socket, shared by the reader and the writer task. glommio keeps a
+/// separate readiness source per direction, so a pending read and a pending write each wake
+/// their own task. The stream is borrowed only inside one poll, never across an `.await`, so
+/// the two tasks never meet at the `RefCell`.
+pub(crate) struct Socket {
+    stream: RefCell<TcpStream>,
+}
+
+impl Socket {
+    fn new(stream: TcpStream) -> Socket {
+        Socket { stream: RefCell::new(stream) }
+    }
+
+    /// Reads what the socket has, at most `buffer.len()` bytes; `Ok(0)` at the end of the stream.
+    /// No buffer is lent to the kernel while it waits: glommio polls for readiness, then reads.
+    async fn read(&self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        std::future::poll_fn(|context| Pin::new(&mut *self.stream.borrow_mut()).poll_read(context, buffer)).await
+    }
+
+    /// Writes all of `bytes`.
+    async fn write_all(&self, mut bytes: &[u8]) -> std::io::Result<()> {
+        while !bytes.is_empty() {
+            let written =
+                std::future::poll_fn(|context| Pin::new(&mut *self.stream.borrow_mut()).poll_write(context, bytes))
+                    .await?;
+            if written == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            bytes = &bytes[written..];
         }
-        TcpStream::from_raw_fd(duplicate)
-    };
+        Ok(())
+    }
+}
+
+/// Wakes one waiting task of the connection: the writer when a frame is queued, shutdown
+/// when the last request finishes. A ring with nobody waiting is kept for the next wait, and
+/// rings before it collapse into one. A waker in a cell, where a channel would allocate its
+/// state and a waiter per wait.
+#[derive(Default)]
+struct Signal {
+    rung: Cell<bool>,
+    waiter: Cell<Option<Waker>>,
+}
+
+impl Signal {
+    fn ring(&self) {
+        self.rung.set(true);
+        if let Some(waker) = self.waiter.take() {
+            waker.wake();
+        }
+    }
+
+    /// Waits for a ring (one already made returns at once), and consumes it.
+    async fn wait(&self) {
+        std::future::poll_fn(|context| {
+            if self.rung.replace(false) {
+                return Poll::Ready(());
+            }
+            self.waiter.set(Some(context.waker().clone()));
+            Poll::Pending
+        })
+        .await
+    }
+}
+
+/// Registers one accepted connection and starts its writer; the future returned serves it
+/// until it closes. (Not an `async fn`: that would keep its arguments, the stream among them,
+/// in the task for the connection's whole life.)
+pub(crate) fn serve(shard: Rc<ShardGateway>, stream: TcpStream, ip: IpAddr) -> impl Future<Output = ()> {
+    let fd = stream.as_raw_fd();
     let _ = stream.set_nodelay(true);
+    let socket = Rc::new(Socket::new(stream));
     let connection = Rc::new(Connection {
         shard: shard.clone(),
         ip,
@@ -276,87 +345,53 @@ pub(crate) async fn serve(shard: Rc<ShardGateway>, stream: TcpStream, ip: IpAddr
         fd_open: Cell::new(true),
         queue: RefCell::new(VecDeque::new()),
         queued_bytes: Cell::new(0),
-        doorbell: flume::bounded(1),
+        doorbell: Signal::default(),
         closed: Cell::new(None),
         in_flight: Cell::new(0),
-        drained: Rc::new(Semaphore::new(0)),
-        downloads: Rc::new(Semaphore::new(DOWNLOAD_BYTES_QUEUED_PER_CONNECTION_MAX)),
+        drained: Signal::default(),
+        downloads: OnceCell::new(),
     });
     let id = shard.register(&connection);
-    let writer_task = glommio::spawn_local(write_loop(connection.clone(), writer));
-    let mut stream = stream;
-    let reason = read_loop(&connection, &mut stream).await;
+    let writer_task = glommio::spawn_local(write_loop(connection.clone(), socket.clone()));
+    async move {
+        let reason = read_loop(&connection, &socket).await;
+        // The close runs once, boxed: its state does not enlarge the task every connection
+        // keeps for as long as it is open.
+        Box::pin(finish(&connection, socket, writer_task, reason)).await;
+        connection.shard.unregister(id);
+    }
+}
+
+/// Closes the connection for `reason`: lets the writer flush (at most `CLOSE_FLUSH_TIMEOUT`),
+/// closes the socket and ends the engine session.
+async fn finish(connection: &Connection, socket: Rc<Socket>, mut writer_task: glommio::Task<()>, reason: CloseReason) {
     connection.close(reason);
     // A close that lets the writer flush first (an error frame, a graceful shutdown) must not
     // wait forever on a client that does not read: past the grace, the socket is shut.
-    let mut writer_task = writer_task;
     if within(CLOSE_FLUSH_TIMEOUT, &mut writer_task).await.is_none() {
         connection.shut_socket();
         writer_task.await;
     }
-    // The writer is done with the socket; from here on `fd` may be reused by a new connection.
+    // The writer is done with the socket and has dropped its handle on it, so this drop closes
+    // `fd`: from here on its number may be reused by a new connection.
     connection.fd_open.set(false);
-    drop(stream);
-    crate::updates::end_session(&connection).await;
-    shard.unregister(id);
+    drop(socket);
+    crate::updates::end_session(connection).await;
 }
 
-async fn read_loop(connection: &Rc<Connection>, stream: &mut TcpStream) -> CloseReason {
+async fn read_loop(connection: &Rc<Connection>, socket: &Socket) -> CloseReason {
     let mut reader = FrameReader::default();
+    // Once per connection, so boxed (as `finish`).
+    if let Err(reason) = Box::pin(handshake(connection, socket, &mut reader)).await {
+        return reason;
+    }
     let shard = &connection.shard;
-
-    // Handshake: the first frame must be a Hello, within the handshake timeout.
-    let first = match reader.next(stream, connection, HANDSHAKE_TIMEOUT).await {
-        Err(end) => return end.report(connection),
-        Ok(frame) => frame,
-    };
-    if first.overloaded {
-        let error = ErrorBody { code: ErrorCode::Overloaded, message: "the server is busy".into(), retry_after_s: 1 };
-        connection.fail(error, Some(CloseReason::BadInput));
-        return CloseReason::BadInput;
-    }
-    if first.header.frame_type != Some(FrameType::Hello) {
-        connection
-            .fail(ErrorBody::new(ErrorCode::Malformed, "the first frame must be Hello"), Some(CloseReason::BadInput));
-        return CloseReason::BadInput;
-    }
-    let hello = match codec::decode_hello(&first.body) {
-        Ok(hello) => hello,
-        Err(_) => {
-            connection.fail(
-                ErrorBody::new(ErrorCode::Malformed, "Hello is not a valid archive"),
-                Some(CloseReason::BadInput),
-            );
-            return CloseReason::BadInput;
-        }
-    };
-    if hello.protocol_version != PROTOCOL_VERSION {
-        let message = format!(
-            "protocol version {} is not supported; this server speaks version {PROTOCOL_VERSION}",
-            hello.protocol_version
-        );
-        connection.fail(ErrorBody::new(ErrorCode::UnsupportedVersion, message), Some(CloseReason::BadInput));
-        return CloseReason::BadInput;
-    }
-    let mut name = hello.client;
-    name.truncate(ferrogram_net::limits::CLIENT_NAME_MAX.min(name.len()));
-    while !name.is_char_boundary(name.len()) {
-        name.pop();
-    }
-    *connection.client_name.borrow_mut() = name;
-    let mut welcome = Vec::new();
-    if codec::encode_welcome(&mut welcome, &shard.welcome()).is_ok() {
-        connection.send_frame(welcome);
-    }
-    drop(first);
-    connection.greeted.set(true);
-
     let idle_timeout = shard.gateway.config.idle_timeout;
     loop {
         if let Some(reason) = connection.closed.get() {
             return reason;
         }
-        let mut frame = match reader.next(stream, connection, idle_timeout).await {
+        let mut frame = match reader.next(socket, connection, idle_timeout).await {
             Ok(frame) => frame,
             Err(end) => return end.report(connection),
         };
@@ -408,7 +443,7 @@ async fn read_loop(connection: &Rc<Connection>, stream: &mut TcpStream) -> Close
                         let in_flight = connection.in_flight.get() - 1;
                         connection.in_flight.set(in_flight);
                         if in_flight == 0 {
-                            connection.drained.signal(1);
+                            connection.drained.ring();
                         }
                     })
                     .detach();
@@ -442,53 +477,129 @@ async fn read_loop(connection: &Rc<Connection>, stream: &mut TcpStream) -> Close
     }
 }
 
-/// Sends queued frames, as many as fit one batch per socket write. A frame of at least a
-/// batch (a download's answer) is written from where it lies rather than copied into the batch.
-async fn write_loop(connection: Rc<Connection>, mut stream: TcpStream) {
-    let mut batch: Vec<u8> = Vec::new();
-    loop {
-        let mut large = None;
-        {
-            let mut queue = connection.queue.borrow_mut();
-            while let Some(queued) = queue.front() {
-                let bytes = queued.frame.len();
-                if batch.is_empty() && bytes >= WRITE_BATCH_BYTES_MAX {
-                    large = queue.pop_front().map(|queued| queued.frame);
-                    connection.queued_bytes.set(connection.queued_bytes.get() - bytes);
-                    break;
-                }
-                if !batch.is_empty() && batch.len() + bytes > WRITE_BATCH_BYTES_MAX {
-                    break;
-                }
-                batch.extend_from_slice(&queued.frame);
-                queue.pop_front();
-                connection.queued_bytes.set(connection.queued_bytes.get() - bytes);
-            }
+/// The handshake: the first frame must be a Hello, within the handshake timeout; it is
+/// answered with a Welcome. `Err` says why the connection closes.
+async fn handshake(connection: &Connection, socket: &Socket, reader: &mut FrameReader) -> Result<(), CloseReason> {
+    let first = match reader.next(socket, connection, HANDSHAKE_TIMEOUT).await {
+        Err(end) => return Err(end.report(connection)),
+        Ok(frame) => frame,
+    };
+    if first.overloaded {
+        let error = ErrorBody { code: ErrorCode::Overloaded, message: "the server is busy".into(), retry_after_s: 1 };
+        connection.fail(error, Some(CloseReason::BadInput));
+        return Err(CloseReason::BadInput);
+    }
+    if first.header.frame_type != Some(FrameType::Hello) {
+        connection
+            .fail(ErrorBody::new(ErrorCode::Malformed, "the first frame must be Hello"), Some(CloseReason::BadInput));
+        return Err(CloseReason::BadInput);
+    }
+    let hello = match codec::decode_hello(&first.body) {
+        Ok(hello) => hello,
+        Err(_) => {
+            connection.fail(
+                ErrorBody::new(ErrorCode::Malformed, "Hello is not a valid archive"),
+                Some(CloseReason::BadInput),
+            );
+            return Err(CloseReason::BadInput);
         }
-        let written = match &large {
-            Some(frame) => stream.write_all(frame).await,
-            None if batch.is_empty() => {
-                if connection.closed.get().is_some() {
-                    break;
-                }
-                if connection.doorbell.1.recv_async().await.is_err() {
-                    break;
-                }
-                continue;
+    };
+    if hello.protocol_version != PROTOCOL_VERSION {
+        let message = format!(
+            "protocol version {} is not supported; this server speaks version {PROTOCOL_VERSION}",
+            hello.protocol_version
+        );
+        connection.fail(ErrorBody::new(ErrorCode::UnsupportedVersion, message), Some(CloseReason::BadInput));
+        return Err(CloseReason::BadInput);
+    }
+    let mut name = hello.client;
+    name.truncate(ferrogram_net::limits::CLIENT_NAME_MAX.min(name.len()));
+    while !name.is_char_boundary(name.len()) {
+        name.pop();
+    }
+    *connection.client_name.borrow_mut() = name;
+    let mut welcome = Vec::new();
+    if codec::encode_welcome(&mut welcome, &connection.shard.welcome()).is_ok() {
+        connection.send_frame(welcome);
+    }
+    drop(first);
+    connection.greeted.set(true);
+    Ok(())
+}
+
+/// Sends queued frames, one socket write per [`Connection::next_write`], until the connection
+/// closes and its queue is flushed (or the client stops taking bytes).
+async fn write_loop(connection: Rc<Connection>, socket: Rc<Socket>) {
+    loop {
+        let Some(outgoing) = connection.next_write() else {
+            if connection.closed.get().is_some() {
+                break;
             }
-            None => stream.write_all(&batch).await,
+            connection.release_idle_queue();
+            connection.doorbell.wait().await;
+            continue;
         };
-        batch.clear();
-        if batch.capacity() > WRITE_BATCH_BYTES_MAX {
-            batch = Vec::new();
+        let written = socket.write_all(outgoing.bytes()).await;
+        if let Outgoing::Batch(batch) = outgoing {
+            connection.shard.give_write_batch(batch);
         }
         if written.is_err() {
             connection.close(CloseReason::ClientClosed);
             break;
         }
     }
-    let _ = stream.flush().await;
     connection.shut_socket();
+}
+
+/// What the writer sends next.
+enum Outgoing {
+    /// One frame, written from where it lies.
+    Frame(Vec<u8>),
+    /// Several frames copied into a buffer lent by the shard.
+    Batch(Vec<u8>),
+}
+
+impl Outgoing {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Outgoing::Frame(bytes) | Outgoing::Batch(bytes) => bytes,
+        }
+    }
+}
+
+impl Connection {
+    /// Takes the next write off the queue: a frame alone in the queue, or one of at least a
+    /// batch (a download's answer), as it lies; otherwise as many frames as fit one batch. The
+    /// batch buffer is the shard's and goes back after the write, so a connection holds no
+    /// write buffer between writes.
+    fn next_write(&self) -> Option<Outgoing> {
+        let mut queue = self.queue.borrow_mut();
+        let front = queue.front()?;
+        let outgoing = if queue.len() == 1 || front.frame.len() >= WRITE_BATCH_BYTES_MAX {
+            Outgoing::Frame(queue.pop_front()?.frame)
+        } else {
+            let mut batch = self.shard.take_write_batch();
+            while let Some(queued) = queue.front() {
+                if !batch.is_empty() && batch.len() + queued.frame.len() > WRITE_BATCH_BYTES_MAX {
+                    break;
+                }
+                batch.extend_from_slice(&queued.frame);
+                queue.pop_front();
+            }
+            Outgoing::Batch(batch)
+        };
+        self.queued_bytes.set(self.queued_bytes.get() - outgoing.bytes().len());
+        Some(outgoing)
+    }
+
+    /// Frees the empty queue's storage while the writer waits: most connections are idle
+    /// most of the time, and the queue grows again with the next burst.
+    fn release_idle_queue(&self) {
+        let mut queue = self.queue.borrow_mut();
+        if queue.is_empty() && queue.capacity() > 0 {
+            *queue = VecDeque::new();
+        }
+    }
 }
 
 /// A frame read off the socket, with its bytes reserved from the shard's request budget.
@@ -558,12 +669,7 @@ impl FrameReader {
     /// (`shard.rs`), which shuts the socket of a connection past its deadline: no timer is armed
     /// and cancelled per read, which cost the shard an io_uring timeout and cancellation per
     /// frame.
-    async fn next(
-        &mut self,
-        stream: &mut TcpStream,
-        connection: &Connection,
-        wait: Duration,
-    ) -> Result<Frame, ReadEnd> {
+    async fn next(&mut self, socket: &Socket, connection: &Connection, wait: Duration) -> Result<Frame, ReadEnd> {
         // Before the handshake one deadline covers the whole first frame; after it each wait for
         // a frame gets `wait`, and each frame `FRAME_BODY_TIMEOUT` from its first byte.
         let greeted = connection.greeted.get();
@@ -577,16 +683,22 @@ impl FrameReader {
             self.buffer = Vec::new();
             self.start = 0;
             self.grown = false;
-            // Wait for the next byte without holding a buffer.
-            let mut probe = [0u8; 1];
-            match stream.peek(&mut probe).await {
+            // Wait for the next byte without holding a buffer: read just that byte, then give
+            // it a buffer. (A peek would lend the kernel an aligned buffer for the whole wait.)
+            let mut first = [0u8; 1];
+            match socket.read(&mut first).await {
                 Ok(0) | Err(_) if timed_out(connection) => return Err(ReadEnd::Timeout),
                 Ok(0) | Err(_) => return Err(ReadEnd::Closed),
                 Ok(_) => {}
             }
+            self.buffer.reserve_exact(first.len() + READ_BUFFER_BYTES_FIRST);
+            self.buffer.extend_from_slice(&first);
         }
         connection.deadline.set(Some(limit(Instant::now() + FRAME_BODY_TIMEOUT)));
-        match self.read_frame(stream, &connection.shard).await {
+        // Reading a frame's body takes several times the state of waiting for its first byte:
+        // boxed for the frame's duration, so the reader task an idle connection keeps stays
+        // small. One small allocation per frame, beside the frame's own buffers.
+        match Box::pin(self.read_frame(socket, &connection.shard)).await {
             Err(ReadEnd::Closed) if timed_out(connection) => Err(ReadEnd::Timeout),
             result => result,
         }
@@ -597,9 +709,9 @@ impl FrameReader {
     /// a growing vector: one copy fewer and no reallocation per part. Its bytes are still
     /// reserved as they arrive, and the body grows at most `DIRECT_READ_BYTES_MAX` ahead of
     /// them (a pooled buffer may be larger: the pool is bounded per shard).
-    async fn read_frame(&mut self, stream: &mut TcpStream, shard: &Rc<ShardGateway>) -> Result<Frame, ReadEnd> {
+    async fn read_frame(&mut self, socket: &Socket, shard: &Rc<ShardGateway>) -> Result<Frame, ReadEnd> {
         while self.buffered() < FRAME_HEADER_BYTES {
-            self.fill(stream).await?;
+            self.fill(socket).await?;
         }
         let mut header_bytes = [0u8; FRAME_HEADER_BYTES];
         header_bytes.copy_from_slice(&self.buffer[self.start..self.start + FRAME_HEADER_BYTES]);
@@ -616,7 +728,7 @@ impl FrameReader {
             if self.buffered() == 0 && !frame.overloaded && remaining > READ_BUFFER_BYTES {
                 let at = frame.body.len();
                 frame.body.resize(at + remaining.min(DIRECT_READ_BYTES_MAX), 0);
-                let read = match stream.read(&mut frame.body[at..]).await {
+                let read = match socket.read(&mut frame.body[at..]).await {
                     Ok(0) | Err(_) => return Err(ReadEnd::Closed),
                     Ok(read) => read,
                 };
@@ -633,7 +745,7 @@ impl FrameReader {
                 continue;
             }
             if self.buffered() == 0 {
-                self.fill(stream).await?;
+                self.fill(socket).await?;
             }
             let take = self.buffered().min(header.body_bytes - received);
             let chunk = &self.buffer[self.start..self.start + take];
@@ -667,7 +779,7 @@ impl FrameReader {
     /// Reads what the socket has into the buffer: at most `READ_BUFFER_BYTES_FIRST` until a
     /// read fills that, then up to `READ_BUFFER_BYTES`, so a connection trickling bytes holds
     /// little.
-    async fn fill(&mut self, stream: &mut TcpStream) -> Result<(), ReadEnd> {
+    async fn fill(&mut self, socket: &Socket) -> Result<(), ReadEnd> {
         if self.start > 0 {
             self.buffer.drain(..self.start);
             self.start = 0;
@@ -675,7 +787,7 @@ impl FrameReader {
         let filled = self.buffer.len();
         let room = if self.grown { READ_BUFFER_BYTES } else { READ_BUFFER_BYTES_FIRST };
         self.buffer.resize(filled + room, 0);
-        match stream.read(&mut self.buffer[filled..]).await {
+        match socket.read(&mut self.buffer[filled..]).await {
             Ok(0) | Err(_) => Err(ReadEnd::Closed),
             Ok(read) => {
                 self.grown |= read == room;

@@ -16,13 +16,14 @@ mod webhook;
 pub mod config;
 pub mod login;
 pub mod metrics;
+pub mod open_files;
 pub mod push;
 pub mod push_host;
 pub mod rate;
 pub mod token;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +33,7 @@ use engine::Engine;
 pub use config::{GatewayConfig, GatewayLimits};
 pub use login::CodeSender;
 pub use metrics::Metrics;
+pub use open_files::OpenFiles;
 
 /// Why the gateway could not start or stop.
 #[derive(Debug, thiserror::Error)]
@@ -59,12 +61,30 @@ pub(crate) struct Gateway {
     /// The push dispatcher's input, for cancels when a chat is read (none without push).
     pub push: Option<push::PushSender>,
     stopping: AtomicBool,
+    /// Connections each shard holds at most: `connections_per_shard_max`, lowered to its share
+    /// of what the open-files limit allows, so a shard refuses a connection with an answer
+    /// rather than failing to accept it.
+    connections_per_shard_cap: AtomicUsize,
 }
 
 impl Gateway {
     pub fn stopping(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
     }
+
+    pub fn connections_per_shard_cap(&self) -> usize {
+        self.connections_per_shard_cap.load(Ordering::Relaxed)
+    }
+}
+
+/// How many client connections the gateway can hold, as read once its shards listen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionCapacity {
+    pub open_files: OpenFiles,
+    /// Connections the open-files limit leaves room for, over all shards.
+    pub by_open_files: u64,
+    /// `connections_per_shard_max` times the shards.
+    pub configured: u64,
 }
 
 /// Binds a socket with SO_REUSEPORT to `address` (port 0: any free port) without listening.
@@ -81,6 +101,7 @@ pub struct GatewayHandle {
     gateway: Arc<Gateway>,
     engine: Engine,
     listen: SocketAddr,
+    capacity: Option<ConnectionCapacity>,
 }
 
 impl std::fmt::Debug for GatewayHandle {
@@ -128,6 +149,7 @@ impl GatewayHandle {
             metrics,
             push,
             stopping: AtomicBool::new(false),
+            connections_per_shard_cap: AtomicUsize::new(config.limits.connections_per_shard_max),
             config,
         });
         let (bound, results) = flume::unbounded();
@@ -142,7 +164,32 @@ impl GatewayHandle {
         }
         let listen = gateway.config.listen;
         tracing::info!(%listen, shards = engine.shard_count(), "listening");
-        Ok(GatewayHandle { gateway, engine, listen })
+        // Read now, with the engine's files and the listeners open: what is left is for clients.
+        let capacity = match OpenFiles::read() {
+            Ok(open_files) => {
+                let shards = engine.shard_count().max(1);
+                let by_open_files = open_files.connections_max();
+                let configured = gateway.config.limits.connections_per_shard_max;
+                let share = usize::try_from(by_open_files / shards as u64).unwrap_or(usize::MAX);
+                gateway.connections_per_shard_cap.store(configured.min(share), Ordering::Relaxed);
+                Some(ConnectionCapacity {
+                    open_files,
+                    by_open_files,
+                    configured: (configured as u64).saturating_mul(shards as u64),
+                })
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the open-files limit; connections are capped by the configuration only");
+                None
+            }
+        };
+        Ok(GatewayHandle { gateway, engine, listen, capacity })
+    }
+
+    /// What the open-files limit and the configuration allow, read at start (`None` if the
+    /// limit could not be read).
+    pub fn connection_capacity(&self) -> Option<ConnectionCapacity> {
+        self.capacity
     }
 
     /// The address clients connect to.

@@ -21,11 +21,14 @@ use glommio::sync::Semaphore;
 
 use crate::config::{
     BODY_BUFFERS_PER_SHARD_MAX, BODY_BUFFER_BYTES_MAX, DEADLINE_SWEEP_INTERVAL, REQUESTS_IN_FLIGHT_PER_CONNECTION_MAX,
-    SHUTDOWN_DRAIN_TIMEOUT,
+    SHUTDOWN_DRAIN_TIMEOUT, WRITE_BATCH_BYTES_MAX,
 };
 
 /// Smaller buffers are not worth pooling (they come from the allocator's warm size classes).
 const READ_BUFFER_POOLED_BYTES_MIN: usize = 64 * 1024;
+/// Batch buffers (`WRITE_BATCH_BYTES_MAX` each) a shard keeps for its writers: 8 MiB at most,
+/// whatever the number of connections.
+const WRITE_BATCHES_PER_SHARD_MAX: usize = 32;
 use crate::connection::{self, within, CloseReason, Connection};
 use crate::metrics::ShardMetrics;
 use crate::Gateway;
@@ -44,6 +47,9 @@ pub(crate) struct ShardGateway {
     /// Buffers of large request bodies (upload parts), handed back once a frame is decoded
     /// and reused by the next large frame on any connection of the shard.
     body_buffers: RefCell<Vec<Vec<u8>>>,
+    /// Buffers the writers build batches of several frames in, lent for one socket write each:
+    /// they follow the writes in progress, not the connections open.
+    write_batches: RefCell<Vec<Vec<u8>>>,
     next_connection: Cell<u64>,
     stop: (flume::Sender<()>, flume::Receiver<()>),
 }
@@ -97,6 +103,20 @@ impl ShardGateway {
         }
     }
 
+    /// A buffer to build a batch of frames in: a pooled one, or a new one of a batch's size.
+    pub fn take_write_batch(&self) -> Vec<u8> {
+        self.write_batches.borrow_mut().pop().unwrap_or_else(|| Vec::with_capacity(WRITE_BATCH_BYTES_MAX))
+    }
+
+    /// Takes back a batch buffer once it is written, up to `WRITE_BATCHES_PER_SHARD_MAX`.
+    pub fn give_write_batch(&self, mut batch: Vec<u8>) {
+        let mut pool = self.write_batches.borrow_mut();
+        if batch.capacity() == WRITE_BATCH_BYTES_MAX && pool.len() < WRITE_BATCHES_PER_SHARD_MAX {
+            batch.clear();
+            pool.push(batch);
+        }
+    }
+
     pub fn unregister(&self, id: u64) {
         if let Some(connection) = self.connections.borrow_mut().remove(&id).and_then(|weak| weak.upgrade()) {
             self.gateway.rates.disconnect(connection.ip);
@@ -124,6 +144,7 @@ pub(crate) async fn listen(gateway: Arc<Gateway>, context: Rc<ShardContext>, bou
         shard,
         connections: RefCell::new(HashMap::new()),
         body_buffers: RefCell::new(Vec::new()),
+        write_batches: RefCell::new(Vec::new()),
         next_connection: Cell::new(0),
         stop: flume::bounded(1),
     });
@@ -153,7 +174,7 @@ pub(crate) async fn listen(gateway: Arc<Gateway>, context: Rc<ShardContext>, bou
         };
         let Ok(peer) = stream.peer_addr() else { continue };
         let metrics = state.metrics();
-        let shard_full = state.connections.borrow().len() >= limits.connections_per_shard_max;
+        let shard_full = state.connections.borrow().len() >= gateway.connections_per_shard_cap();
         if shard_full || !gateway.rates.connect(peer.ip()) {
             metrics.connections_refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             glommio::spawn_local(refuse(stream, shard_full)).detach();

@@ -56,63 +56,80 @@ pub(crate) async fn end_session(connection: &Connection) {
 }
 
 async fn pump(connection: Rc<Connection>, mut events: SessionEvents, generation: u64) {
-    let current = |connection: &Connection| !connection.is_closed() && connection.auth_generation.get() == generation;
     while let Some(first) = events.next().await {
-        if !current(&connection) {
+        // Sending a batch takes far more state than waiting for one (body fetches, a new
+        // registration after a resync): it runs boxed, so the pump of an idle connection,
+        // which lives as long as the connection, stays small.
+        if !Box::pin(forward(&connection, &mut events, first, generation)).await {
             return;
         }
-        let mut batch = vec![first];
-        while batch.len() < UPDATES_PER_FRAME_MAX {
-            match events.try_next() {
-                Some(event) => batch.push(event),
-                None => break,
+    }
+}
+
+/// Sends `first` and whatever else is queued behind it as `Updates` frames, and registers
+/// the session again if the engine dropped it; `false` when the pump is to stop.
+async fn forward(
+    connection: &Rc<Connection>,
+    events: &mut SessionEvents,
+    first: model::LiveEvent,
+    generation: u64,
+) -> bool {
+    let current = |connection: &Connection| !connection.is_closed() && connection.auth_generation.get() == generation;
+    if !current(connection) {
+        return false;
+    }
+    let mut batch = vec![first];
+    while batch.len() < UPDATES_PER_FRAME_MAX {
+        match events.try_next() {
+            Some(event) => batch.push(event),
+            None => break,
+        }
+    }
+    let Some(auth) = connection.auth.get() else { return false };
+    let (wire, resync, revoked) = convert_batch(connection, auth.user, batch).await;
+    if !current(connection) {
+        return false;
+    }
+    let metrics = connection.shard.metrics();
+    metrics.updates_sent.fetch_add(wire.len() as u64, Relaxed);
+    for events in crate::fit::split_events(wire) {
+        metrics.update_frames_sent.fetch_add(1, Relaxed);
+        let mut frame = Vec::new();
+        match codec::encode_updates(&mut frame, &Updates { events }) {
+            Ok(()) => {
+                connection.send_frame(frame);
             }
+            Err(error) => tracing::error!(%error, "an updates frame does not fit"),
         }
-        let Some(auth) = connection.auth.get() else { return };
-        let (wire, resync, revoked) = convert_batch(&connection, auth.user, batch).await;
-        if !current(&connection) {
-            return;
-        }
-        let metrics = connection.shard.metrics();
-        metrics.updates_sent.fetch_add(wire.len() as u64, Relaxed);
-        for events in crate::fit::split_events(wire) {
-            metrics.update_frames_sent.fetch_add(1, Relaxed);
-            let mut frame = Vec::new();
-            match codec::encode_updates(&mut frame, &Updates { events }) {
-                Ok(()) => {
-                    connection.send_frame(frame);
-                }
-                Err(error) => tracing::error!(%error, "an updates frame does not fit"),
+    }
+    if revoked {
+        connection.auth.set(None);
+        connection.close_after_flush(CloseReason::Revoked);
+        return false;
+    }
+    if resync {
+        // The engine dropped the session (its queue overflowed or its shard restarted it):
+        // register again; the client catches up with `GetDifference`.
+        metrics.resyncs.fetch_add(1, Relaxed);
+        let messenger = &connection.shard.gateway.messenger;
+        match messenger.connect_authorized(auth.user, auth.authorization, connection.shard.shard).await {
+            Ok(connected) if current(connection) => {
+                connection.auth.set(Some(Authorized { session: Some(connected.session), ..auth }));
+                *events = connected.events;
+                resubscribe(connection, connected.session).await;
             }
-        }
-        if revoked {
-            connection.auth.set(None);
-            connection.close_after_flush(CloseReason::Revoked);
-            return;
-        }
-        if resync {
-            // The engine dropped the session (its queue overflowed or its shard restarted it):
-            // register again; the client catches up with `GetDifference`.
-            metrics.resyncs.fetch_add(1, Relaxed);
-            let messenger = &connection.shard.gateway.messenger;
-            match messenger.connect_authorized(auth.user, auth.authorization, connection.shard.shard).await {
-                Ok(connected) if current(&connection) => {
-                    connection.auth.set(Some(Authorized { session: Some(connected.session), ..auth }));
-                    events = connected.events;
-                    resubscribe(&connection, connected.session).await;
-                }
-                Ok(connected) => {
-                    let _ = messenger.disconnect(connected.session).await;
-                    return;
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "cannot register a session again after a resync");
-                    connection.close(CloseReason::Shutdown);
-                    return;
-                }
+            Ok(connected) => {
+                let _ = messenger.disconnect(connected.session).await;
+                return false;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot register a session again after a resync");
+                connection.close(CloseReason::Shutdown);
+                return false;
             }
         }
     }
+    true
 }
 
 /// Follows the connection's chats and watched users again on a new engine session; a chat

@@ -6,7 +6,7 @@
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,10 +47,16 @@ pub struct Connected {
 #[derive(Debug)]
 pub struct SessionEvents {
     receiver: flume::Receiver<LiveEvent>,
-    overflowed: Arc<AtomicBool>,
-    revoked: Arc<AtomicBool>,
+    /// Why the engine dropped the session, if it did ([`ENDED_OVERFLOWED`], [`ENDED_REVOKED`]):
+    /// one shared word per session rather than an allocation per reason.
+    ended_because: Arc<AtomicU8>,
     ended: bool,
 }
+
+/// The session's queue overflowed: its stream ends with [`LiveEvent::Resync`].
+const ENDED_OVERFLOWED: u8 = 1;
+/// Its authorization was revoked: the stream ends with [`LiveEvent::Revoked`].
+const ENDED_REVOKED: u8 = 2;
 
 impl SessionEvents {
     /// The next event; `None` once the session is gone.
@@ -86,10 +92,11 @@ impl SessionEvents {
         }
         self.ended = true;
         // A revoked session must not resync: its authorization would be refused anyway.
-        if self.revoked.load(Ordering::Acquire) {
+        let because = self.ended_because.load(Ordering::Acquire);
+        if because & ENDED_REVOKED != 0 {
             return Some(LiveEvent::Revoked);
         }
-        self.overflowed.load(Ordering::Acquire).then_some(LiveEvent::Resync)
+        (because & ENDED_OVERFLOWED != 0).then_some(LiveEvent::Resync)
     }
 }
 
@@ -100,8 +107,7 @@ enum Pending {
 
 struct Sink {
     sender: flume::Sender<LiveEvent>,
-    overflowed: Arc<AtomicBool>,
-    revoked: Arc<AtomicBool>,
+    ended_because: Arc<AtomicU8>,
 }
 
 /// The messaging side of a shard. Lives on its executor only.
@@ -176,12 +182,13 @@ impl MessagingDriver {
         let sequence = driver.next_session.get();
         driver.next_session.set(sequence + 1);
         let session = SessionId::compose(sequence, context.id);
+        // flume allocates a bounded queue's storage as events arrive, not up front: an idle
+        // session holds none of its `SESSION_QUEUE_MAX` slots.
         let (sender, receiver) = flume::bounded(SESSION_QUEUE_MAX);
-        let overflowed = Arc::new(AtomicBool::new(false));
-        let revoked = Arc::new(AtomicBool::new(false));
-        let sink = Sink { sender, overflowed: overflowed.clone(), revoked: revoked.clone() };
+        let ended_because = Arc::new(AtomicU8::new(0));
+        let sink = Sink { sender, ended_because: ended_because.clone() };
         driver.sinks.borrow_mut().insert(session, sink);
-        let events = SessionEvents { receiver, overflowed, revoked, ended: false };
+        let events = SessionEvents { receiver, ended_because, ended: false };
         let origin = driver.origin(context.id, Pending::Connect { session, events, reply });
         let request = match authorization {
             Some(authorization) => Request::ConnectAuthorized { user, authorization, session },
@@ -287,7 +294,7 @@ fn perform(context: &Rc<ShardContext>) {
                 Some(sink) => match sink.sender.try_send(event) {
                     Ok(()) => false,
                     Err(flume::TrySendError::Full(_)) => {
-                        sink.overflowed.store(true, Ordering::Release);
+                        sink.ended_because.fetch_or(ENDED_OVERFLOWED, Ordering::Release);
                         true
                     }
                     Err(flume::TrySendError::Disconnected(_)) => true,
@@ -302,7 +309,7 @@ fn perform(context: &Rc<ShardContext>) {
             // The core has dropped the session; dropping its sender ends the stream once the
             // events already queued are read.
             if let Some(sink) = driver.sinks.borrow_mut().remove(&session) {
-                sink.revoked.store(true, Ordering::Release);
+                sink.ended_because.fetch_or(ENDED_REVOKED, Ordering::Release);
             }
         }
         if let Some(hook) = &driver.offline {
