@@ -119,6 +119,10 @@ pub(crate) struct MessagingDriver {
     sinks: RefCell<Map<SessionId, Sink>>,
     /// Wakes the watermark task when the core has new things waiting.
     wake: Notify,
+    /// The (acknowledged, durable) positions the watermark task waits for now: new waits that
+    /// differ wake it, so a reply waiting for the acknowledged watermark is not held behind a
+    /// fan-out waiting for the durable one (an `interval` log syncs only once a second).
+    watching: Cell<(Option<Lsn>, Option<Lsn>)>,
     /// Per destination shard: mesh tasks waiting for room in the channel, in order.
     outgoing: RefCell<Vec<VecDeque<MeshTask>>>,
     offline: Option<OfflineHook>,
@@ -146,6 +150,7 @@ impl MessagingDriver {
             next_session: Cell::new(1),
             sinks: RefCell::new(Map::default()),
             wake: Notify::default(),
+            watching: Cell::new((None, None)),
             outgoing: RefCell::new((0..shard_count).map(|_| VecDeque::new()).collect()),
             offline,
             push,
@@ -325,9 +330,11 @@ fn perform(context: &Rc<ShardContext>) {
         // The next step fills the same vectors: no allocation per step (STYLE, hot paths).
         driver.core.borrow_mut().recycle_effects(effects);
     }
-    // Wake the watermark task only for new waits: waking it for nothing would spin.
+    // Wake the watermark task only for waits it is not waiting for already: waking it for
+    // nothing would spin.
     let core = driver.core.borrow();
-    if core.waiting() != (None, None) || core.has_inbox() {
+    let (waiting, watching) = (core.waiting(), driver.watching.get());
+    if waiting != watching && waiting != (None, None) || core.has_inbox() && watching == (None, None) {
         driver.wake.notify();
     }
     drop(core);
@@ -423,7 +430,11 @@ pub(crate) fn maybe_checkpoint(context: &Rc<ShardContext>) {
 async fn watermarks(context: Rc<ShardContext>) {
     let driver = &context.messaging;
     loop {
+        // A notification from before this look (this task's own `perform` included) is
+        // answered by it.
+        driver.wake.clear();
         let (acked, durable) = driver.core.borrow().waiting();
+        driver.watching.set((acked, durable));
         let result = match (acked, durable) {
             (None, None) => {
                 if driver.core.borrow().has_inbox() {
@@ -447,7 +458,12 @@ async fn watermarks(context: Rc<ShardContext>) {
                         None => std::future::pending().await,
                     }
                 };
-                futures_lite::future::or(acked, durable).await
+                // Or something new to wait for came (see `watching`): look again.
+                let changed = async {
+                    driver.wake.wait().await;
+                    Ok(())
+                };
+                futures_lite::future::or(futures_lite::future::or(acked, durable), changed).await
             }
         };
         if let Err(error) = result {

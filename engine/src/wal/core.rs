@@ -235,6 +235,8 @@ pub struct LogCore<B> {
     /// to it.
     unsynced: Option<(SegmentId, Lsn)>,
     last_sync_ms: NowMs,
+    /// Set by `sync_soon`: the next sync is due whatever the durability mode's schedule.
+    sync_wanted: bool,
     /// Segment files that exist and may be written.
     segments: BTreeSet<SegmentId>,
     next_new_segment: SegmentId,
@@ -288,6 +290,7 @@ impl<B: IoBuffer> LogCore<B> {
             syncing: None,
             unsynced: None,
             last_sync_ms: 0,
+            sync_wanted: false,
             segments: start.segments.iter().copied().collect(),
             next_new_segment: start.cursor.segment,
             preparing: None,
@@ -530,19 +533,28 @@ impl<B: IoBuffer> LogCore<B> {
             None => self.open.as_ref().filter(|open| open.records > 0).map(|open| open.start.segment),
         };
         let leaving_segment = next_segment.is_some_and(|next| next != segment);
-        let due = match self.config.durability {
-            Durability::Sync => true,
-            Durability::Interval { interval_ms } => {
-                leaving_segment || now_ms >= self.last_sync_ms.saturating_add(interval_ms)
-            }
-            Durability::None => false,
-        };
+        let due = self.sync_wanted
+            || match self.config.durability {
+                Durability::Sync => true,
+                Durability::Interval { interval_ms } => {
+                    leaving_segment || now_ms >= self.last_sync_ms.saturating_add(interval_ms)
+                }
+                Durability::None => false,
+            };
         if !due {
             return None;
         }
         self.syncing = Some((segment, up_to));
         self.unsynced = None;
+        self.sync_wanted = false;
         Some(IoRequest::Sync { segment })
+    }
+
+    /// Makes the next sync due now, whatever the durability mode's schedule (a clean close
+    /// waits for everything to be durable and must not wait for an interval, or forever in
+    /// `none` mode).
+    pub fn sync_soon(&mut self) {
+        self.sync_wanted = true;
     }
 
     /// When the driver should call `next_sync` again even if nothing else happens (the

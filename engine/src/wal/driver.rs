@@ -431,6 +431,8 @@ impl ShardLog {
     /// failed), then stops the log's tasks.
     pub async fn close(&self) -> Result<(), LogError> {
         let last = Lsn(self.next_lsn().0 - 1);
+        self.inner.core.borrow_mut().sync_soon();
+        self.inner.syncer_wake.notify();
         let result = self.durable(last).await;
         if result.is_ok() {
             let mut meta = self.inner.meta.get();
@@ -972,6 +974,11 @@ impl Notify {
         if let Some(waker) = self.waker.take() {
             waker.wake();
         }
+    }
+
+    /// Forgets a notification not yet waited for (the waiter is about to look anyway).
+    pub(crate) fn clear(&self) {
+        self.pending.set(false);
     }
 
     pub(crate) fn wait(&self) -> impl Future<Output = ()> + '_ {
