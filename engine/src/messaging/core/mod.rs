@@ -1196,8 +1196,11 @@ fn push_user(out: &mut Vec<u8>, state: &State, user: UserId) {
 /// A chat's piece, and its media piece when it holds media messages.
 fn push_chat(out: &mut Vec<u8>, chat: &Chat) {
     push_piece(out, PIECE_CHAT, chat);
+    // The live media messages are indexed: no walk over every message of the chat.
+    let mut ids: Vec<MessageId> = chat.media_index.values().copied().collect();
+    ids.sort_unstable();
     let media: Vec<(MessageId, MessageMedia)> =
-        chat.messages.iter().filter_map(|message| Some((message.id, message.media.clone()?))).collect();
+        ids.into_iter().filter_map(|id| Some((id, chat.message(id)?.media.clone()?))).collect();
     if !media.is_empty() {
         push_piece(out, PIECE_CHAT_MEDIA, &ChatMedia { chat: chat.id, media });
     }
