@@ -19,6 +19,11 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use ferrogram_mediastore::*;
 
+// The tests' helpers: `pseudo_random` (incompressible, so every chunk is new).
+#[path = "../tests/support/mod.rs"]
+mod support;
+use support::pseudo_random;
+
 const MIB: usize = 1 << 20;
 const FILES: usize = 4;
 const FILE_BYTES: usize = 128 * MIB;
@@ -45,21 +50,6 @@ fn config(reads_in_flight_max: usize) -> MediaConfig {
     config.cache_bytes_max = CACHE_BYTES;
     config.reads_in_flight_max = reads_in_flight_max;
     config
-}
-
-/// Deterministic pseudo-random bytes (SplitMix64): incompressible, so every chunk is new.
-fn pseudo_random(bytes: usize, seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes + 8);
-    let mut state = seed;
-    while out.len() < bytes {
-        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
-    }
-    out.truncate(bytes);
-    out
 }
 
 impl Fixture {
