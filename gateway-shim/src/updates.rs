@@ -41,7 +41,7 @@ pub(crate) async fn authorize(
     let generation = connection.auth_generation.get() + 1;
     connection.auth_generation.set(generation);
     connection.auth.set(Some(Authorized { user, authorization, session: Some(connected.session) }));
-    glommio::spawn_local(pump(connection.clone(), connected.events, generation)).detach();
+    spawn_pump(connection, connected.events, generation);
     Ok(connected.state)
 }
 
@@ -52,6 +52,23 @@ pub(crate) async fn end_session(connection: &Connection) {
     connection.auth.set(None);
     if let Some(session) = session {
         let _ = connection.shard.gateway.messenger.disconnect(session).await;
+    }
+}
+
+/// Starts the connection's live-update pump in the shard's live-update queue (see
+/// `ShardGateway::live_updates`).
+fn spawn_pump(connection: &Rc<Connection>, events: SessionEvents, generation: u64) {
+    let queue = connection.shard.live_updates;
+    match glommio::spawn_local_into(pump(connection.clone(), events, generation), queue) {
+        Ok(task) => {
+            task.detach();
+        }
+        // The queue lives as long as the shard, so this is not expected. Without a pump the
+        // connection would get no updates: close it, and the client connects again.
+        Err(error) => {
+            tracing::error!(%error, "cannot start a live-update pump");
+            connection.close_after_flush(CloseReason::Shutdown);
+        }
     }
 }
 
