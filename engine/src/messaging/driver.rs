@@ -110,6 +110,21 @@ struct Sink {
     ended_because: Arc<AtomicU8>,
 }
 
+/// What the delivery task does for the sessions, in the order the core produced it.
+enum Delivery {
+    Event(SessionId, LiveEvent),
+    /// The session's authorization was revoked: end its stream after what is queued before.
+    Revoke(SessionId),
+}
+
+/// A step's deliveries beyond this many go to the delivery task instead of being pushed into
+/// the session queues at once. A channel post to 10,000 online subscribers takes 6–11 ms to
+/// push (measured), and everything the step answered, the poster's own acknowledgement
+/// included, would wait for that.
+const DELIVERIES_INLINE_MAX: usize = 256;
+/// Deliveries the delivery task pushes before it lets the shard's other tasks run.
+const DELIVERIES_PER_TURN: usize = 256;
+
 /// The messaging side of a shard. Lives on its executor only.
 pub(crate) struct MessagingDriver {
     core: RefCell<MessagingCore>,
@@ -132,6 +147,11 @@ pub(crate) struct MessagingDriver {
     checkpointing: Rc<Cell<bool>>,
     /// Hand segments covered by a finished checkpoint back to the log for reuse.
     release_log: bool,
+    /// Deliveries waiting for the delivery task, oldest first. While it holds anything, every
+    /// new delivery joins it, so each session still gets its events in order.
+    backlog: RefCell<VecDeque<Delivery>>,
+    /// Wakes the delivery task when the backlog was empty.
+    backlog_wake: Notify,
 }
 
 impl MessagingDriver {
@@ -157,12 +177,15 @@ impl MessagingDriver {
             host_state: RefCell::new(host_state),
             checkpointing: Rc::new(Cell::new(false)),
             release_log,
+            backlog: RefCell::new(VecDeque::new()),
+            backlog_wake: Notify::default(),
         }
     }
 
     /// Starts the watermark task and re-sends what recovery left in the outbox.
     pub(crate) fn start(context: &Rc<ShardContext>) {
         glommio::spawn_local(watermarks(context.clone())).detach();
+        glommio::spawn_local(deliver_backlog(context.clone())).detach();
         perform(context);
     }
 
@@ -293,28 +316,20 @@ fn perform(context: &Rc<ShardContext>) {
             }
         }
         send_batches(context, peers.drain(..));
-        for (session, event) in deliveries.drain(..) {
-            let lost = match driver.sinks.borrow().get(&session) {
-                None => false,
-                Some(sink) => match sink.sender.try_send(event) {
-                    Ok(()) => false,
-                    Err(flume::TrySendError::Full(_)) => {
-                        sink.ended_because.fetch_or(ENDED_OVERFLOWED, Ordering::Release);
-                        true
-                    }
-                    Err(flume::TrySendError::Disconnected(_)) => true,
-                },
-            };
-            if lost {
-                driver.sinks.borrow_mut().remove(&session);
-                driver.core.borrow_mut().session_lost(session);
+        let backlogged = !driver.backlog.borrow().is_empty();
+        if backlogged || deliveries.len() > DELIVERIES_INLINE_MAX {
+            let mut backlog = driver.backlog.borrow_mut();
+            backlog.extend(deliveries.drain(..).map(|(session, event)| Delivery::Event(session, event)));
+            backlog.extend(revoked.drain(..).map(Delivery::Revoke));
+            if !backlogged && !backlog.is_empty() {
+                driver.backlog_wake.notify();
             }
-        }
-        for session in revoked.drain(..) {
-            // The core has dropped the session; dropping its sender ends the stream once the
-            // events already queued are read.
-            if let Some(sink) = driver.sinks.borrow_mut().remove(&session) {
-                sink.ended_because.fetch_or(ENDED_REVOKED, Ordering::Release);
+        } else {
+            for (session, event) in deliveries.drain(..) {
+                deliver(driver, session, event);
+            }
+            for session in revoked.drain(..) {
+                revoke(driver, session);
             }
         }
         if let Some(hook) = &driver.offline {
@@ -424,6 +439,58 @@ pub(crate) fn maybe_checkpoint(context: &Rc<ShardContext>) {
         context.messaging.checkpointing.set(false);
     })
     .detach();
+}
+
+/// Pushes `event` into the session's queue; a session whose queue is full, or whose reader
+/// is gone, is dropped.
+fn deliver(driver: &MessagingDriver, session: SessionId, event: LiveEvent) {
+    let lost = match driver.sinks.borrow().get(&session) {
+        None => false,
+        Some(sink) => match sink.sender.try_send(event) {
+            Ok(()) => false,
+            Err(flume::TrySendError::Full(_)) => {
+                sink.ended_because.fetch_or(ENDED_OVERFLOWED, Ordering::Release);
+                true
+            }
+            Err(flume::TrySendError::Disconnected(_)) => true,
+        },
+    };
+    if lost {
+        driver.sinks.borrow_mut().remove(&session);
+        driver.core.borrow_mut().session_lost(session);
+    }
+}
+
+/// The core has dropped the session; dropping its sender ends the stream once the events
+/// already queued are read.
+fn revoke(driver: &MessagingDriver, session: SessionId) {
+    if let Some(sink) = driver.sinks.borrow_mut().remove(&session) {
+        sink.ended_because.fetch_or(ENDED_REVOKED, Ordering::Release);
+    }
+}
+
+/// Pushes the backlog into the session queues `DELIVERIES_PER_TURN` at a time, letting the
+/// shard's other tasks (the replies of the same step among them) run between turns.
+async fn deliver_backlog(context: Rc<ShardContext>) {
+    let driver = &context.messaging;
+    loop {
+        driver.backlog_wake.wait().await;
+        loop {
+            for _ in 0..DELIVERIES_PER_TURN {
+                let Some(delivery) = driver.backlog.borrow_mut().pop_front() else { break };
+                match delivery {
+                    Delivery::Event(session, event) => deliver(driver, session, event),
+                    Delivery::Revoke(session) => revoke(driver, session),
+                }
+            }
+            // A dropped session has told the core, which may have something to send.
+            perform(&context);
+            if driver.backlog.borrow().is_empty() {
+                break;
+            }
+            futures_lite::future::yield_now().await;
+        }
+    }
 }
 
 /// Waits for the log's watermarks to pass what the core waits on, then lets it release.
