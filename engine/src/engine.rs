@@ -33,14 +33,6 @@ use crate::wal::{AppendError, CheckpointTicket, OwnedRecord, Record, RecordPosit
 /// it runs.
 const PREEMPT_TIMER: Duration = Duration::from_millis(2);
 
-/// Entries of each of a shard's io_uring rings (glommio's default is 128). The kernel sizes a
-/// ring's table of armed polls by its completion queue, 8 buckets at 128 entries and 256 (its
-/// most) from 4,096, and every idle connection keeps a poll armed there. glommio cancels a
-/// timer or two each time it returns to the reactor, and a cancel walks one bucket: with
-/// 1,000 connections and 8 buckets that walk was 7.7% of the shard's time in a dm run
-/// (`io_poll_find`, perf, 5,000 sends/s).
-const RING_DEPTH: usize = 4096;
-
 /// Called for every record replayed while a shard opens, on that shard's executor.
 pub type ReplayHook = Arc<dyn Fn(ShardId, RecordPosition, Record<'_>) + Send + Sync>;
 
@@ -225,7 +217,6 @@ impl Engine {
             let thread = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("shard-{index}"))
                 .preempt_timer(PREEMPT_TIMER)
-                .ring_depth(RING_DEPTH)
                 .spawn(move || {
                     shard::hold_lifeline(LifelineGuard(lifeline));
                     shard::run(start)
