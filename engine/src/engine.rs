@@ -26,13 +26,6 @@ use crate::vshards::{VShardTable, VShardTableError};
 use crate::wal::driver::{CheckpointError, LogError, OpenError, OpenReport, ReadError};
 use crate::wal::{AppendError, CheckpointTicket, OwnedRecord, Record, RecordPosition};
 
-/// How long a shard's executor runs its task queues before it looks at finished I/O again
-/// (glommio's default is 100 ms). A burst of live deliveries (one channel post to 10,000
-/// sessions is several milliseconds of pushes and socket writes) would otherwise hold every
-/// socket read and log completion of the shard, and so every acknowledgement, for as long as
-/// it runs.
-const PREEMPT_TIMER: Duration = Duration::from_millis(2);
-
 /// Called for every record replayed while a shard opens, on that shard's executor.
 pub type ReplayHook = Arc<dyn Fn(ShardId, RecordPosition, Record<'_>) + Send + Sync>;
 
@@ -216,7 +209,6 @@ impl Engine {
             };
             let thread = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("shard-{index}"))
-                .preempt_timer(PREEMPT_TIMER)
                 .spawn(move || {
                     shard::hold_lifeline(LifelineGuard(lifeline));
                     shard::run(start)
