@@ -2087,11 +2087,14 @@ impl Run {
         // Dates never go backwards with ids.
         let dates: Vec<_> = self.model.chats[&chat].messages.values().map(|message| message.date).collect();
         assert!(dates.windows(2).all(|pair| pair[0] <= pair[1]), "{context}: dates go backwards");
-        // The chat log is dense from its first event.
+        // The chat log is dense in public pts from its first event, and holds no event for
+        // one member only.
         let owner = self.sim.table().owner(chat.vshard());
         let state = self.sim.core(owner).state().chats.get(&chat).expect("exists");
         let pts: Vec<u64> = state.log.iter().map(|entry| entry.entry.pts.0).collect();
-        assert_eq!(pts, (1..=state.pts.0).collect::<Vec<_>>(), "{context}: the chat log's pts are not dense");
+        assert_eq!(pts, (1..=state.public_pts.0).collect::<Vec<_>>(), "{context}: the chat log's pts are not dense");
+        assert!(state.public_pts <= state.pts, "{context}: public pts ahead of the chat's sequence");
+        assert!(state.log.iter().all(|entry| entry.only_for.is_none()), "{context}: a private event in the log");
     }
 
     /// `get_messages` of every id of the chat shows `user` exactly the messages history shows.
@@ -2189,8 +2192,11 @@ impl Run {
         entries
     }
 
-    /// Every event of every chat is in the box of each user who was a member when it happened
-    /// (and the subject of a membership change), exactly once and in chat order; nothing else.
+    /// Every public event of every chat is in the box of each user who was a member when it
+    /// happened (and the subject of a membership change), exactly once and in chat order;
+    /// nothing else. Events for one member only (their reads, deletes for me, channel joins
+    /// and leaves) are not in the chat's log: their box updates must add up to that member's
+    /// standing in the chat (see `check_private_updates`).
     fn check_fanout(&self, boxes: &BTreeMap<UserId, Vec<Sequenced>>) {
         let context = self.context();
         let known: BTreeSet<ChatId> = self.model.chats.keys().copied().collect();
@@ -2206,14 +2212,50 @@ impl Run {
             let log = self.chat_log(chat);
             for (&user, entries) in boxes {
                 let expected = expected_box(chat, model, &log, user);
+                let private = |update: &Update| is_private(model.kind, user, update);
                 let actual: Vec<&Update> = entries
                     .iter()
                     .map(|entry| &entry.update)
                     .filter(|update| update.chat() == chat && !matches!(update, Update::ReadOutbox { .. }))
+                    .filter(|update| !private(update))
                     .collect();
-                let expected: Vec<&Update> = expected.iter().collect();
+                let expected: Vec<&Update> = expected.iter().filter(|update| !private(update)).collect();
                 assert_eq!(actual, expected, "{context}: the updates of chat {chat} in the box of {user}");
+                self.check_private_updates(chat, model.kind, user, entries);
             }
+        }
+    }
+
+    /// The updates in `user`'s box that only `user` gets from `chat` add up to what the chat's
+    /// shard holds for them: since their last join, the highest read marker, the messages
+    /// hidden for them, and (in a channel) whether they are a member.
+    fn check_private_updates(&self, chat: ChatId, kind: ChatKind, user: UserId, entries: &[Sequenced]) {
+        let context = self.context();
+        let owner = self.sim.table().owner(chat.vshard());
+        let Some(state) = self.sim.core(owner).state().chats.get(&chat) else { return };
+        let (mut read, mut hidden, mut member) = (MessageId(0), BTreeSet::new(), None);
+        for entry in entries.iter().filter(|entry| entry.update.chat() == chat) {
+            match &entry.update {
+                Update::ChatMember { user: subject, change, .. } if *subject == user => match change {
+                    MemberChange::Joined | MemberChange::Added { .. } => {
+                        (read, hidden, member) = (MessageId(0), BTreeSet::new(), Some(true));
+                    }
+                    MemberChange::Left | MemberChange::Removed { .. } => member = Some(false),
+                    MemberChange::Promoted { .. } => {}
+                },
+                Update::ReadInbox { max_id, .. } => read = read.max(*max_id),
+                Update::DeleteMessages { ids, .. } => hidden.extend(ids.iter().copied()),
+                _ => {}
+            }
+        }
+        let holds = state.members.get(&user);
+        if kind == ChatKind::Channel && user != state.creator {
+            assert_eq!(member.unwrap_or(false), holds.is_some(), "{context}: {user}'s membership of channel {chat}");
+        }
+        // A private chat's members never join: their markers count from its creation.
+        if let Some(holds) = holds.filter(|_| member.is_some() || kind == ChatKind::Private) {
+            assert_eq!(read, holds.read_inbox_max, "{context}: {user}'s read marker in chat {chat}");
+            assert_eq!(hidden, holds.hidden, "{context}: messages chat {chat} hides for {user}");
         }
     }
 
@@ -2249,6 +2291,16 @@ impl Run {
                 );
             }
         }
+    }
+}
+
+/// Whether `update` of a chat of `kind` is one that only `user`'s box gets (and the chat's
+/// log does not hold).
+fn is_private(kind: ChatKind, user: UserId, update: &Update) -> bool {
+    match update {
+        Update::ReadInbox { .. } | Update::DeleteMessages { .. } => true,
+        Update::ChatMember { user: subject, .. } => kind == ChatKind::Channel && *subject == user,
+        _ => false,
     }
 }
 

@@ -361,6 +361,78 @@ fn sessions_receive_box_and_channel_updates_live() {
     assert_eq!(posted[0].1.as_ref().map(|message| message.text.as_str()), Some("to all"));
 }
 
+/// Proves a channel's pts counts only what every subscriber may see: subscribers' reads,
+/// joins and leaves take no chat pts and stay out of its log (each reaches the member's own
+/// box), so posts stay dense in `get_chat_difference` and live; and that the
+/// chat's public pts survives a checkpoint and a restart.
+#[test]
+fn a_channels_readers_take_no_chat_pts() {
+    let mut sim = sim(16);
+    let u = users(&mut sim, 4);
+    let channel = create(&mut sim, ChatKind::Channel, u[0], &[]);
+    for &user in &u[1..] {
+        done(sim.call(Request::Join { chat: channel, user })).expect("join");
+    }
+    assert_eq!(chat_info(&mut sim, channel, u[1]).pts, Pts(1), "joins take no chat pts: only the creation");
+    let session = sim.new_session(ShardId(0));
+    assert!(matches!(sim.call(Request::Connect { user: u[1], session }), Ok(Response::State(_))));
+    let subscribed = sim.call(Request::SubscribeChat { session, chat: channel });
+    assert_eq!(subscribed, Ok(Response::Pts(Pts(1))));
+    for index in 1..=4 {
+        let post = send(&mut sim, channel, u[0], index, "post").expect("post");
+        assert_eq!(post.chat_pts, Pts(1 + index), "the post's chat pts is the next public one");
+        // Every subscriber reads it; one leaves and comes back.
+        for &user in &u[1..] {
+            let read = Request::ReadHistory { chat: channel, user, max_id: post.id };
+            done(sim.call(read)).expect("read");
+        }
+        done(sim.call(Request::Leave { chat: channel, user: u[3] })).expect("leave");
+        done(sim.call(Request::Join { chat: channel, user: u[3] })).expect("join again");
+    }
+    sim.run_until_quiet().expect("quiet");
+    assert_eq!(chat_info(&mut sim, channel, u[2]).pts, Pts(5), "creation and four posts");
+    let live: Vec<u64> = sim
+        .session_events(session)
+        .iter()
+        .filter_map(|event| match event {
+            LiveEvent::Chat { update, .. } => Some(update.pts.0),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(live, vec![2, 3, 4, 5], "live posts come without gaps");
+    let difference = |sim: &mut MessagingSim, user| match sim.call(Request::GetChatDifference {
+        chat: channel,
+        user,
+        pts: Pts(1),
+        limit: 100,
+    }) {
+        Ok(Response::ChatDifference(difference)) => difference,
+        other => panic!("chat difference: {other:?}"),
+    };
+    let seen = difference(&mut sim, u[2]);
+    assert_eq!(seen.updates.iter().map(|entry| entry.pts.0).collect::<Vec<_>>(), vec![2, 3, 4, 5]);
+    assert!(seen.updates.iter().all(|entry| matches!(entry.update, Update::NewMessage { .. })), "{seen:?}");
+    assert_eq!(seen.messages.len(), 4, "{seen:?}");
+    assert_eq!((seen.pts, seen.slice), (Pts(5), false));
+    let updates = box_updates(&mut sim, u[2]);
+    let reads = updates.iter().filter(|update| matches!(update, Update::ReadInbox { chat, .. } if *chat == channel));
+    assert_eq!(reads.count(), 4, "each read reaches the reader's box: {updates:?}");
+    let rejoins = box_updates(&mut sim, u[3]);
+    let member = rejoins.iter().filter(|update| matches!(update, Update::ChatMember { chat, .. } if *chat == channel));
+    assert_eq!(member.count(), 9, "the join, then each leave and join again, in the member's box: {rejoins:?}");
+
+    // The public pts lags the chat's own sequence by every private event; a checkpoint keeps it.
+    let owner = sim.route(&Request::GetChat { chat: channel, user: u[0] });
+    sim.checkpoint(owner).expect("checkpoint");
+    sim.crash(CrashKind::ProcessKill).expect("recover");
+    assert_eq!(chat_info(&mut sim, channel, u[1]).pts, Pts(5), "the public pts survives a checkpoint and a restart");
+    let post = send(&mut sim, channel, u[0], 5, "after").expect("post");
+    assert_eq!(post.chat_pts, Pts(6));
+    sim.run_until_quiet().expect("quiet");
+    let after = difference(&mut sim, u[2]);
+    assert_eq!(after.updates.iter().map(|entry| entry.pts.0).collect::<Vec<_>>(), vec![2, 3, 4, 5, 6]);
+}
+
 /// Proves a request handed to a shard that does not own its key is refused there, not served
 /// from that shard's state, and its answer still reaches the shard it entered on.
 #[test]

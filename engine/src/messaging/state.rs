@@ -116,6 +116,8 @@ pub struct Chat {
     pub members: BTreeMap<UserId, Member>,
     /// Message `id` is at index `id - 1`.
     pub messages: Vec<Message>,
+    /// The chat's own sequence: one per chat event, private ones included. It keys the
+    /// event's fan-out (boxes apply each (chat, pts) once) and is never shown to clients.
     pub pts: Pts,
     pub last_date: UnixMs,
     pub pinned: Option<MessageId>,
@@ -129,6 +131,14 @@ pub struct Chat {
     /// reference. Derived from `messages`: not archived, rebuilt on restore.
     #[rkyv(with = rkyv::with::Skip)]
     pub media_index: Map<(UserId, RandomId), MessageId>,
+    /// The pts clients see: one per event every member may see (`log`, `get_chat_difference`,
+    /// live chat updates), dense. An event for one member only (their read marker, their delete
+    /// for me, their join or leave of a channel) takes none: it reaches that member's box, so a
+    /// channel's readers neither open gaps in its sequence nor push posts out of its log.
+    /// Outside the chat's archive, so older checkpoints still validate: a checkpoint stores it
+    /// in a piece of its own when it differs from `pts`.
+    #[rkyv(with = rkyv::with::Skip)]
+    pub public_pts: Pts,
 }
 
 #[derive(Clone, Debug, Default, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -142,7 +152,9 @@ pub struct Member {
 #[derive(Clone, Debug, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct ChatLogEntry {
     pub entry: Sequenced,
-    /// An event only one member may see (their read marker, their delete-for-me).
+    /// An event only one member may see (their read marker, their delete-for-me). Only in
+    /// logs restored from checkpoints before version 6: since then such events take no public
+    /// pts and stay out of the log.
     pub only_for: Option<UserId>,
 }
 
@@ -339,6 +351,7 @@ impl State {
                     log: VecDeque::new(),
                     random_ids: Map::default(),
                     media_index: Map::default(),
+                    public_pts: Pts::ZERO,
                 };
                 for &user in &members {
                     let role = if user == creator && kind != ChatKind::Private { Role::Creator } else { Role::Member };
@@ -353,7 +366,7 @@ impl State {
                     let fanout_on_read = state.fanout_on_read;
                     let update =
                         Update::ChatMember { chat, user: creator, change: MemberChange::Joined, fanout_on_read };
-                    push_log(&mut state, date, update, None);
+                    push_log(&mut state, date, update);
                 }
                 let previous = self.chats.insert(chat, state);
                 assert!(previous.is_none(), "chat {chat} created twice");
@@ -496,7 +509,7 @@ fn append_message(
     }
     let update = Update::NewMessage { chat: id, id: message.id, sender: message.sender, date };
     chat.messages.push(message);
-    push_log(chat, date, update, None);
+    push_log(chat, date, update);
 }
 
 fn apply_chat_change(
@@ -518,7 +531,7 @@ fn apply_chat_change(
             let Some(state) = chat.messages.get_mut(message.0 as usize - 1) else { panic!("edit of unknown message") };
             state.text = text;
             state.edit_date = Some(date);
-            push_log(chat, date, Update::EditMessage { chat: id, id: message, edit_date: date }, None);
+            push_log(chat, date, Update::EditMessage { chat: id, id: message, edit_date: date });
         }
         ChatChange::Delete { ids } => {
             let update = deleted_for_everyone(chat, &ids);
@@ -538,17 +551,17 @@ fn apply_chat_change(
                     chat.pinned = None;
                 }
             }
-            push_log(chat, date, update, None);
+            push_log(chat, date, update);
         }
         ChatChange::DeleteForMe { user, ids } => {
             if let Some(member) = chat.members.get_mut(&user) {
                 member.hidden.extend(ids.iter().copied());
             }
-            push_log(chat, date, Update::DeleteMessages { chat: id, ids }, Some(user));
+            // For this member only: it reaches their box, not the chat's log.
         }
         ChatChange::Pin { id: message } => {
             chat.pinned = message;
-            push_log(chat, date, Update::PinMessage { chat: id, id: message }, None);
+            push_log(chat, date, Update::PinMessage { chat: id, id: message });
         }
         ChatChange::Member { user, change } => {
             match change {
@@ -564,22 +577,23 @@ fn apply_chat_change(
                     }
                 }
             }
-            let fanout_on_read = chat.fanout_on_read;
-            // A channel's subscriber list is not public: only the member sees their change.
-            let only_for = (chat.kind == ChatKind::Channel).then_some(user);
-            push_log(chat, date, Update::ChatMember { chat: id, user, change, fanout_on_read }, only_for);
+            // A channel's subscriber list is not public: only the member sees their change, in
+            // their box.
+            if chat.kind != ChatKind::Channel {
+                let fanout_on_read = chat.fanout_on_read;
+                push_log(chat, date, Update::ChatMember { chat: id, user, change, fanout_on_read });
+            }
         }
         ChatChange::Read { user, max_id } => {
-            let unread = chat.unread_after(user, max_id);
             if let Some(member) = chat.members.get_mut(&user) {
                 member.read_inbox_max = member.read_inbox_max.max(max_id);
             }
             chat.read_outbox_max = chat.read_outbox_max.max(max_id);
-            push_log(chat, date, Update::ReadInbox { chat: id, max_id, unread }, Some(user));
+            // For this member only (the senders hear of it as a read outbox, in their boxes).
         }
         ChatChange::SyncMode { fanout_on_read } => {
             chat.fanout_on_read = fanout_on_read;
-            push_log(chat, date, Update::ChatSyncMode { chat: id, fanout_on_read }, None);
+            push_log(chat, date, Update::ChatSyncMode { chat: id, fanout_on_read });
         }
     }
 }
@@ -591,8 +605,11 @@ fn deleted_for_everyone(chat: &Chat, ids: &[MessageId]) -> Update {
     Update::DeleteMessagesForEveryone { chat: chat.id, ids: ids.to_vec(), senders }
 }
 
-fn push_log(chat: &mut Chat, date: UnixMs, update: Update, only_for: Option<UserId>) {
-    chat.log.push_back(ChatLogEntry { entry: Sequenced { pts: chat.pts, date, update }, only_for });
+/// Gives an event every member may see the chat's next public pts and keeps it in the log.
+fn push_log(chat: &mut Chat, date: UnixMs, update: Update) {
+    chat.public_pts = chat.public_pts.next();
+    let entry = Sequenced { pts: chat.public_pts, date, update };
+    chat.log.push_back(ChatLogEntry { entry, only_for: None });
     while chat.log.len() > CHAT_LOG_HISTORY_MAX
         || chat.log.front().is_some_and(|oldest| oldest.entry.date.0 + HISTORY_AGE_MS_MAX < date.0)
     {

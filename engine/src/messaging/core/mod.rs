@@ -177,6 +177,13 @@ struct ChatMedia {
     media: Vec<(MessageId, MessageMedia)>,
 }
 
+/// A chat's public pts, after the chat's piece (`Chat::public_pts` is not in its archive).
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct ChatPublicPts {
+    chat: ChatId,
+    public_pts: Pts,
+}
+
 /// One user's devices and non-default notification settings, after the user's piece.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct UserPush {
@@ -206,7 +213,13 @@ struct AuthorizationsHeader {
 /// Version 5 is version 4 plus media messages: the release outbox
 /// ([`crate::messaging::MediaReleases`]) after the push header, and a [`ChatMedia`] piece
 /// after each chat that holds media messages. Older versions restore with none.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"FGMSNAP5";
+///
+/// Version 6 is version 5 plus public chat pts: a [`ChatPublicPts`] piece after each chat whose
+/// public pts differs from its sequence (events for one member take none since version 6).
+/// Older versions restore every chat with its public pts equal to its sequence, which is what
+/// their clients saw.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"FGMSNAP6";
+const SNAPSHOT_MAGIC_V5: &[u8; 8] = b"FGMSNAP5";
 const SNAPSHOT_MAGIC_V4: &[u8; 8] = b"FGMSNAP4";
 const SNAPSHOT_MAGIC_V3: &[u8; 8] = b"FGMSNAP3";
 const SNAPSHOT_MAGIC_V2: &[u8; 8] = b"FGMSNAP2";
@@ -222,6 +235,9 @@ const PIECE_USER_PUSH: u64 = 6;
 const PIECE_MEDIA_RELEASES: u64 = 7;
 /// One chat's media messages ([`ChatMedia`], never empty), right after the chat's piece.
 const PIECE_CHAT_MEDIA: u64 = 8;
+/// One chat's public pts ([`ChatPublicPts`]), right after the chat's piece, when it differs
+/// from the chat's own sequence.
+const PIECE_CHAT_PUBLIC_PTS: u64 = 9;
 
 /// See [`MessagingCore::begin_checkpoint`].
 struct CheckpointInProgress {
@@ -320,8 +336,20 @@ impl MessagingCore {
                     state.users.insert(user.profile.id, user);
                 }
                 PIECE_CHAT => {
-                    let chat: Chat = pieces.next(PIECE_CHAT)?;
+                    let mut chat: Chat = pieces.next(PIECE_CHAT)?;
+                    // Until a public pts piece says otherwise (and always before version 6).
+                    chat.public_pts = chat.pts;
                     state.chats.insert(chat.id, chat);
+                }
+                PIECE_CHAT_PUBLIC_PTS if pieces.version >= 6 => {
+                    let ChatPublicPts { chat, public_pts } = pieces.next(PIECE_CHAT_PUBLIC_PTS)?;
+                    let state = state.chats.get_mut(&chat).ok_or(RestoreError::Format(
+                        "public pts of a chat the checkpoint does not hold (or not before it)",
+                    ))?;
+                    if public_pts > state.pts {
+                        return Err(RestoreError::Format("a chat's public pts is ahead of its sequence"));
+                    }
+                    state.public_pts = public_pts;
                 }
                 PIECE_AUTHORIZATIONS if pieces.version >= 3 => {
                     let authorizations: Vec<Authorization> = pieces.next(PIECE_AUTHORIZATIONS)?;
@@ -803,6 +831,8 @@ impl MessagingCore {
         };
         let on_read =
             matches!(&event, Event::Chat { chat, .. } if self.state.chats.get(chat).is_some_and(|c| c.fanout_on_read));
+        // An event every member may see takes the chat's next public pts (see `Chat::public_pts`).
+        let public_before = self.state.chats.get(&chat).map(|c| c.public_pts);
         let expire = matches!(event, Event::Chat { .. }).then_some(date);
         self.preserve(&event);
         self.state.apply(event);
@@ -826,11 +856,11 @@ impl MessagingCore {
             self.queue_pushes(push_event, last);
         }
         if on_read && chat_pts != Pts::ZERO {
-            if let Some(entry) = self.state.chats.get(&chat).and_then(|c| c.log.back()) {
-                if entry.only_for.is_none() {
-                    let deferred = Deferred::ChatLive { chat, update: entry.entry.clone(), message: live_message };
-                    self.after_durable.push_back((first, deferred));
-                }
+            let state = self.state.chats.get(&chat);
+            let public = state.is_some_and(|c| Some(c.public_pts) != public_before);
+            if let Some(entry) = state.and_then(|c| c.log.back()).filter(|_| public) {
+                let deferred = Deferred::ChatLive { chat, update: entry.entry.clone(), message: live_message };
+                self.after_durable.push_back((first, deferred));
             }
         }
         let mut reply = sender;
@@ -1192,10 +1222,13 @@ fn push_user(out: &mut Vec<u8>, state: &State, user: UserId) {
     }
 }
 
-/// Adds one user's push piece to a state being restored.
-/// A chat's piece, and its media piece when it holds media messages.
+/// A chat's piece, its public pts piece when that differs from its sequence, and its media
+/// piece when it holds media messages.
 fn push_chat(out: &mut Vec<u8>, chat: &Chat) {
     push_piece(out, PIECE_CHAT, chat);
+    if chat.public_pts != chat.pts {
+        push_piece(out, PIECE_CHAT_PUBLIC_PTS, &ChatPublicPts { chat: chat.id, public_pts: chat.public_pts });
+    }
     // The live media messages are indexed: no walk over every message of the chat.
     let mut ids: Vec<MessageId> = chat.media_index.values().copied().collect();
     ids.sort_unstable();
@@ -1223,6 +1256,7 @@ fn restore_chat_media(state: &mut State, chat_media: ChatMedia) -> std::result::
     Ok(())
 }
 
+/// Adds one user's push piece to a state being restored.
 fn restore_user_push(state: &mut State, user_push: UserPush) -> std::result::Result<(), RestoreError> {
     let UserPush { user, devices, settings } = user_push;
     if devices.is_empty() && settings.is_empty() {
@@ -1295,7 +1329,8 @@ struct SnapshotPieces<'a> {
 impl<'a> SnapshotPieces<'a> {
     fn new(bytes: &'a [u8]) -> std::result::Result<SnapshotPieces<'a>, RestoreError> {
         let version = match bytes.get(..8) {
-            Some(magic) if magic == SNAPSHOT_MAGIC.as_slice() => 5,
+            Some(magic) if magic == SNAPSHOT_MAGIC.as_slice() => 6,
+            Some(magic) if magic == SNAPSHOT_MAGIC_V5.as_slice() => 5,
             Some(magic) if magic == SNAPSHOT_MAGIC_V4.as_slice() => 4,
             Some(magic) if magic == SNAPSHOT_MAGIC_V3.as_slice() => 3,
             Some(magic) if magic == SNAPSHOT_MAGIC_V2.as_slice() => 2,

@@ -745,7 +745,8 @@ impl MessagingCore {
             deleted: false,
             media,
         };
-        let chat_pts = state.pts.next();
+        // A new message is public: it takes the chat's next public pts.
+        let chat_pts = state.public_pts.next();
         let ack = SendAck { chat, id, date, chat_pts, sender_pts: None, duplicate: false };
         let reply = SenderReply { origin, user: sender, ack: Some(ack) };
         self.commit_chat(chat, ChatChange::new_message(message), date, Some(reply), journal)?;
@@ -763,7 +764,7 @@ impl MessagingCore {
             kind: chat.kind,
             title: chat.title.clone(),
             members: chat.members.len(),
-            pts: chat.pts,
+            pts: chat.public_pts,
             top_message: chat.top_message(),
             pinned: chat.pinned,
             fanout_on_read: chat.fanout_on_read,
@@ -774,10 +775,10 @@ impl MessagingCore {
 
     pub(super) fn chat_difference(&self, chat: &Chat, user: UserId, pts: Pts, limit: usize) -> Result<ChatDifference> {
         let limit = limit.clamp(1, DIFFERENCE_LIMIT_MAX);
-        if pts > chat.pts {
+        if pts > chat.public_pts {
             return Err(MessagingError::InvalidArgument("pts is ahead of the chat"));
         }
-        let oldest = chat.log.front().map_or(chat.pts.next(), |entry| entry.entry.pts);
+        let oldest = chat.log.front().map_or(chat.public_pts.next(), |entry| entry.entry.pts);
         if pts.next() < oldest {
             return Err(MessagingError::DifferenceTooLong(pts));
         }
@@ -799,7 +800,7 @@ impl MessagingCore {
                 }
             }
         }
-        Ok(ChatDifference { updates, messages, pts: last_pts, epoch: self.epoch, slice: last_pts < chat.pts })
+        Ok(ChatDifference { updates, messages, pts: last_pts, epoch: self.epoch, slice: last_pts < chat.public_pts })
     }
 }
 

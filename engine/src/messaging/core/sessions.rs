@@ -164,9 +164,9 @@ impl MessagingCore {
         let result = match self.state.chats.get(&chat) {
             None => Err(MessagingError::UnknownChat(chat)),
             Some(state) if !state.members.contains_key(&user) => Err(MessagingError::NotMember(user)),
-            Some(state) if !counted => Ok(Response::Pts(state.pts)),
+            Some(state) if !counted => Ok(Response::Pts(state.public_pts)),
             Some(state) => {
-                let pts = state.pts;
+                let pts = state.public_pts;
                 *self
                     .live
                     .subscribers
