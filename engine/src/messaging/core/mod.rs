@@ -829,10 +829,12 @@ impl MessagingCore {
             Event::Chat { change, .. } => change.posted_message().map(Arc::new),
             _ => None,
         };
-        let on_read =
-            matches!(&event, Event::Chat { chat, .. } if self.state.chats.get(chat).is_some_and(|c| c.fanout_on_read));
-        // An event every member may see takes the chat's next public pts (see `Chat::public_pts`).
-        let public_before = self.state.chats.get(&chat).map(|c| c.public_pts);
+        // For a chat fanned out on read, its public pts before the event: an event every member
+        // may see takes the next one (see `Chat::public_pts`) and goes live to subscribers.
+        let on_read_public_before = match &event {
+            Event::Chat { chat, .. } => self.state.chats.get(chat).filter(|c| c.fanout_on_read).map(|c| c.public_pts),
+            _ => None,
+        };
         let expire = matches!(event, Event::Chat { .. }).then_some(date);
         self.preserve(&event);
         self.state.apply(event);
@@ -855,10 +857,9 @@ impl MessagingCore {
         if let Some(push_event) = push_event {
             self.queue_pushes(push_event, last);
         }
-        if on_read && chat_pts != Pts::ZERO {
-            let state = self.state.chats.get(&chat);
-            let public = state.is_some_and(|c| Some(c.public_pts) != public_before);
-            if let Some(entry) = state.and_then(|c| c.log.back()).filter(|_| public) {
+        if let Some(public_before) = on_read_public_before.filter(|_| chat_pts != Pts::ZERO) {
+            let state = self.state.chats.get(&chat).filter(|c| c.public_pts != public_before);
+            if let Some(entry) = state.and_then(|c| c.log.back()) {
                 let deferred = Deferred::ChatLive { chat, update: entry.entry.clone(), message: live_message };
                 self.after_durable.push_back((first, deferred));
             }
