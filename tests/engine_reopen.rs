@@ -104,6 +104,58 @@ fn appends_read_back_checkpoint_and_reopen() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Proves a checkpoint whose state no longer verifies is passed over for the one before it,
+/// replay then starting after that older one, and that a file whose header is cut short is
+/// ignored: only the newest checkpoint is read whole, so these checks are what keep a damaged
+/// one from being used.
+#[test]
+fn a_damaged_newest_checkpoint_falls_back_to_the_one_before() {
+    let dir = temp_dir("damaged-checkpoint");
+    let engine = Engine::open(config(&dir, 1)).expect("open");
+    let append = |count: u32, engine: &Engine| {
+        let mut last = Lsn(0);
+        for index in 0..count {
+            last =
+                block_on(engine.append(VShard::of(0), KIND, index.to_le_bytes().to_vec())).expect("append").first_lsn;
+        }
+        last
+    };
+    let older_at = append(10, &engine);
+    let older = block_on(engine.checkpoint(ShardId(0), b"older".to_vec(), older_at)).expect("older checkpoint");
+    let newer_at = append(10, &engine);
+    let newer = block_on(engine.checkpoint(ShardId(0), b"newer".to_vec(), newer_at)).expect("newer checkpoint");
+    append(5, &engine);
+    engine.shutdown().expect("shutdown");
+    drop(engine);
+
+    let checkpoints = dir.join("shard-0").join("checkpoints");
+    let path_of = |lsn: Lsn| checkpoints.join(format!("checkpoint-{:020}.ckpt", lsn.0));
+    // One bit of the newer checkpoint's state: the first byte of the host's part, after the
+    // file's header of 64 bytes and the state's own of 32 (the file is padded past the state).
+    let newer_path = path_of(newer.lsn);
+    let mut bytes = std::fs::read(&newer_path).expect("the newer checkpoint is on disk");
+    assert_eq!(&bytes[96..101], b"newer", "the layout this test assumes");
+    bytes[96] ^= 0x01;
+    std::fs::write(&newer_path, &bytes).expect("damage");
+    // And a file named as a later checkpoint that holds half a header.
+    std::fs::write(path_of(Lsn(newer.lsn.0 + 3)), &bytes[..32]).expect("cut short");
+
+    let replayed: Arc<Mutex<Vec<Lsn>>> = Arc::default();
+    let hook: ReplayHook = {
+        let replayed = replayed.clone();
+        Arc::new(move |_, _, record| replayed.lock().expect("lock").push(record.lsn))
+    };
+    let engine = Engine::open_with_replay(config(&dir, 1), Some(hook)).expect("reopen");
+    let (ticket, state) = engine.open_reports()[0].checkpoint.clone().expect("reopened from a checkpoint");
+    assert_eq!((ticket, state.as_slice()), (older, &b"older"[..]), "the damaged newer checkpoint was used");
+    let replayed = replayed.lock().expect("lock").clone();
+    let expected: Vec<Lsn> = (older.lsn.0 + 1..older.lsn.0 + 16).map(Lsn).collect();
+    assert_eq!(replayed, expected, "replay must resume right after the older checkpoint");
+    engine.shutdown().expect("shutdown");
+    drop(engine);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Proves a full shard queue answers `Overloaded` at once and a dropped future still appends.
 #[test]
 fn full_queue_answers_overloaded_and_dropped_futures_still_append() {

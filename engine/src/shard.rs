@@ -151,19 +151,22 @@ pub(crate) async fn run(start: ShardStart) {
     // Messaging and media state come back from the checkpoint, then from every record after it.
     let core = std::cell::RefCell::new(MessagingCore::new(id, table.clone()));
     let media_recovery = std::cell::RefCell::new(MediaRecovery::default());
-    let mut host_state = Vec::new();
     let mut restore_error = None;
-    let restore = |checkpoint: Option<&(CheckpointTicket, Vec<u8>)>| {
-        let Some((_, bytes)) = checkpoint else { return };
+    // The report keeps the host's own part of the checkpoint.
+    let restore = |checkpoint: Option<(CheckpointTicket, &[u8])>| {
+        let Some((_, bytes)) = checkpoint else { return Vec::new() };
         match crate::media::checkpoint::split(bytes) {
             Ok(sections) => {
-                host_state = sections.host.to_vec();
                 if let Err(error) = core.borrow_mut().restore(sections.messaging) {
                     restore_error = Some(error.to_string());
                 }
                 media_recovery.borrow_mut().restore(sections.media);
+                sections.host.to_vec()
             }
-            Err(error) => restore_error = Some(format!("the checkpoint does not split into its sections: {error}")),
+            Err(error) => {
+                restore_error = Some(format!("the checkpoint does not split into its sections: {error}"));
+                Vec::new()
+            }
         }
     };
     let mut replay_error = None;
@@ -176,7 +179,7 @@ pub(crate) async fn run(start: ShardStart) {
             hook(id, position, record);
         }
     };
-    let (log, mut report) = match ShardLog::open(&dir, log_config, repair, restore, replay_record).await {
+    let (log, report) = match ShardLog::open(&dir, log_config, repair, restore, replay_record).await {
         Ok(opened) => opened,
         Err(error) => {
             let _ = opened.send((id, Err(EngineError::Open(Arc::new(error)))));
@@ -186,10 +189,6 @@ pub(crate) async fn run(start: ShardStart) {
     if let Some(error) = restore_error.or(replay_error) {
         let _ = opened.send((id, Err(EngineError::Messaging(format!("{}: {error}", dir.display())))));
         return;
-    }
-    // The host sees its own part of the checkpoint.
-    if let Some((_, state)) = &mut report.checkpoint {
-        *state = host_state.clone();
     }
     // The log is open (and its DMA probe done): the media store's segments come next.
     let shard_vshard = (0..VSHARD_COUNT as u64)
@@ -212,6 +211,7 @@ pub(crate) async fn run(start: ShardStart) {
     if push.is_some() {
         core.enable_push();
     }
+    let host_state = report.checkpoint.as_ref().map(|(_, host)| host.clone()).unwrap_or_default();
     let messaging = MessagingDriver::new(core, table.shard_count(), offline, push, host_state, !retain_log);
     let media = MediaDriver::new(journal_shared, media, checkpoint_every_bytes);
     let context = Rc::new(ShardContext { id, log, table, mesh: senders, messaging, media });

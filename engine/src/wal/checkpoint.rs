@@ -58,8 +58,17 @@ pub enum CheckpointError {
     BadState,
 }
 
-/// Verifies a checkpoint file and returns its ticket and state.
-pub fn decode(bytes: &[u8], salt: u64) -> Result<(CheckpointTicket, &[u8]), CheckpointError> {
+/// What a checkpoint's header says, once the header itself verified: its ticket, and the
+/// length and checksum of the state after it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CheckpointHeader {
+    pub ticket: CheckpointTicket,
+    state_bytes: u64,
+    state_checksum: u64,
+}
+
+/// Verifies a checkpoint's header (its first [`CHECKPOINT_HEADER_BYTES`] bytes) alone.
+pub fn decode_header(bytes: &[u8], salt: u64) -> Result<CheckpointHeader, CheckpointError> {
     let header = bytes.get(..CHECKPOINT_HEADER_BYTES).ok_or(CheckpointError::Truncated)?;
     let u64_at = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().expect("8 bytes"));
     let magic = u32::from_le_bytes(header[0..4].try_into().expect("4 bytes"));
@@ -70,18 +79,24 @@ pub fn decode(bytes: &[u8], salt: u64) -> Result<(CheckpointTicket, &[u8]), Chec
     {
         return Err(CheckpointError::BadHeader);
     }
-    let state_bytes = usize::try_from(u64_at(32)).map_err(|_| CheckpointError::BadHeader)?;
-    let state = bytes
-        .get(CHECKPOINT_HEADER_BYTES..CHECKPOINT_HEADER_BYTES.saturating_add(state_bytes))
-        .ok_or(CheckpointError::Truncated)?;
-    if xxh3_64_with_seed(state, salt) != u64_at(40) {
-        return Err(CheckpointError::BadState);
-    }
     let ticket = CheckpointTicket {
         lsn: Lsn(u64_at(8)),
         replay_from: LogPosition { segment: SegmentId(u64_at(16)), offset: u64_at(24) },
     };
-    Ok((ticket, state))
+    Ok(CheckpointHeader { ticket, state_bytes: u64_at(32), state_checksum: u64_at(40) })
+}
+
+/// Verifies a checkpoint file and returns its ticket and state.
+pub fn decode(bytes: &[u8], salt: u64) -> Result<(CheckpointTicket, &[u8]), CheckpointError> {
+    let header = decode_header(bytes, salt)?;
+    let state_bytes = usize::try_from(header.state_bytes).map_err(|_| CheckpointError::BadHeader)?;
+    let state = bytes
+        .get(CHECKPOINT_HEADER_BYTES..CHECKPOINT_HEADER_BYTES.saturating_add(state_bytes))
+        .ok_or(CheckpointError::Truncated)?;
+    if xxh3_64_with_seed(state, salt) != header.state_checksum {
+        return Err(CheckpointError::BadState);
+    }
+    Ok((header.ticket, state))
 }
 
 #[cfg(test)]

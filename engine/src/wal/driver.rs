@@ -156,13 +156,14 @@ struct Inner {
 
 impl ShardLog {
     /// Opens (or creates) the log in `dir`: hands the newest checkpoint (if any) to `restore`,
-    /// then replays every record after it through `replay`. Must run on a glommio executor
+    /// then replays every record after it through `replay`. What `restore` returns is what the
+    /// report keeps of the checkpoint's state. Must run on a glommio executor
     /// whose DMA probe has been done (`preflight::probe_dma_reads`).
     pub async fn open(
         dir: &Path,
         config: LogConfig,
         repair: bool,
-        restore: impl FnOnce(Option<&(CheckpointTicket, Vec<u8>)>),
+        restore: impl FnOnce(Option<(CheckpointTicket, &[u8])>) -> Vec<u8>,
         mut replay: impl FnMut(RecordPosition, Record<'_>),
     ) -> Result<(ShardLog, OpenReport), OpenError> {
         let started = Instant::now();
@@ -177,10 +178,11 @@ impl ShardLog {
         remove_temporary_files(&checkpoint_dir)?;
         let segments = list_segments(&wal_dir)?;
         let mut meta = load_or_create_meta(dir, !segments.is_empty())?;
-        let checkpoints = load_checkpoints(&checkpoint_dir, meta.salt)?;
-        let newest = checkpoints.last().cloned();
-        restore(newest.as_ref());
-        let from = ReplayFrom::after(newest.as_ref().map(|(ticket, _)| ticket), &segments);
+        let mut checkpoints = list_checkpoints(&checkpoint_dir, meta.salt)?;
+        let newest = load_newest_checkpoint(&mut checkpoints, meta.salt)?;
+        let kept = restore(newest.as_ref().map(|loaded| (loaded.ticket, loaded.state())));
+        let newest = newest.map(|loaded| loaded.ticket);
+        let from = ReplayFrom::after(newest.as_ref(), &segments);
 
         let mut repaired = None;
         let scan = match scan_segments(&wal_dir, &segments, meta.salt, from, &mut replay)? {
@@ -261,7 +263,7 @@ impl ShardLog {
         glommio::spawn_local(preparer(inner.clone())).detach();
         let report = OpenReport {
             scan,
-            checkpoint: newest,
+            checkpoint: newest.map(|ticket| (ticket, kept)),
             generation: meta.generation,
             lost_acknowledged,
             repaired,
@@ -911,23 +913,69 @@ fn write_meta(dir: &Path, meta: &LogMeta) -> Result<(), OpenError> {
     write().map_err(io_error(&path))
 }
 
-/// Valid checkpoints in `dir`, oldest first, with their state. Damaged ones are skipped: an
-/// older checkpoint still covers the log, because its segments are kept until it is dropped.
-fn load_checkpoints(dir: &Path, salt: u64) -> Result<Vec<(CheckpointTicket, Vec<u8>)>, OpenError> {
+/// Checkpoints in `dir` whose header verifies, oldest first, with their paths. Only the newest
+/// one's state is read and verified ([`load_newest_checkpoint`]): an older one is needed only
+/// if that fails, and its ticket alone decides which segments it still holds on to.
+fn list_checkpoints(dir: &Path, salt: u64) -> Result<Vec<(CheckpointTicket, PathBuf)>, OpenError> {
+    use std::io::Read;
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).map_err(io_error(dir))? {
         let entry = entry.map_err(io_error(dir))?;
         let Some(lsn) = entry.file_name().to_str().and_then(checkpoint::parse_file_name) else { continue };
         let path = entry.path();
-        let bytes = std::fs::read(&path).map_err(io_error(&path))?;
-        if let Ok((ticket, state)) = checkpoint::decode(&bytes, salt) {
-            if ticket.lsn == lsn {
-                found.push((ticket, state.to_vec()));
+        let mut header = [0u8; checkpoint::CHECKPOINT_HEADER_BYTES];
+        let file = std::fs::File::open(&path).map_err(io_error(&path))?;
+        match file.take(header.len() as u64).read_exact(&mut header) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => continue,
+            Err(error) => return Err(io_error(&path)(error)),
+        }
+        if let Ok(found_header) = checkpoint::decode_header(&header, salt) {
+            if found_header.ticket.lsn == lsn {
+                found.push((found_header.ticket, path));
             }
         }
     }
     found.sort_by_key(|(ticket, _)| ticket.lsn);
     Ok(found)
+}
+
+/// A checkpoint file read whole, its state verified.
+struct LoadedCheckpoint {
+    ticket: CheckpointTicket,
+    file: Vec<u8>,
+    state: std::ops::Range<usize>,
+}
+
+impl LoadedCheckpoint {
+    fn state(&self) -> &[u8] {
+        &self.file[self.state.clone()]
+    }
+}
+
+/// Reads the newest checkpoint of `found` whose state verifies, and drops from `found` the
+/// newer ones that did not: damaged ones are skipped, since an older checkpoint still covers
+/// the log (its segments are kept until it is dropped). One read and no copy of the state: a
+/// checkpoint can be gigabytes.
+fn load_newest_checkpoint(
+    found: &mut Vec<(CheckpointTicket, PathBuf)>,
+    salt: u64,
+) -> Result<Option<LoadedCheckpoint>, OpenError> {
+    while let Some((ticket, path)) = found.last() {
+        let file = std::fs::read(path).map_err(io_error(path))?;
+        let state = match checkpoint::decode(&file, salt) {
+            Ok((read, state)) if read == *ticket => {
+                let start = state.as_ptr() as usize - file.as_ptr() as usize;
+                start..start + state.len()
+            }
+            _ => {
+                found.pop();
+                continue;
+            }
+        };
+        return Ok(Some(LoadedCheckpoint { ticket: *ticket, file, state }));
+    }
+    Ok(None)
 }
 
 /// Explicit repair: zero the corrupt segment from the bad batch on and delete later segments.
@@ -1008,8 +1056,9 @@ pub fn scan_offline(
         Err(_) => return Err(OpenError::MetaMissing { path: meta_path }),
     };
     let checkpoint_dir = dir.join(CHECKPOINT_DIR);
-    let checkpoints = if checkpoint_dir.exists() { load_checkpoints(&checkpoint_dir, meta.salt)? } else { Vec::new() };
-    let newest = checkpoints.last().map(|(ticket, _)| *ticket);
+    let mut checkpoints =
+        if checkpoint_dir.exists() { list_checkpoints(&checkpoint_dir, meta.salt)? } else { Vec::new() };
+    let newest = load_newest_checkpoint(&mut checkpoints, meta.salt)?.map(|loaded| loaded.ticket);
     let from = ReplayFrom::after(newest.as_ref(), &segments);
     let scan = scan_segments(&wal_dir, &segments, meta.salt, from, visit)?
         .map_err(|corruption| OpenError::Corrupt { dir: dir.to_path_buf(), corruption })?;

@@ -1366,9 +1366,16 @@ impl<'a> SnapshotPieces<'a> {
         let start = self.offset + 8;
         let piece = start.checked_add(length).and_then(|end| self.bytes.get(start..end)).ok_or_else(truncated)?;
         self.offset = (start + length).next_multiple_of(16);
-        self.aligned.clear();
-        self.aligned.extend_from_slice(piece);
-        rkyv::from_bytes::<T, rkyv::rancor::Error>(&self.aligned).map_err(RestoreError::Decode)
+        // Pieces are padded to 16 bytes, so in a checkpoint read into an aligned buffer they
+        // are aligned where they lie; only a misaligned one is copied.
+        let piece = if piece.as_ptr().align_offset(16) == 0 {
+            piece
+        } else {
+            self.aligned.clear();
+            self.aligned.extend_from_slice(piece);
+            &self.aligned
+        };
+        rkyv::from_bytes::<T, rkyv::rancor::Error>(piece).map_err(RestoreError::Decode)
     }
 }
 
