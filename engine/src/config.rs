@@ -135,6 +135,11 @@ pub struct EngineConfig {
     /// WAL bytes of messaging records a shard writes between automatic checkpoints of its
     /// messaging state (restart replays at most about this much).
     pub checkpoint_every_bytes: u64,
+    /// A clean shutdown first lets a checkpoint in progress finish, then takes one more if at
+    /// least this many bytes of messaging records came after the last one began (or a whole
+    /// `checkpoint_every_bytes`, if that is smaller), so the next open replays little. The
+    /// shutdown then lasts as long as that checkpoint. `u64::MAX` turns the extra one off.
+    pub checkpoint_at_close_min_bytes: u64,
     /// Keep every WAL segment. By default a shard hands segments back for reuse once a
     /// checkpoint of its messaging state covers them (the older of the two retained
     /// checkpoints still bounds what is reused); a host that reads its own old records with
@@ -154,6 +159,7 @@ impl EngineConfig {
             shard_queue_depth: SHARD_QUEUE_DEPTH_DEFAULT,
             repair: false,
             checkpoint_every_bytes: crate::messaging::limits::CHECKPOINT_EVERY_BYTES,
+            checkpoint_at_close_min_bytes: crate::messaging::limits::CHECKPOINT_AT_CLOSE_MIN_BYTES,
             retain_log: false,
             media: crate::media::MediaSettings::default(),
         }

@@ -212,6 +212,7 @@ impl Engine {
                 offline: hooks.offline.clone(),
                 push: hooks.push.clone(),
                 checkpoint_every_bytes: config.checkpoint_every_bytes,
+                checkpoint_at_close_min_bytes: config.checkpoint_at_close_min_bytes,
                 retain_log: config.retain_log,
                 media: media.clone(),
             };

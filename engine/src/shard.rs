@@ -103,6 +103,7 @@ pub(crate) struct ShardStart {
     pub offline: Option<OfflineHook>,
     pub push: Option<PushHook>,
     pub checkpoint_every_bytes: u64,
+    pub checkpoint_at_close_min_bytes: u64,
     pub retain_log: bool,
     /// With the deployment's hash seed and a file bound that fits the log's batches.
     pub media: MediaSettings,
@@ -134,6 +135,7 @@ pub(crate) async fn run(start: ShardStart) {
         offline,
         push,
         checkpoint_every_bytes,
+        checkpoint_at_close_min_bytes,
         retain_log,
         media,
     } = start;
@@ -207,6 +209,7 @@ pub(crate) async fn run(start: ShardStart) {
     };
     let mut core = core.into_inner();
     core.set_checkpoint_every(checkpoint_every_bytes);
+    core.set_checkpoint_at_close_min(checkpoint_at_close_min_bytes);
     core.resume(report.generation, Lsn(log.next_lsn().0 - 1));
     if push.is_some() {
         core.enable_push();
@@ -237,6 +240,7 @@ async fn serve(context: &Rc<ShardContext>, requests: flume::Receiver<ShardReques
         // Drain what is queued before yielding: one wake-up serves a burst (NOTES-runtime).
         while let Some(request) = next {
             if let Some(reply) = handle(context, request) {
+                crate::messaging::driver::checkpoint_for_close(context).await;
                 MediaDriver::stop(context).await;
                 let result = context.log.close().await.map_err(EngineError::from);
                 let _ = reply.send(result);
@@ -245,6 +249,7 @@ async fn serve(context: &Rc<ShardContext>, requests: flume::Receiver<ShardReques
             next = requests.try_recv().ok();
         }
     }
+    crate::messaging::driver::checkpoint_for_close(context).await;
     MediaDriver::stop(context).await;
     let _ = context.log.close().await;
 }

@@ -71,6 +71,9 @@ pub const PUSH_PAGE_MAX: usize = 1000;
 pub const DIALOGS_PAGE_MAX: usize = 100;
 /// WAL bytes a shard writes between automatic checkpoints of its messaging state.
 pub const CHECKPOINT_EVERY_BYTES: u64 = 256 << 20;
+/// A clean shutdown takes one more checkpoint when at least this much was written since the
+/// last one began (`EngineConfig::checkpoint_at_close_min_bytes`).
+pub const CHECKPOINT_AT_CLOSE_MIN_BYTES: u64 = 16 << 20;
 /// Users and chats an automatic checkpoint archives before it lets other work run.
 pub const CHECKPOINT_PIECES_PER_STEP: usize = 64;
 

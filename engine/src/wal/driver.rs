@@ -428,13 +428,19 @@ impl ShardLog {
         self.inner.stats.get()
     }
 
+    /// Asks for a sync of everything appended so far now rather than at the next interval
+    /// (under `interval` durability; under `sync` one is coming anyway).
+    pub fn sync_now(&self) {
+        self.inner.core.borrow_mut().sync_soon();
+        self.inner.syncer_wake.notify();
+    }
+
     /// Waits until everything appended is durable, then stops the log's tasks.
     /// Waits until everything appended is durable, marks the log closed cleanly (unless that
     /// failed), then stops the log's tasks.
     pub async fn close(&self) -> Result<(), LogError> {
         let last = Lsn(self.next_lsn().0 - 1);
-        self.inner.core.borrow_mut().sync_soon();
-        self.inner.syncer_wake.notify();
+        self.sync_now();
         let result = self.durable(last).await;
         if result.is_ok() {
             let mut meta = self.inner.meta.get();

@@ -64,6 +64,7 @@ pub struct MessagingCore {
     /// The time of the latest input.
     now: UnixMs,
     checkpoint_every_bytes: u64,
+    checkpoint_at_close_min_bytes: u64,
     /// Performed effects handed back by the driver, reused by the next step.
     spare_effects: Effects,
     /// A checkpoint being taken piece by piece while the shard keeps serving.
@@ -284,6 +285,7 @@ impl MessagingCore {
             bytes_since_checkpoint: 0,
             now: UnixMs(0),
             checkpoint_every_bytes: CHECKPOINT_EVERY_BYTES,
+            checkpoint_at_close_min_bytes: CHECKPOINT_AT_CLOSE_MIN_BYTES,
             spare_effects: Effects::default(),
             checkpoint: None,
             failed: None,
@@ -543,12 +545,26 @@ impl MessagingCore {
         self.bytes_since_checkpoint >= self.checkpoint_every_bytes
     }
 
+    /// See `EngineConfig::checkpoint_at_close_min_bytes`.
+    pub fn set_checkpoint_at_close_min(&mut self, bytes: u64) {
+        self.checkpoint_at_close_min_bytes = bytes.max(1);
+    }
+
+    /// Whether a clean shutdown should take one more checkpoint: at least the configured bytes
+    /// (or a whole interval, if that is smaller) were written since the last one began.
+    pub fn wants_checkpoint_at_close(&self) -> bool {
+        self.bytes_since_checkpoint >= self.checkpoint_at_close_min_bytes.min(self.checkpoint_every_bytes)
+    }
+
     /// Applies a record replayed from the log (any kind; other kinds are the host's).
     pub fn replay(&mut self, kind: RecordKind, payload: &[u8]) -> std::result::Result<(), records::DecodeError> {
         if kind != EVENT_KIND {
             return Ok(());
         }
         let event = records::decode(payload)?;
+        // Replayed records count towards the next checkpoint as written ones do: after a long
+        // replay the first checkpoint comes soon, so a second crash does not replay it all again.
+        self.bytes_since_checkpoint += payload.len() as u64;
         for (part, consequence) in self.state.consequences(&event).into_iter().enumerate() {
             let (chat, chat_pts, date) = event_key(&event);
             let targets = self.remote_targets(&consequence.users);
