@@ -411,23 +411,25 @@ pub(crate) fn maybe_checkpoint(context: &Rc<ShardContext>) {
     begin_checkpoint(context);
 }
 
-/// Called by a clean shutdown before the media store stops and the log closes: lets a
-/// checkpoint in progress finish instead of abandoning it (with a large state that left
-/// gigabytes of log to replay), then takes one more if enough came after it
-/// (`EngineConfig::checkpoint_at_close_min_bytes`), so the next open replays little. No
-/// request is served any more, so its pieces are written at full speed; the shutdown takes as
-/// long as that checkpoint does.
+/// Called by a clean shutdown before the media store stops and the log closes, so the next
+/// open replays little. If enough was written since the last checkpoint began
+/// (`EngineConfig::checkpoint_at_close_min_bytes`), takes one more, dropping one still being
+/// archived (it would cover less); otherwise lets one in progress finish rather than abandon
+/// it (with a large state that left gigabytes of log to replay). No request is served any
+/// more, so the pieces are archived at full speed; the shutdown lasts as long as that
+/// checkpoint takes.
 pub(crate) async fn checkpoint_for_close(context: &Rc<ShardContext>) {
     let driver = &context.messaging;
     // A checkpoint waits for its ticket to be durable: under `interval` durability that
     // would be the next interval's sync, possibly an hour away.
     context.log.sync_now();
-    wait_for_checkpoint(driver).await;
     if driver.core.borrow().wants_checkpoint_at_close() {
+        driver.core.borrow_mut().abandon_checkpoint();
+        wait_for_checkpoint(driver).await;
         begin_checkpoint(context);
         context.log.sync_now();
-        wait_for_checkpoint(driver).await;
     }
+    wait_for_checkpoint(driver).await;
 }
 
 async fn wait_for_checkpoint(driver: &MessagingDriver) {

@@ -497,6 +497,12 @@ impl MessagingCore {
         complete.then_some(progress.out)
     }
 
+    /// Drops the checkpoint being archived, if any: its log checkpoint is then abandoned. One
+    /// whose pieces are all archived is already the log's to write, and finishes.
+    pub fn abandon_checkpoint(&mut self) {
+        self.checkpoint = None;
+    }
+
     /// Writes, as they are now, the users and chats `event` is about to change that a
     /// checkpoint in progress has not written yet.
     fn preserve(&mut self, event: &Event) {
