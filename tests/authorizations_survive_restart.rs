@@ -3,22 +3,13 @@
 //! not given out twice — whether the engine recovers them from the log alone or from a
 //! checkpoint and the log written after it.
 
-use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::path::Path;
 
 use ferrogram::engine::messaging::{AuthorizationId, MessagingError, Messenger, UserId, SECRET_HASH_BYTES};
 use ferrogram::engine::{Engine, EngineConfig, EngineError, Lsn, ShardId};
 
-fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
-    futures_lite::future::block_on(future)
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
+mod in_process;
+use in_process::{block_on, temp_dir};
 
 fn open(dir: &Path) -> Engine {
     let mut config = EngineConfig::new(dir);

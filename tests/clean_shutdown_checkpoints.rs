@@ -3,24 +3,15 @@
 //! longer than the test (the shutdown must not wait for it); and that with the extra
 //! checkpoint turned off the same writes are replayed instead. Messages come back either way.
 
-use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::path::Path;
 
 use ferrogram::engine::messaging::{ChatId, HistoryPage, MessageId, NewMessage, RandomId, UserId};
 use ferrogram::engine::{Durability, Engine, EngineConfig};
 
+mod in_process;
+use in_process::{block_on, temp_dir};
+
 const MESSAGES: u64 = 40;
-
-fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
-    futures_lite::future::block_on(future)
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
 
 fn config(dir: &Path, durability: Durability, at_close_min_bytes: u64) -> EngineConfig {
     let mut config = EngineConfig::new(dir);

@@ -3,12 +3,14 @@
 //! makes those reads work), a checkpoint that bounds replay on reopen, and a data directory
 //! that refuses to open with a different shard count.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use ferrogram::engine::engine::ReplayHook;
 use ferrogram::engine::{Engine, EngineConfig, EngineError, Lsn, RecordKind, ShardId, VShard};
+
+mod in_process;
+use in_process::{block_on, temp_dir};
 
 const KIND: RecordKind = RecordKind(7);
 
@@ -20,10 +22,6 @@ fn config(dir: &Path, shards: usize) -> EngineConfig {
     config.shards = shards;
     config.log.segment_bytes = 4 << 20;
     config
-}
-
-fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
-    futures_lite::future::block_on(future)
 }
 
 /// Proves appends read back, a checkpoint bounds replay, locks and shard counts are enforced.
@@ -184,11 +182,4 @@ fn full_queue_answers_overloaded_and_dropped_futures_still_append() {
         .expect("scan");
     assert_eq!(last, b"dropped");
     let _ = std::fs::remove_dir_all(&dir);
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ferrogram-{name}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
 }

@@ -2,22 +2,14 @@
 //! state covers old segments they are reused, the number of segment files stays small while
 //! many times their size is written, and a restart still finds every message.
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
 use ferrogram::engine::messaging::{HistoryPage, MessageId, NewMessage, RandomId};
 use ferrogram::engine::{Engine, EngineConfig};
 
-fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
-    futures_lite::future::block_on(future)
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
+mod in_process;
+use in_process::{block_on, temp_dir};
 
 const SEGMENT_BYTES: u64 = 2 << 20;
 

@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -16,16 +16,15 @@ use ferrogram::engine::messaging::{
 };
 use ferrogram::engine::{Engine, EngineConfig};
 
+mod in_process;
+use in_process::{block_on, temp_dir};
+
 const SHARDS: usize = 2;
 const USERS: usize = 12;
 const SENDERS: usize = 8;
 const SENDS_PER_SENDER: u64 = 300;
 const CHILD_DIR: &str = "FERROGRAM_MESSAGING_CHILD_DIR";
 const CHILD_ROUND: &str = "FERROGRAM_MESSAGING_CHILD_ROUND";
-
-fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
-    futures_lite::future::block_on(future)
-}
 
 fn open(dir: &Path) -> Engine {
     let mut config = EngineConfig::new(dir);
@@ -245,13 +244,6 @@ fn verify(dir: &Path, acked: &[Acked], seed: u64, round: u64) {
         }
     }
     engine.shutdown().expect("shutdown");
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }
 
 fn next(state: &mut u64) -> u64 {

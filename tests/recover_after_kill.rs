@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,6 +15,9 @@ use ferrogram::engine::wal::driver::scan_offline;
 use ferrogram::engine::wal::meta::{LogMeta, META_FILE};
 use ferrogram::engine::{Lsn, ShardId};
 use ferrogram::stress::{payload_matches, STRESS_KIND};
+
+mod in_process;
+use in_process::temp_dir;
 
 const SHARDS: usize = 2;
 
@@ -113,14 +116,6 @@ fn verify_shard(dir: &Path, shard: ShardId, acked: u64, seed: u64, round: usize)
         "seed {seed} round {round}: {shard}: acknowledged up to LSN {acked} but the log ends before {}",
         scan.next_lsn
     );
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    // Under the target directory, not /tmp: the data directory needs O_DIRECT, which tmpfs lacks.
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ferrogram-{name}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("create temp dir");
-    dir
 }
 
 /// SplitMix64: a seeded, dependency-free random sequence.
