@@ -1012,7 +1012,7 @@ struct DrainResult {
 impl DrainResult {
     fn observe(&mut self, user: UserId, event: LiveEvent, received_ns: u64, limit: usize) -> bool {
         let update = match &event {
-            LiveEvent::Box(sequenced) => &sequenced.update,
+            LiveEvent::Box { update: sequenced, .. } => &sequenced.update,
             LiveEvent::Chat { update, .. } => &update.update,
             LiveEvent::Resync => {
                 self.resyncs += 1;

@@ -4,9 +4,9 @@
 //! are reported to the host's offline hook, and a group crossing FANOUT_MAX switches to
 //! fan-out on read with an event in every member's box.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ferrogram::engine::engine::EngineHooks;
 use ferrogram::engine::messaging::limits::{FANOUT_MAX, SESSION_QUEUE_MAX};
@@ -15,16 +15,8 @@ use ferrogram::engine::messaging::{
 };
 use ferrogram::engine::{Engine, EngineConfig};
 
-fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
-    futures_lite::future::block_on(future)
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
+mod in_process;
+use in_process::{block_on, temp_dir};
 
 fn open(dir: &Path, hooks: EngineHooks) -> Engine {
     let mut config = EngineConfig::new(dir);
@@ -101,7 +93,7 @@ fn channel_posts_reach_subscribers() {
             let event = loop {
                 match next_event(&mut session.events) {
                     LiveEvent::Chat { update, .. } if update.pts <= before => continue,
-                    LiveEvent::Box(_) => continue,
+                    LiveEvent::Box { .. } => continue,
                     event => break event,
                 }
             };
@@ -153,11 +145,17 @@ fn typing_overflow_and_offline_hook() {
 
     let ack = block_on(messenger.send(group, alice, text("hi all", 1))).expect("send");
     match next_event(&mut bob_session.events) {
-        LiveEvent::Box(update) => assert!(matches!(update.update, Update::NewMessage { id, .. } if id == ack.id)),
+        LiveEvent::Box { update, message } => {
+            assert!(matches!(update.update, Update::NewMessage { id, .. } if id == ack.id));
+            assert_eq!(message.map(|m| m.text.clone()), Some("hi all".to_string()), "with its body");
+        }
         other => panic!("expected the message, got {other:?}"),
     }
     match next_event(&mut alice_session.events) {
-        LiveEvent::Box(update) => assert_eq!(Some(update.pts), ack.sender_pts, "the sender's devices see it too"),
+        LiveEvent::Box { update, message } => {
+            assert_eq!(Some(update.pts), ack.sender_pts, "the sender's devices see it too");
+            assert_eq!(message.map(|m| m.id), Some(ack.id), "with its body");
+        }
         other => panic!("expected the sender's own update, got {other:?}"),
     }
     // Carol has no session: the host hears of her update once it is durable.

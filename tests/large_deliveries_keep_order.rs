@@ -4,11 +4,13 @@
 //! send private messages to some of them, and each session's box updates arrive in dense pts
 //! order with nothing missing or repeated.
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ferrogram::engine::messaging::{LiveEvent, NewMessage, RandomId, SessionEvents, UserId};
 use ferrogram::engine::{Durability, Engine, EngineConfig};
+
+mod in_process;
+use in_process::{block_on, temp_dir};
 
 /// More members than a step delivers to inline (`DELIVERIES_INLINE_MAX`, 256), so every group
 /// message goes through the delivery task.
@@ -16,17 +18,6 @@ const MEMBERS: usize = 600;
 const GROUP_MESSAGES: u64 = 30;
 const PRIVATE_PAIRS: usize = 3;
 const PRIVATE_MESSAGES_PER_PAIR: u64 = 60;
-
-fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
-    futures_lite::future::block_on(future)
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
 
 fn text(message: &str, random_id: u64) -> NewMessage {
     NewMessage { random_id: RandomId(random_id), text: message.into(), reply_to: None }
@@ -87,7 +78,7 @@ fn large_deliveries_keep_each_sessions_order() {
         let mut next = *connected_pts + 1;
         while next <= end {
             match events.next_timeout(Duration::from_secs(10)) {
-                Some(LiveEvent::Box(update)) => {
+                Some(LiveEvent::Box { update, .. }) => {
                     assert_eq!(update.pts.0, next, "user {user}: box updates arrive in pts order, each once");
                     next += 1;
                 }

@@ -2,22 +2,14 @@
 //! a private chat, exchange messages that arrive live in order with the pts the boxes gave
 //! them, read history and differences, and find everything again after a restart.
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::path::Path;
+use std::time::Duration;
 
 use ferrogram::engine::messaging::{HistoryPage, LiveEvent, MessagingError, NewMessage, RandomId, Update, UserId};
 use ferrogram::engine::{Engine, EngineConfig};
 
-fn block_on<T>(future: impl std::future::Future<Output = T>) -> T {
-    futures_lite::future::block_on(future)
-}
-
-fn temp_dir(name: &str) -> PathBuf {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
+mod in_process;
+use in_process::{block_on, temp_dir};
 
 fn open(dir: &Path) -> Engine {
     let mut config = EngineConfig::new(dir);
@@ -70,9 +62,12 @@ fn private_chat_round_trip() {
 
     for index in 1..=20u64 {
         match bob_session.events.next_timeout(Duration::from_secs(5)) {
-            Some(LiveEvent::Box(update)) => {
+            Some(LiveEvent::Box { update, message }) => {
                 assert_eq!(update.pts.0, index, "live updates arrive in pts order");
                 assert!(matches!(update.update, Update::NewMessage { id, .. } if id.0 == index));
+                // Bob's box is on another shard: the body came with the fan-out.
+                let body = message.as_deref().map(|message| (message.id.0, message.text.clone()));
+                assert_eq!(body, Some((index, format!("hello {index}"))), "a new message's update carries its body");
             }
             other => panic!("expected live update {index}, got {other:?}"),
         }

@@ -186,7 +186,7 @@ fn live_survives_power_loss(seed: u64) -> LiveCoverage {
             }
             for (session, events) in sim.take_session_events() {
                 for event in events {
-                    if let LiveEvent::Box(entry) = event {
+                    if let LiveEvent::Box { update: entry, .. } = event {
                         let previous = shown.insert((sessions[&session], entry.pts), entry.update.clone());
                         assert!(
                             previous.is_none_or(|previous| previous == entry.update),
@@ -1367,7 +1367,7 @@ impl Run {
             let Some(user) = self.model.sessions.get(&session).map(|s| s.user) else { continue };
             for event in events {
                 match event {
-                    LiveEvent::Box(entry) => {
+                    LiveEvent::Box { update: entry, .. } => {
                         self.coverage.live_box_events += 1;
                         self.model.show_box(user, &entry, &context);
                         self.model.sessions.get_mut(&session).expect("known").received.push(entry);

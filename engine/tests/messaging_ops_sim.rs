@@ -335,7 +335,7 @@ fn sessions_receive_box_and_channel_updates_live() {
     let boxed: Vec<_> = events
         .iter()
         .filter_map(|event| match event {
-            LiveEvent::Box(sequenced) => Some(sequenced.clone()),
+            LiveEvent::Box { update: sequenced, .. } => Some(sequenced.clone()),
             _ => None,
         })
         .collect();

@@ -56,12 +56,12 @@ fn revoking_an_authorization_ends_its_live_sessions() {
     send(2);
 
     // The revoked session: the update sent before the revocation, then `Revoked`, then nothing.
-    assert!(matches!(on_phone.events.next_timeout(WAIT), Some(LiveEvent::Box(_))), "the update queued before");
+    assert!(matches!(on_phone.events.next_timeout(WAIT), Some(LiveEvent::Box { .. })), "the update queued before");
     assert_eq!(on_phone.events.next_timeout(WAIT), Some(LiveEvent::Revoked));
     assert_eq!(on_phone.events.next_timeout(WAIT), None, "the stream ended");
     // The other session sees both messages.
     for _ in 0..2 {
-        assert!(matches!(on_laptop.events.next_timeout(WAIT), Some(LiveEvent::Box(_))));
+        assert!(matches!(on_laptop.events.next_timeout(WAIT), Some(LiveEvent::Box { .. })));
     }
     assert_eq!(
         block_on(messenger.check_authorization(phone, [1; SECRET_HASH_BYTES])),

@@ -164,7 +164,9 @@ async fn resubscribe(connection: &Connection, session: model::SessionId) {
     }
 }
 
-/// Converts a batch of engine events, fetching the bodies of new and edited messages.
+/// Converts a batch of engine events. A new message's update comes with its body; the
+/// bodies of edited messages (and of new ones re-sent after a restart) are fetched, one
+/// request per chat.
 async fn convert_batch(
     connection: &Connection,
     user: UserId,
@@ -172,9 +174,9 @@ async fn convert_batch(
 ) -> (Vec<LiveEvent>, bool, bool) {
     let mut wanted: BTreeMap<model::ChatId, Vec<model::MessageId>> = BTreeMap::new();
     for event in &batch {
-        if let model::LiveEvent::Box(sequenced) = event {
-            if let Some(id) = sequenced.update.message() {
-                wanted.entry(sequenced.update.chat()).or_default().push(id);
+        if let model::LiveEvent::Box { update, message: None } = event {
+            if let Some(id) = update.update.message() {
+                wanted.entry(update.update.chat()).or_default().push(id);
             }
         }
     }
@@ -202,9 +204,12 @@ async fn convert_batch(
     let mut wire = Vec::with_capacity(batch.len());
     for event in batch {
         wire.push(match event {
-            model::LiveEvent::Box(sequenced) => {
-                let message = sequenced.update.message().and_then(|id| bodies.remove(&(sequenced.update.chat(), id)));
-                LiveEvent::Box { update: convert::sequenced(&sequenced), message }
+            model::LiveEvent::Box { update, message: Some(message) } => {
+                LiveEvent::Box { update: convert::sequenced(&update), message: Some(convert::message(&message)) }
+            }
+            model::LiveEvent::Box { update, message: None } => {
+                let message = update.update.message().and_then(|id| bodies.get(&(update.update.chat(), id)).cloned());
+                LiveEvent::Box { update: convert::sequenced(&update), message }
             }
             model::LiveEvent::Chat { chat, update, message } => LiveEvent::Chat {
                 chat: ferrogram_net::ChatId(chat.0),

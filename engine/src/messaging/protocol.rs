@@ -463,6 +463,9 @@ pub struct FanOut {
     /// For a new message: what a push to an offline recipient shows.
     /// Shared by the fan-outs of one message to every destination shard.
     pub push: Option<Arc<PushSource>>,
+    /// For a new message: its body, for the live updates of the boxes it reaches (`None`
+    /// when re-sent after a restart; the gateway then fetches it).
+    pub message: Option<Arc<Message>>,
 }
 
 #[derive(Clone, Copy, Debug)]

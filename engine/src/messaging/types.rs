@@ -399,8 +399,10 @@ pub struct Dialog {
 /// A live event on a session's stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LiveEvent {
-    /// A durable update of the user's box.
-    Box(Sequenced),
+    /// A durable update of the user's box, with the new message's body when the update is
+    /// one (`None` for other updates, and for a new message whose fan-out was re-sent after a
+    /// restart: fetch it with `get_messages`).
+    Box { update: Sequenced, message: Option<std::sync::Arc<Message>> },
     /// A durable update of a chat fanned out on read that the session subscribed to.
     Chat { chat: ChatId, update: Sequenced, message: Option<std::sync::Arc<Message>> },
     /// Someone is typing in a chat (ephemeral).

@@ -123,6 +123,11 @@ pub struct OutboxEntry {
     pub date: UnixMs,
     pub update: Update,
     pub targets: BTreeMap<u16, Vec<UserId>>,
+    /// A new message's body, carried to the boxes' shards for their live updates so the
+    /// gateway need not fetch it. In memory only (not archived): after a restart the
+    /// re-sent fan-out goes without it.
+    #[rkyv(with = rkyv::with::Skip)]
+    pub message: Option<Arc<Message>>,
 }
 
 enum Deferred {
@@ -133,6 +138,7 @@ enum Deferred {
         date: UnixMs,
         update: Update,
         users: Vec<(UserId, Pts)>,
+        message: Option<Arc<Message>>,
     },
     ChatLive {
         chat: ChatId,
@@ -575,7 +581,7 @@ impl MessagingCore {
             let (chat, chat_pts, date) = event_key(&event);
             let targets = self.remote_targets(&consequence.users);
             if !targets.is_empty() {
-                let entry = OutboxEntry { date, update: consequence.update, targets };
+                let entry = OutboxEntry { date, update: consequence.update, targets, message: None };
                 self.outbox.insert((chat, chat_pts, part as u8), entry);
             }
         }
@@ -798,6 +804,11 @@ impl MessagingCore {
     fn commit(&mut self, event: Event, sender: Option<SenderReply>, journal: &mut dyn Journal) -> Result<Lsn> {
         let consequences = self.state.consequences(&event);
         let (chat, chat_pts, date) = event_key(&event);
+        // A new message's body rides with its live updates, here and to the boxes' shards.
+        let live_message = match &event {
+            Event::Chat { change, .. } => change.posted_message().map(Arc::new),
+            _ => None,
+        };
         let mut local_events = Vec::new();
         let mut remote = Vec::new();
         let mut sender_pts = None;
@@ -825,7 +836,9 @@ impl MessagingCore {
                 });
             }
             if !targets.is_empty() {
-                remote.push(((chat, chat_pts, part as u8), OutboxEntry { date, update: consequence.update, targets }));
+                let message = consequence.update.message().and(live_message.clone());
+                let entry = OutboxEntry { date, update: consequence.update, targets, message };
+                remote.push(((chat, chat_pts, part as u8), entry));
             }
         }
         let push_event = self.commit_push_jobs(&event, &local_events);
@@ -847,10 +860,6 @@ impl MessagingCore {
         self.last_lsn = last;
 
         // Applied only once appended: an append refused for lack of room changes nothing.
-        let live_message = match &event {
-            Event::Chat { change, .. } => change.posted_message().map(Arc::new),
-            _ => None,
-        };
         // For a chat fanned out on read, its public pts before the event: an event every member
         // may see takes the next one (see `Chat::public_pts`) and goes live to subscribers.
         let on_read_public_before = match &event {
@@ -871,7 +880,8 @@ impl MessagingCore {
             for (user, _) in users {
                 self.box_lsn.insert(*user, last);
             }
-            let deferred = Deferred::BoxLive { date: *date, update: update.clone(), users: users.clone() };
+            let message = update.message().and(live_message.clone());
+            let deferred = Deferred::BoxLive { date: *date, update: update.clone(), users: users.clone(), message };
             self.preserve(&box_event);
             self.state.apply(box_event);
             self.after_durable.push_back((last, deferred));
@@ -971,7 +981,8 @@ impl MessagingCore {
         if let Some(sender) = fanout.sender {
             self.after_acked.push_back((lsn, Deferred::Reply(sender.origin, Ok(sender.response(sender_pts)))));
         }
-        self.after_durable.push_back((lsn, Deferred::BoxLive { date: fanout.date, update: fanout.update, users }));
+        let deferred = Deferred::BoxLive { date: fanout.date, update: fanout.update, users, message: fanout.message };
+        self.after_durable.push_back((lsn, deferred));
         self.after_durable.push_back((lsn, Deferred::Peer(fanout.from, confirm)));
         None
     }
@@ -990,13 +1001,14 @@ impl MessagingCore {
             Deferred::Reply(origin, result) => self.reply_now(origin, result),
             Deferred::Peer(shard, message) => self.send_peer(shard, message),
             Deferred::FanOut(key) => self.send_fanout(key),
-            Deferred::BoxLive { date, update, users } => {
+            Deferred::BoxLive { date, update, users, message } => {
                 for (user, pts) in users {
                     let sequenced = Sequenced { pts, date, update: update.clone() };
                     match self.live.sessions.get(&user) {
                         Some(sessions) if !sessions.is_empty() => {
                             for session in sessions.clone() {
-                                self.deliver(session, LiveEvent::Box(sequenced.clone()));
+                                let event = LiveEvent::Box { update: sequenced.clone(), message: message.clone() };
+                                self.deliver(session, event);
                             }
                         }
                         _ => self.effects.offline.push((user, sequenced)),
@@ -1041,6 +1053,7 @@ impl MessagingCore {
                     from: self.shard,
                     sender,
                     push: push.clone(),
+                    message: entry.message.clone(),
                 };
                 (shard, fanout)
             })
