@@ -34,6 +34,14 @@ use crate::wal::{AppendError, CheckpointTicket, OwnedRecord, Record, RecordPosit
 /// (`io_poll_find`, perf, 5,000 sends/s). The three rings then take about 1.2 MB per shard.
 const RING_DEPTH: usize = 4096;
 
+/// How long a shard runs tasks before it returns to the reactor to submit and reap I/O
+/// (glommio's preempt timer; its default is 100 ms). The vendored glommio keeps a pending
+/// preemption timer across reactor turns instead of cancelling and re-arming it on each
+/// (vendor/glommio/PATCHES.md), so this is the real bound on how long a ready socket or a
+/// finished WAL write waits while other tasks run. At 1 ms the timer is re-armed at most
+/// about 2,000 times a second, against once or twice per turn before (tens of thousands).
+const PREEMPT_SLICE: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Called for every record replayed while a shard opens, on that shard's executor.
 pub type ReplayHook = Arc<dyn Fn(ShardId, RecordPosition, Record<'_>) + Send + Sync>;
 
@@ -219,6 +227,7 @@ impl Engine {
             let thread = LocalExecutorBuilder::new(Placement::Fixed(cpu))
                 .name(&format!("shard-{index}"))
                 .ring_depth(RING_DEPTH)
+                .preempt_timer(PREEMPT_SLICE)
                 .spawn(move || {
                     shard::hold_lifeline(LifelineGuard(lifeline));
                     shard::run(start)
