@@ -70,6 +70,8 @@ fn main() {
     let t = Instant::now();
     let bytes = core.snapshot();
     let s = t.elapsed();
+    // Restored from one contiguous buffer, as opening maps the checkpoint file.
+    let bytes = bytes.to_vec();
     let t = Instant::now();
     let mut other = MessagingCore::new(ShardId(0), Arc::new(VShardTable::round_robin(1)));
     other.restore(&bytes).expect("the checkpoint restores");

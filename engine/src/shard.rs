@@ -14,7 +14,7 @@ use crate::media::driver::MediaDriver;
 use crate::media::journal::WalJournal;
 use crate::media::recovery::{MediaOpenReport, MediaRecovery};
 use crate::media::requests::MediaRequest;
-use crate::messaging::driver::{self as messaging_driver, Connected, MessagingDriver, OfflineHook, PushHook};
+use crate::messaging::driver::{Connected, MessagingDriver, OfflineHook, PushHook};
 use crate::messaging::{AuthorizationId, MessagingCore, MessagingResult, Request, Response, UserId};
 use crate::vshards::VShardTable;
 use crate::wal::driver::{LogError, OpenReport, ShardLog};
@@ -274,11 +274,10 @@ fn handle(context: &Rc<ShardContext>, request: ShardRequest) -> Option<Reply<()>
             }
             // Host and messaging state as of this step, and the media section taken as soon as
             // the media operation running now ends (`media::driver`): all in the ticket taken now.
-            let combined = context.messaging.checkpoint_bytes(state);
+            let messaging = context.messaging.checkpoint_snapshot(state.clone());
             let media = MediaDriver::checkpoint_section(context);
             let checkpoint = context.log.checkpoint_with(async move {
-                let (host, messaging) = messaging_driver::split(&combined)?;
-                Some(crate::media::checkpoint::compose(host, messaging, &media.await?))
+                Some(crate::media::checkpoint::compose(&state, messaging, media.await?))
             });
             glommio::spawn_local(async move {
                 let _ = reply.send(checkpoint.await.map_err(|error| EngineError::Checkpoint(Arc::new(error))));

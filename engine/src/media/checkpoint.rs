@@ -23,6 +23,7 @@
 use ferrogram_mediastore::{JournalError, MediaSnapshot, RecordError};
 
 use crate::ids::Lsn;
+use crate::wal::ChunkedBytes;
 
 const MAGIC: &[u8; 4] = b"FGSC";
 const VERSION: u16 = 2;
@@ -49,17 +50,20 @@ pub enum LayoutError {
 }
 
 /// Lays out a version 2 checkpoint state.
-pub fn compose(host: &[u8], messaging: &[u8], media: &[u8]) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(HEADER_BYTES + host.len() + messaging.len() + media.len());
-    bytes.extend_from_slice(MAGIC);
-    bytes.extend_from_slice(&VERSION.to_le_bytes());
-    bytes.extend_from_slice(&SECTIONS.to_le_bytes());
-    for section in [host, messaging, media] {
-        bytes.extend_from_slice(&(section.len() as u64).to_le_bytes());
+/// The messaging and media sections are moved in, not copied: the messaging one may be
+/// gigabytes.
+pub fn compose(host: &[u8], messaging: ChunkedBytes, media: Vec<u8>) -> ChunkedBytes {
+    let mut head = Vec::with_capacity(HEADER_BYTES + host.len());
+    head.extend_from_slice(MAGIC);
+    head.extend_from_slice(&VERSION.to_le_bytes());
+    head.extend_from_slice(&SECTIONS.to_le_bytes());
+    for length in [host.len(), messaging.len(), media.len()] {
+        head.extend_from_slice(&(length as u64).to_le_bytes());
     }
-    for section in [host, messaging, media] {
-        bytes.extend_from_slice(section);
-    }
+    head.extend_from_slice(host);
+    let mut bytes = ChunkedBytes::from(head);
+    bytes.append(messaging);
+    bytes.push_vec(media);
     bytes
 }
 
@@ -120,7 +124,8 @@ mod tests {
     /// section), and truncated or unknown states are refused.
     #[test]
     fn sections_round_trip_and_legacy_still_reads() {
-        let bytes = compose(b"host", b"messaging snapshot", b"media");
+        let messaging = ChunkedBytes::from(b"messaging snapshot".to_vec());
+        let bytes = compose(b"host", messaging, b"media".to_vec()).to_vec();
         let sections = split(&bytes).expect("splits");
         assert_eq!(
             sections,

@@ -21,7 +21,7 @@ use crate::messaging::types::{
 };
 use crate::shard::{MeshTask, ShardContext};
 use crate::wal::driver::{Notify, ShardLog};
-use crate::wal::AppendError;
+use crate::wal::{AppendError, ChunkedBytes};
 
 /// Told about every durable box update of a user with no online session (push uses it).
 /// Runs on the user's shard: it must not block.
@@ -238,12 +238,12 @@ impl MessagingDriver {
         perform(context);
     }
 
-    /// The host checkpoints `host_state`: the checkpoint holds it and the messaging state.
-    pub(crate) fn checkpoint_bytes(&self, host_state: Vec<u8>) -> Vec<u8> {
+    /// The host checkpoints `host_state`: the messaging state as of now, the host's state kept
+    /// for the automatic checkpoints after it.
+    pub(crate) fn checkpoint_snapshot(&self, host_state: Vec<u8>) -> ChunkedBytes {
         let snapshot = self.core.borrow_mut().snapshot();
-        let bytes = combine(&host_state, &snapshot);
         *self.host_state.borrow_mut() = host_state;
-        bytes
+        snapshot
     }
 
     fn origin(&self, shard: ShardId, pending: Pending) -> Origin {
@@ -259,14 +259,6 @@ pub(crate) fn split(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     let length = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?) as usize;
     let host = bytes.get(8..8usize.checked_add(length)?)?;
     Some((host, &bytes[8 + length..]))
-}
-
-fn combine(host: &[u8], snapshot: &[u8]) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(8 + host.len() + snapshot.len());
-    bytes.extend_from_slice(&(host.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(host);
-    bytes.extend_from_slice(snapshot);
-    bytes
 }
 
 pub(crate) struct LogJournal<'a>(pub &'a ShardLog);
@@ -453,7 +445,7 @@ fn begin_checkpoint(context: &Rc<ShardContext>) {
             futures_lite::future::yield_now().await;
         }
         let snapshot = producer.messaging.core.borrow_mut().finish_checkpoint()?;
-        Some(crate::media::checkpoint::compose(&host_state, &snapshot, &media.await?))
+        Some(crate::media::checkpoint::compose(&host_state, snapshot, media.await?))
     };
     let checkpoint = context.log.checkpoint_with(state);
     let context = context.clone();

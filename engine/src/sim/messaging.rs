@@ -516,7 +516,7 @@ impl MessagingSim {
     pub fn checkpoint(&mut self, shard: ShardId) -> Result<CheckpointTicket, SimError> {
         let SimShard { log, core, .. } = &mut self.shards[shard.index()];
         let state = core.snapshot();
-        let result = log.checkpoint(&state, &mut self.rng);
+        let result = log.checkpoint(&state.to_vec(), &mut self.rng);
         if let Ok(ticket) = &result {
             log.release_before(ticket.replay_from.segment);
             self.stats.checkpoints += 1;

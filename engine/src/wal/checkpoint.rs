@@ -33,17 +33,30 @@ pub fn parse_file_name(name: &str) -> Option<Lsn> {
 
 /// Header and state, ready to write.
 pub fn encode(ticket: CheckpointTicket, state: &[u8], salt: u64) -> Vec<u8> {
-    let mut out = vec![0u8; CHECKPOINT_HEADER_BYTES + state.len()];
+    let mut out = Vec::with_capacity(CHECKPOINT_HEADER_BYTES + state.len());
+    out.extend_from_slice(&encode_header(ticket, state.len() as u64, xxh3_64_with_seed(state, salt), salt));
+    out.extend_from_slice(state);
+    out
+}
+
+/// The header of a checkpoint of `state_bytes` bytes whose xxh3-64 (seeded with `salt`) is
+/// `state_checksum`: written apart from the state, which may be too large to copy behind it.
+pub fn encode_header(
+    ticket: CheckpointTicket,
+    state_bytes: u64,
+    state_checksum: u64,
+    salt: u64,
+) -> [u8; CHECKPOINT_HEADER_BYTES] {
+    let mut out = [0u8; CHECKPOINT_HEADER_BYTES];
     out[0..4].copy_from_slice(&CHECKPOINT_MAGIC.to_le_bytes());
     out[4..6].copy_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
     out[8..16].copy_from_slice(&ticket.lsn.0.to_le_bytes());
     out[16..24].copy_from_slice(&ticket.replay_from.segment.0.to_le_bytes());
     out[24..32].copy_from_slice(&ticket.replay_from.offset.to_le_bytes());
-    out[32..40].copy_from_slice(&(state.len() as u64).to_le_bytes());
-    out[40..48].copy_from_slice(&xxh3_64_with_seed(state, salt).to_le_bytes());
+    out[32..40].copy_from_slice(&state_bytes.to_le_bytes());
+    out[40..48].copy_from_slice(&state_checksum.to_le_bytes());
     let checksum = xxh3_64_with_seed(&out[..56], salt);
     out[56..64].copy_from_slice(&checksum.to_le_bytes());
-    out[CHECKPOINT_HEADER_BYTES..].copy_from_slice(state);
     out
 }
 

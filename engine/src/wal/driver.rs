@@ -25,6 +25,7 @@ use crate::config::{
 };
 use crate::ids::{Lsn, RecordKind, SegmentId, VShard};
 use crate::wal::checkpoint;
+use crate::wal::chunked::{ChunkedBytes, PartsReader};
 use crate::wal::core::{
     AppendError, Appended, CheckpointTicket, IoBuffer, IoCompletion, IoFailure, IoRequest, LogCore, LogStart,
     OwnedRecord, RecordPosition,
@@ -355,14 +356,14 @@ impl ShardLog {
         &self,
         state: Vec<u8>,
     ) -> impl Future<Output = Result<CheckpointTicket, CheckpointError>> + 'static {
-        self.checkpoint_with(async move { Some(state) })
+        self.checkpoint_with(async move { Some(ChunkedBytes::from(state)) })
     }
 
     /// As [`ShardLog::checkpoint`], for a state still being produced: the ticket is taken now,
     /// and `state` must resolve to the shard's state as it is now (or `None` to give up).
     pub fn checkpoint_with(
         &self,
-        state: impl Future<Output = Option<Vec<u8>>> + 'static,
+        state: impl Future<Output = Option<ChunkedBytes>> + 'static,
     ) -> impl Future<Output = Result<CheckpointTicket, CheckpointError>> + 'static {
         let ticket = self.inner.core.borrow().checkpoint_ticket();
         // One checkpoint at a time: they must complete in ticket order, and they share names.
@@ -376,16 +377,26 @@ impl ShardLog {
         }
     }
 
+    /// Writes the checkpoint file without ever holding the state twice or working on all of
+    /// it in one step: the checksum is taken a chunk at a time, yielding between chunks, and
+    /// the header and state are copied into the file's write buffers piece by piece.
     async fn write_checkpoint(
         &self,
         ticket: CheckpointTicket,
-        state: &[u8],
+        state: &ChunkedBytes,
     ) -> Result<CheckpointTicket, CheckpointError> {
         self.durable(ticket.lsn).await?;
         let salt = self.inner.core.borrow().salt();
         let dir = self.inner.dir.join(CHECKPOINT_DIR);
         let path = dir.join(checkpoint::file_name(ticket.lsn));
-        write_file_durably(&path, &checkpoint::encode(ticket, state, salt))
+        let mut hasher = xxhash_rust::xxh3::Xxh3::with_seed(salt);
+        for chunk in state.chunks() {
+            hasher.update(chunk);
+            glommio::yield_if_needed().await;
+        }
+        let header = checkpoint::encode_header(ticket, state.len() as u64, hasher.digest(), salt);
+        let parts = std::iter::once(header.as_slice()).chain(state.chunks()).collect();
+        write_file_durably(&path, PartsReader::new(parts))
             .await
             .map_err(|source| CheckpointError::Io { path: path.clone(), source })?;
         let dropped = self.inner.core.borrow_mut().checkpoint_written(ticket);
@@ -724,19 +735,18 @@ async fn recycle_segment(inner: &Inner, wal_dir: &Path, old: SegmentId, new: Seg
     Ok(())
 }
 
-/// Writes `bytes` to `path` so that after a crash the file is either whole or absent.
-async fn write_file_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+/// Writes the bytes `bytes` reads to `path` so that after a crash the file is either whole or
+/// absent.
+async fn write_file_durably(path: &Path, mut bytes: PartsReader<'_>) -> io::Result<()> {
     let temporary = path.with_extension("tmp");
     let result = async {
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).dma_open(&temporary).await?;
-        let aligned = crate::wal::core::block_aligned(bytes.len().max(1));
+        let aligned = crate::wal::core::block_aligned(bytes.total_len().max(1));
         let mut offset = 0;
         while offset < aligned {
             let chunk = (aligned - offset).min(PREWRITE_CHUNK_BYTES);
             let mut buffer = glommio::allocate_dma_buffer(chunk);
-            let data = bytes.get(offset..).unwrap_or(&[]);
-            let copied = data.len().min(chunk);
-            buffer.as_bytes_mut()[..copied].copy_from_slice(&data[..copied]);
+            let copied = bytes.read(buffer.as_bytes_mut());
             buffer.as_bytes_mut()[copied..].fill(0);
             file.write_at(buffer, offset as u64).await?;
             offset += chunk;

@@ -3,12 +3,14 @@
 
 pub mod archive;
 pub mod checkpoint;
+pub mod chunked;
 pub mod core;
 pub mod driver;
 pub mod format;
 pub mod meta;
 pub mod recovery;
 
+pub use self::chunked::ChunkedBytes;
 pub use self::core::{
     AppendError, Appended, CheckpointTicket, IoBuffer, IoCompletion, IoFailure, IoRequest, LogCore, LogPosition,
     LogStart, OwnedRecord, RecordPosition,

@@ -219,7 +219,7 @@ mod tests {
 
         // A checkpoint keeps the media.
         let mut restored = MessagingCore::new(ShardId(0), table.clone());
-        restored.restore(&core.snapshot()).expect("restores");
+        restored.restore(&core.snapshot().to_vec()).expect("restores");
         restored.resume(0, Lsn(journal.0.len() as u64));
         assert_eq!(call(&mut restored, &mut journal, get(ack.id, bob)), Ok(Response::Media(media(FILE))));
 
@@ -242,7 +242,7 @@ mod tests {
         // Replay and a checkpoint both keep the outbox.
         assert_eq!(pending(&mut rebuilt(&journal, &table), &mut journal), queued);
         let mut restored = MessagingCore::new(ShardId(0), table.clone());
-        restored.restore(&core.snapshot()).expect("restores");
+        restored.restore(&core.snapshot().to_vec()).expect("restores");
         restored.resume(0, Lsn(journal.0.len() as u64));
         assert_eq!(pending(&mut restored, &mut journal), queued);
 

@@ -17,7 +17,7 @@ use crate::messaging::records::{self, ChatChange, Event, EVENT_KIND};
 use crate::messaging::state::{content_hash, pair_key, secret_hash_matches, Authorization, Chat, Map, State, User};
 use crate::messaging::types::*;
 use crate::vshards::VShardTable;
-use crate::wal::AppendError;
+use crate::wal::{AppendError, ChunkedBytes};
 
 mod media;
 mod push;
@@ -248,7 +248,7 @@ const PIECE_CHAT_PUBLIC_PTS: u64 = 9;
 
 /// See [`MessagingCore::begin_checkpoint`].
 struct CheckpointInProgress {
-    out: Vec<u8>,
+    out: ChunkedBytes,
     /// Still to write, in the order `checkpoint_step` takes them.
     users: Vec<UserId>,
     chats: Vec<ChatId>,
@@ -403,7 +403,7 @@ impl MessagingCore {
     }
 
     /// The checkpoint of everything applied so far (see [`SnapshotHeader`] for its layout).
-    pub fn snapshot(&mut self) -> Vec<u8> {
+    pub fn snapshot(&mut self) -> ChunkedBytes {
         let mut out = self.snapshot_header();
         for user in self.state.users.keys() {
             push_user(&mut out, &self.state, *user);
@@ -416,7 +416,7 @@ impl MessagingCore {
     }
 
     /// A checkpoint's first bytes: the magic and the header of the state as it is now.
-    fn snapshot_header(&mut self) -> Vec<u8> {
+    fn snapshot_header(&mut self) -> ChunkedBytes {
         let state = &mut self.state;
         // The indexes are moved into the header to archive them, not copied, then moved back.
         let header = SnapshotHeader {
@@ -430,7 +430,7 @@ impl MessagingCore {
             users: state.users.len() as u64,
             chats: state.chats.len() as u64,
         };
-        let mut out = Vec::new();
+        let mut out = ChunkedBytes::new();
         out.extend_from_slice(SNAPSHOT_MAGIC);
         push_piece(&mut out, PIECE_HEADER, &header);
         let SnapshotHeader { phones, usernames, pairs, user_sequences, chat_sequences, idempotency_order, .. } = header;
@@ -497,7 +497,7 @@ impl MessagingCore {
 
     /// The bytes of the checkpoint begun, once every piece is written (else `None`, and the
     /// checkpoint is dropped). Idempotency expiry, paused meanwhile, resumes.
-    pub fn finish_checkpoint(&mut self) -> Option<Vec<u8>> {
+    pub fn finish_checkpoint(&mut self) -> Option<ChunkedBytes> {
         let progress = self.checkpoint.take()?;
         let complete = progress.pending_users.is_empty() && progress.pending_chats.is_empty();
         complete.then_some(progress.out)
@@ -1241,7 +1241,7 @@ fn append_error(error: AppendError) -> MessagingError {
 }
 
 /// Appends a user's piece, then its authorizations' piece and its push piece if it has them.
-fn push_user(out: &mut Vec<u8>, state: &State, user: UserId) {
+fn push_user(out: &mut ChunkedBytes, state: &State, user: UserId) {
     push_piece(out, PIECE_USER, &state.users[&user]);
     if let Some(authorizations) = state.authorizations.get(&user) {
         push_piece(out, PIECE_AUTHORIZATIONS, authorizations);
@@ -1260,7 +1260,7 @@ fn push_user(out: &mut Vec<u8>, state: &State, user: UserId) {
 
 /// A chat's piece, its public pts piece when that differs from its sequence, and its media
 /// piece when it holds media messages.
-fn push_chat(out: &mut Vec<u8>, chat: &Chat) {
+fn push_chat(out: &mut ChunkedBytes, chat: &Chat) {
     push_piece(out, PIECE_CHAT, chat);
     if chat.public_pts != chat.pts {
         push_piece(out, PIECE_CHAT_PUBLIC_PTS, &ChatPublicPts { chat: chat.id, public_pts: chat.public_pts });
@@ -1332,7 +1332,7 @@ fn restore_authorizations(
 
 /// Appends one archived piece: its kind and length (u64 each) and its bytes, padded to 16 so
 /// the next piece starts aligned.
-fn push_piece<T>(out: &mut Vec<u8>, tag: u64, value: &T)
+fn push_piece<T>(out: &mut ChunkedBytes, tag: u64, value: &T)
 where
     T: for<'a> rkyv::Serialize<
         rkyv::api::high::HighSerializer<
@@ -1350,7 +1350,7 @@ where
     out.extend_from_slice(&tag.to_le_bytes());
     out.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
     out.extend_from_slice(&bytes);
-    out.resize(out.len().next_multiple_of(16), 0);
+    out.pad_to(16);
 }
 
 /// Reads a checkpoint's pieces back, validating each.
@@ -1552,7 +1552,7 @@ mod tests {
                 Request::Edit { chat, user: sender, id: MessageId(1), text: "edited".into() },
             );
         }
-        let bytes = core.finish_checkpoint().expect("every piece was written");
+        let bytes = core.finish_checkpoint().expect("every piece was written").to_vec();
         let mut restored = MessagingCore::new(ShardId(0), table);
         restored.restore(&bytes).expect("restores");
         for (kind, payload) in &journal.0[began_at..] {
@@ -1825,7 +1825,7 @@ mod tests {
         let request = Request::RevokeAuthorization { user: alice, id: revoked };
         assert_eq!(try_call(&mut core, &mut journal, request), Ok(Response::Done));
 
-        let bytes = core.snapshot();
+        let bytes = core.snapshot().to_vec();
         let mut restored = MessagingCore::new(ShardId(0), table.clone());
         restored.restore(&bytes).expect("restores");
         restored.resume(0, Lsn(journal.0 - 1));
@@ -1949,7 +1949,7 @@ mod tests {
                 }
             }
         }
-        let bytes = core.finish_checkpoint().expect("every piece was written");
+        let bytes = core.finish_checkpoint().expect("every piece was written").to_vec();
         let mut restored = MessagingCore::new(ShardId(0), table);
         restored.restore(&bytes).expect("restores");
         for (kind, payload) in &journal.0[began_at..] {
@@ -1985,7 +1985,7 @@ mod tests {
             };
             call(&mut core, &mut journal, Request::Send(send));
         }
-        let bytes = core.snapshot();
+        let bytes = core.snapshot().to_vec();
         let mut restored = MessagingCore::new(ShardId(0), table.clone());
         restored.restore(&bytes).expect("restores");
         restored.resume(0, Lsn(journal.0 - 1));
