@@ -225,7 +225,13 @@ struct AuthorizationsHeader {
 /// public pts differs from its sequence (events for one member take none since version 6).
 /// Older versions restore every chat with its public pts equal to its sequence, which is what
 /// their clients saw.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"FGMSNAP6";
+///
+/// Version 7 moves the idempotency window out of the header, which archived it in one step (a
+/// window of 10 M sends is 320 MB): the header's window is empty, an
+/// [`PIECE_IDEMPOTENCY_COUNT`] piece after the media releases says how many entries follow,
+/// and [`PIECE_IDEMPOTENCY`] pieces carry them, oldest first, between the other pieces.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"FGMSNAP7";
+const SNAPSHOT_MAGIC_V6: &[u8; 8] = b"FGMSNAP6";
 const SNAPSHOT_MAGIC_V5: &[u8; 8] = b"FGMSNAP5";
 const SNAPSHOT_MAGIC_V4: &[u8; 8] = b"FGMSNAP4";
 const SNAPSHOT_MAGIC_V3: &[u8; 8] = b"FGMSNAP3";
@@ -245,10 +251,24 @@ const PIECE_CHAT_MEDIA: u64 = 8;
 /// One chat's public pts ([`ChatPublicPts`]), right after the chat's piece, when it differs
 /// from the chat's own sequence.
 const PIECE_CHAT_PUBLIC_PTS: u64 = 9;
+/// How many idempotency entries the checkpoint holds (a `u64`), after the media releases.
+const PIECE_IDEMPOTENCY_COUNT: u64 = 10;
+/// The next entries of the idempotency window (`Vec<IdempotencyEntry>`), in order.
+const PIECE_IDEMPOTENCY: u64 = 11;
+/// Idempotency entries in one piece (1 MiB of them; a few in unit tests, so their windows span
+/// several pieces).
+const IDEMPOTENCY_ENTRIES_PER_PIECE: usize = if cfg!(test) { 7 } else { 32 * 1024 };
+
+type IdempotencyEntry = (UnixMs, ChatId, UserId, RandomId);
 
 /// See [`MessagingCore::begin_checkpoint`].
 struct CheckpointInProgress {
     out: ChunkedBytes,
+    /// The idempotency entries still to write: `next..end` of the window. The window's first
+    /// `end` entries do not change meanwhile: entries are only appended, and expiry waits
+    /// until the checkpoint is done.
+    idempotency_next: usize,
+    idempotency_end: usize,
     /// Still to write, in the order `checkpoint_step` takes them.
     users: Vec<UserId>,
     chats: Vec<ChatId>,
@@ -323,6 +343,10 @@ impl MessagingCore {
             2..=4 => crate::messaging::MediaReleases::default(),
             _ => pieces.next(PIECE_MEDIA_RELEASES)?,
         };
+        let idempotency_count: Option<u64> = match pieces.version {
+            2..=6 => None,
+            _ => Some(pieces.next(PIECE_IDEMPOTENCY_COUNT)?),
+        };
         let mut state = State {
             phones: header.phones,
             usernames: header.usernames,
@@ -371,8 +395,15 @@ impl MessagingCore {
                     let chat_media: ChatMedia = pieces.next(PIECE_CHAT_MEDIA)?;
                     restore_chat_media(&mut state, chat_media)?;
                 }
+                PIECE_IDEMPOTENCY if pieces.version >= 7 => {
+                    let entries: Vec<IdempotencyEntry> = pieces.next(PIECE_IDEMPOTENCY)?;
+                    state.idempotency_order.extend(entries);
+                }
                 _ => return Err(RestoreError::Format("a piece of unknown kind")),
             }
+        }
+        if idempotency_count.is_some_and(|count| state.idempotency_order.len() as u64 != count) {
+            return Err(RestoreError::Format("the checkpoint misses idempotency entries it counts"));
         }
         if state.users.len() as u64 != header.users || state.chats.len() as u64 != header.chats {
             return Err(RestoreError::Format("the checkpoint misses users or chats its header counts"));
@@ -405,6 +436,10 @@ impl MessagingCore {
     /// The checkpoint of everything applied so far (see [`SnapshotHeader`] for its layout).
     pub fn snapshot(&mut self) -> ChunkedBytes {
         let mut out = self.snapshot_header();
+        let window = self.state.idempotency_order.len();
+        for start in (0..window).step_by(IDEMPOTENCY_ENTRIES_PER_PIECE) {
+            push_idempotency(&mut out, &self.state, start..window.min(start + IDEMPOTENCY_ENTRIES_PER_PIECE));
+        }
         for user in self.state.users.keys() {
             push_user(&mut out, &self.state, *user);
         }
@@ -425,7 +460,8 @@ impl MessagingCore {
             pairs: std::mem::take(&mut state.pairs),
             user_sequences: std::mem::take(&mut state.user_sequences),
             chat_sequences: std::mem::take(&mut state.chat_sequences),
-            idempotency_order: std::mem::take(&mut state.idempotency_order),
+            // Since version 7 the window follows in pieces of its own.
+            idempotency_order: VecDeque::new(),
             outbox: self.outbox.iter().map(|(key, entry)| (*key, entry.clone())).collect(),
             users: state.users.len() as u64,
             chats: state.chats.len() as u64,
@@ -433,10 +469,9 @@ impl MessagingCore {
         let mut out = ChunkedBytes::new();
         out.extend_from_slice(SNAPSHOT_MAGIC);
         push_piece(&mut out, PIECE_HEADER, &header);
-        let SnapshotHeader { phones, usernames, pairs, user_sequences, chat_sequences, idempotency_order, .. } = header;
+        let SnapshotHeader { phones, usernames, pairs, user_sequences, chat_sequences, .. } = header;
         (state.phones, state.usernames, state.pairs) = (phones, usernames, pairs);
-        (state.user_sequences, state.chat_sequences, state.idempotency_order) =
-            (user_sequences, chat_sequences, idempotency_order);
+        (state.user_sequences, state.chat_sequences) = (user_sequences, chat_sequences);
         let authorizations_header = AuthorizationsHeader {
             sequences: std::mem::take(&mut state.authorization_sequences),
             users: state.authorizations.len() as u64,
@@ -452,6 +487,7 @@ impl MessagingCore {
         };
         push_piece(&mut out, PIECE_PUSH_HEADER, &push_header);
         push_piece(&mut out, PIECE_MEDIA_RELEASES, &state.media_releases);
+        push_piece(&mut out, PIECE_IDEMPOTENCY_COUNT, &(state.idempotency_order.len() as u64));
         out
     }
 
@@ -465,6 +501,8 @@ impl MessagingCore {
         let chats: Vec<ChatId> = self.state.chats.keys().copied().collect();
         self.checkpoint = Some(CheckpointInProgress {
             out: header_only,
+            idempotency_next: 0,
+            idempotency_end: self.state.idempotency_order.len(),
             pending_users: users.iter().map(|&user| (user, ())).collect(),
             pending_chats: chats.iter().map(|&chat| (chat, ())).collect(),
             users,
@@ -473,12 +511,21 @@ impl MessagingCore {
         self.bytes_since_checkpoint = 0;
     }
 
-    /// Writes up to `pieces` more users and chats of the checkpoint begun; true once all are.
+    /// Writes more of the checkpoint begun: up to `pieces` pieces (idempotency entries, users,
+    /// chats), stopping early once a step has archived `CHECKPOINT_STEP_BYTES`; true once all
+    /// are written.
     pub fn checkpoint_step(&mut self, pieces: usize) -> bool {
         let (Some(progress), state) = (&mut self.checkpoint, &self.state) else { return true };
         let mut written = 0;
-        while written < pieces {
-            if let Some(user) = progress.users.pop() {
+        let step_end = progress.out.len() + CHECKPOINT_STEP_BYTES;
+        while written < pieces && progress.out.len() < step_end {
+            if progress.idempotency_next < progress.idempotency_end {
+                let start = progress.idempotency_next;
+                let end = progress.idempotency_end.min(start + IDEMPOTENCY_ENTRIES_PER_PIECE);
+                push_idempotency(&mut progress.out, state, start..end);
+                progress.idempotency_next = end;
+                written += 1;
+            } else if let Some(user) = progress.users.pop() {
                 if progress.pending_users.remove(&user).is_some() {
                     push_user(&mut progress.out, state, user);
                     written += 1;
@@ -492,14 +539,16 @@ impl MessagingCore {
                 return true;
             }
         }
-        progress.users.is_empty() && progress.chats.is_empty()
+        progress.idempotency_next == progress.idempotency_end && progress.users.is_empty() && progress.chats.is_empty()
     }
 
     /// The bytes of the checkpoint begun, once every piece is written (else `None`, and the
     /// checkpoint is dropped). Idempotency expiry, paused meanwhile, resumes.
     pub fn finish_checkpoint(&mut self) -> Option<ChunkedBytes> {
         let progress = self.checkpoint.take()?;
-        let complete = progress.pending_users.is_empty() && progress.pending_chats.is_empty();
+        let complete = progress.idempotency_next == progress.idempotency_end
+            && progress.pending_users.is_empty()
+            && progress.pending_chats.is_empty();
         complete.then_some(progress.out)
     }
 
@@ -1332,6 +1381,12 @@ fn restore_authorizations(
 
 /// Appends one archived piece: its kind and length (u64 each) and its bytes, padded to 16 so
 /// the next piece starts aligned.
+/// The idempotency window's entries `range`, in order.
+fn push_idempotency(out: &mut ChunkedBytes, state: &State, range: std::ops::Range<usize>) {
+    let entries: Vec<IdempotencyEntry> = state.idempotency_order.range(range).copied().collect();
+    push_piece(out, PIECE_IDEMPOTENCY, &entries);
+}
+
 fn push_piece<T>(out: &mut ChunkedBytes, tag: u64, value: &T)
 where
     T: for<'a> rkyv::Serialize<
@@ -1358,14 +1413,15 @@ struct SnapshotPieces<'a> {
     bytes: &'a [u8],
     offset: usize,
     aligned: rkyv::util::AlignedVec<16>,
-    /// The format version its magic names: 2 to 5.
+    /// The format version its magic names: 2 to 7.
     version: u8,
 }
 
 impl<'a> SnapshotPieces<'a> {
     fn new(bytes: &'a [u8]) -> std::result::Result<SnapshotPieces<'a>, RestoreError> {
         let version = match bytes.get(..8) {
-            Some(magic) if magic == SNAPSHOT_MAGIC.as_slice() => 6,
+            Some(magic) if magic == SNAPSHOT_MAGIC.as_slice() => 7,
+            Some(magic) if magic == SNAPSHOT_MAGIC_V6.as_slice() => 6,
             Some(magic) if magic == SNAPSHOT_MAGIC_V5.as_slice() => 5,
             Some(magic) if magic == SNAPSHOT_MAGIC_V4.as_slice() => 4,
             Some(magic) if magic == SNAPSHOT_MAGIC_V3.as_slice() => 3,
@@ -1534,6 +1590,8 @@ mod tests {
             call(&mut core, &mut journal, send(chat, sender, index as u64 + 1));
         }
         // Begin; then change half the chats and boxes between small steps.
+        let window = core.state().idempotency_order.len();
+        assert!(window > 2 * IDEMPOTENCY_ENTRIES_PER_PIECE, "the window spans several pieces");
         core.begin_checkpoint();
         let began_at = journal.0.len();
         let mut random_id = 1000;
@@ -1559,7 +1617,18 @@ mod tests {
             restored.replay(*kind, payload).expect("replays");
         }
         assert_eq!(digest(restored.state()), digest(core.state()));
+        assert_eq!(restored.state().idempotency_order, core.state().idempotency_order);
         assert_ne!(began_at, journal.0.len(), "the state changed while the checkpoint was taken");
+
+        // A checkpoint that lost a piece of the window is refused, not restored with a hole.
+        let pieces = split_pieces(&bytes);
+        let lost = pieces.iter().position(|(kind, _)| *kind == PIECE_IDEMPOTENCY).expect("window pieces");
+        let damaged = join_pieces(
+            SNAPSHOT_MAGIC,
+            pieces.iter().enumerate().filter(|(index, _)| *index != lost).map(|(_, (_, piece))| *piece),
+        );
+        let mut refused = MessagingCore::new(ShardId(0), Arc::new(VShardTable::round_robin(1)));
+        assert!(matches!(refused.restore(&damaged), Err(RestoreError::Format(_))));
     }
 
     /// One request on a one-shard core whose log is acknowledged and durable at once: its
@@ -1859,8 +1928,11 @@ mod tests {
             );
         }
 
-        // Version 4 is version 5 without the media pieces, and cannot smuggle them in.
-        let no_media = |kind: u64| kind != PIECE_MEDIA_RELEASES && kind != PIECE_CHAT_MEDIA;
+        // Version 4 is version 5 without the media pieces, and cannot smuggle them in (nor the
+        // idempotency pieces of version 7).
+        let no_media = |kind: u64| {
+            ![PIECE_MEDIA_RELEASES, PIECE_CHAT_MEDIA, PIECE_IDEMPOTENCY_COUNT, PIECE_IDEMPOTENCY].contains(&kind)
+        };
         let version_4 =
             join_pieces(SNAPSHOT_MAGIC_V4, pieces.iter().filter(|(kind, _)| no_media(*kind)).map(|(_, p)| *p));
         let mut old = MessagingCore::new(ShardId(0), table.clone());
