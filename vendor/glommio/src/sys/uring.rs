@@ -1822,7 +1822,6 @@ impl Reactor {
         // cancelled and armed again on every call, which cost two submissions (a timeout and
         // an async cancel) and an io_uring_enter per reactor turn. It may fire earlier than
         // a fresh one would (a shorter slice) or wake a sleeping reactor once: both harmless.
-        let armed_latency_deadline = self.pending_latency_preemption_deadline();
 
         // The throughput-based timeout is likewise kept while pending: it fires after
         // `ring_depth` completions counted from when it was armed, not from this call.
@@ -1861,7 +1860,10 @@ impl Reactor {
                 // A pending timer that fires no later than the user's wakes us in time.
                 // Otherwise arm one; the later one is cancelled with the next call's
                 // cancellations (until then it can only wake us early, which is harmless).
-                if !matches!(armed_latency_deadline, Some(at) if at <= Instant::now() + dur) {
+                // Asked now, not at the top: the rings consumed since may hold its firing,
+                // and sleeping on a timer that already went off would never wake.
+                let armed = self.pending_latency_preemption_deadline();
+                if !matches!(armed, Some(at) if at <= Instant::now() + dur) {
                     drop(self.latency_preemption_timeout_src.take());
                     self.arm_latency_preemption_timer(&mut lat_ring, dur);
                     assert!(flush_rings!(lat_ring)? > 0);
