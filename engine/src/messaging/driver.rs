@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crate::ids::{Lsn, RecordKind, ShardId, VShard};
 use crate::messaging::core::{Journal, MessagingCore};
-use crate::messaging::limits::{CHECKPOINT_PIECES_PER_STEP, SESSION_QUEUE_MAX};
+use crate::messaging::limits::{CHECKPOINT_PIECES_PER_STEP, CHECKPOINT_SHARES, SESSION_QUEUE_MAX};
 use crate::messaging::protocol::{Effects, Origin, PeerMessage, Request, Response};
 use crate::messaging::push::PendingPush;
 use crate::messaging::state::Map;
@@ -145,6 +145,8 @@ pub(crate) struct MessagingDriver {
     /// The host's last checkpoint state, carried into the automatic checkpoints.
     host_state: RefCell<Vec<u8>>,
     checkpointing: Rc<Cell<bool>>,
+    /// The task queue automatic checkpoints run in (see `CHECKPOINT_SHARES`).
+    checkpoint_queue: glommio::TaskQueueHandle,
     /// Hand segments covered by a finished checkpoint back to the log for reuse.
     release_log: bool,
     /// Deliveries waiting for the delivery task, oldest first. While it holds anything, every
@@ -155,6 +157,7 @@ pub(crate) struct MessagingDriver {
 }
 
 impl MessagingDriver {
+    /// On the shard's executor (it creates the checkpoint task queue there).
     pub(crate) fn new(
         core: MessagingCore,
         shard_count: usize,
@@ -176,6 +179,11 @@ impl MessagingDriver {
             push,
             host_state: RefCell::new(host_state),
             checkpointing: Rc::new(Cell::new(false)),
+            checkpoint_queue: glommio::executor().create_task_queue(
+                glommio::Shares::Static(CHECKPOINT_SHARES),
+                glommio::Latency::NotImportant,
+                "checkpoints",
+            ),
             release_log,
             backlog: RefCell::new(VecDeque::new()),
             backlog_wake: Notify::default(),
@@ -449,7 +457,8 @@ fn begin_checkpoint(context: &Rc<ShardContext>) {
     };
     let checkpoint = context.log.checkpoint_with(state);
     let context = context.clone();
-    glommio::spawn_local(async move {
+    let queue = context.messaging.checkpoint_queue;
+    let finish = async move {
         // A failed checkpoint is retried after the next interval; the log is what is durable.
         if let Ok(ticket) = checkpoint.await {
             if context.messaging.release_log {
@@ -461,8 +470,13 @@ fn begin_checkpoint(context: &Rc<ShardContext>) {
         // Refused (another checkpoint was being written): drop the one begun.
         let _ = context.messaging.core.borrow_mut().finish_checkpoint();
         context.messaging.checkpointing.set(false);
-    })
-    .detach();
+    };
+    // Archiving, checksumming and writing run in their own task queue, so under load they
+    // take a bounded share of the core rather than every other turn.
+    // (The queue lives as long as the executor: spawning into it cannot fail.)
+    if let Ok(task) = glommio::spawn_local_into(finish, queue) {
+        task.detach();
+    }
 }
 
 /// Pushes `event` into the session's queue; a session whose queue is full, or whose reader
