@@ -1,6 +1,7 @@
 //! Times a messaging checkpoint on its own: builds one shard's core in memory (10,000 users,
 //! 5,000 private chats, N messages of 64 bytes; the journal is a counter), then times
-//! `MessagingCore::snapshot` and `restore`. `cargo run --release --example snapshot_timing -- N`.
+//! `MessagingCore::snapshot` and `restore`, and prints what the checkpoint's bytes are made of
+//! (each part archived on its own, per message). `cargo run --release --example snapshot_timing -- N`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -67,6 +68,7 @@ fn main() {
             }),
         );
     }
+    print_composition(&core, messages);
     let t = Instant::now();
     let bytes = core.snapshot();
     let s = t.elapsed();
@@ -82,4 +84,35 @@ fn main() {
         bytes.len() as f64 / 1e6 / s.as_secs_f64(),
         t.elapsed()
     );
+}
+
+/// Archives each part of the state on its own and prints its bytes per message.
+fn print_composition(core: &MessagingCore, messages: u64) {
+    fn archived<T>(value: &T) -> u64
+    where
+        T: for<'a> rkyv::Serialize<
+            rkyv::api::high::HighSerializer<
+                rkyv::util::AlignedVec,
+                rkyv::ser::allocator::ArenaHandle<'a>,
+                rkyv::rancor::Error,
+            >,
+        >,
+    {
+        rkyv::to_bytes::<rkyv::rancor::Error>(value).map_or(0, |bytes| bytes.len() as u64)
+    }
+    let state = core.state();
+    let mut parts = [("messages", 0), ("chat logs", 0), ("random_ids", 0), ("box entries", 0), ("dialogs", 0)];
+    for chat in state.chats.values() {
+        parts[0].1 += archived(&chat.messages);
+        parts[1].1 += archived(&chat.log);
+        parts[2].1 += archived(&chat.random_ids);
+    }
+    for user in state.users.values() {
+        parts[3].1 += archived(&user.update_box.entries);
+        parts[4].1 += archived(&user.update_box.dialogs);
+    }
+    let order = ("idempotency order", archived(&state.idempotency_order));
+    for (part, bytes) in parts.into_iter().chain([order]) {
+        println!("{part:>18}: {:>5} MB, {:>6.1} bytes per message", bytes >> 20, bytes as f64 / messages as f64);
+    }
 }
