@@ -658,17 +658,28 @@ fn apply_box(
         return;
     }
     assert_eq!(pts, update_box.pts.next(), "box of user {owner} pts must stay dense");
+    let pushed_out = box_entries_pushed_out(update_box, chat, chat_pts, date);
     update_box.applied.insert(chat, chat_pts);
     update_box.pts = pts;
     update_box.date = update_box.date.max(date);
     let update = update.clone();
     apply_dialog(update_box, owner, &update, date);
     update_box.entries.push_back(Sequenced { pts, date, update });
-    while update_box.entries.len() > BOX_HISTORY_MAX
-        || update_box.entries.front().is_some_and(|oldest| oldest.date.0 + HISTORY_AGE_MS_MAX < date.0)
-    {
-        update_box.entries.pop_front();
+    update_box.entries.drain(..pushed_out);
+}
+
+/// How many of a box's oldest entries the update of chat event (`chat`, `chat_pts`) dated
+/// `date` pushes out when it is applied: beyond `BOX_HISTORY_MAX` entries, and older than
+/// `HISTORY_AGE_MS_MAX` before it. None when the box has applied that event already.
+pub fn box_entries_pushed_out(update_box: &UpdateBox, chat: ChatId, chat_pts: Pts, date: UnixMs) -> usize {
+    if update_box.applied.get(&chat).is_some_and(|&applied| applied >= chat_pts) {
+        return 0;
     }
+    let entries = &update_box.entries;
+    let after = entries.len() + 1;
+    let expired = |entry: &Sequenced| entry.date.0 + HISTORY_AGE_MS_MAX < date.0;
+    let by_count = after.saturating_sub(BOX_HISTORY_MAX);
+    by_count + entries.iter().skip(by_count).take_while(|entry| expired(entry)).count()
 }
 
 fn apply_dialog(update_box: &mut UpdateBox, owner: UserId, update: &Update, date: UnixMs) {

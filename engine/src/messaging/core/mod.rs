@@ -14,7 +14,10 @@ use crate::messaging::protocol::{
 };
 use crate::messaging::push::{NotifySettings, PushDevice, PushJob};
 use crate::messaging::records::{self, ChatChange, Event, EVENT_KIND};
-use crate::messaging::state::{content_hash, pair_key, secret_hash_matches, Authorization, Chat, Map, State, User};
+use crate::messaging::state::{
+    box_entries_pushed_out, content_hash, pair_key, secret_hash_matches, Authorization, Chat, DialogState, Map, State,
+    UpdateBox, User,
+};
 use crate::messaging::types::*;
 use crate::vshards::VShardTable;
 use crate::wal::{AppendError, ChunkedBytes};
@@ -280,6 +283,61 @@ struct CheckpointInProgress {
     chats_before: Map<ChatId, ChatBefore>,
     /// The keys of `chats_before`, in the order a step takes them.
     chats_before_order: Vec<ChatId>,
+    /// Users changed before their turn, as they were when the checkpoint began (see
+    /// [`UserBefore`]), and their ids in the order a step takes them.
+    users_before: Map<UserId, UserBefore>,
+    users_before_order: Vec<UserId>,
+}
+
+/// A user as it was when a checkpoint began, kept at the first change before the user's turn:
+/// the profile, authorizations, push settings and box counters and maps cloned, but of the
+/// box's entries only those the changes since pushed out at the front. Entries are only
+/// appended at the back and dropped at the front, so the entries then are the ones dropped
+/// since followed by those now up to the box's pts then. Archiving a user there instead took
+/// most of the time a checkpoint spent on the request path (a box holds up to
+/// `BOX_HISTORY_MAX` entries).
+struct UserBefore {
+    profile: UserProfile,
+    pts: Pts,
+    date: UnixMs,
+    applied: Map<ChatId, Pts>,
+    dialogs: Map<ChatId, DialogState>,
+    dropped: VecDeque<Sequenced>,
+    authorizations: Option<Vec<Authorization>>,
+    push: Option<UserPush>,
+}
+
+impl UserBefore {
+    fn new(state: &State, id: UserId) -> UserBefore {
+        let UpdateBox { pts, date, entries: _, applied, dialogs } = &state.users[&id].update_box;
+        UserBefore {
+            profile: state.users[&id].profile.clone(),
+            pts: *pts,
+            date: *date,
+            applied: applied.clone(),
+            dialogs: dialogs.clone(),
+            dropped: VecDeque::new(),
+            authorizations: state.authorizations.get(&id).cloned(),
+            push: user_push(state, id),
+        }
+    }
+
+    /// Keeps the entries of `now` (this user's box) that the update of chat event (`chat`,
+    /// `chat_pts`) dated `date` is about to push out, if they were there when the checkpoint
+    /// began.
+    fn keep_dropped(&mut self, now: &UpdateBox, chat: ChatId, chat_pts: Pts, date: UnixMs) {
+        let pushed_out = box_entries_pushed_out(now, chat, chat_pts, date);
+        let then = now.entries.iter().take(pushed_out).take_while(|entry| entry.pts <= self.pts);
+        self.dropped.extend(then.cloned());
+    }
+
+    /// Appends the user's pieces as they were.
+    fn push(self, out: &mut ChunkedBytes, now: &UpdateBox) {
+        let UserBefore { profile, pts, date, applied, dialogs, mut dropped, authorizations, push } = self;
+        dropped.extend(now.entries.iter().take_while(|entry| entry.pts <= pts).cloned());
+        let user = User { profile, update_box: UpdateBox { pts, date, entries: dropped, applied, dialogs } };
+        push_user_pieces(out, &user, authorizations.as_ref(), push.as_ref());
+    }
 }
 
 /// A chat as it was when a checkpoint began, kept when a change came before the chat's turn:
@@ -597,6 +655,8 @@ impl MessagingCore {
             pending_chats: chats.iter().map(|&chat| (chat, ())).collect(),
             chats_before: Map::default(),
             chats_before_order: Vec::new(),
+            users_before: Map::default(),
+            users_before_order: Vec::new(),
             users,
             chats,
         });
@@ -621,6 +681,10 @@ impl MessagingCore {
                 let before = progress.chats_before.remove(&chat).expect("kept with its key");
                 push_chat(&mut progress.out, &before.into_chat(&state.chats[&chat]));
                 written += 1;
+            } else if let Some(user) = progress.users_before_order.pop() {
+                let before = progress.users_before.remove(&user).expect("kept with its key");
+                before.push(&mut progress.out, &state.users[&user].update_box);
+                written += 1;
             } else if let Some(user) = progress.users.pop() {
                 if progress.pending_users.remove(&user).is_some() {
                     push_user(&mut progress.out, state, user);
@@ -637,6 +701,7 @@ impl MessagingCore {
         }
         progress.idempotency_next == progress.idempotency_end
             && progress.chats_before.is_empty()
+            && progress.users_before.is_empty()
             && progress.users.is_empty()
             && progress.chats.is_empty()
     }
@@ -647,6 +712,7 @@ impl MessagingCore {
         let progress = self.checkpoint.take()?;
         let complete = progress.idempotency_next == progress.idempotency_end
             && progress.chats_before.is_empty()
+            && progress.users_before.is_empty()
             && progress.pending_users.is_empty()
             && progress.pending_chats.is_empty();
         complete.then_some(progress.out)
@@ -664,11 +730,21 @@ impl MessagingCore {
         let (Some(progress), state) = (&mut self.checkpoint, &self.state) else { return };
         let mut user = |user: UserId| {
             if progress.pending_users.remove(&user).is_some() {
-                push_user(&mut progress.out, state, user);
+                progress.users_before.insert(user, UserBefore::new(state, user));
+                progress.users_before_order.push(user);
             }
         };
         match event {
-            Event::BoxAppended { users, .. } => users.iter().for_each(|&(id, _)| user(id)),
+            Event::BoxAppended { chat, chat_pts, date, users, .. } => {
+                for &(id, _) in users {
+                    user(id);
+                }
+                for (id, _) in users {
+                    if let (Some(before), Some(now)) = (progress.users_before.get_mut(id), state.users.get(id)) {
+                        before.keep_dropped(&now.update_box, *chat, *chat_pts, *date);
+                    }
+                }
+            }
             Event::NameSet { user: id, .. }
             | Event::UsernameSet { user: id, .. }
             | Event::AuthorizationCreated { user: id, .. }
@@ -1396,20 +1472,34 @@ fn append_error(error: AppendError) -> MessagingError {
 
 /// Appends a user's piece, then its authorizations' piece and its push piece if it has them.
 fn push_user(out: &mut ChunkedBytes, state: &State, user: UserId) {
-    push_piece(out, PIECE_USER, &state.users[&user]);
-    if let Some(authorizations) = state.authorizations.get(&user) {
+    let push = user_push(state, user);
+    push_user_pieces(out, &state.users[&user], state.authorizations.get(&user), push.as_ref());
+}
+
+fn push_user_pieces(
+    out: &mut ChunkedBytes,
+    user: &User,
+    authorizations: Option<&Vec<Authorization>>,
+    push: Option<&UserPush>,
+) {
+    push_piece(out, PIECE_USER, user);
+    if let Some(authorizations) = authorizations {
         push_piece(out, PIECE_AUTHORIZATIONS, authorizations);
     }
+    if let Some(push) = push {
+        push_piece(out, PIECE_USER_PUSH, push);
+    }
+}
+
+/// A user's devices and notification settings, when there are any.
+fn user_push(state: &State, user: UserId) -> Option<UserPush> {
     let devices = state.push.devices.get(&user);
     let settings = state.push.settings.get(&user);
-    if devices.is_some() || settings.is_some() {
-        let user_push = UserPush {
-            user,
-            devices: devices.cloned().unwrap_or_default(),
-            settings: settings.map(|chats| chats.iter().map(|(c, s)| (*c, *s)).collect()).unwrap_or_default(),
-        };
-        push_piece(out, PIECE_USER_PUSH, &user_push);
-    }
+    (devices.is_some() || settings.is_some()).then(|| UserPush {
+        user,
+        devices: devices.cloned().unwrap_or_default(),
+        settings: settings.map(|chats| chats.iter().map(|(c, s)| (*c, *s)).collect()).unwrap_or_default(),
+    })
 }
 
 /// A chat's piece, its public pts piece when that differs from its sequence, and its media
@@ -1578,8 +1668,35 @@ impl<'a> SnapshotPieces<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::messaging::limits::{BOX_HISTORY_MAX, HISTORY_AGE_MS_MAX};
 
     struct MemoryJournal(u64);
+
+    #[test]
+    fn an_update_pushes_out_the_entries_over_the_count_then_the_expired() {
+        let day = 24 * 3600 * 1000;
+        let entry = |pts: u64, date: u64| Sequenced {
+            pts: Pts(pts),
+            date: UnixMs(date),
+            update: Update::PinMessage { chat: ChatId(1), id: None },
+        };
+        let mut update_box = UpdateBox::default();
+        // Full, the first two entries a day older than the rest.
+        update_box.entries =
+            (1..=BOX_HISTORY_MAX as u64).map(|pts| entry(pts, if pts <= 2 { 0 } else { day })).collect();
+        update_box.applied.insert(ChatId(1), Pts(5));
+        let pushed_out = |update_box: &UpdateBox, date: u64, chat_pts: u64| {
+            box_entries_pushed_out(update_box, ChatId(1), Pts(chat_pts), UnixMs(date))
+        };
+        assert_eq!(pushed_out(&update_box, day, 6), 1, "one over the count");
+        let week = HISTORY_AGE_MS_MAX + 1;
+        assert_eq!(pushed_out(&update_box, week, 6), 2, "the two of day 0 expired (one also over the count)");
+        assert_eq!(pushed_out(&update_box, week + day, 6), BOX_HISTORY_MAX, "all expired");
+        assert_eq!(pushed_out(&update_box, week, 5), 0, "an event already applied changes nothing");
+        update_box.entries.truncate(10);
+        assert_eq!(pushed_out(&update_box, day, 6), 0);
+        assert_eq!(pushed_out(&update_box, week, 6), 2);
+    }
 
     impl Journal for MemoryJournal {
         fn append_all(&mut self, records: &[(RecordKind, VShard, &[u8])]) -> std::result::Result<Lsn, AppendError> {
@@ -1600,9 +1717,10 @@ mod tests {
         }
     }
 
-    /// A journal that keeps every record, to replay them.
+    /// A journal that keeps every record, to replay them; the second field moves the clock
+    /// ahead by that many milliseconds.
     #[derive(Default)]
-    struct RecordingJournal(Vec<(RecordKind, Vec<u8>)>);
+    struct RecordingJournal(Vec<(RecordKind, Vec<u8>)>, u64);
 
     impl RecordingJournal {
         /// Handles request number `*request + 1`, one millisecond after the one before, with
@@ -1610,7 +1728,7 @@ mod tests {
         fn call(&mut self, core: &mut MessagingCore, request: &mut u64, r: Request) -> Response {
             *request += 1;
             let origin = Origin { shard: ShardId(0), request: *request };
-            core.handle(origin, r, UnixMs(1_700_000_000_000 + *request), self);
+            core.handle(origin, r, UnixMs(1_700_000_000_000 + *request + self.1), self);
             let last = Lsn(self.0.len() as u64);
             core.advance(last, last, self);
             match core.take_effects().replies.pop() {
@@ -1634,7 +1752,17 @@ mod tests {
         let mut lines: Vec<String> = state
             .users
             .values()
-            .map(|user| format!("{:?} {:?} {:?}", user.profile, user.update_box.pts, user.update_box.entries))
+            .map(|user| {
+                let update_box = &user.update_box;
+                let mut applied: Vec<_> = update_box.applied.iter().collect();
+                applied.sort();
+                let mut dialogs: Vec<_> = update_box.dialogs.iter().map(|(chat, d)| (chat, format!("{d:?}"))).collect();
+                dialogs.sort();
+                format!(
+                    "{:?} {:?} {:?} {:?} applied {applied:?} dialogs {dialogs:?}",
+                    user.profile, update_box.pts, update_box.date, update_box.entries
+                )
+            })
             .collect();
         lines.extend(state.authorizations.iter().map(|(user, authorizations)| {
             let hashes: Vec<_> = authorizations.iter().map(|authorization| authorization.secret_hash).collect();
@@ -1712,8 +1840,18 @@ mod tests {
         let mut random_id = 1000;
         let mut done = false;
         let mut first_step = true;
+        let mut iteration = 0;
         while !done {
             done = core.checkpoint_step(3);
+            iteration += 1;
+            if iteration == 2 {
+                // A week later: the next update of each box pushes out all its entries from
+                // before the checkpoint, in boxes kept as they were already (the users of the
+                // chats changed in the first round) and in boxes changed first now (chat 11).
+                journal.1 = HISTORY_AGE_MS_MAX + 1;
+                let (chat, sender, _) = chats[11];
+                call(&mut core, &mut journal, send(chat, sender, 11_000));
+            }
             for &(chat, sender, reader) in chats.iter().step_by(2) {
                 random_id += 1;
                 call(&mut core, &mut journal, send(chat, sender, random_id));
@@ -1768,6 +1906,11 @@ mod tests {
             restored.replay(*kind, payload).expect("replays");
         }
         assert_eq!(digest(restored.state()), digest(core.state()));
+        // Replay forgets the random_ids the week made old at once; the live core waited for
+        // the checkpoint to end. Both forget them now.
+        let now = UnixMs(1_700_000_000_000 + request + journal.1);
+        core.state.expire_idempotency(now);
+        restored.state.expire_idempotency(now);
         assert_eq!(restored.state().idempotency_order, core.state().idempotency_order);
         assert_ne!(began_at, journal.0.len(), "the state changed while the checkpoint was taken");
 
