@@ -608,13 +608,24 @@ fn deleted_for_everyone(chat: &Chat, ids: &[MessageId]) -> Update {
 /// Gives an event every member may see the chat's next public pts and keeps it in the log.
 fn push_log(chat: &mut Chat, date: UnixMs, update: Update) {
     chat.public_pts = chat.public_pts.next();
+    let pushed_out = log_entries_pushed_out(&chat.log, date);
     let entry = Sequenced { pts: chat.public_pts, date, update };
     chat.log.push_back(ChatLogEntry { entry, only_for: None });
-    while chat.log.len() > CHAT_LOG_HISTORY_MAX
-        || chat.log.front().is_some_and(|oldest| oldest.entry.date.0 + HISTORY_AGE_MS_MAX < date.0)
-    {
-        chat.log.pop_front();
-    }
+    chat.log.drain(..pushed_out);
+}
+
+/// How many of a chat log's oldest entries an event dated `date`, if it enters the log,
+/// pushes out: beyond `CHAT_LOG_HISTORY_MAX` entries, and older than `HISTORY_AGE_MS_MAX`.
+pub fn log_entries_pushed_out(log: &VecDeque<ChatLogEntry>, date: UnixMs) -> usize {
+    pushed_out(log, CHAT_LOG_HISTORY_MAX, date, |entry| entry.entry.date)
+}
+
+/// How many of `entries`' oldest one more entry dated `date` pushes out: beyond `max`, and
+/// those then at the front older than `HISTORY_AGE_MS_MAX` before it.
+fn pushed_out<T>(entries: &VecDeque<T>, max: usize, date: UnixMs, date_of: impl Fn(&T) -> UnixMs) -> usize {
+    let by_count = (entries.len() + 1).saturating_sub(max);
+    let expired = |entry: &&T| date_of(entry).0 + HISTORY_AGE_MS_MAX < date.0;
+    by_count + entries.iter().skip(by_count).take_while(expired).count()
 }
 
 impl State {
@@ -675,11 +686,7 @@ pub fn box_entries_pushed_out(update_box: &UpdateBox, chat: ChatId, chat_pts: Pt
     if update_box.applied.get(&chat).is_some_and(|&applied| applied >= chat_pts) {
         return 0;
     }
-    let entries = &update_box.entries;
-    let after = entries.len() + 1;
-    let expired = |entry: &Sequenced| entry.date.0 + HISTORY_AGE_MS_MAX < date.0;
-    let by_count = after.saturating_sub(BOX_HISTORY_MAX);
-    by_count + entries.iter().skip(by_count).take_while(|entry| expired(entry)).count()
+    pushed_out(&update_box.entries, BOX_HISTORY_MAX, date, |entry| entry.date)
 }
 
 fn apply_dialog(update_box: &mut UpdateBox, owner: UserId, update: &Update, date: UnixMs) {
