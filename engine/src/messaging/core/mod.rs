@@ -1721,10 +1721,11 @@ mod tests {
             date: UnixMs(date),
             update: Update::PinMessage { chat: ChatId(1), id: None },
         };
-        let mut update_box = UpdateBox::default();
         // Full, the first two entries a day older than the rest.
-        update_box.entries =
-            (1..=BOX_HISTORY_MAX as u64).map(|pts| entry(pts, if pts <= 2 { 0 } else { day })).collect();
+        let mut update_box = UpdateBox {
+            entries: (1..=BOX_HISTORY_MAX as u64).map(|pts| entry(pts, if pts <= 2 { 0 } else { day })).collect(),
+            ..UpdateBox::default()
+        };
         update_box.applied.insert(ChatId(1), Pts(5));
         let pushed_out = |update_box: &UpdateBox, date: u64, chat_pts: u64| {
             box_entries_pushed_out(update_box, ChatId(1), Pts(chat_pts), UnixMs(date))
