@@ -669,7 +669,8 @@ fn apply_box(
         return;
     }
     assert_eq!(pts, update_box.pts.next(), "box of user {owner} pts must stay dense");
-    let pushed_out = box_entries_pushed_out(update_box, chat, chat_pts, date);
+    // Checked applied just above: the count alone, without asking the map again.
+    let pushed_out = box_entries_over(&update_box.entries, date);
     update_box.applied.insert(chat, chat_pts);
     update_box.pts = pts;
     update_box.date = update_box.date.max(date);
@@ -686,7 +687,12 @@ pub fn box_entries_pushed_out(update_box: &UpdateBox, chat: ChatId, chat_pts: Pt
     if update_box.applied.get(&chat).is_some_and(|&applied| applied >= chat_pts) {
         return 0;
     }
-    pushed_out(&update_box.entries, BOX_HISTORY_MAX, date, |entry| entry.date)
+    box_entries_over(&update_box.entries, date)
+}
+
+/// How many of a box's oldest `entries` one more entry dated `date` pushes out.
+fn box_entries_over(entries: &VecDeque<Sequenced>, date: UnixMs) -> usize {
+    pushed_out(entries, BOX_HISTORY_MAX, date, |entry| entry.date)
 }
 
 fn apply_dialog(update_box: &mut UpdateBox, owner: UserId, update: &Update, date: UnixMs) {

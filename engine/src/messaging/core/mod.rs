@@ -309,9 +309,10 @@ struct UserBefore {
 
 impl UserBefore {
     fn new(state: &State, id: UserId) -> UserBefore {
-        let UpdateBox { pts, date, entries: _, applied, dialogs } = &state.users[&id].update_box;
+        let User { profile, update_box } = &state.users[&id];
+        let UpdateBox { pts, date, entries: _, applied, dialogs } = update_box;
         UserBefore {
-            profile: state.users[&id].profile.clone(),
+            profile: profile.clone(),
             pts: *pts,
             date: *date,
             applied: applied.clone(),
