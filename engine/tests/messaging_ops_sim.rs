@@ -862,7 +862,7 @@ fn forwards_are_part_of_a_sends_identity() {
     assert_eq!((retry.id, retry.duplicate), (first.id, true));
     assert_eq!(sim.call(forward(other.id, other.date)), Err(MessagingError::RandomIdReused));
     let shown = history(&mut sim, chat, u[0], page(0, 1, 0, 0)).expect("history");
-    assert_eq!(shown[0].forwarded_from.map(|from| from.message), Some(original.id));
+    assert_eq!(shown[0].forwarded_from.as_ref().map(|from| from.message), Some(original.id));
 }
 
 /// Proves reading moves the reader's marker and unread count and tells the sender (read

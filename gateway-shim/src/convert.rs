@@ -88,7 +88,7 @@ pub fn message(message: &model::Message) -> wire::Message {
         random_id: message.random_id.0,
         text: message.text.clone(),
         reply_to: message.reply_to.map(|id| wire::MessageId(id.0)),
-        forwarded_from: message.forwarded_from.map(|from| wire::ForwardedFrom {
+        forwarded_from: message.forwarded_from.as_deref().map(|from| wire::ForwardedFrom {
             chat: wire::ChatId(from.chat.0),
             message: wire::MessageId(from.message.0),
             sender: wire::UserId(from.sender.0),
@@ -97,7 +97,7 @@ pub fn message(message: &model::Message) -> wire::Message {
         edit_date: message.edit_date.map(unix_ms),
         deleted: message.deleted,
         // A tombstone shows nothing of what it was, its file included.
-        media: message.media.as_ref().filter(|_| !message.deleted).map(message_media),
+        media: message.media.as_deref().filter(|_| !message.deleted).map(message_media),
     }
 }
 
@@ -291,14 +291,14 @@ mod tests {
             forwarded_from: None,
             edit_date: None,
             deleted,
-            media: Some(model::MessageMedia {
+            media: Some(Box::new(model::MessageMedia {
                 kind: model::MediaKind::Photo,
                 file: 4 << 12 | 5,
                 access_hash: 0xfeed,
                 size: 1234,
                 name: "cat.jpg".into(),
                 mime_type: "image/jpeg".into(),
-            }),
+            })),
         }
     }
 

@@ -255,12 +255,15 @@ impl Messenger {
         let originals = self.get_messages(from, user, ids).await?;
         let mut acks = Vec::with_capacity(originals.len());
         for (index, original) in originals.into_iter().enumerate() {
-            let forwarded_from = original.forwarded_from.unwrap_or(ForwardedFrom {
-                chat: original.chat,
-                message: original.id,
-                sender: original.sender,
-                date: original.date,
-            });
+            let forwarded_from = original.forwarded_from.map_or(
+                ForwardedFrom {
+                    chat: original.chat,
+                    message: original.id,
+                    sender: original.sender,
+                    date: original.date,
+                },
+                |from| *from,
+            );
             let random_id = RandomId(random_id.0.wrapping_add(index as u64));
             // The copy takes its own reference on the same file: no bytes move. If the original
             // was deleted meanwhile and its file is gone, the forward fails here, before

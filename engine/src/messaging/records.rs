@@ -162,7 +162,7 @@ impl ChatChange {
     /// The change that appends `message`, keeping its media.
     pub fn new_message(mut message: Message) -> ChatChange {
         match message.media.take() {
-            Some(media) => ChatChange::NewMediaMessage { message: Box::new(message), media: Box::new(media) },
+            Some(media) => ChatChange::NewMediaMessage { message: Box::new(message), media },
             None => ChatChange::NewMessage(message),
         }
     }
@@ -179,7 +179,7 @@ impl ChatChange {
     /// The appended message, whole (media included).
     pub fn posted_message(&self) -> Option<Message> {
         let (message, media) = self.posted()?;
-        Some(Message { media: media.cloned(), ..message.clone() })
+        Some(Message { media: media.cloned().map(Box::new), ..message.clone() })
     }
 }
 
@@ -207,7 +207,7 @@ pub fn decode(payload: &[u8]) -> Result<Event, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::messaging::types::RandomId;
+    use crate::messaging::types::{ForwardedFrom, RandomId};
 
     /// Proves events round-trip through their record payloads and a damaged payload is refused.
     #[test]
@@ -235,6 +235,43 @@ mod tests {
         assert!(decode(&bytes[..bytes.len() - 4]).is_err(), "a truncated payload is refused");
     }
 
+    /// Proves boxing `Message::forwarded_from` in memory left its record layout alone: the
+    /// bytes below were written by the build before (commit c54dc26), where the field was held
+    /// inline; the same event encodes to them now and they decode to it.
+    #[test]
+    fn a_forwarded_message_keeps_the_record_layout_of_before() {
+        const BEFORE: &str = "666f7277617264656400000000000000070000000000000000700000000000000300000000000000\
+            e8030000000000000000000000000000030000000000000000700000000000000500000000000000\
+            e803000000000000630000000000000089000000a0ffffff01000000000000000100000000000000\
+            010000000000000000900000000000002900000000000000060000000000000084030000000000000\
+            100000000000000e9030000000000000000000000000000";
+        let before: Vec<u8> = (0..BEFORE.len() / 2)
+            .map(|index| u8::from_str_radix(&BEFORE[index * 2..index * 2 + 2], 16).expect("hex"))
+            .collect();
+        let from =
+            ForwardedFrom { chat: ChatId(9 << 12), message: MessageId(41), sender: UserId(6), date: UnixMs(900) };
+        let event = Event::Chat {
+            chat: ChatId(7 << 12),
+            pts: Pts(3),
+            date: UnixMs(1000),
+            change: ChatChange::NewMessage(Message {
+                id: MessageId(3),
+                chat: ChatId(7 << 12),
+                sender: UserId(5),
+                date: UnixMs(1000),
+                random_id: RandomId(99),
+                text: "forwarded".into(),
+                reply_to: Some(MessageId(1)),
+                forwarded_from: Some(Box::new(from)),
+                edit_date: Some(UnixMs(1001)),
+                deleted: false,
+                media: None,
+            }),
+        };
+        assert_eq!(encode(&event), before, "the layout changed");
+        assert_eq!(decode(&before).expect("decodes"), event);
+    }
+
     /// Proves a media message keeps its media through the log.
     #[test]
     fn media_messages_round_trip_and_old_layout_holds() {
@@ -249,14 +286,14 @@ mod tests {
             forwarded_from: None,
             edit_date: None,
             deleted: false,
-            media: Some(MessageMedia {
+            media: Some(Box::new(MessageMedia {
                 kind: crate::messaging::types::MediaKind::Photo,
                 file: 0xF00 << 12 | 3,
                 access_hash: 0xDEAD_BEEF,
                 size: 12345,
                 name: "cat.jpg".into(),
                 mime_type: "image/jpeg".into(),
-            }),
+            })),
         };
         let change = ChatChange::new_message(message.clone());
         assert!(matches!(change, ChatChange::NewMediaMessage { .. }));
@@ -265,7 +302,7 @@ mod tests {
         let Event::Chat { change: ChatChange::NewMediaMessage { message: got, media }, .. } = decoded else {
             panic!("wrong variant: {decoded:?}")
         };
-        assert_eq!(Some(*media), message.media);
+        assert_eq!(Some(media), message.media);
         assert_eq!(got.text, "caption");
     }
 

@@ -496,7 +496,7 @@ fn append_message(
     let hash = content_hash(
         &message.text,
         message.reply_to,
-        message.forwarded_from.map(|f| (f.chat, f.message)),
+        message.forwarded_from.as_ref().map(|f| (f.chat, f.message)),
         message.media.as_ref().map(|media| media.file),
     );
     if message.random_id.0 != 0 {
@@ -524,7 +524,7 @@ fn apply_chat_change(
         ChatChange::NewMessage(message) => append_message(chat, order, date, message),
         ChatChange::NewMediaMessage { message, media } => {
             let mut message = *message;
-            message.media = Some(*media);
+            message.media = Some(media);
             append_message(chat, order, date, message);
         }
         ChatChange::Edit { id: message, text } => {

@@ -188,7 +188,11 @@ pub struct Message {
     pub random_id: RandomId,
     pub text: String,
     pub reply_to: Option<MessageId>,
-    pub forwarded_from: Option<ForwardedFrom>,
+    /// Boxed, as `media` is, because few messages have one: a chat holds every message in
+    /// memory, and these two inline cost 112 of a message's 224 bytes. The archive keeps the
+    /// value inline ([`InlineBox`]), so records and checkpoints are laid out as before.
+    #[rkyv(with = rkyv::with::Map<InlineBox>)]
+    pub forwarded_from: Option<Box<ForwardedFrom>>,
     pub edit_date: Option<UnixMs>,
     /// Deleted for everyone: the id stays taken, the content is gone.
     pub deleted: bool,
@@ -199,7 +203,42 @@ pub struct Message {
     /// (`ChatChange::NewMediaMessage`) and checkpoints in a piece of its own. Build a chat
     /// change with `ChatChange::new_message`, which picks the variant that keeps it.
     #[rkyv(with = rkyv::with::Skip)]
-    pub media: Option<MessageMedia>,
+    pub media: Option<Box<MessageMedia>>,
+}
+
+/// Archives a `Box<T>` as the `T` inside, in place: the archive has no pointer to follow, and
+/// boxing a field changes what it costs in memory without changing the bytes on disk.
+#[derive(Debug)]
+pub struct InlineBox;
+
+impl<T: rkyv::Archive> rkyv::with::ArchiveWith<Box<T>> for InlineBox {
+    type Archived = T::Archived;
+    type Resolver = T::Resolver;
+
+    fn resolve_with(field: &Box<T>, resolver: T::Resolver, out: rkyv::Place<T::Archived>) {
+        T::resolve(field, resolver, out);
+    }
+}
+
+impl<T, S> rkyv::with::SerializeWith<Box<T>, S> for InlineBox
+where
+    T: rkyv::Serialize<S>,
+    S: rkyv::rancor::Fallible + ?Sized,
+{
+    fn serialize_with(field: &Box<T>, serializer: &mut S) -> Result<T::Resolver, S::Error> {
+        T::serialize(field, serializer)
+    }
+}
+
+impl<T, D> rkyv::with::DeserializeWith<T::Archived, Box<T>, D> for InlineBox
+where
+    T: rkyv::Archive,
+    T::Archived: rkyv::Deserialize<T, D>,
+    D: rkyv::rancor::Fallible + ?Sized,
+{
+    fn deserialize_with(field: &T::Archived, deserializer: &mut D) -> Result<Box<T>, D::Error> {
+        rkyv::Deserialize::deserialize(field, deserializer).map(Box::new)
+    }
 }
 
 /// How a client shows a media message's file.

@@ -17,7 +17,7 @@ impl MessagingCore {
                 let state = self.chat(chat)?;
                 self.require_member(state, user)?;
                 let message = state.visible(user, id).ok_or(MessagingError::UnknownMessage(chat, id))?;
-                let media = message.media.clone().ok_or(MessagingError::NoMedia(chat, id))?;
+                let media = message.media.as_deref().cloned().ok_or(MessagingError::NoMedia(chat, id))?;
                 // Answered once the message is durable: a reader never fetches a file through
                 // a message recovery could lose.
                 self.reply_after_acked(self.chat_lsn(chat), origin, Ok(Response::Media(media)));
@@ -188,7 +188,7 @@ mod tests {
         else {
             panic!("get messages")
         };
-        assert_eq!(history[0].media, Some(media(FILE)), "history carries the media");
+        assert_eq!(history[0].media.as_deref(), Some(&media(FILE)), "history carries the media");
         // A retry is the same message; the same random_id with another file is not.
         let Ok(Response::Sent(retry)) = call(&mut core, &mut journal, send(chat, alice, 7, Some(media(FILE)))) else {
             panic!("retry")

@@ -1556,7 +1556,7 @@ fn push_chat(out: &mut ChunkedBytes, chat: &Chat) {
     let mut ids: Vec<MessageId> = chat.media_index.values().copied().collect();
     ids.sort_unstable();
     let media: Vec<(MessageId, MessageMedia)> =
-        ids.into_iter().filter_map(|id| Some((id, chat.message(id)?.media.clone()?))).collect();
+        ids.into_iter().filter_map(|id| Some((id, chat.message(id)?.media.as_deref()?.clone()))).collect();
     if !media.is_empty() {
         push_piece(out, PIECE_CHAT_MEDIA, &ChatMedia { chat: chat.id, media });
     }
@@ -1572,7 +1572,7 @@ fn restore_chat_media(state: &mut State, chat_media: ChatMedia) -> std::result::
             .then(|| chat.messages.get_mut(id.0 as usize - 1))
             .flatten()
             .ok_or(RestoreError::Format("media of a message the chat does not hold"))?;
-        if message.deleted || message.media.replace(media).is_some() {
+        if message.deleted || message.media.replace(Box::new(media)).is_some() {
             return Err(RestoreError::Format("media of a deleted message, or listed twice"));
         }
     }

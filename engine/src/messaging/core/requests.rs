@@ -740,10 +740,10 @@ impl MessagingCore {
             random_id,
             text,
             reply_to,
-            forwarded_from,
+            forwarded_from: forwarded_from.map(Box::new),
             edit_date: None,
             deleted: false,
-            media,
+            media: media.map(Box::new),
         };
         // A new message is public: it takes the chat's next public pts.
         let chat_pts = state.public_pts.next();
