@@ -926,7 +926,8 @@ fn deleting_unread_messages_lowers_unread_counts() {
     assert_eq!([unread(&mut sim, u[1]), unread(&mut sim, u[2]), unread(&mut sim, u[3])], [2, 1, 2]);
     assert!(box_updates(&mut sim, u[3]).iter().any(|update| matches!(
         update,
-        Update::DeleteMessagesForEveryone { ids, senders, .. } if ids == &[MessageId(2), MessageId(3)] && senders == &[u[0], u[1]]
+        Update::DeleteMessagesForEveryone { deleted, .. }
+            if deleted.ids == [MessageId(2), MessageId(3)] && deleted.senders == [u[0], u[1]]
     )));
     // Deleting them again changes nothing; a read recounts and agrees.
     let again = Request::Delete { chat, user: u[0], ids: vec![MessageId(2)], for_everyone: true };

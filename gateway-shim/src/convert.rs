@@ -140,6 +140,11 @@ fn member_change(change: model::MemberChange) -> wire::MemberChange {
 pub fn update(update: &model::Update) -> wire::Update {
     use model::Update as U;
     let chat = |chat: &model::ChatId| wire::ChatId(chat.0);
+    // Clients are told the same of both kinds of delete: these messages are gone for them.
+    let wire_delete = |c: &model::ChatId, ids: &[model::MessageId]| wire::Update::DeleteMessages {
+        chat: chat(c),
+        ids: ids.iter().map(|id| wire::MessageId(id.0)).collect(),
+    };
     match update {
         U::NewMessage { chat: c, id, sender, date } => wire::Update::NewMessage {
             chat: chat(c),
@@ -150,10 +155,8 @@ pub fn update(update: &model::Update) -> wire::Update {
         U::EditMessage { chat: c, id, edit_date } => {
             wire::Update::EditMessage { chat: chat(c), id: wire::MessageId(id.0), edit_date: unix_ms(*edit_date) }
         }
-        // Clients are told the same either way: these messages are gone for them.
-        U::DeleteMessages { chat: c, ids } | U::DeleteMessagesForEveryone { chat: c, ids, .. } => {
-            wire::Update::DeleteMessages { chat: chat(c), ids: ids.iter().map(|id| wire::MessageId(id.0)).collect() }
-        }
+        U::DeleteMessages { chat: c, ids } => wire_delete(c, ids),
+        U::DeleteMessagesForEveryone { chat: c, deleted } => wire_delete(c, &deleted.ids),
         U::ReadInbox { chat: c, max_id, unread } => {
             wire::Update::ReadInbox { chat: chat(c), max_id: wire::MessageId(max_id.0), unread: *unread }
         }

@@ -207,7 +207,11 @@ pub fn decode(payload: &[u8]) -> Result<Event, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::messaging::types::{ForwardedFrom, RandomId};
+    use crate::messaging::types::{DeletedMessages, ForwardedFrom, RandomId};
+
+    fn hex(text: &str) -> Vec<u8> {
+        (0..text.len() / 2).map(|index| u8::from_str_radix(&text[index * 2..index * 2 + 2], 16).expect("hex")).collect()
+    }
 
     /// Proves events round-trip through their record payloads and a damaged payload is refused.
     #[test]
@@ -245,9 +249,7 @@ mod tests {
             e803000000000000630000000000000089000000a0ffffff01000000000000000100000000000000\
             010000000000000000900000000000002900000000000000060000000000000084030000000000000\
             100000000000000e9030000000000000000000000000000";
-        let before: Vec<u8> = (0..BEFORE.len() / 2)
-            .map(|index| u8::from_str_radix(&BEFORE[index * 2..index * 2 + 2], 16).expect("hex"))
-            .collect();
+        let before = hex(BEFORE);
         let from =
             ForwardedFrom { chat: ChatId(9 << 12), message: MessageId(41), sender: UserId(6), date: UnixMs(900) };
         let event = Event::Chat {
@@ -270,6 +272,30 @@ mod tests {
         };
         assert_eq!(encode(&event), before, "the layout changed");
         assert_eq!(decode(&before).expect("decodes"), event);
+    }
+
+    /// Proves boxing the body of `Update::DeleteMessagesForEveryone` in memory left its layout
+    /// alone, in records as in box and chat log entries of checkpoints: the bytes below were
+    /// written by the build before (commit 1245659), where `ids` and `senders` were fields of
+    /// the variant.
+    #[test]
+    fn a_delete_for_everyone_keeps_the_record_layout_of_before() {
+        const BEFORE: &str = "02000000000000000300000000000000050000000000000006000000000000000500000000000000\
+            1e0000000000000006000000000000001f0000000000000008000000000000000070000000000000\
+            0c00000000000000d0070000000000000800000000000000007000000000000090ffffff02000000\
+            98ffffff020000000000000000000000000000000000000090ffffff020000000000000000000000\
+            00000000000000000000000000000000000000000000000000000000000000000000000000000000\
+            0000000000000000000000000000000000000000000000000000000000000000";
+        let deleted = DeletedMessages { ids: vec![MessageId(2), MessageId(3)], senders: vec![UserId(5), UserId(6)] };
+        let event = Event::BoxAppended {
+            chat: ChatId(7 << 12),
+            chat_pts: Pts(12),
+            date: UnixMs(2000),
+            update: Update::DeleteMessagesForEveryone { chat: ChatId(7 << 12), deleted: Box::new(deleted) },
+            users: vec![(UserId(5), Pts(30)), (UserId(6), Pts(31))],
+        };
+        assert_eq!(encode(&event), hex(BEFORE), "the layout changed");
+        assert_eq!(decode(&hex(BEFORE)).expect("decodes"), event);
     }
 
     /// Proves a media message keeps its media through the log.

@@ -15,8 +15,8 @@ use crate::messaging::media::MediaReleases;
 use crate::messaging::push::PushState;
 use crate::messaging::records::{ChatChange, Event};
 use crate::messaging::types::{
-    AuthorizationId, ChatId, ChatKind, MemberChange, Message, MessageId, Pts, RandomId, Role, Sequenced, UnixMs,
-    Update, UserId, UserProfile, SECRET_HASH_BYTES,
+    AuthorizationId, ChatId, ChatKind, DeletedMessages, MemberChange, Message, MessageId, Pts, RandomId, Role,
+    Sequenced, UnixMs, Update, UserId, UserProfile, SECRET_HASH_BYTES,
 };
 
 /// Deterministic hashing: the same events build the same maps on every run, so a simulation
@@ -602,7 +602,10 @@ fn apply_chat_change(
 /// is applied).
 fn deleted_for_everyone(chat: &Chat, ids: &[MessageId]) -> Update {
     let senders = ids.iter().map(|&id| chat.message(id).map_or(UserId(0), |message| message.sender)).collect();
-    Update::DeleteMessagesForEveryone { chat: chat.id, ids: ids.to_vec(), senders }
+    Update::DeleteMessagesForEveryone {
+        chat: chat.id,
+        deleted: Box::new(DeletedMessages { ids: ids.to_vec(), senders }),
+    }
 }
 
 /// Gives an event every member may see the chat's next public pts and keeps it in the log.
@@ -717,11 +720,12 @@ fn apply_dialog(update_box: &mut UpdateBox, owner: UserId, update: &Update, date
         // A message deleted for everyone that was unread here is unread no more. (A delete for
         // me does not lower the count: the next read recounts without it. So a message hidden
         // first and deleted for everyone later is discounted once.)
-        Update::DeleteMessagesForEveryone { chat, ref ids, ref senders } => {
+        Update::DeleteMessagesForEveryone { chat, ref deleted } => {
             if let Some(dialog) = update_box.dialogs.get_mut(&chat) {
-                let unread = ids
+                let unread = deleted
+                    .ids
                     .iter()
-                    .zip(senders)
+                    .zip(&deleted.senders)
                     .filter(|(id, sender)| **sender != owner && **id > dialog.read_inbox_max)
                     .count() as u64;
                 dialog.unread = dialog.unread.saturating_sub(unread);
