@@ -26,6 +26,9 @@ pub const PREPARE_RETRY_MS: u64 = 1000;
 pub const PREWRITE_CHUNK_BYTES: usize = 256 << 10;
 /// A checkpoint file being written is synced every this many bytes (see `write_file_durably`).
 pub const CHECKPOINT_SYNC_EVERY_BYTES: usize = 8 << 20;
+/// Writes of `PREWRITE_CHUNK_BYTES` a checkpoint file being written keeps in flight, at most
+/// (`LogConfig::checkpoint_writes_in_flight`): one sync interval's worth.
+pub const CHECKPOINT_WRITES_IN_FLIGHT_MAX: usize = CHECKPOINT_SYNC_EVERY_BYTES / PREWRITE_CHUNK_BYTES;
 const _: () = assert!(CHECKPOINT_SYNC_EVERY_BYTES.is_multiple_of(PREWRITE_CHUNK_BYTES));
 /// Longest a pre-write chunk waits for the log's own write or sync to finish first.
 pub const PREWRITE_YIELD: std::time::Duration = std::time::Duration::from_millis(2);
@@ -79,6 +82,12 @@ pub struct LogConfig {
     pub pending_batches_max: usize,
     /// Prepared segments kept ready ahead of the one being written.
     pub spare_segments: usize,
+    /// Writes of 256 KiB a checkpoint file being written keeps in flight (1 to
+    /// `CHECKPOINT_WRITES_IN_FLIGHT_MAX`, the default). More write checkpoints faster, so they
+    /// are taken as often as `EngineConfig::checkpoint_every_bytes` asks and leave less log
+    /// to replay after a crash; they also delay the log's own syncs more while they run. See
+    /// OPERATIONS.md, "Checkpoint writes".
+    pub checkpoint_writes_in_flight: usize,
 }
 
 impl Default for LogConfig {
@@ -90,6 +99,7 @@ impl Default for LogConfig {
             batch_records_max: BATCH_RECORDS_MAX_DEFAULT,
             pending_batches_max: PENDING_BATCHES_MAX_DEFAULT,
             spare_segments: 1,
+            checkpoint_writes_in_flight: CHECKPOINT_WRITES_IN_FLIGHT_MAX,
         }
     }
 }
@@ -115,6 +125,12 @@ impl LogConfig {
         }
         if self.batch_records_max == 0 || self.pending_batches_max == 0 {
             return Err("batch_records_max and pending_batches_max must be positive".into());
+        }
+        if !(1..=CHECKPOINT_WRITES_IN_FLIGHT_MAX).contains(&self.checkpoint_writes_in_flight) {
+            return Err(format!(
+                "checkpoint_writes_in_flight {} must be between 1 and {CHECKPOINT_WRITES_IN_FLIGHT_MAX}",
+                self.checkpoint_writes_in_flight
+            ));
         }
         Ok(())
     }

@@ -396,7 +396,8 @@ impl ShardLog {
         }
         let header = checkpoint::encode_header(ticket, state.len() as u64, hasher.digest(), salt);
         let parts = std::iter::once(header.as_slice()).chain(state.chunks()).collect();
-        write_file_durably(&path, PartsReader::new(parts))
+        let in_flight = self.inner.core.borrow().config().checkpoint_writes_in_flight;
+        write_file_durably(&path, PartsReader::new(parts), in_flight)
             .await
             .map_err(|source| CheckpointError::Io { path: path.clone(), source })?;
         let dropped = self.inner.core.borrow_mut().checkpoint_written(ticket);
@@ -737,28 +738,45 @@ async fn recycle_segment(inner: &Inner, wal_dir: &Path, old: SegmentId, new: Seg
 
 /// Writes the bytes `bytes` reads to `path` so that after a crash the file is either whole or
 /// absent.
-async fn write_file_durably(path: &Path, mut bytes: PartsReader<'_>) -> io::Result<()> {
+///
+/// The file goes in `PREWRITE_CHUNK_BYTES` writes, `in_flight` at a time, synced every
+/// `CHECKPOINT_SYNC_EVERY_BYTES`. One write at a time, a checkpoint of a gigabyte took 5–7 s
+/// to write while the shard was busy (about 200 MB/s of a disk that writes 2 GB/s): each write
+/// waited for the disk and then for the checkpoint queue's next turn on the core.
+async fn write_file_durably(path: &Path, mut bytes: PartsReader<'_>, in_flight: usize) -> io::Result<()> {
+    let in_flight = in_flight.max(1);
     let temporary = path.with_extension("tmp");
     let result = async {
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).dma_open(&temporary).await?;
+        let file = Rc::new(file);
         let aligned = crate::wal::core::block_aligned(bytes.total_len().max(1));
         let mut offset = 0;
+        let mut writes = VecDeque::with_capacity(in_flight);
         while offset < aligned {
-            let chunk = (aligned - offset).min(PREWRITE_CHUNK_BYTES);
-            let mut buffer = glommio::allocate_dma_buffer(chunk);
-            let copied = bytes.read(buffer.as_bytes_mut());
-            buffer.as_bytes_mut()[copied..].fill(0);
-            file.write_at(buffer, offset as u64).await?;
-            offset += chunk;
+            let round_end = (offset + CHECKPOINT_SYNC_EVERY_BYTES).min(aligned);
+            while offset < round_end {
+                if writes.len() == in_flight {
+                    check_written(writes.pop_front()).await?;
+                }
+                let chunk = (round_end - offset).min(PREWRITE_CHUNK_BYTES);
+                let mut buffer = glommio::allocate_dma_buffer(chunk);
+                let copied = bytes.read(buffer.as_bytes_mut());
+                buffer.as_bytes_mut()[copied..].fill(0);
+                let file = file.clone();
+                let at = offset as u64;
+                // In this task's queue, the checkpoints' own.
+                writes.push_back(glommio::spawn_local(async move { (file.write_at(buffer, at).await, chunk) }));
+                offset += chunk;
+            }
+            while !writes.is_empty() {
+                check_written(writes.pop_front()).await?;
+            }
             // Sync as it grows: one fdatasync of a whole large file commits all its block
             // allocations at once, and the log's own fdatasync waits behind that commit.
-            if offset % CHECKPOINT_SYNC_EVERY_BYTES == 0 {
-                file.fdatasync().await?;
-            }
+            file.fdatasync().await?;
         }
-        file.fdatasync().await?;
         file.rename(path).await?;
-        file.close().await?;
+        file.close_rc().await?;
         Ok::<_, glommio::GlommioError<()>>(())
     }
     .await;
@@ -767,6 +785,17 @@ async fn write_file_durably(path: &Path, mut bytes: PartsReader<'_>) -> io::Resu
     }
     result.map_err(io::Error::from)?;
     Ok(sync_directory_async(path.parent().unwrap_or(Path::new("."))).await?)
+}
+
+/// Waits for a checkpoint write and refuses a short one.
+async fn check_written(write: Option<glommio::Task<(glommio::Result<usize, ()>, usize)>>) -> glommio::Result<(), ()> {
+    let Some(write) = write else { return Ok(()) };
+    let (written, chunk) = write.await;
+    if written? != chunk {
+        let short = io::Error::new(io::ErrorKind::WriteZero, "a checkpoint write was short");
+        return Err(glommio::GlommioError::IoError(short));
+    }
+    Ok(())
 }
 
 /// Makes renames and creations in `dir` durable. Blocking: only while opening, before the
