@@ -213,6 +213,23 @@ mod tests {
         (0..text.len() / 2).map(|index| u8::from_str_radix(&text[index * 2..index * 2 + 2], 16).expect("hex")).collect()
     }
 
+    /// Message 3 of chat 7 << 12, by user 5, a reply to message 1.
+    fn message(text: &str) -> Message {
+        Message {
+            id: MessageId(3),
+            chat: ChatId(7 << 12),
+            sender: UserId(5),
+            date: UnixMs(1000),
+            random_id: RandomId(99),
+            text: text.into(),
+            reply_to: Some(MessageId(1)),
+            forwarded_from: None,
+            edit_date: None,
+            deleted: false,
+            media: None,
+        }
+    }
+
     /// Proves events round-trip through their record payloads and a damaged payload is refused.
     #[test]
     fn events_round_trip() {
@@ -220,19 +237,7 @@ mod tests {
             chat: ChatId(7 << 12),
             pts: Pts(3),
             date: UnixMs(1000),
-            change: ChatChange::NewMessage(Message {
-                id: MessageId(3),
-                chat: ChatId(7 << 12),
-                sender: UserId(5),
-                date: UnixMs(1000),
-                random_id: RandomId(99),
-                text: "hello".into(),
-                reply_to: Some(MessageId(1)),
-                forwarded_from: None,
-                edit_date: None,
-                deleted: false,
-                media: None,
-            }),
+            change: ChatChange::NewMessage(message("hello")),
         };
         let bytes = encode(&event);
         assert_eq!(decode(&bytes).expect("decodes"), event);
@@ -257,17 +262,9 @@ mod tests {
             pts: Pts(3),
             date: UnixMs(1000),
             change: ChatChange::NewMessage(Message {
-                id: MessageId(3),
-                chat: ChatId(7 << 12),
-                sender: UserId(5),
-                date: UnixMs(1000),
-                random_id: RandomId(99),
-                text: "forwarded".into(),
-                reply_to: Some(MessageId(1)),
                 forwarded_from: Some(Box::new(from)),
                 edit_date: Some(UnixMs(1001)),
-                deleted: false,
-                media: None,
+                ..message("forwarded")
             }),
         };
         assert_eq!(encode(&event), before, "the layout changed");
