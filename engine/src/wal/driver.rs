@@ -756,7 +756,9 @@ async fn write_file_durably(path: &Path, mut bytes: PartsReader<'_>, in_flight: 
             let round_end = (offset + CHECKPOINT_SYNC_EVERY_BYTES).min(aligned);
             while offset < round_end {
                 if writes.len() == in_flight {
-                    check_written(writes.pop_front()).await?;
+                    if let Some(oldest) = writes.pop_front() {
+                        check_written(oldest).await?;
+                    }
                 }
                 let chunk = (round_end - offset).min(PREWRITE_CHUNK_BYTES);
                 let mut buffer = glommio::allocate_dma_buffer(chunk);
@@ -768,8 +770,8 @@ async fn write_file_durably(path: &Path, mut bytes: PartsReader<'_>, in_flight: 
                 writes.push_back(glommio::spawn_local(async move { (file.write_at(buffer, at).await, chunk) }));
                 offset += chunk;
             }
-            while !writes.is_empty() {
-                check_written(writes.pop_front()).await?;
+            for write in writes.drain(..) {
+                check_written(write).await?;
             }
             // Sync as it grows: one fdatasync of a whole large file commits all its block
             // allocations at once, and the log's own fdatasync waits behind that commit.
@@ -788,8 +790,7 @@ async fn write_file_durably(path: &Path, mut bytes: PartsReader<'_>, in_flight: 
 }
 
 /// Waits for a checkpoint write and refuses a short one.
-async fn check_written(write: Option<glommio::Task<(glommio::Result<usize, ()>, usize)>>) -> glommio::Result<(), ()> {
-    let Some(write) = write else { return Ok(()) };
+async fn check_written(write: glommio::Task<(glommio::Result<usize, ()>, usize)>) -> glommio::Result<(), ()> {
     let (written, chunk) = write.await;
     if written? != chunk {
         let short = io::Error::new(io::ErrorKind::WriteZero, "a checkpoint write was short");
