@@ -523,12 +523,13 @@ mod tests {
 
     /// Every message of every chat, and every entry of every box and chat log, is held in
     /// memory: proves their sizes on a 64-bit target stay where the boxing of rare fields put
-    /// them (they were 224 and 72 bytes).
+    /// them (they were 224, 56, 72 and 88 bytes).
     #[test]
     #[cfg(target_pointer_width = "64")]
     fn a_message_and_a_box_entry_stay_small() {
         assert_eq!(std::mem::size_of::<Message>(), 120);
         assert_eq!(std::mem::size_of::<Update>(), 40);
         assert_eq!(std::mem::size_of::<Sequenced>(), 56);
+        assert_eq!(std::mem::size_of::<crate::messaging::state::ChatLogEntry>(), 72);
     }
 }
