@@ -15,8 +15,8 @@ use crate::messaging::media::MediaReleases;
 use crate::messaging::push::PushState;
 use crate::messaging::records::{ChatChange, Event};
 use crate::messaging::types::{
-    AuthorizationId, ChatId, ChatKind, DeletedMessages, MemberChange, Message, MessageId, Pts, RandomId, Role,
-    Sequenced, UnixMs, Update, UserId, UserProfile, SECRET_HASH_BYTES,
+    AuthorizationId, ChatId, ChatKind, DeletedMessages, Headroom, MemberChange, Message, MessageId, Pts, RandomId,
+    Role, Sequenced, UnixMs, Update, UserId, UserProfile, SECRET_HASH_BYTES,
 };
 
 /// Deterministic hashing: the same events build the same maps on every run, so a simulation
@@ -84,6 +84,7 @@ pub struct UpdateBox {
     pub pts: Pts,
     pub date: UnixMs,
     /// The newest updates, oldest first; bounded by count and age.
+    #[rkyv(with = Headroom)]
     pub entries: VecDeque<Sequenced>,
     /// Per chat, the highest chat pts applied: fan-out is at-least-once, boxes make it once.
     pub applied: Map<ChatId, Pts>,
@@ -115,6 +116,7 @@ pub struct Chat {
     pub creator: UserId,
     pub members: BTreeMap<UserId, Member>,
     /// Message `id` is at index `id - 1`.
+    #[rkyv(with = Headroom)]
     pub messages: Vec<Message>,
     /// The chat's own sequence: one per chat event, private ones included. It keys the
     /// event's fan-out (boxes apply each (chat, pts) once) and is never shown to clients.
@@ -125,6 +127,7 @@ pub struct Chat {
     /// The highest message id some member other than its sender has read.
     pub read_outbox_max: MessageId,
     /// The newest events, oldest first, for `get_chat_difference`; bounded by count and age.
+    #[rkyv(with = Headroom)]
     pub log: VecDeque<ChatLogEntry>,
     pub random_ids: Map<(UserId, RandomId), Remembered>,
     /// Live (not deleted) media messages by their idempotency key, which keys their file

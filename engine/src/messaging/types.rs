@@ -4,6 +4,7 @@
 // rkyv's derive makes a public resolver type for each tuple-struct id, without `Debug`.
 #![allow(missing_debug_implementations)]
 
+use std::collections::VecDeque;
 use std::fmt;
 
 use crate::ids::{ShardId, VShard, VSHARD_COUNT};
@@ -238,6 +239,92 @@ where
 {
     fn deserialize_with(field: &T::Archived, deserializer: &mut D) -> Result<Box<T>, D::Error> {
         rkyv::Deserialize::deserialize(field, deserializer).map(Box::new)
+    }
+}
+
+/// Archives a `Vec` or `VecDeque` as rkyv does, and restores it with the capacity growth would
+/// have given it live (the next power of two of its length), not its length alone.
+///
+/// A chat's messages and log and a user's box are appended to right after a restore: the
+/// log's records after the checkpoint are replayed into them. Restored to their exact length,
+/// every one of them was reallocated and copied whole by its first append, which after a crash
+/// at 10 M messages copied gigabytes into fresh pages (see BENCHMARKS, "Room to grow after a
+/// restore"). The bytes on disk are the plain vector's.
+#[derive(Debug)]
+pub struct Headroom;
+
+/// The capacity a vector of `len` elements restores with: what doubling from empty gives.
+pub fn restored_capacity(len: usize) -> usize {
+    len.checked_next_power_of_two().unwrap_or(len)
+}
+
+impl<T: rkyv::Archive> rkyv::with::ArchiveWith<Vec<T>> for Headroom {
+    type Archived = rkyv::vec::ArchivedVec<T::Archived>;
+    type Resolver = rkyv::vec::VecResolver;
+
+    fn resolve_with(field: &Vec<T>, resolver: Self::Resolver, out: rkyv::Place<Self::Archived>) {
+        rkyv::Archive::resolve(field, resolver, out);
+    }
+}
+
+impl<T: rkyv::Archive> rkyv::with::ArchiveWith<VecDeque<T>> for Headroom {
+    type Archived = rkyv::vec::ArchivedVec<T::Archived>;
+    type Resolver = rkyv::vec::VecResolver;
+
+    fn resolve_with(field: &VecDeque<T>, resolver: Self::Resolver, out: rkyv::Place<Self::Archived>) {
+        rkyv::Archive::resolve(field, resolver, out);
+    }
+}
+
+impl<T: rkyv::Archive, S> rkyv::with::SerializeWith<Vec<T>, S> for Headroom
+where
+    Vec<T>: rkyv::Serialize<S, Resolver = rkyv::vec::VecResolver>,
+    S: rkyv::rancor::Fallible + ?Sized,
+{
+    fn serialize_with(field: &Vec<T>, serializer: &mut S) -> Result<rkyv::vec::VecResolver, S::Error> {
+        rkyv::Serialize::serialize(field, serializer)
+    }
+}
+
+impl<T: rkyv::Archive, S> rkyv::with::SerializeWith<VecDeque<T>, S> for Headroom
+where
+    VecDeque<T>: rkyv::Serialize<S, Resolver = rkyv::vec::VecResolver>,
+    S: rkyv::rancor::Fallible + ?Sized,
+{
+    fn serialize_with(field: &VecDeque<T>, serializer: &mut S) -> Result<rkyv::vec::VecResolver, S::Error> {
+        rkyv::Serialize::serialize(field, serializer)
+    }
+}
+
+impl<T, D> rkyv::with::DeserializeWith<rkyv::vec::ArchivedVec<T::Archived>, Vec<T>, D> for Headroom
+where
+    T: rkyv::Archive,
+    T::Archived: rkyv::Deserialize<T, D>,
+    D: rkyv::rancor::Fallible + ?Sized,
+{
+    fn deserialize_with(field: &rkyv::vec::ArchivedVec<T::Archived>, deserializer: &mut D) -> Result<Vec<T>, D::Error> {
+        let mut out = Vec::with_capacity(restored_capacity(field.len()));
+        for item in field.iter() {
+            out.push(rkyv::Deserialize::deserialize(item, deserializer)?);
+        }
+        Ok(out)
+    }
+}
+
+impl<T, D> rkyv::with::DeserializeWith<rkyv::vec::ArchivedVec<T::Archived>, VecDeque<T>, D> for Headroom
+where
+    T: rkyv::Archive,
+    T::Archived: rkyv::Deserialize<T, D>,
+    D: rkyv::rancor::Fallible + ?Sized,
+{
+    fn deserialize_with(
+        field: &rkyv::vec::ArchivedVec<T::Archived>,
+        deserializer: &mut D,
+    ) -> Result<VecDeque<T>, D::Error> {
+        let vec: Vec<T> =
+            <Headroom as rkyv::with::DeserializeWith<_, Vec<T>, D>>::deserialize_with(field, deserializer)?;
+        // A `VecDeque` made from a `Vec` keeps its buffer and capacity.
+        Ok(VecDeque::from(vec))
     }
 }
 
@@ -531,5 +618,37 @@ mod tests {
         assert_eq!(std::mem::size_of::<Update>(), 40);
         assert_eq!(std::mem::size_of::<Sequenced>(), 56);
         assert_eq!(std::mem::size_of::<crate::messaging::state::ChatLogEntry>(), 72);
+    }
+
+    /// Proves `Headroom` archives a vector as rkyv does and restores it with the capacity
+    /// doubling from empty gives, so the first append after a restore does not copy it whole.
+    #[test]
+    fn a_vector_restores_with_room_to_grow_and_archives_as_before() {
+        #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+        struct Plain {
+            list: Vec<u64>,
+            ring: VecDeque<u64>,
+        }
+        #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+        struct WithRoom {
+            #[rkyv(with = Headroom)]
+            list: Vec<u64>,
+            #[rkyv(with = Headroom)]
+            ring: VecDeque<u64>,
+        }
+        for len in [0u64, 1, 5, 64, 100, 1000] {
+            let values: Vec<u64> = (0..len).collect();
+            let plain = Plain { list: values.clone(), ring: values.iter().copied().collect() };
+            let with_room = WithRoom { list: values.clone(), ring: values.iter().copied().collect() };
+            let plain_bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&plain).expect("archives");
+            let room_bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&with_room).expect("archives");
+            assert_eq!(room_bytes.as_slice(), plain_bytes.as_slice(), "{len}: the same bytes on disk");
+            let restored = rkyv::from_bytes::<WithRoom, rkyv::rancor::Error>(&plain_bytes).expect("restores");
+            assert_eq!(restored.list, values);
+            assert!(restored.ring.iter().eq(values.iter()));
+            let room = (len as usize).next_power_of_two();
+            assert!(restored.list.capacity() >= room, "{len}: capacity {}", restored.list.capacity());
+            assert!(restored.ring.capacity() >= room, "{len}: capacity {}", restored.ring.capacity());
+        }
     }
 }
