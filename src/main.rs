@@ -223,10 +223,12 @@ fn stress_command(args: StressArgs) -> anyhow::Result<()> {
     let engine = engine::Engine::open(config).context("opening the engine")?;
     for (shard, report) in engine.open_reports().iter().enumerate() {
         eprintln!(
-            "shard {shard}: recovered {} records ({} bytes of log) in {:.1} ms, next LSN {}, generation {}{}{}",
+            "shard {shard}: recovered {} records ({} bytes of log) in {:.1} ms (checkpoint restored in {:.1}, log replayed in {:.1}), next LSN {}, generation {}{}{}",
             report.scan.records,
             report.scan.bytes,
             report.recovery_time.as_secs_f64() * 1e3,
+            report.restore_time.as_secs_f64() * 1e3,
+            report.replay_time.as_secs_f64() * 1e3,
             report.scan.next_lsn,
             report.generation,
             if report.scan.torn_tail { ", dropped a torn tail" } else { "" },

@@ -154,8 +154,12 @@ pub(crate) async fn run(start: ShardStart) {
     let core = std::cell::RefCell::new(MessagingCore::new(id, table.clone()));
     let media_recovery = std::cell::RefCell::new(MediaRecovery::default());
     let mut restore_error = None;
-    // The report keeps the host's own part of the checkpoint.
+    // The report keeps the host's own part of the checkpoint. Each call starts afresh: the
+    // log calls again with an older checkpoint when the newest fails to verify.
     let restore = |checkpoint: Option<(CheckpointTicket, &[u8])>| {
+        *core.borrow_mut() = MessagingCore::new(id, table.clone());
+        *media_recovery.borrow_mut() = MediaRecovery::default();
+        restore_error = None;
         let Some((_, bytes)) = checkpoint else { return Vec::new() };
         match crate::media::checkpoint::split(bytes) {
             Ok(sections) => {

@@ -99,14 +99,29 @@ pub fn decode_header(bytes: &[u8], salt: u64) -> Result<CheckpointHeader, Checkp
     Ok(CheckpointHeader { ticket, state_bytes: u64_at(32), state_checksum: u64_at(40) })
 }
 
-/// Verifies a checkpoint file and returns its ticket and state.
-pub fn decode(bytes: &[u8], salt: u64) -> Result<(CheckpointTicket, &[u8]), CheckpointError> {
+/// Finds a checkpoint's state by its header, which must verify; the state itself is not
+/// verified yet. Check it with [`CheckpointHeader::state_verifies`] before trusting anything
+/// read from it.
+pub fn locate(bytes: &[u8], salt: u64) -> Result<(CheckpointHeader, &[u8]), CheckpointError> {
     let header = decode_header(bytes, salt)?;
     let state_bytes = usize::try_from(header.state_bytes).map_err(|_| CheckpointError::BadHeader)?;
     let state = bytes
         .get(CHECKPOINT_HEADER_BYTES..CHECKPOINT_HEADER_BYTES.saturating_add(state_bytes))
         .ok_or(CheckpointError::Truncated)?;
-    if xxh3_64_with_seed(state, salt) != header.state_checksum {
+    Ok((header, state))
+}
+
+impl CheckpointHeader {
+    /// Whether `state` is the state this header was written with.
+    pub fn state_verifies(&self, state: &[u8], salt: u64) -> bool {
+        xxh3_64_with_seed(state, salt) == self.state_checksum
+    }
+}
+
+/// Verifies a checkpoint file and returns its ticket and state.
+pub fn decode(bytes: &[u8], salt: u64) -> Result<(CheckpointTicket, &[u8]), CheckpointError> {
+    let (header, state) = locate(bytes, salt)?;
+    if !header.state_verifies(state, salt) {
         return Err(CheckpointError::BadState);
     }
     Ok((header.ticket, state))

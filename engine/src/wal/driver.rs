@@ -97,7 +97,11 @@ pub struct OpenReport {
     /// Whether this open bumped the generation.
     pub lost_acknowledged: bool,
     pub repaired: Option<Corruption>,
+    /// The whole open, and its parts: reading, verifying and restoring the newest checkpoint
+    /// (verified while it is restored), and scanning and replaying the log after it.
     pub recovery_time: Duration,
+    pub restore_time: Duration,
+    pub replay_time: Duration,
 }
 
 /// Counters of the log's work, for benchmarks and metrics.
@@ -158,13 +162,15 @@ struct Inner {
 impl ShardLog {
     /// Opens (or creates) the log in `dir`: hands the newest checkpoint (if any) to `restore`,
     /// then replays every record after it through `replay`. What `restore` returns is what the
-    /// report keeps of the checkpoint's state. Must run on a glommio executor
+    /// report keeps of the checkpoint's state. `restore` may be called more than once, each
+    /// call starting from nothing: a checkpoint is verified while it is restored, and one that
+    /// fails is replaced by the one before it ([`restore_newest_checkpoint`]). Must run on a glommio executor
     /// whose DMA probe has been done (`preflight::probe_dma_reads`).
     pub async fn open(
         dir: &Path,
         config: LogConfig,
         repair: bool,
-        restore: impl FnOnce(Option<(CheckpointTicket, &[u8])>) -> Vec<u8>,
+        restore: impl FnMut(Option<(CheckpointTicket, &[u8])>) -> Vec<u8>,
         mut replay: impl FnMut(RecordPosition, Record<'_>),
     ) -> Result<(ShardLog, OpenReport), OpenError> {
         let started = Instant::now();
@@ -180,9 +186,8 @@ impl ShardLog {
         let segments = list_segments(&wal_dir)?;
         let mut meta = load_or_create_meta(dir, !segments.is_empty())?;
         let mut checkpoints = list_checkpoints(&checkpoint_dir, meta.salt)?;
-        let newest = load_newest_checkpoint(&mut checkpoints, meta.salt)?;
-        let kept = restore(newest.as_ref().map(|loaded| (loaded.ticket, loaded.state())));
-        let newest = newest.map(|loaded| loaded.ticket);
+        let (newest, kept) = restore_newest_checkpoint(&mut checkpoints, meta.salt, restore)?;
+        let restore_time = started.elapsed();
         let from = ReplayFrom::after(newest.as_ref(), &segments);
 
         let mut repaired = None;
@@ -204,6 +209,7 @@ impl ShardLog {
             }
             Err(corruption) => return Err(OpenError::Corrupt { dir: dir.to_path_buf(), corruption }),
         };
+        let replay_time = started.elapsed() - restore_time;
 
         let segments = list_segments(&wal_dir)?;
         let cursor_segment = segments.last().map_or(SegmentId(1), |last| last.next());
@@ -269,6 +275,8 @@ impl ShardLog {
             lost_acknowledged,
             repaired,
             recovery_time: started.elapsed(),
+            restore_time,
+            replay_time,
         };
         Ok((ShardLog { inner }, report))
     }
@@ -960,7 +968,7 @@ fn write_meta(dir: &Path, meta: &LogMeta) -> Result<(), OpenError> {
 }
 
 /// Checkpoints in `dir` whose header verifies, oldest first, with their paths. Only the newest
-/// one's state is read and verified ([`load_newest_checkpoint`]): an older one is needed only
+/// one's state is read and verified ([`restore_newest_checkpoint`]): an older one is needed only
 /// if that fails, and its ticket alone decides which segments it still holds on to.
 fn list_checkpoints(dir: &Path, salt: u64) -> Result<Vec<(CheckpointTicket, PathBuf)>, OpenError> {
     use std::io::Read;
@@ -986,52 +994,58 @@ fn list_checkpoints(dir: &Path, salt: u64) -> Result<Vec<(CheckpointTicket, Path
     Ok(found)
 }
 
-/// A checkpoint file mapped whole, its state verified.
-struct LoadedCheckpoint {
-    ticket: CheckpointTicket,
-    file: memmap2::Mmap,
-    state: std::ops::Range<usize>,
-}
-
-impl LoadedCheckpoint {
-    fn state(&self) -> &[u8] {
-        &self.file[self.state.clone()]
-    }
-}
-
-/// Maps the newest checkpoint of `found` whose state verifies, and drops from `found` the
-/// newer ones that did not: damaged ones are skipped, since an older checkpoint still covers
-/// the log (its segments are kept until it is dropped).
+/// Hands the newest checkpoint of `found` whose state verifies to `restore` (or `None` when
+/// none does) and returns its ticket with what `restore` made of it. Newer checkpoints that
+/// did not verify are dropped from `found`: an older checkpoint still covers the log (its
+/// segments are kept until it is dropped).
 ///
-/// Mapped, not read into the heap: a checkpoint can be gigabytes, and a copy would double the
-/// memory opening touches (page cache plus heap), on a VM the larger part of a restart's time
-/// (see BENCHMARKS, "Restart"). The state is restored from the map where it lies; the pages
-/// stay reclaimable cache. As with the segments' maps, a disk error while reading it is a
-/// SIGBUS rather than an error: the shard could not open either way.
-fn load_newest_checkpoint(
+/// The state is mapped, not read into the heap: a checkpoint can be gigabytes, and a copy
+/// would double the memory opening touches (page cache plus heap), on a VM the larger part of
+/// a restart's time (see BENCHMARKS, "Restart"). It is restored where it lies in the map
+/// while another thread verifies its checksum over the same pages, so reading it from disk,
+/// verifying it and restoring it overlap rather than follow one another. So `restore` may
+/// see a state that then fails to verify: it gets only what rkyv validates, what it made of
+/// such a state is dropped (a panic included), and it is called again with the next
+/// checkpoint. Each call must start from nothing. As with the segments' maps, a disk error
+/// while reading the map is a SIGBUS rather than an error: the shard could not open either way.
+fn restore_newest_checkpoint<K>(
     found: &mut Vec<(CheckpointTicket, PathBuf)>,
     salt: u64,
-) -> Result<Option<LoadedCheckpoint>, OpenError> {
-    while let Some((ticket, path)) = found.last() {
+    mut restore: impl FnMut(Option<(CheckpointTicket, &[u8])>) -> K,
+) -> Result<(Option<CheckpointTicket>, K), OpenError> {
+    while let Some(&(ticket, ref path)) = found.last() {
         let file = std::fs::File::open(path).map_err(io_error(path))?;
         // SAFETY: checkpoint files are written once under a temporary name and renamed; none
         // is changed or truncated afterwards, and no other process writes this shard's files
         // (the data directory is locked by the engine).
         let file = unsafe { memmap2::Mmap::map(&file) }.map_err(io_error(path))?;
         let _ = file.advise(memmap2::Advice::Sequential);
-        let state = match checkpoint::decode(&file, salt) {
-            Ok((read, state)) if read == *ticket => {
-                let start = state.as_ptr() as usize - file.as_ptr() as usize;
-                start..start + state.len()
-            }
-            _ => {
-                found.pop();
-                continue;
-            }
+        let located = checkpoint::locate(&file, salt).ok().filter(|(header, _)| header.ticket == ticket);
+        let Some((header, state)) = located else {
+            found.pop();
+            continue;
         };
-        return Ok(Some(LoadedCheckpoint { ticket: *ticket, file, state }));
+        let (verified, restored) = std::thread::scope(|scope| {
+            let verifier = std::thread::Builder::new()
+                .name("checkpoint-verify".to_string())
+                .spawn_scoped(scope, || header.state_verifies(state, salt));
+            let restored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| restore(Some((ticket, state)))));
+            let verified = match verifier {
+                Ok(verifier) => verifier.join().unwrap_or(false),
+                Err(_) => header.state_verifies(state, salt),
+            };
+            (verified, restored)
+        });
+        match (verified, restored) {
+            (true, Ok(kept)) => return Ok((Some(ticket), kept)),
+            // A checkpoint that verifies and still fails to restore is a bug, not damage.
+            (true, Err(panic)) => std::panic::resume_unwind(panic),
+            (false, _) => {
+                found.pop();
+            }
+        }
     }
-    Ok(None)
+    Ok((None, restore(None)))
 }
 
 /// Explicit repair: zero the corrupt segment from the bad batch on and delete later segments.
@@ -1114,7 +1128,7 @@ pub fn scan_offline(
     let checkpoint_dir = dir.join(CHECKPOINT_DIR);
     let mut checkpoints =
         if checkpoint_dir.exists() { list_checkpoints(&checkpoint_dir, meta.salt)? } else { Vec::new() };
-    let newest = load_newest_checkpoint(&mut checkpoints, meta.salt)?.map(|loaded| loaded.ticket);
+    let (newest, ()) = restore_newest_checkpoint(&mut checkpoints, meta.salt, |_| ())?;
     let from = ReplayFrom::after(newest.as_ref(), &segments);
     let scan = scan_segments(&wal_dir, &segments, meta.salt, from, visit)?
         .map_err(|corruption| OpenError::Corrupt { dir: dir.to_path_buf(), corruption })?;

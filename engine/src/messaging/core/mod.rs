@@ -548,8 +548,11 @@ impl MessagingCore {
             authorization_sequences: authorizations_header.sequences,
             ..State::default()
         };
-        state.users.reserve(header.users as usize);
-        state.chats.reserve(header.chats as usize);
+        // Counts of a checkpoint not verified yet (see `ShardLog::open`): no more room than its
+        // pieces could fill, each at least a tag and a length.
+        let pieces_at_most = snapshot.len() / 16;
+        state.users.reserve((header.users as usize).min(pieces_at_most));
+        state.chats.reserve((header.chats as usize).min(pieces_at_most));
         // Users and chats come in any order (a checkpoint taken piece by piece writes first
         // whatever was about to change).
         while !pieces.is_empty() {
