@@ -640,24 +640,62 @@ impl State {
     /// piece by piece (it touches other chats); forgetting later changes nothing a client
     /// sees, because a send checks the window's dates itself.
     pub fn expire_idempotency(&mut self, now: UnixMs) {
-        expire_idempotency(&mut self.idempotency_order, &mut self.chats, now);
+        let order = &mut self.idempotency_order;
+        while let Some(entry) = forgettable(order, now, IDEMPOTENCY_ENTRIES_MAX) {
+            order.pop_front();
+            forget(&mut self.chats, entry);
+        }
+    }
+
+    /// What replay calls after each chat event instead: nothing until the window holds
+    /// `IDEMPOTENCY_REPLAY_SLACK` entries over its cap, then what
+    /// [`State::expire_idempotency`] would forget, grouped by chat. Past the cap every new
+    /// message forgets one random_id of some other chat, a lookup in a map that is cold by
+    /// then; grouped, each chat's map is brought in once for all it forgets. Call
+    /// [`State::expire_idempotency_grouped`] when replay ends.
+    pub fn expire_idempotency_in_batches(&mut self, now: UnixMs) {
+        if self.idempotency_order.len() > IDEMPOTENCY_ENTRIES_MAX + IDEMPOTENCY_REPLAY_SLACK {
+            self.expire_idempotency_grouped(now);
+        }
+    }
+
+    /// Forgets what [`State::expire_idempotency`] would, grouped by chat.
+    pub fn expire_idempotency_grouped(&mut self, now: UnixMs) {
+        forget_grouped(&mut self.idempotency_order, &mut self.chats, now, IDEMPOTENCY_ENTRIES_MAX);
     }
 }
 
-fn expire_idempotency(
-    order: &mut VecDeque<(UnixMs, ChatId, UserId, RandomId)>,
-    chats: &mut Map<ChatId, Chat>,
-    now: UnixMs,
-) {
-    while let Some(&(date, chat, sender, random_id)) = order.front() {
-        if date.0 + IDEMPOTENCY_WINDOW_MS >= now.0 && order.len() <= IDEMPOTENCY_ENTRIES_MAX {
-            break;
-        }
+/// How far replay lets the idempotency window run over its cap before forgetting in a batch:
+/// 125,000 entries, 4 MB, and the window's ring stays within the capacity it has at the cap.
+const IDEMPOTENCY_REPLAY_SLACK: usize = IDEMPOTENCY_ENTRIES_MAX / 32;
+
+type IdempotencyEntry = (UnixMs, ChatId, UserId, RandomId);
+
+/// The window's oldest entry, if it is to be forgotten at `now` with `cap` entries at most.
+fn forgettable(order: &VecDeque<IdempotencyEntry>, now: UnixMs, cap: usize) -> Option<IdempotencyEntry> {
+    let &entry = order.front()?;
+    (entry.0 .0 + IDEMPOTENCY_WINDOW_MS < now.0 || order.len() > cap).then_some(entry)
+}
+
+fn forget_grouped(order: &mut VecDeque<IdempotencyEntry>, chats: &mut Map<ChatId, Chat>, now: UnixMs, cap: usize) {
+    let mut forgotten = Vec::new();
+    while let Some(entry) = forgettable(order, now, cap) {
         order.pop_front();
-        if let Some(state) = chats.get_mut(&chat) {
-            if state.random_ids.get(&(sender, random_id)).is_some_and(|remembered| remembered.date == date) {
-                state.random_ids.remove(&(sender, random_id));
-            }
+        forgotten.push(entry);
+    }
+    // Each entry checks its own date, so the order they are forgotten in does not matter.
+    forgotten.sort_unstable_by_key(|&(_, chat, _, _)| chat);
+    for entry in forgotten {
+        forget(chats, entry);
+    }
+}
+
+/// Removes a random_id the window no longer holds, unless the chat remembers it from a later
+/// message (the same random_id used again after it was forgotten once).
+fn forget(chats: &mut Map<ChatId, Chat>, (date, chat, sender, random_id): IdempotencyEntry) {
+    if let Some(state) = chats.get_mut(&chat) {
+        if state.random_ids.get(&(sender, random_id)).is_some_and(|remembered| remembered.date == date) {
+            state.random_ids.remove(&(sender, random_id));
         }
     }
 }
@@ -749,5 +787,85 @@ fn apply_dialog(update_box: &mut UpdateBox, owner: UserId, update: &Update, date
             update_box.dialogs.entry(chat).or_default().fanout_on_read = fanout_on_read;
         }
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A window of `entries` random_ids over a few chats, each remembered by its chat as the
+    /// window says; every fifth reuses the random_id of the entry three before it, so the
+    /// chat remembers the later date only.
+    fn window(entries: u64) -> (VecDeque<IdempotencyEntry>, Map<ChatId, Chat>) {
+        let mut order = VecDeque::new();
+        let mut chats: Map<ChatId, Chat> = Map::default();
+        for index in 0..entries {
+            let reused = index % 5 == 4;
+            let key = if reused { index - 3 } else { index };
+            let (chat, sender, random_id) = (ChatId(key * 7 % 5 + 1), UserId(key % 3 + 1), RandomId(key));
+            let date = UnixMs(1_000 * index);
+            chats
+                .entry(chat)
+                .or_insert_with(|| empty_chat(chat))
+                .random_ids
+                .insert((sender, random_id), Remembered { id: MessageId(index + 1), content_hash: 0, date });
+            order.push_back((date, chat, sender, random_id));
+        }
+        (order, chats)
+    }
+
+    fn empty_chat(id: ChatId) -> Chat {
+        Chat {
+            id,
+            kind: ChatKind::Group,
+            title: String::new(),
+            creator: UserId(1),
+            members: BTreeMap::new(),
+            messages: Vec::new(),
+            pts: Pts::ZERO,
+            last_date: UnixMs(0),
+            pinned: None,
+            fanout_on_read: false,
+            read_outbox_max: MessageId(0),
+            log: VecDeque::new(),
+            random_ids: Map::default(),
+            media_index: Map::default(),
+            public_pts: Pts::ZERO,
+        }
+    }
+
+    fn remembered(chats: &Map<ChatId, Chat>) -> BTreeSet<(ChatId, UserId, RandomId, UnixMs)> {
+        let mut all = BTreeSet::new();
+        for (chat, state) in chats {
+            all.extend(state.random_ids.iter().map(|(&(sender, random_id), r)| (*chat, sender, random_id, r.date)));
+        }
+        all
+    }
+
+    #[test]
+    fn forgetting_grouped_by_chat_forgets_what_one_at_a_time_does() {
+        // Over the cap by 40, and the first 10 entries past the window.
+        let now = UnixMs(1_000 * 9 + IDEMPOTENCY_WINDOW_MS + 1);
+        let cap = 60;
+        let (mut one_at_a_time, mut chats_one) = window(100);
+        while let Some(entry) = forgettable(&one_at_a_time, now, cap) {
+            one_at_a_time.pop_front();
+            forget(&mut chats_one, entry);
+        }
+        let (mut grouped, mut chats_grouped) = window(100);
+        forget_grouped(&mut grouped, &mut chats_grouped, now, cap);
+        assert_eq!(grouped, one_at_a_time);
+        assert_eq!(remembered(&chats_grouped), remembered(&chats_one));
+        assert_eq!(grouped.len(), cap, "forgotten down to the cap");
+        // What is left is what the window still holds: a reused random_id whose first use was
+        // forgotten is remembered with its later date.
+        let mut latest: BTreeMap<(ChatId, UserId, RandomId), UnixMs> = BTreeMap::new();
+        for &(date, chat, sender, id) in &grouped {
+            latest.insert((chat, sender, id), date);
+        }
+        let expected: BTreeSet<_> =
+            latest.into_iter().map(|((chat, sender, id), date)| (chat, sender, id, date)).collect();
+        assert_eq!(remembered(&chats_grouped), expected);
     }
 }

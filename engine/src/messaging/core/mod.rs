@@ -66,6 +66,9 @@ pub struct MessagingCore {
     bytes_since_checkpoint: u64,
     /// The time of the latest input.
     now: UnixMs,
+    /// The latest date of a replayed chat event: what the random_ids replay left to forget
+    /// are forgotten against when it ends.
+    replayed_date: UnixMs,
     checkpoint_every_bytes: u64,
     checkpoint_at_close_min_bytes: u64,
     /// Performed effects handed back by the driver, reused by the next step.
@@ -501,6 +504,7 @@ impl MessagingCore {
             effects: Effects::default(),
             bytes_since_checkpoint: 0,
             now: UnixMs(0),
+            replayed_date: UnixMs(0),
             checkpoint_every_bytes: CHECKPOINT_EVERY_BYTES,
             checkpoint_at_close_min_bytes: CHECKPOINT_AT_CLOSE_MIN_BYTES,
             spare_effects: Effects::default(),
@@ -864,7 +868,8 @@ impl MessagingCore {
         let expire = matches!(event, Event::Chat { .. }).then_some(event_key(&event).2);
         self.state.apply(event);
         if let Some(date) = expire {
-            self.state.expire_idempotency(date);
+            self.state.expire_idempotency_in_batches(date);
+            self.replayed_date = self.replayed_date.max(date);
         }
         Ok(())
     }
@@ -872,6 +877,8 @@ impl MessagingCore {
     /// After open: sets the epoch and watermarks, and re-sends every unconfirmed fan-out (boxes
     /// skip what they already hold).
     pub fn resume(&mut self, epoch: u64, recovered: Lsn) {
+        // Replay forgot random_ids in batches; what is left to forget goes now.
+        self.state.expire_idempotency_grouped(self.replayed_date);
         self.epoch = epoch;
         self.acked = recovered;
         self.durable = recovered;
