@@ -222,6 +222,12 @@ mod tests {
         restored.restore(&core.snapshot().to_vec()).expect("restores");
         restored.resume(0, Lsn(journal.0.len() as u64));
         assert_eq!(call(&mut restored, &mut journal, get(ack.id, bob)), Ok(Response::Media(media(FILE))));
+        // And so does a checkpoint of the restored core, which finds media messages by the
+        // index restore rebuilt.
+        let mut again = MessagingCore::new(ShardId(0), table.clone());
+        again.restore(&restored.snapshot().to_vec()).expect("restores");
+        again.resume(0, Lsn(journal.0.len() as u64));
+        assert_eq!(call(&mut again, &mut journal, get(ack.id, bob)), Ok(Response::Media(media(FILE))));
 
         // The tombstone queues the release once, however often the delete is asked for.
         assert!(pending(&mut core, &mut journal).is_empty());

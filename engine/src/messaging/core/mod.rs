@@ -620,9 +620,6 @@ impl MessagingCore {
         if push_users.iter().any(|user| !state.users.contains_key(user)) {
             return Err(RestoreError::Format("push settings of a user the checkpoint does not hold"));
         }
-        for chat in state.chats.values_mut() {
-            chat.index_media();
-        }
         state.media_releases = media_releases;
         state.push.sequence = push_header.sequence;
         state.push.outbox = push_header.outbox.into_iter().map(|job| (job.sequence, job)).collect();
@@ -1585,6 +1582,9 @@ fn restore_chat_media(state: &mut State, chat_media: ChatMedia) -> std::result::
         if message.deleted || message.media.replace(Box::new(media)).is_some() {
             return Err(RestoreError::Format("media of a deleted message, or listed twice"));
         }
+        // The index `Chat::index_media` would build, from the media messages alone rather
+        // than a walk over every message of every chat.
+        chat.media_index.insert((message.sender, message.random_id), id);
     }
     Ok(())
 }
