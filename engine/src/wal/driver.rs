@@ -1028,7 +1028,10 @@ fn restore_newest_checkpoint<K>(
         let (verified, restored) = std::thread::scope(|scope| {
             let verifier = std::thread::Builder::new()
                 .name("checkpoint-verify".to_string())
-                .spawn_scoped(scope, || header.state_verifies(state, salt));
+                .spawn_scoped(scope, || {
+                    run_where_the_process_may();
+                    header.state_verifies(state, salt)
+                });
             let restored = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| restore(Some((ticket, state)))));
             let verified = match verifier {
                 Ok(verifier) => verifier.join().unwrap_or(false),
@@ -1046,6 +1049,21 @@ fn restore_newest_checkpoint<K>(
         }
     }
     Ok((None, restore(None)))
+}
+
+/// Lets the calling thread run on any CPU the process's main thread may. A thread spawned by
+/// a shard inherits the one CPU the shard is pinned to, where it would take turns with the
+/// restore it is meant to run beside.
+fn run_where_the_process_may() {
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: cpu_set_t is plain data.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the process id names its main thread; the call fills at most `size` bytes.
+    if unsafe { libc::sched_getaffinity(libc::getpid(), size, &mut set) } == 0 {
+        // SAFETY: 0 is this thread, and the set is the one just filled. A failure leaves the
+        // thread where it was, which is still correct.
+        unsafe { libc::sched_setaffinity(0, size, &set) };
+    }
 }
 
 /// Explicit repair: zero the corrupt segment from the bad batch on and delete later segments.
