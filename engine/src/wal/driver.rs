@@ -1026,9 +1026,8 @@ fn restore_newest_checkpoint<K>(
             continue;
         };
         let (verified, restored) = std::thread::scope(|scope| {
-            let verifier = std::thread::Builder::new()
-                .name("checkpoint-verify".to_string())
-                .spawn_scoped(scope, || {
+            let verifier =
+                std::thread::Builder::new().name("checkpoint-verify".to_string()).spawn_scoped(scope, || {
                     run_where_the_process_may();
                     header.state_verifies(state, salt)
                 });
