@@ -164,8 +164,8 @@ impl ShardLog {
     /// then replays every record after it through `replay`. What `restore` returns is what the
     /// report keeps of the checkpoint's state. `restore` may be called more than once, each
     /// call starting from nothing: a checkpoint is verified while it is restored, and one that
-    /// fails is replaced by the one before it ([`restore_newest_checkpoint`]). Must run on a glommio executor
-    /// whose DMA probe has been done (`preflight::probe_dma_reads`).
+    /// fails is replaced by the one before it ([`restore_newest_checkpoint`]). Must run on a
+    /// glommio executor whose DMA probe has been done (`preflight::probe_dma_reads`).
     pub async fn open(
         dir: &Path,
         config: LogConfig,
