@@ -898,6 +898,8 @@ fn scan_segments(
 /// faults the pages in itself.
 fn prefetch(files: &[(SegmentId, PathBuf)], scanning: &AtomicU64, stop: &AtomicBool) {
     use std::os::fd::AsRawFd;
+    // Its reads and wake-ups would otherwise take turns with the scan on the shard's core.
+    run_where_the_process_may();
     for (segment, path) in files {
         while segment.0 > scanning.load(Ordering::Relaxed) + PREFETCH_SEGMENTS_AHEAD {
             if stop.load(Ordering::Relaxed) {
@@ -1052,7 +1054,7 @@ fn restore_newest_checkpoint<K>(
 
 /// Lets the calling thread run on any CPU the process's main thread may. A thread spawned by
 /// a shard inherits the one CPU the shard is pinned to, where it would take turns with the
-/// restore it is meant to run beside.
+/// restore or the scan it is meant to run beside.
 fn run_where_the_process_may() {
     let size = std::mem::size_of::<libc::cpu_set_t>();
     // SAFETY: cpu_set_t is plain data.
