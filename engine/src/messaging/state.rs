@@ -237,7 +237,8 @@ pub fn content_hash(
 }
 
 impl Chat {
-    /// Rebuilds `media_index` from the messages (after a restore).
+    /// Rebuilds `media_index` from the messages (for a chat put together from its parts, as a
+    /// checkpoint's chat as it was is; a restore builds it from the media pieces instead).
     pub fn index_media(&mut self) {
         self.media_index = self
             .messages
@@ -640,11 +641,7 @@ impl State {
     /// piece by piece (it touches other chats); forgetting later changes nothing a client
     /// sees, because a send checks the window's dates itself.
     pub fn expire_idempotency(&mut self, now: UnixMs) {
-        let order = &mut self.idempotency_order;
-        while let Some(entry) = forgettable(order, now, IDEMPOTENCY_ENTRIES_MAX) {
-            order.pop_front();
-            forget(&mut self.chats, entry);
-        }
+        forget_one_at_a_time(&mut self.idempotency_order, &mut self.chats, now, IDEMPOTENCY_ENTRIES_MAX);
     }
 
     /// What replay calls after each chat event instead: nothing until the window holds
@@ -675,6 +672,18 @@ type IdempotencyEntry = (UnixMs, ChatId, UserId, RandomId);
 fn forgettable(order: &VecDeque<IdempotencyEntry>, now: UnixMs, cap: usize) -> Option<IdempotencyEntry> {
     let &entry = order.front()?;
     (entry.0 .0 + IDEMPOTENCY_WINDOW_MS < now.0 || order.len() > cap).then_some(entry)
+}
+
+fn forget_one_at_a_time(
+    order: &mut VecDeque<IdempotencyEntry>,
+    chats: &mut Map<ChatId, Chat>,
+    now: UnixMs,
+    cap: usize,
+) {
+    while let Some(entry) = forgettable(order, now, cap) {
+        order.pop_front();
+        forget(chats, entry);
+    }
 }
 
 fn forget_grouped(order: &mut VecDeque<IdempotencyEntry>, chats: &mut Map<ChatId, Chat>, now: UnixMs, cap: usize) {
@@ -849,10 +858,7 @@ mod tests {
         let now = UnixMs(1_000 * 9 + IDEMPOTENCY_WINDOW_MS + 1);
         let cap = 60;
         let (mut one_at_a_time, mut chats_one) = window(100);
-        while let Some(entry) = forgettable(&one_at_a_time, now, cap) {
-            one_at_a_time.pop_front();
-            forget(&mut chats_one, entry);
-        }
+        forget_one_at_a_time(&mut one_at_a_time, &mut chats_one, now, cap);
         let (mut grouped, mut chats_grouped) = window(100);
         forget_grouped(&mut grouped, &mut chats_grouped, now, cap);
         assert_eq!(grouped, one_at_a_time);
