@@ -24,6 +24,7 @@ pub mod media;
 pub mod observer;
 pub mod options;
 pub mod plan;
+pub mod reactor;
 pub mod report;
 pub mod run;
 pub mod runtime;

@@ -141,7 +141,7 @@ fn push_sink_command(args: &PushSinkArgs) -> anyhow::Result<ExitCode> {
             if let Some(deadline) = deadline {
                 wake = wake.min(deadline);
             }
-            async_io::Timer::at(wake).await;
+            ferrogram_loadgen::reactor::sleep_until(wake).await;
         }
     });
     let report = meter.report(listen, started.elapsed().as_secs_f64(), counters.totals());

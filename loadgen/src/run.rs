@@ -190,15 +190,15 @@ async fn run_async<T: Target>(
     // their own (a timer per operation would cost a reactor wake-up each): whatever is still
     // unanswered then fails when the sessions close, and counts as timed out.
     while in_flight.free() < in_flight.capacity() && Instant::now() < drain_deadline {
-        async_io::Timer::after(DRAIN_POLL).await;
+        crate::reactor::sleep(DRAIN_POLL).await;
     }
     while !observer.deliveries.all_arrived() && Instant::now() < drain_deadline {
-        async_io::Timer::after(DRAIN_POLL).await;
+        crate::reactor::sleep(DRAIN_POLL).await;
     }
     while !(observer.downloads.all_arrived() && context.downloads.free() == context.downloads.capacity())
         && Instant::now() < drain_deadline
     {
-        async_io::Timer::after(DRAIN_POLL).await;
+        crate::reactor::sleep(DRAIN_POLL).await;
     }
     observer.closing.store(true, Relaxed);
     drop(downloader);
@@ -207,7 +207,7 @@ async fn run_async<T: Target>(
     while (in_flight.free() < in_flight.capacity() || context.downloads.free() < context.downloads.capacity())
         && Instant::now() < grace
     {
-        async_io::Timer::after(DRAIN_POLL).await;
+        crate::reactor::sleep(DRAIN_POLL).await;
     }
     if let Some(acks) = &acks {
         acks.flush()?;
@@ -245,7 +245,7 @@ async fn dispatch<T: Target>(
         }
         let due = schedule.due(next, now);
         if due.is_empty() {
-            async_io::Timer::at(schedule.intended(next)).await;
+            crate::reactor::sleep_until(schedule.intended(next)).await;
             continue;
         }
         for index in due {

@@ -1,13 +1,13 @@
-//! Loadgen's executor: `async-executor`'s work-stealing executor run by a few threads, each
-//! driving `async-io`'s reactor (sockets and timers) while it waits. The client library is
-//! executor-agnostic, so this small runtime is all loadgen needs. Threads inherit the CPU
-//! affinity of the thread that creates the runtime (see `system::pin_current_thread`).
+//! Loadgen's executor: `async-executor`'s work-stealing executor run by one thread per CPU,
+//! each driving its own reactor (`reactor.rs`: the sockets and timers made on that thread)
+//! while it waits. The client library is executor-agnostic, so this small runtime is all
+//! loadgen needs. Threads inherit the CPU affinity of the thread that creates the runtime (see
+//! `system::pin_current_thread`).
 //!
-//! Use one thread more than the CPUs loadgen may use ([`default_threads`]). With a single
-//! thread, async-io's own helper thread often holds the reactor (blocked in `epoll_wait`), so
-//! every socket event and timer is handed from that thread to the executor thread: measured on
-//! one pinned CPU at 2,000 sends/s, loadgen's own lateness (intended → issued) was 2.3 ms at
-//! p90 with one thread and 0.06 ms with two; three and four threads were worse again than two.
+//! One thread per CPU ([`default_threads`]): a second thread on one CPU only adds hand-offs.
+//! Under async-io's reactor one more thread than CPUs had been better, because async-io's own
+//! helper thread took the reactor from a lone executor thread (2.3 ms issue-lag p90 at 2,000
+//! sends/s); loadgen's reactor has no helper thread.
 
 use std::fmt;
 use std::future::Future;
@@ -55,7 +55,7 @@ impl Runtime {
             let executor = executor.clone();
             let stopped = stopped.clone();
             let worker = std::thread::Builder::new().name(format!("loadgen-{index}")).spawn(move || {
-                async_io::block_on(executor.run(async {
+                crate::reactor::block_on(executor.run(async {
                     // Ends when the runtime drops its sender.
                     let _ = stopped.recv_async().await;
                 }));
@@ -76,13 +76,13 @@ impl Runtime {
 
     /// Runs `future` to completion on this thread, which also runs other tasks meanwhile.
     pub fn block_on<T>(&self, future: impl Future<Output = T>) -> T {
-        async_io::block_on(self.handle.executor.run(future))
+        crate::reactor::block_on(self.handle.executor.run(future))
     }
 }
 
-/// The thread count to use when `cpus` CPUs may be used: one more (see the module notes).
+/// The thread count to use when `cpus` CPUs may be used: one each (see the module notes).
 pub fn default_threads(cpus: usize) -> usize {
-    cpus.max(1) + 1
+    cpus.max(1)
 }
 
 impl Drop for Runtime {

@@ -129,7 +129,7 @@ impl FakeTarget {
             if now >= until {
                 return Ok(());
             }
-            async_io::Timer::after((until - now).min(Duration::from_millis(5))).await;
+            crate::reactor::sleep((until - now).min(Duration::from_millis(5))).await;
         }
     }
 

@@ -291,11 +291,4 @@ impl fmt::Debug for Spawner {
     }
 }
 
-/// `future`'s output, or `None` once `timeout` has passed.
-pub async fn within<T>(timeout: Duration, future: impl Future<Output = T>) -> Option<T> {
-    futures_lite::future::or(async { Some(future.await) }, async {
-        async_io::Timer::after(timeout).await;
-        None
-    })
-    .await
-}
+pub use crate::reactor::within;

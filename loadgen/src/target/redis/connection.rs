@@ -4,14 +4,14 @@
 //! subscriber connection's reader also turns Pub/Sub `message` pushes into deliveries.
 
 use std::collections::VecDeque;
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use async_io::Async;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 use super::resp::{self, Value};
 use super::{delivery_of_message, WRITE_BATCH_BYTES_MAX};
+use crate::reactor::Stream;
 use crate::stats::lock;
 use crate::target::{within, Delivery, Spawner, TargetError, CLOSED, IO, PROTOCOL};
 
@@ -23,7 +23,7 @@ type ReplySender = flume::Sender<Result<Value, TargetError>>;
 #[derive(Debug)]
 pub struct Connection {
     requests: flume::Sender<(Vec<u8>, ReplySender)>,
-    stream: Arc<Async<TcpStream>>,
+    stream: Arc<Stream>,
     pending: Arc<Mutex<Pending>>,
 }
 
@@ -43,7 +43,7 @@ impl Connection {
         spawner: &Spawner,
         updates: Option<flume::Sender<Delivery>>,
     ) -> Result<Connection, TargetError> {
-        let stream = within(crate::limits::CONNECT_TIMEOUT, Async::<TcpStream>::connect(address))
+        let stream = within(crate::limits::CONNECT_TIMEOUT, Stream::connect(address))
             .await
             .ok_or_else(TargetError::timeout)?
             .map_err(|error| TargetError::local(IO, format!("cannot connect to {address}: {error}")))?;
@@ -107,7 +107,7 @@ fn server_error(message: &str) -> TargetError {
 }
 
 async fn write_loop(
-    stream: Arc<Async<TcpStream>>,
+    stream: Arc<Stream>,
     queued: flume::Receiver<(Vec<u8>, ReplySender)>,
     pending: Arc<Mutex<Pending>>,
 ) {
@@ -142,11 +142,7 @@ async fn write_loop(
     let _ = stream.get_ref().shutdown(Shutdown::Both);
 }
 
-async fn read_loop(
-    stream: Arc<Async<TcpStream>>,
-    pending: Arc<Mutex<Pending>>,
-    updates: Option<flume::Sender<Delivery>>,
-) {
+async fn read_loop(stream: Arc<Stream>, pending: Arc<Mutex<Pending>>, updates: Option<flume::Sender<Delivery>>) {
     let mut buffer: Vec<u8> = Vec::with_capacity(64 * 1024);
     let mut chunk = vec![0u8; 64 * 1024];
     'reading: loop {
