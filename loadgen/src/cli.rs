@@ -148,7 +148,7 @@ pub struct RunArgs {
     /// Users provisioned (and chats created) at once.
     #[arg(long, default_value_t = PROVISION_CONCURRENCY_DEFAULT)]
     pub provision_concurrency: usize,
-    /// Executor threads [default: one more than the CPUs loadgen may use].
+    /// Executor threads [default: one per CPU loadgen may use].
     #[arg(long)]
     pub threads: Option<usize>,
     /// Pin loadgen's threads to these CPUs, e.g. `1` or `2,3` [default: not pinned].
@@ -194,7 +194,7 @@ pub struct PushSinkArgs {
     /// Writes the totals and the per-second rates as JSON at the end.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Executor threads [default: one more than the CPUs the sink may use].
+    /// Executor threads [default: one per CPU the sink may use].
     #[arg(long)]
     pub threads: Option<usize>,
     /// Pin the sink's threads to these CPUs, e.g. `1` [default: not pinned].
