@@ -7,16 +7,18 @@
 //! block (one-shot mode), and hands the reactor between threads. Counted over 2 s of the `dm`
 //! scenario at 5,000 sends/s, that was about 25 system calls and 4 context switches per send,
 //! and loadgen's one core was the limit near 20,000 sends/s (docs/BENCHMARKS.md, "A loadgen
-//! core per send"). Here a socket is registered once, a turn is one wait, and a thread is woken
-//! through its eventfd only when a task it runs is woken from another thread while it sleeps.
+//! core per send, and dm side by side again"). Here a socket is registered once, a turn is one
+//! wait, and a thread is woken through its eventfd only when a task it runs is woken from
+//! another thread while it sleeps.
 //!
-//! Sockets ([`Stream`]) and timers ([`sleep_until`]) register with the reactor of the thread
-//! that first polls them, when it runs inside [`block_on`]; elsewhere (tests, helper threads)
-//! with one shared reactor that a background thread drives. A thread keeps its reactor between
-//! `block_on` calls, and serves it only inside them: a socket registered on a thread waits for
-//! that thread's next `block_on` (the runtime's threads are always in one; its caller's thread
-//! between its setup and its load is not, and nothing runs then). A reactor may be woken from
-//! any thread.
+//! A socket ([`Stream`]) registers when it is made, a timer ([`sleep_until`]) when it is first
+//! polled, with the reactor of the thread doing so if that thread runs inside [`block_on`];
+//! elsewhere (tests, helper threads) with one shared reactor that a background thread drives. A
+//! thread keeps its reactor between `block_on` calls, and serves it only inside them: a socket
+//! registered on a thread waits for that thread's next `block_on` (the runtime's threads are
+//! always in one; its caller's thread between its setup and its load is not, and nothing runs
+//! then). A reactor may be woken from any thread.
+//!
 //! Each direction of a socket keeps one waker: one task reads and one task writes at a time,
 //! which is how every connection in loadgen is driven.
 
@@ -99,13 +101,14 @@ impl Stream {
         let stream = Stream::register(socket)?;
         // The connection is made when the socket turns writable, or has failed.
         loop {
+            // The tick before the check: an edge after it, even one before the wait, ends the wait.
+            let tick = stream.inner.source.write.tick.load(Ordering::SeqCst);
             if let Some(error) = stream.inner.socket.take_error()? {
                 return Err(error);
             }
             if writable_now(stream.inner.socket.as_raw_fd()) {
                 break;
             }
-            let tick = stream.inner.source.write.tick.load(Ordering::SeqCst);
             std::future::poll_fn(|context| stream.inner.source.poll_changed(&stream.inner.source.write, tick, context))
                 .await;
         }
@@ -153,13 +156,14 @@ impl Future for Sleep {
         match &self.registered {
             Some((reactor, key)) => {
                 let mut timers = lock(&reactor.timers);
-                match timers.get_mut(key) {
-                    Some(waker) => waker.clone_from(context.waker()),
-                    // Fired while this future was not polled; the deadline is checked above,
-                    // so a clock that reads before it must re-arm.
-                    None => {
-                        timers.insert(*key, context.waker().clone());
-                    }
+                if let Some(waker) = timers.get_mut(key) {
+                    waker.clone_from(context.waker());
+                } else {
+                    // A timer leaves the list only once its deadline has passed, which the
+                    // check above would have seen; should it be missing anyway, arm it again
+                    // rather than wait forever.
+                    drop(timers);
+                    reactor.add_timer(*key, context.waker().clone());
                 }
             }
             None => {
