@@ -15,9 +15,10 @@
 //! polled, with the reactor of the thread doing so if that thread runs inside [`block_on`];
 //! elsewhere (tests, helper threads) with one shared reactor that a background thread drives. A
 //! thread keeps its reactor between `block_on` calls, and serves it only inside them: a socket
-//! registered on a thread waits for that thread's next `block_on` (the runtime's threads are
-//! always in one; its caller's thread between its setup and its load is not, and nothing runs
-//! then). A reactor may be woken from any thread.
+//! registered on a thread waits for that thread's next `block_on`. The runtime's workers are
+//! always in one; its caller's thread is not, so when there are workers (whose tasks outlive
+//! the caller's call) it uses [`block_on_passing_through`], which registers with the shared
+//! reactor instead. A reactor may be woken from any thread.
 //!
 //! Each direction of a socket keeps one waker: one task reads and one task writes at a time,
 //! which is how every connection in loadgen is driven.
@@ -25,7 +26,7 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::{self, Read};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::{pin, Pin};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -45,10 +46,21 @@ const WAKE_TOKEN: u64 = u64::MAX;
 /// Runs `future` to completion on this thread, running the reactor of this thread while it
 /// waits: sockets and timers made by tasks polled here register with it.
 pub fn block_on<T>(future: impl Future<Output = T>) -> T {
+    block_on_registering(future, true)
+}
+
+/// [`block_on`] for a thread that other threads' tasks outlive: what is made here registers
+/// with the shared reactor, which is always served, not with this thread's, which is served
+/// only while this thread is in a `block_on`. This thread's reactor only wakes it.
+pub fn block_on_passing_through<T>(future: impl Future<Output = T>) -> T {
+    block_on_registering(future, false)
+}
+
+fn block_on_registering<T>(future: impl Future<Output = T>, register_here: bool) -> T {
     // One reactor per thread, kept between calls: sockets registered during one call (a setup)
     // are served again by the next (the load).
     let reactor = THREAD_REACTOR.with(|reactor| reactor.clone());
-    let previous = CURRENT.with(|current| current.replace(Some(reactor.clone())));
+    let previous = CURRENT.with(|current| current.replace(register_here.then(|| reactor.clone())));
     let _restore = RestoreCurrent(previous);
     let notified = Arc::new(Notified { woken: AtomicBool::new(true), reactor: reactor.clone() });
     let waker = Waker::from(notified.clone());
@@ -132,6 +144,51 @@ impl Stream {
 
     pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
         self.inner.socket.shutdown(how)
+    }
+}
+
+/// A listening TCP socket registered with a reactor.
+#[derive(Debug)]
+pub struct Listener {
+    socket: TcpListener,
+    reactor: Arc<Reactor>,
+    source: Arc<Source>,
+}
+
+impl Listener {
+    /// Binds and registers with the current thread's reactor.
+    pub fn bind(address: SocketAddr) -> io::Result<Listener> {
+        let socket = TcpListener::bind(address)?;
+        socket.set_nonblocking(true)?;
+        let reactor = Reactor::current();
+        let source = reactor.register(socket.as_raw_fd())?;
+        Ok(Listener { socket, reactor, source })
+    }
+
+    pub fn get_ref(&self) -> &TcpListener {
+        &self.socket
+    }
+
+    /// The next connection, registered with the current thread's reactor.
+    pub async fn accept(&self) -> io::Result<(Stream, SocketAddr)> {
+        let read = &self.source.read;
+        loop {
+            let tick = read.tick.load(Ordering::SeqCst);
+            match self.socket.accept() {
+                Ok((socket, address)) => return Ok((Stream::register(socket)?, address)),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                    std::future::poll_fn(|context| self.source.poll_changed(read, tick, context)).await;
+                }
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        self.reactor.deregister(self.socket.as_raw_fd(), &self.source);
     }
 }
 
@@ -709,7 +766,6 @@ mod tests {
     use super::*;
     use futures_lite::{AsyncReadExt, AsyncWriteExt};
     use std::io::Write;
-    use std::net::TcpListener;
 
     // Bytes written on one end arrive on the other, in both directions, with the reader
     // waiting for them (the edge-triggered wake-up path) rather than finding them there.

@@ -75,8 +75,18 @@ impl Runtime {
     }
 
     /// Runs `future` to completion on this thread, which also runs other tasks meanwhile.
+    ///
+    /// With worker threads, the sockets and timers made here go to the shared reactor: the
+    /// tasks that use them may go on running on the workers after this returns, when nothing
+    /// would serve this thread's reactor. Alone, this thread is the only one that runs tasks,
+    /// so its own reactor serves them (and nothing runs between two calls anyway).
     pub fn block_on<T>(&self, future: impl Future<Output = T>) -> T {
-        crate::reactor::block_on(self.handle.executor.run(future))
+        let run = self.handle.executor.run(future);
+        if self.workers.is_empty() {
+            crate::reactor::block_on(run)
+        } else {
+            crate::reactor::block_on_passing_through(run)
+        }
     }
 }
 
@@ -110,6 +120,34 @@ impl Handle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_lite::AsyncReadExt;
+    use std::io::Write;
+    use std::time::Duration;
+
+    // A socket connected in the caller's `block_on` keeps being served by the workers after
+    // that call has returned (it was registered where a worker-run task can still be woken).
+    #[test]
+    fn a_socket_made_in_block_on_is_served_after_it_returns() {
+        let runtime = Runtime::new(2).expect("threads start");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let address = listener.local_addr().expect("address");
+        let stream = runtime.block_on(crate::reactor::Stream::connect(address)).expect("connect");
+        let (mut peer, _) = listener.accept().expect("accept");
+        let (sender, received) = std::sync::mpsc::channel();
+        runtime
+            .handle()
+            .spawn(async move {
+                let mut byte = [0u8; 1];
+                let read = (&stream).read_exact(&mut byte).await.map(|()| byte[0]);
+                let _ = sender.send(read.ok());
+            })
+            .detach();
+        // The caller is out of any `block_on` from here on: only the worker runs tasks.
+        std::thread::sleep(Duration::from_millis(50));
+        peer.write_all(&[42]).expect("write");
+        let byte = received.recv_timeout(Duration::from_secs(5)).expect("the worker's read ends within 5 s");
+        assert_eq!(byte, Some(42));
+    }
 
     // Tasks run on every thread of the runtime and their results come back to the caller.
     #[test]

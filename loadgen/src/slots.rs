@@ -71,7 +71,7 @@ mod tests {
     fn slots_are_bounded_and_returned_on_drop() {
         let slots = Slots::new(2);
         let first = slots.try_take().expect("a free slot");
-        let second = async_io::block_on(slots.take());
+        let second = crate::reactor::block_on(slots.take());
         assert!(slots.try_take().is_none(), "both are taken");
         drop(first);
         assert_eq!(slots.free(), 1);

@@ -13,15 +13,15 @@ pub mod http;
 pub mod meter;
 
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-use async_io::Async;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 
 use self::http::{Parsed, CONTINUE_RESPONSE, NOT_ALLOWED_RESPONSE, OK_CLOSE_RESPONSE, OK_RESPONSE};
 use crate::limits::{SINK_BODY_BYTES_MAX, SINK_CONNECTIONS_MAX, SINK_HEAD_BYTES_MAX, SINK_READ_BYTES};
+use crate::reactor::{Listener, Stream};
 use crate::runtime::Handle;
 
 /// What the sink has seen so far.
@@ -73,14 +73,14 @@ impl SinkCounters {
 /// A bound listening socket and its counters.
 #[derive(Debug)]
 pub struct PushSink {
-    listener: Async<TcpListener>,
+    listener: Listener,
     counters: Arc<SinkCounters>,
 }
 
 impl PushSink {
     /// Listens on `address` (port 0 picks one).
     pub fn bind(address: SocketAddr) -> io::Result<PushSink> {
-        Ok(PushSink { listener: Async::<TcpListener>::bind(address)?, counters: Arc::default() })
+        Ok(PushSink { listener: Listener::bind(address)?, counters: Arc::default() })
     }
 
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
@@ -100,7 +100,7 @@ impl PushSink {
                     // Out of descriptors, or a connection reset before it was accepted: the
                     // listener itself is fine, so wait a moment and go on.
                     eprintln!("push-sink: accept failed: {error}");
-                    async_io::Timer::after(std::time::Duration::from_millis(10)).await;
+                    crate::reactor::sleep(std::time::Duration::from_millis(10)).await;
                     continue;
                 }
             };
@@ -124,7 +124,7 @@ impl PushSink {
 }
 
 /// Answers one connection's requests until it closes, asks to close, or sends a bad request.
-async fn serve_connection(mut stream: Async<TcpStream>, counters: &SinkCounters) -> io::Result<()> {
+async fn serve_connection(mut stream: Stream, counters: &SinkCounters) -> io::Result<()> {
     // Answers are a few dozen bytes: waiting to fill a packet would only add latency.
     stream.get_ref().set_nodelay(true)?;
     let buffer_bytes_max = SINK_HEAD_BYTES_MAX + SINK_BODY_BYTES_MAX;

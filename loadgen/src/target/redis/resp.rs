@@ -2,7 +2,7 @@
 //! bulk strings; replies come in as simple strings, errors, integers, bulk strings and arrays
 //! (nested, possibly null). Written by hand (about 150 lines) rather than taken from a Redis
 //! client crate: the maintained clients are bound to tokio or their own connection model,
-//! while loadgen runs on async-io and needs pipelining on its own terms.
+//! while loadgen runs on its own reactor (`reactor.rs`) and needs pipelining on its own terms.
 
 use thiserror::Error;
 
