@@ -296,7 +296,10 @@ impl Reactor {
         if token == sources.slots.len() {
             sources.slots.push(None);
         }
-        self.control(libc::EPOLL_CTL_ADD, fd, token as u64)?;
+        if let Err(error) = self.control(libc::EPOLL_CTL_ADD, fd, token as u64) {
+            sources.free.push(token);
+            return Err(error);
+        }
         sources.slots[token] = Some(source.clone());
         Ok(source)
     }
@@ -393,17 +396,16 @@ impl Reactor {
         }
         if until_timer.is_some() {
             let now = Instant::now();
-            let mut due = Vec::new();
             {
                 let mut timers = lock(&self.timers);
                 while let Some(entry) = timers.first_entry() {
                     if entry.key().0 > now {
                         break;
                     }
-                    due.push(entry.remove());
+                    events.due.push(entry.remove());
                 }
             }
-            due.into_iter().for_each(Waker::wake);
+            events.due.drain(..).for_each(Waker::wake);
         }
     }
 }
@@ -567,10 +569,12 @@ struct Sources {
     free: Vec<usize>,
 }
 
-/// The buffer `epoll_pwait2` fills, and the sources its events are for (kept between turns).
+/// The buffer `epoll_pwait2` fills, the sources its events are for, and the timers that fell
+/// due (kept between turns, so a turn allocates nothing).
 struct Events {
     list: Vec<libc::epoll_event>,
     ready: Vec<(Arc<Source>, u32)>,
+    due: Vec<Waker>,
 }
 
 impl Events {
@@ -578,6 +582,7 @@ impl Events {
         Events {
             list: vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_PER_TURN_MAX],
             ready: Vec::with_capacity(EVENTS_PER_TURN_MAX),
+            due: Vec::new(),
         }
     }
 }
