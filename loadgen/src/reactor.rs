@@ -111,13 +111,11 @@ impl Stream {
     pub async fn connect(address: SocketAddr) -> io::Result<Stream> {
         let socket = start_connect(address)?;
         let stream = Stream::register(socket)?;
-        // The connection is made when the socket turns writable, or has failed.
+        // The connection is made when the socket turns writable, or has failed (which also
+        // reads as writable; the error is taken below).
         loop {
             // The tick before the check: an edge after it, even one before the wait, ends the wait.
             let tick = stream.inner.source.write.tick.load(Ordering::SeqCst);
-            if let Some(error) = stream.inner.socket.take_error()? {
-                return Err(error);
-            }
             if writable_now(stream.inner.socket.as_raw_fd()) {
                 break;
             }
@@ -171,18 +169,10 @@ impl Listener {
 
     /// The next connection, registered with the current thread's reactor.
     pub async fn accept(&self) -> io::Result<(Stream, SocketAddr)> {
-        let read = &self.source.read;
-        loop {
-            let tick = read.tick.load(Ordering::SeqCst);
-            match self.socket.accept() {
-                Ok((socket, address)) => return Ok((Stream::register(socket)?, address)),
-                Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                    std::future::poll_fn(|context| self.source.poll_changed(read, tick, context)).await;
-                }
-                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-                Err(error) => return Err(error),
-            }
-        }
+        let (socket, address) =
+            std::future::poll_fn(|context| self.source.poll_io(&self.source.read, context, || self.socket.accept()))
+                .await?;
+        Ok((Stream::register(socket)?, address))
     }
 }
 
