@@ -101,6 +101,7 @@ fn send(c: &mut Criterion) {
             let request = Request::Send(SendRequest {
                 chat,
                 sender,
+                session: None,
                 random_id: RandomId(sequence),
                 text: "x".repeat(128),
                 reply_to: None,

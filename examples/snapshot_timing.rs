@@ -60,6 +60,7 @@ fn main() {
             Request::Send(SendRequest {
                 chat,
                 sender,
+                session: None,
                 random_id: RandomId(i + 1),
                 text: "x".repeat(64),
                 reply_to: None,

@@ -1411,6 +1411,7 @@ fn history_in_core(params: &BenchParams) -> anyhow::Result<Histogram<u64>> {
         let send = SendRequest {
             chat,
             sender: users[0],
+            session: None,
             random_id: RandomId(index + 1),
             text: text.clone(),
             reply_to: None,

@@ -1,8 +1,9 @@
 //! Proves the live side of the messaging API on real shards: channel posts reach subscribed
 //! sessions and `get_chat_difference`, only admins post, typing reaches online members, a
 //! session that stops reading is dropped and told to resync, users with no online session
-//! are reported to the host's offline hook, and a group crossing FANOUT_MAX switches to
-//! fan-out on read with an event in every member's box.
+//! are reported to the host's offline hook, a send through a session is answered rather than
+//! echoed to it, and a group crossing FANOUT_MAX switches to fan-out on read with an event in
+//! every member's box.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -11,7 +12,7 @@ use std::time::Duration;
 use ferrogram::engine::engine::EngineHooks;
 use ferrogram::engine::messaging::limits::{FANOUT_MAX, SESSION_QUEUE_MAX};
 use ferrogram::engine::messaging::{
-    LiveEvent, MessagingError, Messenger, NewMessage, Pts, RandomId, Sequenced, Update, UserId,
+    Author, LiveEvent, MessagingError, Messenger, NewMessage, Pts, RandomId, Sequenced, Update, UserId,
 };
 use ferrogram::engine::{Engine, EngineConfig};
 
@@ -205,6 +206,47 @@ fn typing_overflow_and_offline_hook() {
 
 /// Proves a group that grows past FANOUT_MAX switches to fan-out on read, with the switch
 /// announced in every member's box, and that its posts then stay out of the boxes.
+// Alice has two devices. What she sends through one comes back to that one as the answer
+// (with her box pts) and to the other as a live update; the sending device's stream skips
+// that pts and goes on with the next update. With both boxes on either shard of the chat.
+#[test]
+fn a_send_through_a_session_is_answered_not_echoed() {
+    let dir = temp_dir("answered");
+    let engine = open(&dir, EngineHooks::default());
+    let messenger = engine.messenger();
+    let users = sign_up_many(&messenger, "778", 8);
+    let alice = users[0];
+    for (index, &bob) in users[1..].iter().enumerate() {
+        let chat = block_on(messenger.open_private(alice, bob)).expect("private chat");
+        let mut laptop = block_on(messenger.connect(alice, engine.shard_of(alice.vshard()))).expect("laptop");
+        let mut phone = block_on(messenger.connect(alice, engine.shard_of(bob.vshard()))).expect("phone");
+        let through = Author { user: alice, session: Some(laptop.session) };
+        let random_id = 10 + index as u64;
+        let ack = block_on(messenger.send(chat, through, text("from my laptop", random_id))).expect("send");
+        let own = ack.sender_pts.expect("the answer carries alice's box pts");
+        match next_event(&mut phone.events) {
+            LiveEvent::Box { update, message } => {
+                assert_eq!(update.pts, own, "her other device gets the update live");
+                assert_eq!(message.map(|m| m.id), Some(ack.id), "with its body");
+            }
+            other => panic!("expected alice's message on her phone, got {other:?}"),
+        }
+        let reply = block_on(messenger.send(chat, bob, text("seen", random_id))).expect("bob answers");
+        match next_event(&mut laptop.events) {
+            LiveEvent::Box { update, .. } => {
+                assert!(
+                    matches!(update.update, Update::NewMessage { id, .. } if id == reply.id),
+                    "the laptop's next update is bob's reply, not its own message: {update:?}"
+                );
+                assert_eq!(update.pts, Pts(own.0 + 1), "the laptop's stream goes on after the answered pts");
+            }
+            other => panic!("expected bob's reply on the laptop, got {other:?}"),
+        }
+        block_on(messenger.disconnect(laptop.session)).expect("laptop leaves");
+        block_on(messenger.disconnect(phone.session)).expect("phone leaves");
+    }
+}
+
 #[test]
 fn group_crossing_fanout_max_switches_sync_mode() {
     let dir = temp_dir("crossing");

@@ -445,7 +445,8 @@ impl Pair {
         };
         let events = collect_updates(&self.bob, Duration::from_secs(10), |events| events.iter().any(arrived));
         assert!(events.iter().any(arrived), "Bob did not receive message {} live {when}: {events:?}", sent.id);
-        // Alice's own box gets the outgoing message too; nothing here needs it.
+        // Alice's own send comes back as its answer, not as an update; drop whatever else she
+        // was sent, which nothing here needs.
         while self.alice.try_next_update().is_some() {}
         took
     }

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use ferrogram_net::client::ClientError;
+use ferrogram_net::client::{BlockingClient, ClientError};
 use ferrogram_net::{ChatId, ErrorCode, LiveEvent, MessageId, Update};
 use support::{collect_updates, Server};
 
@@ -23,15 +23,35 @@ fn box_texts(events: &[LiveEvent], chat: ChatId) -> Vec<String> {
         .collect()
 }
 
-fn count_new_messages(events: &[LiveEvent]) -> usize {
+/// Collects a client's live events until `done`, and a little longer, so that an event that
+/// should not come has had its chance to.
+fn collect_and_linger(client: &BlockingClient, done: impl FnMut(&[LiveEvent]) -> bool) -> Vec<LiveEvent> {
+    let mut events = collect_updates(client, Duration::from_secs(10), done);
+    events.extend(collect_updates(client, Duration::from_millis(300), |_| false));
     events
+}
+
+/// Checks one member's box as its client saw it: the pts of its live box events and of its
+/// own sends' answers (`sender_pts`, given instead of a live copy) are never the same and
+/// together leave no gap.
+fn check_box_pts(name: &str, events: &[LiveEvent], own: &[u64]) {
+    let live: Vec<u64> = events
         .iter()
-        .filter(|event| matches!(event, LiveEvent::Box { update, .. } if matches!(update.update, Update::NewMessage { .. })))
-        .count()
+        .filter_map(|event| match event {
+            LiveEvent::Box { update, .. } => Some(update.pts.0),
+            _ => None,
+        })
+        .collect();
+    let twice: Vec<&u64> = live.iter().filter(|pts| own.contains(pts)).collect();
+    assert!(twice.is_empty(), "{name} was sent its own sends live too, at pts {twice:?}");
+    let mut all: Vec<u64> = live.iter().chain(own).copied().collect();
+    all.sort_unstable();
+    assert!(all.windows(2).all(|pair| pair[1] == pair[0] + 1), "{name}'s box has gaps: {all:?}");
 }
 
 // Alice and Bob sign up, open one private chat from both sides (the same chat), alternate
-// messages, and each sees every message live, with its body, in the order it was sent; the
+// messages, and each sees the other's messages live, with their bodies, in the order they
+// were sent; their own come back as answers carrying their box pts, not as updates. The
 // history shows the same conversation.
 #[test]
 fn a_private_chat_is_live_and_in_order() {
@@ -46,17 +66,20 @@ fn a_private_chat_is_live_and_in_order() {
     assert_eq!(bob.open_private(alice_login.user.id).expect("bob opens it"), chat, "one chat per pair");
 
     let mut sent = Vec::new();
+    let mut own_pts = [Vec::new(), Vec::new()];
     for round in 0..10u64 {
-        let text = format!("alice #{round}");
-        alice.send_message(chat, 1000 + round, &text).expect("alice sends");
-        sent.push(text);
-        let text = format!("bob #{round}");
-        bob.send_message(chat, 2000 + round, &text).expect("bob sends");
-        sent.push(text);
+        for (index, (name, client, base)) in [("alice", &alice, 1000), ("bob", &bob, 2000)].into_iter().enumerate() {
+            let text = format!("{name} #{round}");
+            let ack = client.send_message(chat, base + round, &text).expect("send");
+            own_pts[index].push(ack.sender_pts.expect("the answer carries the sender's box pts").0);
+            sent.push(text);
+        }
     }
-    for (name, client) in [("alice", &alice), ("bob", &bob)] {
-        let events = collect_updates(client, Duration::from_secs(10), |events| count_new_messages(events) >= 20);
-        assert_eq!(box_texts(&events, chat), sent, "{name} sees every message live, in order");
+    for (index, (name, client)) in [("alice", &alice), ("bob", &bob)].into_iter().enumerate() {
+        let theirs: Vec<String> = sent.iter().filter(|text| !text.starts_with(name)).cloned().collect();
+        let events = collect_and_linger(client, |events| box_texts(events, chat).len() >= theirs.len());
+        assert_eq!(box_texts(&events, chat), theirs, "{name} sees the other's messages live, in order");
+        check_box_pts(name, &events, &own_pts[index]);
     }
 
     let history = alice.get_history(chat, MessageId(0), 100).expect("history");
@@ -89,17 +112,21 @@ fn a_group_delivers_to_every_member() {
     assert_eq!(refused.code(), Some(ErrorCode::InvalidArgument));
 
     let mut sent = Vec::new();
+    let mut own_pts = vec![Vec::new(); members.len()];
     for round in 0..3u64 {
         for (index, (client, _)) in members.iter().enumerate() {
             let text = format!("member {index} round {round}");
-            client.send_message(group, 1 + round * 10 + index as u64, &text).expect("send to the group");
-            sent.push(text);
+            let ack = client.send_message(group, 1 + round * 10 + index as u64, &text).expect("send to the group");
+            own_pts[index].push(ack.sender_pts.expect("the answer carries the sender's box pts").0);
+            sent.push((index, text));
         }
     }
     for (index, (client, _)) in members.iter().enumerate() {
-        let events =
-            collect_updates(client, Duration::from_secs(10), |events| box_texts(events, group).len() >= sent.len());
-        assert_eq!(box_texts(&events, group), sent, "member {index} sees the group's messages in order");
+        let theirs: Vec<String> =
+            sent.iter().filter(|(from, _)| *from != index).map(|(_, text)| text.clone()).collect();
+        let events = collect_and_linger(client, |events| box_texts(events, group).len() >= theirs.len());
+        assert_eq!(box_texts(&events, group), theirs, "member {index} sees the others' messages in order");
+        check_box_pts(&format!("member {index}"), &events, &own_pts[index]);
     }
 
     let refused = outsider.send_message(group, 1, "let me in").expect_err("an outsider cannot post");

@@ -167,6 +167,7 @@ fn live_survives_power_loss(seed: u64) -> LiveCoverage {
             let send = SendRequest {
                 chat,
                 sender,
+                session: None,
                 random_id: RandomId(random_id),
                 text: format!("live {random_id}"),
                 reply_to: None,
@@ -250,6 +251,7 @@ fn run_seeds(name: &str, durability: Durability, kills_only: bool, seeds_default
         assert!(total.overloaded > 0, "no operation met backpressure: {total:?}");
         assert!(total.storage_errors > 0, "no injected disk fault failed a request: {total:?}");
         assert!(total.live_box_events > 0 && total.live_chat_events > 0, "{total:?}");
+        assert!(total.answered_not_live > 0, "no send went through a live session: {total:?}");
         assert!(total.box_updates_checked > 0 && total.messages_checked > 0, "{total:?}");
     }
 }
@@ -275,6 +277,8 @@ struct Coverage {
     maybe_lost: u64,
     live_box_events: u64,
     live_chat_events: u64,
+    /// Sends whose answer, not a live update, gave the sending session its box pts.
+    answered_not_live: u64,
     offline_notices: u64,
     box_updates_checked: u64,
     messages_checked: u64,
@@ -301,6 +305,7 @@ impl Coverage {
         self.maybe_lost += other.maybe_lost;
         self.live_box_events += other.live_box_events;
         self.live_chat_events += other.live_chat_events;
+        self.answered_not_live += other.answered_not_live;
         self.offline_notices += other.offline_notices;
         self.box_updates_checked += other.box_updates_checked;
         self.messages_checked += other.messages_checked;
@@ -605,6 +610,9 @@ struct ModelSession {
     /// The box pts the connect answered; `None` until it answered.
     connected_pts: Option<Pts>,
     received: Vec<Sequenced>,
+    /// The box pts of sends made through this session, which their answers gave instead of
+    /// a live update.
+    answered: Vec<Pts>,
     /// Per subscribed channel: the chat pts the subscription answered, whether the stream is
     /// still expected whole (no membership change of the user since), and what came.
     channels: BTreeMap<ChatId, Subscription>,
@@ -660,18 +668,56 @@ impl SendKind {
 
 #[derive(Debug)]
 enum Outstanding {
-    SignUp { phone: String },
-    OpenPrivate { pair: (UserId, UserId), allowed: Allowed },
-    Create { request: CreateRequest },
-    Send { chat: ChatId, sender: UserId, random_id: RandomId, content: Content, kind: SendKind, allowed: Allowed },
-    MessageOp { chat: ChatId, ids: Vec<MessageId>, allowed: Allowed },
-    Member { chat: ChatId, user: UserId, allowed: Allowed },
-    Block { key: (UserId, UserId) },
-    Plain { what: &'static str, allowed: Allowed },
-    Connect { session: SessionId },
-    Subscribe { session: SessionId, chat: ChatId },
-    Difference { user: UserId },
-    History { chat: ChatId },
+    SignUp {
+        phone: String,
+    },
+    OpenPrivate {
+        pair: (UserId, UserId),
+        allowed: Allowed,
+    },
+    Create {
+        request: CreateRequest,
+    },
+    Send {
+        chat: ChatId,
+        sender: UserId,
+        /// The sender's session the send went through, if any.
+        session: Option<SessionId>,
+        random_id: RandomId,
+        content: Content,
+        kind: SendKind,
+        allowed: Allowed,
+    },
+    MessageOp {
+        chat: ChatId,
+        ids: Vec<MessageId>,
+        allowed: Allowed,
+    },
+    Member {
+        chat: ChatId,
+        user: UserId,
+        allowed: Allowed,
+    },
+    Block {
+        key: (UserId, UserId),
+    },
+    Plain {
+        what: &'static str,
+        allowed: Allowed,
+    },
+    Connect {
+        session: SessionId,
+    },
+    Subscribe {
+        session: SessionId,
+        chat: ChatId,
+    },
+    Difference {
+        user: UserId,
+    },
+    History {
+        chat: ChatId,
+    },
 }
 
 #[derive(Debug, Default)]
@@ -1048,16 +1094,27 @@ impl Run {
 
     fn submit_send(&mut self, chat: ChatId, sender: UserId, random_id: RandomId, content: Content, kind: SendKind) {
         let allowed = self.send_allowed(chat, sender, kind);
+        // Half the sends of a user with a live session go through one of them.
+        let sessions: Vec<SessionId> = self
+            .model
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.user == sender && s.connected_pts.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        let session = (!sessions.is_empty() && self.rng.chance(1, 2)).then(|| sessions[self.rng.index(sessions.len())]);
         let request = Request::Send(SendRequest {
             chat,
             sender,
+            session,
             random_id,
             text: content.text.clone(),
             reply_to: content.reply_to,
             forwarded_from: None,
             media: None,
         });
-        let outstanding = Outstanding::Send { chat, sender, random_id, content: content.clone(), kind, allowed };
+        let outstanding =
+            Outstanding::Send { chat, sender, session, random_id, content: content.clone(), kind, allowed };
         let id = self.submit(request, outstanding);
         if kind.creates() {
             let state = self.model.chats.get_mut(&chat).expect("known chat");
@@ -1282,7 +1339,13 @@ impl Run {
         }
         let shard = ShardId(self.rng.index(SHARDS) as u16);
         let session = self.sim.new_session(shard);
-        let model_session = ModelSession { user, connected_pts: None, received: Vec::new(), channels: BTreeMap::new() };
+        let model_session = ModelSession {
+            user,
+            connected_pts: None,
+            received: Vec::new(),
+            answered: Vec::new(),
+            channels: BTreeMap::new(),
+        };
         self.model.sessions.insert(session, model_session);
         self.submit(Request::Connect { user, session }, Outstanding::Connect { session });
     }
@@ -1448,8 +1511,14 @@ impl Run {
                 Err(MessagingError::Overloaded) => self.coverage.overloaded += 1,
                 other => panic!("{context}: create {create:?}: {other:?}"),
             },
-            Outstanding::Send { chat, sender, random_id, content, kind, allowed } => {
+            Outstanding::Send { chat, sender, session, random_id, content, kind, allowed } => {
                 self.check_allowed(&allowed, &result, &format!("send {kind:?} to {chat} by {sender}"));
+                if let (Some(session), Ok(Response::Sent(ack))) = (session, &result) {
+                    if let (Some(pts), Some(model)) = (ack.sender_pts, self.model.sessions.get_mut(&session)) {
+                        model.answered.push(pts);
+                        self.coverage.answered_not_live += 1;
+                    }
+                }
                 self.answer_send(request, chat, sender, random_id, content, kind, result);
             }
             Outstanding::MessageOp { chat, ids, allowed } => {
@@ -2265,12 +2334,19 @@ impl Run {
         let context = self.context();
         for (session, model) in &self.model.sessions {
             let Some(connected) = model.connected_pts else { panic!("{context}: {session:?} never connected") };
-            let got: Vec<u64> = model.received.iter().map(|e| e.pts.0).filter(|&pts| pts > connected.0).collect();
+            // A send through the session is answered with its pts instead of a live update: the
+            // two together are the box since the connect, each pts once.
+            let live: Vec<u64> = model.received.iter().map(|e| e.pts.0).filter(|&pts| pts > connected.0).collect();
+            let answered: Vec<u64> = model.answered.iter().map(|pts| pts.0).collect();
+            let twice: Vec<&u64> = live.iter().filter(|pts| answered.contains(pts)).collect();
+            assert!(twice.is_empty(), "{context}: {session:?} got its own sends at pts {twice:?} live as well");
+            let mut got: Vec<u64> = live.iter().chain(&answered).copied().collect();
+            got.sort_unstable();
             let end = boxes[&model.user].len() as u64;
             let expected: Vec<u64> = (connected.0 + 1..=end).collect();
             assert_eq!(
                 got, expected,
-                "{context}: {session:?} of user {} connected at pts {connected} and received these live",
+                "{context}: {session:?} of user {} connected at pts {connected}; these came live or in its answers",
                 model.user
             );
             for (&chat, subscription) in &model.channels {

@@ -61,6 +61,7 @@ fn send(sim: &mut MessagingSim, chat: ChatId, sender: UserId, random_id: u64, te
     let request = Request::Send(SendRequest {
         chat,
         sender,
+        session: None,
         random_id: RandomId(random_id),
         text: text.into(),
         reply_to: None,
@@ -729,6 +730,7 @@ fn a_failed_log_answers_storage_errors() {
         Request::Send(SendRequest {
             chat,
             sender: u[1],
+            session: None,
             random_id: RandomId(random_id),
             text: "during".into(),
             reply_to: None,
@@ -773,6 +775,7 @@ fn a_send_whose_senders_box_shard_failed_is_answered() {
     let id = sim.submit(Request::Send(SendRequest {
         chat,
         sender,
+        session: None,
         random_id: RandomId(1),
         text: "anyone?".into(),
         reply_to: None,
@@ -850,6 +853,7 @@ fn forwards_are_part_of_a_sends_identity() {
         Request::Send(SendRequest {
             chat,
             sender: u[1],
+            session: None,
             random_id: RandomId(7),
             text: String::new(),
             reply_to: None,

@@ -50,6 +50,7 @@ fn send(sim: &mut MessagingSim, chat: ChatId, sender: UserId, random_id: u64, te
     let request = Request::Send(SendRequest {
         chat,
         sender,
+        session: None,
         random_id: RandomId(random_id),
         text: text.into(),
         reply_to: None,

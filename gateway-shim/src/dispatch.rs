@@ -250,6 +250,14 @@ fn device_description(connection: &Connection) -> String {
 
 // Everything else, as the connection's user.
 
+/// The user sending through this connection, with the connection's live session: that
+/// session learns its own sends from their answers (`SentMessage.sender_pts`) and is not sent
+/// them again as updates; the user's other devices are.
+fn author(connection: &Connection, me: model::UserId) -> model::Author {
+    let session = connection.auth.get().filter(|auth| auth.user == me).and_then(|auth| auth.session);
+    model::Author { user: me, session }
+}
+
 async fn authorized(
     connection: &Rc<Connection>,
     me: model::UserId,
@@ -367,7 +375,7 @@ async fn authorized(
         Request::SendMessage { chat, random_id, text, reply_to } => {
             let message =
                 NewMessage { random_id: model::RandomId(random_id), text, reply_to: reply_to.map(message_id) };
-            let ack = messenger.send(chat_id(chat), me, message).await.map_err(engine_error)?;
+            let ack = messenger.send(chat_id(chat), author(connection, me), message).await.map_err(engine_error)?;
             Ok(Response::Sent(convert::sent(ack)))
         }
         Request::SendMedia(message) => {
@@ -381,7 +389,8 @@ async fn authorized(
                 file: file.id.0,
                 access_hash: file.access_hash,
             };
-            let ack = messenger.send_media(chat_id(chat), me, message).await.map_err(engine_error)?;
+            let ack =
+                messenger.send_media(chat_id(chat), author(connection, me), message).await.map_err(engine_error)?;
             Ok(Response::Sent(convert::sent(ack)))
         }
         Request::ForwardMessages { from_chat, ids, to_chat, random_id } => {
@@ -389,7 +398,13 @@ async fn authorized(
                 return Err(too_many("messages", IDS_PER_REQUEST_MAX));
             }
             let acks = messenger
-                .forward(me, chat_id(from_chat), &message_ids(&ids), chat_id(to_chat), model::RandomId(random_id))
+                .forward(
+                    author(connection, me),
+                    chat_id(from_chat),
+                    &message_ids(&ids),
+                    chat_id(to_chat),
+                    model::RandomId(random_id),
+                )
                 .await
                 .map_err(engine_error)?;
             Ok(Response::SentMany(acks.into_iter().map(convert::sent).collect()))

@@ -41,6 +41,24 @@ pub struct NewMediaMessage {
     pub access_hash: u64,
 }
 
+/// Who sends a message: the user, and the live session the request came through, if any.
+///
+/// That session learns the update the send puts in the user's box from the answer
+/// (`SendAck::sender_pts`) and is not sent the same update live: a send costs its own device
+/// one frame, not two. The user's other sessions get it live as usual. A `UserId` alone
+/// (`Author::from`) sends through no session, and every session gets the update.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Author {
+    pub user: UserId,
+    pub session: Option<SessionId>,
+}
+
+impl From<UserId> for Author {
+    fn from(user: UserId) -> Author {
+        Author { user, session: None }
+    }
+}
+
 /// The media store's key for the reference of message (chat, sender, random_id).
 pub fn holder(chat: ChatId, sender: UserId, random_id: RandomId) -> Holder {
     Holder { chat: chat.0, sender: sender.0, random_id: random_id.0 }
@@ -231,12 +249,21 @@ impl Messenger {
     pub fn send(
         &self,
         chat: ChatId,
-        sender: UserId,
+        sender: impl Into<Author>,
         message: NewMessage,
     ) -> impl Future<Output = MessagingResult<SendAck>> + Send + 'static {
+        let Author { user: sender, session } = sender.into();
         let NewMessage { random_id, text, reply_to } = message;
-        let request =
-            Request::Send(SendRequest { chat, sender, random_id, text, reply_to, forwarded_from: None, media: None });
+        let request = Request::Send(SendRequest {
+            chat,
+            sender,
+            session,
+            random_id,
+            text,
+            reply_to,
+            forwarded_from: None,
+            media: None,
+        });
         let call = self.call(chat.vshard(), request);
         async move { expect!(call.await, Response::Sent(ack) => ack) }
     }
@@ -246,12 +273,13 @@ impl Messenger {
     /// follow it.
     pub async fn forward(
         &self,
-        user: UserId,
+        user: impl Into<Author>,
         from: ChatId,
         ids: &[MessageId],
         to: ChatId,
         random_id: RandomId,
     ) -> MessagingResult<Vec<SendAck>> {
+        let Author { user, session } = user.into();
         let originals = self.get_messages(from, user, ids).await?;
         let mut acks = Vec::with_capacity(originals.len());
         for (index, original) in originals.into_iter().enumerate() {
@@ -278,6 +306,7 @@ impl Messenger {
             let request = Request::Send(SendRequest {
                 chat: to,
                 sender: user,
+                session,
                 random_id,
                 text: original.text,
                 reply_to: None,
@@ -300,7 +329,13 @@ impl Messenger {
     /// random_id), then is appended: a message never points at a file that could be freed.
     /// A retry takes the same key again (idempotent). If the send is refused or the process
     /// dies in between, the reference is a leak the media upkeep's sweep finds and gives back.
-    pub async fn send_media(&self, chat: ChatId, sender: UserId, message: NewMediaMessage) -> MessagingResult<SendAck> {
+    pub async fn send_media(
+        &self,
+        chat: ChatId,
+        sender: impl Into<Author>,
+        message: NewMediaMessage,
+    ) -> MessagingResult<SendAck> {
+        let Author { user: sender, session } = sender.into();
         let NewMediaMessage { random_id, caption, reply_to, kind, file, access_hash } = message;
         if random_id.0 == 0 {
             return Err(MessagingError::InvalidArgument("random_id must not be 0"));
@@ -309,6 +344,7 @@ impl Messenger {
         let request = Request::Send(SendRequest {
             chat,
             sender,
+            session,
             random_id,
             text: caption,
             reply_to,

@@ -13,7 +13,7 @@ pub mod state;
 pub mod types;
 pub(crate) mod upkeep;
 
-pub use self::api::{DialogsOffset, Messenger, NewMediaMessage, NewMessage};
+pub use self::api::{Author, DialogsOffset, Messenger, NewMediaMessage, NewMessage};
 pub use self::core::{Journal, MessagingCore};
 pub use self::driver::{Connected, OfflineHook, PushHook, SessionEvents};
 pub use self::media::{MediaReleases, PendingRelease};

@@ -317,6 +317,9 @@ pub enum Request {
 pub struct SendRequest {
     pub chat: ChatId,
     pub sender: UserId,
+    /// The sender's live session the request came through: its answer carries the sender's
+    /// box pts, and that session is not sent the same update live (see `Author`).
+    pub session: Option<SessionId>,
     pub random_id: RandomId,
     pub text: String,
     pub reply_to: Option<MessageId>,
@@ -472,6 +475,9 @@ pub struct FanOut {
 pub struct SenderReply {
     pub origin: Origin,
     pub user: UserId,
+    /// The session the request came through, which the answer serves instead of a live
+    /// update of the same box pts.
+    pub session: Option<SessionId>,
     /// A send's acknowledgement (completed with the user's box pts); `None` answers `Done`.
     pub ack: Option<SendAck>,
 }

@@ -126,6 +126,7 @@ mod tests {
         Request::Send(SendRequest {
             chat,
             sender,
+            session: None,
             random_id: RandomId(random_id),
             text: if media.is_some() { "a cat".into() } else { "text".into() },
             reply_to: None,

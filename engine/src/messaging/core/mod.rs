@@ -145,6 +145,9 @@ enum Deferred {
         update: Update,
         users: Vec<(UserId, Pts)>,
         message: Option<Arc<Message>>,
+        /// The sender's session that learns this update from its answer (`SenderReply`), so
+        /// it is not sent live there.
+        answered: Option<SessionId>,
     },
     ChatLive {
         chat: ChatId,
@@ -1165,7 +1168,10 @@ impl MessagingCore {
                 self.box_lsn.insert(*user, last);
             }
             let message = update.message().and(live_message.clone());
-            let deferred = Deferred::BoxLive { date: *date, update: update.clone(), users: users.clone(), message };
+            let answered =
+                sender.filter(|reply| users.iter().any(|(user, _)| *user == reply.user)).and_then(|r| r.session);
+            let deferred =
+                Deferred::BoxLive { date: *date, update: update.clone(), users: users.clone(), message, answered };
             self.preserve(&box_event);
             self.state.apply(box_event);
             self.after_durable.push_back((last, deferred));
@@ -1265,7 +1271,9 @@ impl MessagingCore {
         if let Some(sender) = fanout.sender {
             self.after_acked.push_back((lsn, Deferred::Reply(sender.origin, Ok(sender.response(sender_pts)))));
         }
-        let deferred = Deferred::BoxLive { date: fanout.date, update: fanout.update, users, message: fanout.message };
+        let answered = fanout.sender.filter(|_| sender_pts.is_some()).and_then(|sender| sender.session);
+        let deferred =
+            Deferred::BoxLive { date: fanout.date, update: fanout.update, users, message: fanout.message, answered };
         self.after_durable.push_back((lsn, deferred));
         self.after_durable.push_back((lsn, Deferred::Peer(fanout.from, confirm)));
         None
@@ -1285,12 +1293,13 @@ impl MessagingCore {
             Deferred::Reply(origin, result) => self.reply_now(origin, result),
             Deferred::Peer(shard, message) => self.send_peer(shard, message),
             Deferred::FanOut(key) => self.send_fanout(key),
-            Deferred::BoxLive { date, update, users, message } => {
+            Deferred::BoxLive { date, update, users, message, answered } => {
                 for (user, pts) in users {
                     let sequenced = Sequenced { pts, date, update: update.clone() };
                     match self.live.sessions.get(&user) {
                         Some(sessions) if !sessions.is_empty() => {
-                            for session in sessions.clone() {
+                            // A session belongs to one user: `answered` matches only the sender's.
+                            for session in sessions.clone().into_iter().filter(|&s| Some(s) != answered) {
                                 let event = LiveEvent::Box { update: sequenced.clone(), message: message.clone() };
                                 self.deliver(session, event);
                             }
@@ -1877,6 +1886,7 @@ mod tests {
             Request::Send(SendRequest {
                 chat,
                 sender,
+                session: None,
                 random_id: RandomId(random_id),
                 text: format!("text {random_id}"),
                 reply_to: None,
@@ -2197,6 +2207,7 @@ mod tests {
         let send = SendRequest {
             chat,
             sender: bob,
+            session: None,
             random_id: RandomId(1),
             text: "still there?".into(),
             reply_to: None,
@@ -2404,6 +2415,7 @@ mod tests {
             let send = SendRequest {
                 chat,
                 sender: alice,
+                session: None,
                 random_id: RandomId(index),
                 text: format!("message {index}"),
                 reply_to: None,

@@ -260,7 +260,7 @@ impl MessagingCore {
                 }
                 // Answered by the reader's box shard once it holds the ReadInbox, so a dialogs
                 // or state read right after sees the new unread count.
-                let reply = SenderReply { origin, user, ack: None };
+                let reply = SenderReply { origin, user, session: None, ack: None };
                 self.commit_chat(chat, ChatChange::Read { user, max_id }, now, Some(reply), journal)?;
                 Ok(())
             }
@@ -666,7 +666,7 @@ impl MessagingCore {
         now: UnixMs,
         journal: &mut dyn Journal,
     ) -> Result<()> {
-        let SendRequest { chat, sender, random_id, text, reply_to, forwarded_from, media } = send;
+        let SendRequest { chat, sender, session, random_id, text, reply_to, forwarded_from, media } = send;
         match &media {
             Some(media) => check_media(&text, media)?,
             None => check_text(&text)?,
@@ -748,7 +748,7 @@ impl MessagingCore {
         // A new message is public: it takes the chat's next public pts.
         let chat_pts = state.public_pts.next();
         let ack = SendAck { chat, id, date, chat_pts, sender_pts: None, duplicate: false };
-        let reply = SenderReply { origin, user: sender, ack: Some(ack) };
+        let reply = SenderReply { origin, user: sender, session, ack: Some(ack) };
         self.commit_chat(chat, ChatChange::new_message(message), date, Some(reply), journal)?;
         Ok(())
     }
