@@ -68,7 +68,9 @@ end)
 -- lg_send(chat, sender, random_id, text) -> {message id, duplicate (0 or 1)}: stores the
 -- message in the chat's stream, then fans it out: to every member's update stream and
 -- Pub/Sub channel (Redis drops a PUBLISH nobody is subscribed to), or for a channel one
--- PUBLISH to the channel's followers.
+-- PUBLISH to the channel's followers. The sender's own update goes to its stream but is not
+-- published: the reply tells the sending device, as ferrogram's answer does (its sending
+-- session gets no live copy either).
 redis.register_function('lg_send', function(_, args)
   local chat, sender, random_id, text = args[1], args[2], args[3], args[4]
   local key = chat_key(chat)
@@ -97,7 +99,9 @@ redis.register_function('lg_send', function(_, args)
   else
     for _, member in ipairs(redis.call('SMEMBERS', key .. ':members')) do
       redis.call('XADD', 'lg:user:' .. member .. ':updates', '*', 'chat', chat, 'message', id)
-      redis.call('PUBLISH', 'lg:user:' .. member, payload)
+      if member ~= sender then
+        redis.call('PUBLISH', 'lg:user:' .. member, payload)
+      end
     end
   end
   return { id, 0 }
