@@ -278,6 +278,12 @@ impl Socket {
         std::future::poll_fn(|context| Pin::new(&mut *self.stream.borrow_mut()).poll_read(context, buffer)).await
     }
 
+    /// Waits for the readiness glommio watches after a short read, holding no buffer; `false`
+    /// at once when it watches none (see `TcpStream::poll_armed_readable`).
+    async fn armed_readable(&self) -> bool {
+        std::future::poll_fn(|context| self.stream.borrow_mut().poll_armed_readable(context)).await
+    }
+
     /// Writes all of `bytes`.
     async fn write_all(&self, mut bytes: &[u8]) -> std::io::Result<()> {
         while !bytes.is_empty() {
@@ -683,16 +689,21 @@ impl FrameReader {
             self.buffer = Vec::new();
             self.start = 0;
             self.grown = false;
-            // Wait for the next byte without holding a buffer: read just that byte, then give
-            // it a buffer. (A peek would lend the kernel an aligned buffer for the whole wait.)
-            let mut first = [0u8; 1];
-            match socket.read(&mut first).await {
-                Ok(0) | Err(_) if timed_out(connection) => return Err(ReadEnd::Timeout),
-                Ok(0) | Err(_) => return Err(ReadEnd::Closed),
-                Ok(_) => {}
+            // Wait for the next frame without holding a buffer. After a short read glommio
+            // watches the socket for more: wait for that, then read what came into a buffer,
+            // one `recv` per frame on a busy connection. When it watches nothing (the last read
+            // filled its buffer), read just one byte, then give it a buffer. (A peek would lend
+            // the kernel an aligned buffer for the whole wait.)
+            if !socket.armed_readable().await {
+                let mut first = [0u8; 1];
+                match socket.read(&mut first).await {
+                    Ok(0) | Err(_) if timed_out(connection) => return Err(ReadEnd::Timeout),
+                    Ok(0) | Err(_) => return Err(ReadEnd::Closed),
+                    Ok(_) => {}
+                }
+                self.buffer.reserve_exact(first.len() + READ_BUFFER_BYTES_FIRST);
+                self.buffer.extend_from_slice(&first);
             }
-            self.buffer.reserve_exact(first.len() + READ_BUFFER_BYTES_FIRST);
-            self.buffer.extend_from_slice(&first);
         }
         connection.deadline.set(Some(limit(Instant::now() + FRAME_BODY_TIMEOUT)));
         // Reading a frame's body takes several times the state of waiting for its first byte:

@@ -298,6 +298,21 @@ impl<S: AsRawFd> NonBufferedStream<S> {
         Poll::Pending
     }
 
+    /// ferrogram patch: waits for the readiness poll that a short read armed (see
+    /// `poll_read`) without reading, so the caller need not lend a buffer while it waits.
+    /// `Ready(true)` once that poll has completed; `Ready(false)` at once when no poll is
+    /// armed, and then only a read can tell whether bytes are there.
+    pub(crate) fn poll_armed_readable(&mut self, cx: &Context<'_>) -> Poll<bool> {
+        match &self.source_rx {
+            Some(source) if source.result().is_none() => {
+                source.add_waiter_single(cx.waker());
+                Poll::Pending
+            }
+            Some(_) => Poll::Ready(true),
+            None => Poll::Ready(false),
+        }
+    }
+
     pub(crate) fn poll_write(&mut self, cx: &Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         // On the write path, we always start with calling `yolo_send`, because
         // it is very likely to success. It could be a waste if it already timed
@@ -391,6 +406,13 @@ where
     unsafe fn from_raw_fd(fd: RawFd) -> Self {
         let socket = socket2::Socket::from_raw_fd(fd);
         GlommioStream::from(socket)
+    }
+}
+
+impl<S: AsRawFd> GlommioStream<S, NonBuffered> {
+    /// ferrogram patch: see `NonBufferedStream::poll_armed_readable`.
+    pub(crate) fn poll_armed_readable(&mut self, cx: &Context<'_>) -> Poll<bool> {
+        self.stream.poll_armed_readable(cx)
     }
 }
 

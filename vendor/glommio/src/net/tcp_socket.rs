@@ -404,6 +404,15 @@ fn make_tcp_socket(addr: &SocketAddr) -> io::Result<Socket> {
 }
 
 impl TcpStream {
+    /// ferrogram patch: waits, without reading, for the readiness poll glommio arms after a
+    /// read that returned fewer bytes than asked for. `Ready(true)` once bytes (or the end of
+    /// the stream) have arrived since; `Ready(false)` at once when no such poll is armed (the
+    /// last read filled its buffer), and then only a read can tell. A reader waiting for a
+    /// connection's next message can so hold no buffer and still read it with one `recv`.
+    pub fn poll_armed_readable(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        self.stream.poll_armed_readable(cx)
+    }
+
     /// Creates a TCP connection to the specified address.
     ///
     /// # Examples
