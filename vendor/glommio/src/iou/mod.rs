@@ -92,6 +92,10 @@ bitflags::bitflags! {
         const CQSIZE    = 1 << 3;
         const CLAMP     = 1 << 4;
         const ATTACH_WQ = 1 << 5;
+        /// ferrogram patch (Linux 5.19+): completions do not interrupt the task with an IPI
+        /// while it runs; their task work runs at its next entry into the kernel. A task
+        /// asleep waiting for completions is still woken.
+        const COOP_TASKRUN = 1 << 8;
     }
 }
 

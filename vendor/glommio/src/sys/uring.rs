@@ -904,8 +904,25 @@ impl SleepableRing {
         source_map: Rc<RefCell<SourceMap>>,
     ) -> io::Result<Self> {
         assert!(*IO_URING_RECENT_ENOUGH);
+        // ferrogram patch: the main ring, which the executor enters to submit and to sleep,
+        // takes its completions cooperatively (see `PATCHES.md`). The latency ring keeps
+        // interrupting: its preemption timer must fire into a task that runs user code.
+        let ring = if name == "main" {
+            match iou::IoUring::new_with_flags(
+                size as _,
+                iou::SetupFlags::COOP_TASKRUN,
+                iou::SetupFeatures::empty(),
+            ) {
+                Err(error) if error.raw_os_error() == Some(libc::EINVAL) => {
+                    iou::IoUring::new(size as _)?
+                }
+                result => result?,
+            }
+        } else {
+            iou::IoUring::new(size as _)?
+        };
         Ok(SleepableRing {
-            ring: iou::IoUring::new(size as _)?,
+            ring,
             size,
             submission_queue: UringQueueState::with_capacity(size * 4),
             name,
