@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ferrogram_net::client::{BlockingClient, ClientError};
 use ferrogram_net::{ChatId, ErrorCode, LiveEvent, MessageId, Update};
-use support::{collect_updates, Server};
+use support::{cli_command, cli_login, collect_updates, Server};
 
 /// The texts of new messages of `chat` among live box events, in arrival order.
 fn box_texts(events: &[LiveEvent], chat: ChatId) -> Vec<String> {
@@ -172,4 +172,49 @@ fn a_channel_reaches_its_subscribers() {
     }
     let refused: ClientError = subscribers[0].send_message(channel, 99, "me too").expect_err("readers cannot post");
     assert_eq!(refused.code(), Some(ErrorCode::PermissionDenied));
+}
+
+// The terminal client shows a line it sent the way the others see it (sender and time). The
+// server answers the send instead of streaming it back (PROTOCOL §5.2), so the client prints it
+// from the answer; the peer's client shows it as it arrives.
+#[test]
+fn the_terminal_chat_shows_its_own_lines() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+
+    let server = Server::start("cli-chat", &["--cores", "1"]);
+    let alice_home = server.directory.join("alice-home");
+    let bob_home = server.directory.join("bob-home");
+    cli_login(&server, &alice_home, "+15550000401", "Alice Terminal");
+    cli_login(&server, &bob_home, "+15550000402", "Bob Terminal");
+    let mut chat = cli_command(&server, &alice_home, &["chat", "+15550000402"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start ferrogram chat");
+    let mut stdin = chat.stdin.take().expect("stdin");
+    writeln!(stdin, "hello from the terminal").expect("type a line");
+    writeln!(stdin, "/quit").expect("type /quit");
+    drop(stdin);
+    let output = chat.wait_with_output().expect("ferrogram chat ends");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "chat failed: {}", String::from_utf8_lossy(&output.stderr));
+    let own: Vec<&str> = stdout.lines().filter(|line| line.contains("hello from the terminal")).collect();
+    assert_eq!(own.len(), 1, "the sent line shows once: {stdout}");
+    assert!(own[0].contains("Alice"), "with its sender's name: {}", own[0]);
+
+    let history = BufReader::new(
+        cli_command(&server, &bob_home, &["history", "+15550000401"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ferrogram history")
+            .stdout
+            .as_slice(),
+    )
+    .lines()
+    .map(|line| line.expect("UTF-8"))
+    .find(|line| line.contains("hello from the terminal"))
+    .expect("the peer has the message");
+    assert_eq!(history.trim_start(), own[0].trim_start(), "both sides show the same line");
 }

@@ -3,7 +3,7 @@
 //! stream reports lost events (`Resync`) the session catches up with `GetDifference` so that
 //! nothing is silently skipped.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io::BufRead;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -41,6 +41,7 @@ pub fn run(common: &Common, peer: Option<&Peer>) -> anyhow::Result<()> {
         me: session.me.user.id,
         target: None,
         box_pts: session.me.state.pts,
+        answered: BTreeSet::new(),
         subscribed: HashMap::new(),
         names: HashMap::new(),
         titles: HashMap::new(),
@@ -109,6 +110,10 @@ struct View {
     target: Option<ChatId>,
     /// The last box update shown, so a catch-up starts after it and replays are skipped.
     box_pts: Pts,
+    /// Box pts of this session's own messages, from their answers: the server does not send a
+    /// connection its own sends as updates (PROTOCOL §5.2). Each is taken as seen once the
+    /// stream reaches the pts before it.
+    answered: BTreeSet<Pts>,
     /// Subscribed channels and the last of their updates shown.
     subscribed: HashMap<ChatId, Pts>,
     names: HashMap<UserId, String>,
@@ -150,8 +155,36 @@ impl View {
             eprintln!("error: that line is {} bytes; the limit is {LINE_BYTES_MAX}", line.len());
             return Ok(());
         }
-        match client.send_message(chat, random_id()?, line) {
-            Ok(_) => Ok(()),
+        let random_id = random_id()?;
+        match client.send_message(chat, random_id, line) {
+            Ok(sent) => {
+                // A message to a chat synced into boxes comes back only as this answer: show
+                // it as the others see it. (A channel post comes back on the subscription.)
+                if let Some(pts) = sent.sender_pts {
+                    self.answered.insert(pts);
+                    self.skip_answered();
+                    let message = Message {
+                        id: sent.id,
+                        chat,
+                        sender: self.me,
+                        date: sent.date,
+                        random_id,
+                        text: line.to_owned(),
+                        reply_to: None,
+                        forwarded_from: None,
+                        edit_date: None,
+                        deleted: false,
+                        media: None,
+                    };
+                    let sender = self.name(client, self.me);
+                    println!(
+                        "{}{}",
+                        self.prefix(client, chat),
+                        history_line(&message, &sender, local_offset_s(sent.date))
+                    );
+                }
+                Ok(())
+            }
             // The session goes on after a refused message (a flood wait, a text too long).
             Err(error @ ClientError::Server(_)) => {
                 eprintln!("error: {error}");
@@ -168,6 +201,7 @@ impl View {
                     return Ok(()); // Already shown by a catch-up.
                 }
                 self.box_pts = update.pts;
+                self.skip_answered();
                 self.show_update(client, &update, message.as_ref());
             }
             LiveEvent::Chat { chat, update, message } => {
@@ -228,6 +262,7 @@ impl View {
                 self.show_update(client, update, message);
             }
             self.box_pts = difference.state.pts;
+            self.skip_answered();
             if !difference.slice {
                 break;
             }
@@ -248,6 +283,18 @@ impl View {
             self.subscribed.insert(chat, pts);
         }
         Ok(())
+    }
+
+    /// Moves `box_pts` over the answered sends that directly follow it; one further on waits
+    /// for the updates before it, still on their way.
+    fn skip_answered(&mut self) {
+        while let Some(&first) = self.answered.first() {
+            if first.0 > self.box_pts.0 + 1 {
+                break;
+            }
+            self.answered.pop_first();
+            self.box_pts = self.box_pts.max(first);
+        }
     }
 
     fn follows(&self, chat: ChatId) -> bool {
@@ -363,5 +410,33 @@ mod tests {
         assert_eq!(message_of(&update, &messages).map(|found| found.text.as_str()), Some("2/5"));
         let other = Update::ReadOutbox { chat: ChatId(2), max_id: MessageId(5) };
         assert!(message_of(&other, &messages).is_none());
+    }
+
+    // Own sends are answered, not streamed: their pts count as seen once the stream reaches
+    // the pts before them, and not earlier, so a catch-up never skips an update in between.
+    #[test]
+    fn answered_sends_are_seen_in_order() {
+        let mut view = View {
+            me: UserId(1),
+            target: None,
+            box_pts: Pts(5),
+            answered: BTreeSet::new(),
+            subscribed: HashMap::new(),
+            names: HashMap::new(),
+            titles: HashMap::new(),
+            typing_shown: HashMap::new(),
+        };
+        view.answered.extend([Pts(6), Pts(8), Pts(9)]);
+        view.skip_answered();
+        assert_eq!(view.box_pts, Pts(6), "6 follows 5; 8 waits for 7");
+        assert_eq!(view.answered.iter().copied().collect::<Vec<_>>(), [Pts(8), Pts(9)]);
+        view.box_pts = Pts(7); // 7 arrives live
+        view.skip_answered();
+        assert_eq!(view.box_pts, Pts(9));
+        assert!(view.answered.is_empty());
+        // An answer the stream already passed (a catch-up read it) is dropped.
+        view.answered.insert(Pts(4));
+        view.skip_answered();
+        assert_eq!((view.box_pts, view.answered.len()), (Pts(9), 0));
     }
 }
