@@ -102,6 +102,10 @@ struct BenchMessagingArgs {
     /// wake: a task per session woken by each delivery; poll: sweep every stream, no wakers.
     #[arg(long, value_enum, default_value = "wake")]
     drain_mode: DrainMode,
+    /// dm, group: send through the sender's own session, as the gateway does; that session then
+    /// gets no live copy of the send (its answer carries the pts): one delivery fewer per send.
+    #[arg(long)]
+    through_session: bool,
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
     /// Open loop: requests per second (over all shards); latency from intended send times.
@@ -282,6 +286,7 @@ fn bench_messaging_command(args: BenchMessagingArgs) -> anyhow::Result<()> {
         drain_cpu: args.drain_cpu,
         drain_threads: args.drain_threads,
         drain_mode: args.drain_mode,
+        through_session: args.through_session,
     };
     messaging_bench::run(config, params)
 }

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _};
 use engine::messaging::{
-    ChatId, HistoryPage, LiveEvent, MessageId, MessagingCore, MessagingError, MessagingResult, Messenger, NewMessage,
-    Origin, RandomId, Request, Response, SendRequest, SessionEvents, UnixMs, Update, UserId,
+    Author, ChatId, HistoryPage, LiveEvent, MessageId, MessagingCore, MessagingError, MessagingResult, Messenger,
+    NewMessage, Origin, RandomId, Request, Response, SendRequest, SessionEvents, UnixMs, Update, UserId,
 };
 use engine::vshards::VShardTable;
 use engine::wal::driver::LogStats;
@@ -101,6 +101,9 @@ pub struct BenchParams {
     pub drain_cpu: Option<usize>,
     pub drain_threads: usize,
     pub drain_mode: DrainMode,
+    /// dm, group: each send goes through the sender's own session (`Author::session`), which
+    /// then gets no live copy of it.
+    pub through_session: bool,
 }
 
 /// Runs `params.scenario` against an engine opened with `config`, printing its figures.
@@ -164,6 +167,7 @@ fn dm(config: &EngineConfig, params: &BenchParams) -> anyhow::Result<()> {
     let users = sign_up_users(&mut pool, &messenger, params.users)?;
     let targets = open_private_chats(&mut pool, &messenger, &users, params.chats, &mut rng)?;
     let sessions = connect_sessions(&mut pool, &engine, &users)?;
+    let author = authors(&sessions, params);
     let drains = Drains::start(sessions, clock, params)?;
     let home = |user: UserId| engine.shard_of(user.vshard());
     let before = Snapshot::take(&engine)?;
@@ -171,9 +175,10 @@ fn dm(config: &EngineConfig, params: &BenchParams) -> anyhow::Result<()> {
         let target = &targets[rng.below(targets.len() as u64) as usize];
         let sender = target.members[(rng.next() & 1) as usize];
         let class = usize::from(home(sender) != engine.shard_of(target.chat.vshard()));
-        (target.chat, sender, class)
+        (target.chat, author(sender), class)
     });
-    let wanted = load.acked * 2;
+    // The recipient's session, and the sender's unless the send went through it.
+    let wanted = load.acked * if params.through_session { 1 } else { 2 };
     // Taken before the drain threads end, so their CPU time is still readable.
     let after = Snapshot::take(&engine)?;
     let deliveries = drains.finish(wanted, &clock)?;
@@ -254,14 +259,15 @@ fn group(config: &EngineConfig, params: &BenchParams) -> anyhow::Result<()> {
         async move { messenger.join(chat, user).await }
     })?;
     let sessions = connect_sessions(&mut pool, &engine, &users)?;
+    let author = authors(&sessions, params);
     let drains = Drains::start(sessions, clock, params)?;
     let chat_shard = engine.shard_of(chat.vshard());
     let before = Snapshot::take(&engine)?;
     let load = run_sends(&mut pool, &messenger, clock, params, SENDS_IN_FLIGHT_DEFAULT, &mut rng, |rng| {
         let sender = users[rng.below(users.len() as u64) as usize];
-        (chat, sender, usize::from(engine.shard_of(sender.vshard()) != chat_shard))
+        (chat, author(sender), usize::from(engine.shard_of(sender.vshard()) != chat_shard))
     });
-    let wanted = load.acked * users.len() as u64;
+    let wanted = load.acked * (users.len() as u64 - u64::from(params.through_session));
     // Taken before the drain threads end, so their CPU time is still readable.
     let after = Snapshot::take(&engine)?;
     let deliveries = drains.finish(wanted, &clock)?;
@@ -742,7 +748,7 @@ fn run_sends(
     params: &BenchParams,
     in_flight_default: usize,
     rng: &mut Rng,
-    mut choose: impl FnMut(&mut Rng) -> (ChatId, UserId, usize),
+    mut choose: impl FnMut(&mut Rng) -> (ChatId, Author, usize),
 ) -> LoadResult {
     let in_flight = match params.rate {
         Some(_) => OPEN_LOOP_IN_FLIGHT_MAX,
@@ -903,6 +909,17 @@ fn open_private_chats(
 }
 
 /// One session per user, held on the user's own shard.
+/// Who sends as `user`: through the user's own session when `--through-session` says so.
+fn authors(
+    sessions: &[(UserId, (engine::messaging::SessionId, SessionEvents))],
+    params: &BenchParams,
+) -> impl Fn(UserId) -> Author {
+    let session_of: HashMap<UserId, engine::messaging::SessionId> =
+        sessions.iter().map(|(user, (session, _))| (*user, *session)).collect();
+    let through = params.through_session;
+    move |user| Author { user, session: if through { session_of.get(&user).copied() } else { None } }
+}
+
 fn connect_sessions(
     pool: &mut Pool,
     engine: &Engine,
