@@ -8,11 +8,13 @@ use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::ids::{Lsn, RecordKind, ShardId, VShard};
 use crate::messaging::core::{Journal, MessagingCore};
-use crate::messaging::limits::{CHECKPOINT_PIECES_PER_STEP, CHECKPOINT_SHARES, SESSION_QUEUE_MAX};
+use crate::messaging::limits::{
+    CHECKPOINT_PIECES_PER_STEP, CHECKPOINT_SHARES, SESSION_QUEUE_MAX, SESSION_QUEUE_SHRINK_EVENTS,
+};
 use crate::messaging::protocol::{Effects, Origin, PeerMessage, Request, Response};
 use crate::messaging::push::PendingPush;
 use crate::messaging::state::Map;
@@ -46,7 +48,7 @@ pub struct Connected {
 /// already queued, with [`LiveEvent::Revoked`].
 #[derive(Debug)]
 pub struct SessionEvents {
-    receiver: flume::Receiver<LiveEvent>,
+    receiver: flume::Receiver<Envelope>,
     /// Why the engine dropped the session, if it did ([`ENDED_OVERFLOWED`], [`ENDED_REVOKED`]):
     /// one shared word per session rather than an allocation per reason.
     ended_because: Arc<AtomicU8>,
@@ -61,27 +63,37 @@ const ENDED_REVOKED: u8 = 2;
 impl SessionEvents {
     /// The next event; `None` once the session is gone.
     pub async fn next(&mut self) -> Option<LiveEvent> {
-        match self.receiver.recv_async().await {
-            Ok(event) => Some(event),
-            Err(_) => self.end(),
+        loop {
+            match self.receiver.recv_async().await {
+                Ok(Envelope::Event(event)) => return Some(event),
+                Ok(Envelope::MovedTo(receiver)) => self.receiver = receiver,
+                Err(_) => return self.end(),
+            }
         }
     }
 
     /// The next event if one is queued.
     pub fn try_next(&mut self) -> Option<LiveEvent> {
-        match self.receiver.try_recv() {
-            Ok(event) => Some(event),
-            Err(flume::TryRecvError::Empty) => None,
-            Err(flume::TryRecvError::Disconnected) => self.end(),
+        loop {
+            match self.receiver.try_recv() {
+                Ok(Envelope::Event(event)) => return Some(event),
+                Ok(Envelope::MovedTo(receiver)) => self.receiver = receiver,
+                Err(flume::TryRecvError::Empty) => return None,
+                Err(flume::TryRecvError::Disconnected) => return self.end(),
+            }
         }
     }
 
     /// The next event, waiting at most `timeout` (from a thread outside the engine).
     pub fn next_timeout(&mut self, timeout: Duration) -> Option<LiveEvent> {
-        match self.receiver.recv_timeout(timeout) {
-            Ok(event) => Some(event),
-            Err(flume::RecvTimeoutError::Timeout) => None,
-            Err(flume::RecvTimeoutError::Disconnected) => self.end(),
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.receiver.recv_deadline(deadline) {
+                Ok(Envelope::Event(event)) => return Some(event),
+                Ok(Envelope::MovedTo(receiver)) => self.receiver = receiver,
+                Err(flume::RecvTimeoutError::Timeout) => return None,
+                Err(flume::RecvTimeoutError::Disconnected) => return self.end(),
+            }
         }
     }
 
@@ -105,9 +117,60 @@ enum Pending {
     Connect { session: SessionId, events: SessionEvents, reply: flume::Sender<MessagingResult<Connected>> },
 }
 
+/// What a session queue carries.
+#[derive(Debug)]
+enum Envelope {
+    Event(LiveEvent),
+    /// The stream goes on in this fresh queue (see [`Sink::shrink_if_drained`]).
+    MovedTo(flume::Receiver<Envelope>),
+}
+
 struct Sink {
-    sender: flume::Sender<LiveEvent>,
+    sender: flume::Sender<Envelope>,
     ended_because: Arc<AtomicU8>,
+    /// The queue has held `SESSION_QUEUE_SHRINK_EVENTS` events since it was made.
+    grown: bool,
+    /// Events until the queue's length is looked at again (see `shrink_if_drained`).
+    until_check: u8,
+}
+
+/// The queue's length is looked at before one event in this many: asking takes the lock the
+/// reader's thread takes. Asked per event, a channel posting to 50,000 sessions 10 times a
+/// second cost its shard several points of a core; once in 32, about one.
+const SHRINK_CHECK_EVERY: u8 = 32;
+
+impl Sink {
+    fn new(ended_because: Arc<AtomicU8>) -> (Sink, flume::Receiver<Envelope>) {
+        // flume allocates a bounded queue's storage as events arrive, not up front: an idle
+        // session holds none of its `SESSION_QUEUE_MAX` slots.
+        let (sender, receiver) = flume::bounded(SESSION_QUEUE_MAX);
+        (Sink { sender, ended_because, grown: false, until_check: SHRINK_CHECK_EVERY }, receiver)
+    }
+
+    /// Before an event is queued (looking once every `SHRINK_CHECK_EVERY` events): once a burst
+    /// has grown the queue and the session has read all of it, the stream moves to a fresh
+    /// queue and the grown one is freed when the reader reaches the move. flume keeps a queue's
+    /// storage at its largest, so without this a session that once fell 4,096 events behind
+    /// would hold about 300 KB (of 72-byte events) for its whole life.
+    fn shrink_if_drained(&mut self) {
+        self.until_check -= 1;
+        if self.until_check > 0 {
+            return;
+        }
+        self.until_check = SHRINK_CHECK_EVERY;
+        let queued = self.sender.len();
+        if queued >= SESSION_QUEUE_SHRINK_EVENTS {
+            self.grown = true;
+        }
+        if !self.grown || queued > 0 {
+            return;
+        }
+        let (fresh, receiver) = Sink::new(self.ended_because.clone());
+        // Empty, so it has room; a reader that is gone fails the event's own send next.
+        if self.sender.try_send(Envelope::MovedTo(receiver)).is_ok() {
+            *self = fresh;
+        }
+    }
 }
 
 /// What the delivery task does for the sessions, in the order the core produced it.
@@ -218,11 +281,8 @@ impl MessagingDriver {
         let sequence = driver.next_session.get();
         driver.next_session.set(sequence + 1);
         let session = SessionId::compose(sequence, context.id);
-        // flume allocates a bounded queue's storage as events arrive, not up front: an idle
-        // session holds none of its `SESSION_QUEUE_MAX` slots.
-        let (sender, receiver) = flume::bounded(SESSION_QUEUE_MAX);
         let ended_because = Arc::new(AtomicU8::new(0));
-        let sink = Sink { sender, ended_because: ended_because.clone() };
+        let (sink, receiver) = Sink::new(ended_because.clone());
         driver.sinks.borrow_mut().insert(session, sink);
         let events = SessionEvents { receiver, ended_because, ended: false };
         let origin = driver.origin(context.id, Pending::Connect { session, events, reply });
@@ -482,16 +542,19 @@ fn begin_checkpoint(context: &Rc<ShardContext>) {
 /// Pushes `event` into the session's queue; a session whose queue is full, or whose reader
 /// is gone, is dropped.
 fn deliver(driver: &MessagingDriver, session: SessionId, event: LiveEvent) {
-    let lost = match driver.sinks.borrow().get(&session) {
+    let lost = match driver.sinks.borrow_mut().get_mut(&session) {
         None => false,
-        Some(sink) => match sink.sender.try_send(event) {
-            Ok(()) => false,
-            Err(flume::TrySendError::Full(_)) => {
-                sink.ended_because.fetch_or(ENDED_OVERFLOWED, Ordering::Release);
-                true
+        Some(sink) => {
+            sink.shrink_if_drained();
+            match sink.sender.try_send(Envelope::Event(event)) {
+                Ok(()) => false,
+                Err(flume::TrySendError::Full(_)) => {
+                    sink.ended_because.fetch_or(ENDED_OVERFLOWED, Ordering::Release);
+                    true
+                }
+                Err(flume::TrySendError::Disconnected(_)) => true,
             }
-            Err(flume::TrySendError::Disconnected(_)) => true,
-        },
+        }
     };
     if lost {
         driver.sinks.borrow_mut().remove(&session);
@@ -582,5 +645,90 @@ async fn watermarks(context: Rc<ShardContext>) {
         driver.core.borrow_mut().advance(acked, durable, &mut LogJournal(&context.log));
         perform(&context);
         glommio::yield_if_needed().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::messaging::types::{ChatId, UserId};
+
+    fn event(n: u64) -> LiveEvent {
+        LiveEvent::Typing { chat: ChatId(n), user: UserId(1) }
+    }
+
+    fn queue(sink: &mut Sink, n: u64) {
+        sink.shrink_if_drained();
+        sink.sender.try_send(Envelope::Event(event(n))).expect("the queue has room");
+    }
+
+    fn read(events: &mut SessionEvents, count: usize) -> Vec<u64> {
+        (0..count)
+            .map(|_| match events.try_next() {
+                Some(LiveEvent::Typing { chat, .. }) => chat.0,
+                other => panic!("expected a queued event, got {other:?}"),
+            })
+            .collect()
+    }
+
+    // A burst grows a session's queue. Once the reader has drained it, an event soon after
+    // (the length is looked at once every `SHRINK_CHECK_EVERY` events) moves the stream to a
+    // fresh queue: the reader sees every event once and in order, lets go of the grown queue,
+    // and the stream still ends the way the engine says.
+    #[test]
+    fn a_drained_burst_moves_the_stream_to_a_fresh_queue() {
+        let ended_because = Arc::new(AtomicU8::new(0));
+        let (mut sink, receiver) = Sink::new(ended_because.clone());
+        let mut events = SessionEvents { receiver, ended_because, ended: false };
+        let burst = (SESSION_QUEUE_SHRINK_EVENTS + 2 * SHRINK_CHECK_EVERY as usize) as u64;
+        for n in 0..burst {
+            queue(&mut sink, n);
+        }
+        assert!(sink.grown, "a burst of {burst} events grew the queue");
+        let grown = sink.sender.clone();
+        assert_eq!(read(&mut events, 5), [0, 1, 2, 3, 4]);
+        for n in burst..burst + u64::from(SHRINK_CHECK_EVERY) {
+            queue(&mut sink, n);
+        }
+        assert!(sink.sender.same_channel(&grown), "not moved while the reader is behind");
+        let end = burst + u64::from(SHRINK_CHECK_EVERY);
+        assert_eq!(read(&mut events, end as usize - 5), (5..end).collect::<Vec<u64>>());
+        let mut next = end;
+        while sink.sender.same_channel(&grown) {
+            assert!(next < end + u64::from(SHRINK_CHECK_EVERY), "no move within {SHRINK_CHECK_EVERY} events");
+            queue(&mut sink, next);
+            assert_eq!(read(&mut events, 1), [next], "the stream goes on in order");
+            next += 1;
+        }
+        assert!(!sink.grown, "the fresh queue starts small");
+        assert!(grown.is_disconnected(), "the reader let go of the grown queue");
+        assert_eq!(events.try_next(), None);
+
+        // A session dropped after the move ends on the fresh queue, after what it holds.
+        queue(&mut sink, next);
+        sink.ended_because.fetch_or(ENDED_OVERFLOWED, Ordering::Release);
+        drop(sink);
+        assert_eq!(read(&mut events, 1), [next]);
+        assert_eq!(events.try_next(), Some(LiveEvent::Resync));
+        assert_eq!(events.try_next(), None);
+    }
+
+    // A queue that never held a burst is kept: a move costs a channel, worth it only for the
+    // storage a burst left behind.
+    #[test]
+    fn a_small_queue_is_kept() {
+        let ended_because = Arc::new(AtomicU8::new(0));
+        let (mut sink, receiver) = Sink::new(ended_because.clone());
+        let mut events = SessionEvents { receiver, ended_because, ended: false };
+        let first = sink.sender.clone();
+        for round in 0..3u64 {
+            for n in 0..SESSION_QUEUE_SHRINK_EVENTS as u64 - 1 {
+                queue(&mut sink, round * 1000 + n);
+            }
+            assert_eq!(read(&mut events, SESSION_QUEUE_SHRINK_EVENTS - 1).len(), SESSION_QUEUE_SHRINK_EVENTS - 1);
+        }
+        queue(&mut sink, 7);
+        assert!(sink.sender.same_channel(&first));
+        assert_eq!(read(&mut events, 1), [7]);
     }
 }

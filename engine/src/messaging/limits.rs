@@ -47,6 +47,9 @@ pub const IDEMPOTENCY_WINDOW_MS: u64 = 24 * 3600 * 1000;
 pub const IDEMPOTENCY_ENTRIES_MAX: usize = 4_000_000;
 /// Events a session's queue holds before the session is dropped and told to resync.
 pub const SESSION_QUEUE_MAX: usize = 4096;
+/// A session queue that once held this many events keeps that storage (flume never gives it
+/// back): once the session has read them all, its next event moves it to a fresh queue.
+pub const SESSION_QUEUE_SHRINK_EVENTS: usize = 256;
 /// Online sessions per user.
 pub const SESSIONS_PER_USER_MAX: usize = 64;
 /// Sessions watching one user's presence; past this the oldest watcher is dropped.
