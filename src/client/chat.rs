@@ -176,12 +176,8 @@ impl View {
                         deleted: false,
                         media: None,
                     };
-                    let sender = self.name(client, self.me);
-                    println!(
-                        "{}{}",
-                        self.prefix(client, chat),
-                        history_line(&message, &sender, local_offset_s(sent.date))
-                    );
+                    let update = Update::NewMessage { chat, id: sent.id, sender: self.me, date: sent.date };
+                    self.show_update(client, &Sequenced { pts, date: sent.date, update }, Some(&message));
                 }
                 Ok(())
             }
