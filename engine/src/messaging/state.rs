@@ -15,8 +15,8 @@ use crate::messaging::media::MediaReleases;
 use crate::messaging::push::PushState;
 use crate::messaging::records::{ChatChange, Event};
 use crate::messaging::types::{
-    AuthorizationId, ChatId, ChatKind, DeletedMessages, Headroom, MemberChange, Message, MessageId, Pts, RandomId,
-    Role, Sequenced, UnixMs, Update, UserId, UserProfile, SECRET_HASH_BYTES,
+    ArchivedApart, AuthorizationId, ChatId, ChatKind, DeletedMessages, Headroom, MemberChange, Message, MessageId, Pts,
+    RandomId, Role, Sequenced, UnixMs, Update, UserId, UserProfile, SECRET_HASH_BYTES,
 };
 
 /// Deterministic hashing: the same events build the same maps on every run, so a simulation
@@ -83,8 +83,9 @@ pub struct User {
 pub struct UpdateBox {
     pub pts: Pts,
     pub date: UnixMs,
-    /// The newest updates, oldest first; bounded by count and age.
-    #[rkyv(with = Headroom)]
+    /// The newest updates, oldest first; bounded by count and age. Checkpoints write them in
+    /// a piece of their own (`ArchivedApart`).
+    #[rkyv(with = ArchivedApart)]
     pub entries: VecDeque<Sequenced>,
     /// Per chat, the highest chat pts applied: fan-out is at-least-once, boxes make it once.
     pub applied: Map<ChatId, Pts>,
@@ -127,7 +128,8 @@ pub struct Chat {
     /// The highest message id some member other than its sender has read.
     pub read_outbox_max: MessageId,
     /// The newest events, oldest first, for `get_chat_difference`; bounded by count and age.
-    #[rkyv(with = Headroom)]
+    /// Checkpoints write them in a piece of their own (`ArchivedApart`).
+    #[rkyv(with = ArchivedApart)]
     pub log: VecDeque<ChatLogEntry>,
     pub random_ids: Map<(UserId, RandomId), Remembered>,
     /// Live (not deleted) media messages by their idempotency key, which keys their file

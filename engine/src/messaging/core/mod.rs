@@ -200,6 +200,161 @@ struct ChatPublicPts {
     public_pts: Pts,
 }
 
+/// A box's entries in a checkpoint (version 8), after the user's piece. Most of a box is new
+/// messages dated as their entry and numbered one after the other: those go in four columns of
+/// 8 bytes, 32 bytes an entry against 64 for a [`Sequenced`]. Any other entry is kept whole,
+/// with its place among them.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct BoxEntries {
+    user: UserId,
+    /// The first entry's pts; each entry in the columns has the pts after the entry before it.
+    first_pts: Pts,
+    chats: Vec<ChatId>,
+    ids: Vec<MessageId>,
+    senders: Vec<UserId>,
+    dates: Vec<UnixMs>,
+    /// Where each whole entry goes among all the entries, ascending.
+    whole_at: Vec<u32>,
+    whole: Vec<Sequenced>,
+}
+
+impl BoxEntries {
+    fn new(user: UserId, entries: &VecDeque<Sequenced>) -> BoxEntries {
+        let compact = entries.len();
+        let mut out = BoxEntries {
+            user,
+            first_pts: entries.front().map_or(Pts::ZERO, |entry| entry.pts),
+            chats: Vec::with_capacity(compact),
+            ids: Vec::with_capacity(compact),
+            senders: Vec::with_capacity(compact),
+            dates: Vec::with_capacity(compact),
+            whole_at: Vec::new(),
+            whole: Vec::new(),
+        };
+        let mut previous: Option<Pts> = None;
+        for (at, entry) in entries.iter().enumerate() {
+            let follows = previous.is_none_or(|previous| entry.pts == previous.next());
+            match entry.update {
+                Update::NewMessage { chat, id, sender, date } if follows && date == entry.date => {
+                    out.chats.push(chat);
+                    out.ids.push(id);
+                    out.senders.push(sender);
+                    out.dates.push(date);
+                }
+                _ => {
+                    out.whole_at.push(at as u32);
+                    out.whole.push(entry.clone());
+                }
+            }
+            previous = Some(entry.pts);
+        }
+        out
+    }
+
+    /// The entries, with the room to grow [`Headroom`] gives.
+    fn into_entries(self) -> std::result::Result<VecDeque<Sequenced>, RestoreError> {
+        let BoxEntries { user: _, first_pts, chats, ids, senders, dates, whole_at, whole } = self;
+        let compact = chats.len();
+        if ids.len() != compact || senders.len() != compact || dates.len() != compact || whole_at.len() != whole.len() {
+            return Err(RestoreError::Format("a box's entries come in columns of different lengths"));
+        }
+        let total = compact + whole.len();
+        let mut out = VecDeque::with_capacity(restored_capacity(total));
+        let mut whole = whole_at.into_iter().zip(whole).peekable();
+        let mut columns = chats.into_iter().zip(ids).zip(senders).zip(dates);
+        let mut previous: Option<Pts> = None;
+        for at in 0..total {
+            let entry = match whole.next_if(|(whole_at, _)| *whole_at as usize == at) {
+                Some((_, entry)) => entry,
+                None => {
+                    let (((chat, id), sender), date) =
+                        columns.next().ok_or(RestoreError::Format("a box's whole entries are out of place"))?;
+                    let pts = previous.map_or(first_pts, Pts::next);
+                    Sequenced { pts, date, update: Update::NewMessage { chat, id, sender, date } }
+                }
+            };
+            previous = Some(entry.pts);
+            out.push_back(entry);
+        }
+        Ok(out)
+    }
+}
+
+/// A chat's log in a checkpoint (version 8), after the chat's piece. An entry announcing a
+/// message of the chat, with the message's sender and date, numbered after the entry before it,
+/// is the message's id alone: 8 bytes against 80 for a [`ChatLogEntry`]. Any other entry is
+/// kept whole, its id 0.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct ChatLog {
+    chat: ChatId,
+    /// The first entry's pts; each implied entry has the pts after the entry before it.
+    first_pts: Pts,
+    ids: Vec<MessageId>,
+    whole: Vec<ChatLogEntry>,
+}
+
+impl ChatLog {
+    fn new(chat: &Chat) -> ChatLog {
+        let mut out = ChatLog {
+            chat: chat.id,
+            first_pts: chat.log.front().map_or(Pts::ZERO, |entry| entry.entry.pts),
+            ids: Vec::with_capacity(chat.log.len()),
+            whole: Vec::new(),
+        };
+        let mut previous: Option<Pts> = None;
+        for ChatLogEntry { entry, only_for } in &chat.log {
+            let follows = previous.is_none_or(|previous| entry.pts == previous.next());
+            let implied = match entry.update {
+                Update::NewMessage { chat: of, id, sender, date } => {
+                    follows
+                        && of == chat.id
+                        && only_for.is_none()
+                        && date == entry.date
+                        && chat.message(id).is_some_and(|message| message.sender == sender && message.date == date)
+                }
+                _ => false,
+            };
+            match entry.update {
+                Update::NewMessage { id, .. } if implied => out.ids.push(id),
+                _ => {
+                    out.ids.push(MessageId(0));
+                    out.whole.push(ChatLogEntry { entry: entry.clone(), only_for: *only_for });
+                }
+            }
+            previous = Some(entry.pts);
+        }
+        out
+    }
+
+    /// The log of `chat` (restored from the piece before), with the room to grow [`Headroom`]
+    /// gives.
+    fn into_log(self, chat: &Chat) -> std::result::Result<VecDeque<ChatLogEntry>, RestoreError> {
+        let ChatLog { chat: _, first_pts, ids, whole } = self;
+        let mut out = VecDeque::with_capacity(restored_capacity(ids.len()));
+        let mut whole = whole.into_iter();
+        let mut previous: Option<Pts> = None;
+        for id in ids {
+            let entry = if id.0 == 0 {
+                whole.next().ok_or(RestoreError::Format("a chat's log lacks whole entries it names"))?
+            } else {
+                let message = chat
+                    .message(id)
+                    .ok_or(RestoreError::Format("a chat's log names a message the chat does not hold"))?;
+                let (sender, date) = (message.sender, message.date);
+                let pts = previous.map_or(first_pts, Pts::next);
+                let update = Update::NewMessage { chat: chat.id, id, sender, date };
+                ChatLogEntry { entry: Sequenced { pts, date, update }, only_for: None }
+            };
+            previous = Some(entry.entry.pts);
+            out.push_back(entry);
+        }
+        if whole.next().is_some() {
+            return Err(RestoreError::Format("a chat's log holds whole entries it does not name"));
+        }
+        Ok(out)
+    }
+}
+
 /// One user's devices and non-default notification settings, after the user's piece.
 #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 struct UserPush {
@@ -239,7 +394,14 @@ struct AuthorizationsHeader {
 /// window of 10 M sends is 320 MB): the header's window is empty, an
 /// [`PIECE_IDEMPOTENCY_COUNT`] piece after the media releases says how many entries follow,
 /// and [`PIECE_IDEMPOTENCY`] pieces carry them, oldest first, between the other pieces.
-const SNAPSHOT_MAGIC: &[u8; 8] = b"FGMSNAP7";
+///
+/// Version 8 writes a box's entries and a chat's log in pieces of their own, most entries in
+/// a few bytes: a [`BoxEntries`] piece after each user whose box holds entries, a [`ChatLog`]
+/// piece after each chat whose log holds some. The user and chat pieces keep their layout and
+/// hold those vectors empty. At 10 M private messages this took a third off the checkpoint.
+/// Older versions hold the entries inline, and cannot have these pieces.
+const SNAPSHOT_MAGIC: &[u8; 8] = b"FGMSNAP8";
+const SNAPSHOT_MAGIC_V7: &[u8; 8] = b"FGMSNAP7";
 const SNAPSHOT_MAGIC_V6: &[u8; 8] = b"FGMSNAP6";
 const SNAPSHOT_MAGIC_V5: &[u8; 8] = b"FGMSNAP5";
 const SNAPSHOT_MAGIC_V4: &[u8; 8] = b"FGMSNAP4";
@@ -264,6 +426,10 @@ const PIECE_CHAT_PUBLIC_PTS: u64 = 9;
 const PIECE_IDEMPOTENCY_COUNT: u64 = 10;
 /// The next entries of the idempotency window (`Vec<IdempotencyEntry>`), in order.
 const PIECE_IDEMPOTENCY: u64 = 11;
+/// One box's entries ([`BoxEntries`], never empty), right after the user's piece.
+const PIECE_BOX_ENTRIES: u64 = 12;
+/// One chat's log ([`ChatLog`], never empty), right after the chat's piece.
+const PIECE_CHAT_LOG: u64 = 13;
 /// Idempotency entries in one piece (1 MiB of them; a few in unit tests, so their windows span
 /// several pieces).
 const IDEMPOTENCY_ENTRIES_PER_PIECE: usize = if cfg!(test) { 7 } else { 32 * 1024 };
@@ -595,6 +761,26 @@ impl MessagingCore {
                 PIECE_CHAT_MEDIA if pieces.version >= 5 => {
                     let chat_media: ChatMedia = pieces.next(PIECE_CHAT_MEDIA)?;
                     restore_chat_media(&mut state, chat_media)?;
+                }
+                PIECE_BOX_ENTRIES if pieces.version >= 8 => {
+                    let entries: BoxEntries = pieces.next(PIECE_BOX_ENTRIES)?;
+                    let user = state.users.get_mut(&entries.user).ok_or(RestoreError::Format(
+                        "box entries of a user the checkpoint does not hold (or not before them)",
+                    ))?;
+                    if !user.update_box.entries.is_empty() {
+                        return Err(RestoreError::Format("a box's entries come twice"));
+                    }
+                    user.update_box.entries = entries.into_entries()?;
+                }
+                PIECE_CHAT_LOG if pieces.version >= 8 => {
+                    let log: ChatLog = pieces.next(PIECE_CHAT_LOG)?;
+                    let chat = state.chats.get_mut(&log.chat).ok_or(RestoreError::Format(
+                        "the log of a chat the checkpoint does not hold (or not before it)",
+                    ))?;
+                    if !chat.log.is_empty() {
+                        return Err(RestoreError::Format("a chat's log comes twice"));
+                    }
+                    chat.log = log.into_log(chat)?;
                 }
                 PIECE_IDEMPOTENCY if pieces.version >= 7 => {
                     let entries: Vec<IdempotencyEntry> = pieces.next(PIECE_IDEMPOTENCY)?;
@@ -1546,6 +1732,9 @@ fn push_user_pieces(
     push: Option<&UserPush>,
 ) {
     push_piece(out, PIECE_USER, user);
+    if !user.update_box.entries.is_empty() {
+        push_piece(out, PIECE_BOX_ENTRIES, &BoxEntries::new(user.profile.id, &user.update_box.entries));
+    }
     if let Some(authorizations) = authorizations {
         push_piece(out, PIECE_AUTHORIZATIONS, authorizations);
     }
@@ -1569,6 +1758,9 @@ fn user_push(state: &State, user: UserId) -> Option<UserPush> {
 /// piece when it holds media messages.
 fn push_chat(out: &mut ChunkedBytes, chat: &Chat) {
     push_piece(out, PIECE_CHAT, chat);
+    if !chat.log.is_empty() {
+        push_piece(out, PIECE_CHAT_LOG, &ChatLog::new(chat));
+    }
     if chat.public_pts != chat.pts {
         push_piece(out, PIECE_CHAT_PUBLIC_PTS, &ChatPublicPts { chat: chat.id, public_pts: chat.public_pts });
     }
@@ -1674,14 +1866,15 @@ struct SnapshotPieces<'a> {
     bytes: &'a [u8],
     offset: usize,
     aligned: rkyv::util::AlignedVec<16>,
-    /// The format version its magic names: 2 to 7.
+    /// The format version its magic names: 2 to 8.
     version: u8,
 }
 
 impl<'a> SnapshotPieces<'a> {
     fn new(bytes: &'a [u8]) -> std::result::Result<SnapshotPieces<'a>, RestoreError> {
         let version = match bytes.get(..8) {
-            Some(magic) if magic == SNAPSHOT_MAGIC.as_slice() => 7,
+            Some(magic) if magic == SNAPSHOT_MAGIC.as_slice() => 8,
+            Some(magic) if magic == SNAPSHOT_MAGIC_V7.as_slice() => 7,
             Some(magic) if magic == SNAPSHOT_MAGIC_V6.as_slice() => 6,
             Some(magic) if magic == SNAPSHOT_MAGIC_V5.as_slice() => 5,
             Some(magic) if magic == SNAPSHOT_MAGIC_V4.as_slice() => 4,
@@ -2241,6 +2434,247 @@ mod tests {
         bytes
     }
 
+    /// A state with something of everything a box or a chat log holds: private chats and a
+    /// group, messages, an edit, deletes for everyone and for one member, a pin, reads, and
+    /// members added, promoted, removed and leaving. Deterministic (one clock, one order), so a
+    /// checkpoint of it written by an older build is compared with the state built now.
+    fn varied_state() -> MessagingCore {
+        let table = Arc::new(VShardTable::round_robin(1));
+        let mut core = MessagingCore::new(ShardId(0), table);
+        let mut journal = MemoryJournal(1);
+        let users: Vec<UserId> =
+            (0..6).map(|index| sign_up_user(&mut core, &mut journal, &format!("+1555010{index:04}"))).collect();
+        let send = |chat, sender, random_id: u64| {
+            Request::Send(SendRequest {
+                chat,
+                sender,
+                session: None,
+                random_id: RandomId(random_id),
+                text: format!("text {random_id}"),
+                reply_to: None,
+                forwarded_from: None,
+                media: None,
+            })
+        };
+        let mut random_id = 0;
+        let mut privates = Vec::new();
+        for pair in users.chunks(2) {
+            let open = Request::OpenPrivate { user: pair[0], peer: pair[1] };
+            let Response::Chat(chat) = call(&mut core, &mut journal, open) else { panic!() };
+            privates.push((chat, pair[0], pair[1]));
+            for turn in 0..5 {
+                random_id += 1;
+                call(&mut core, &mut journal, send(chat, pair[turn % 2], random_id));
+            }
+        }
+        let create = Request::CreateChat {
+            kind: ChatKind::Group,
+            creator: users[0],
+            title: "group".into(),
+            members: users[1..4].to_vec(),
+        };
+        let Response::Chat(group) = call(&mut core, &mut journal, create) else { panic!() };
+        for &sender in &users[0..4] {
+            random_id += 1;
+            call(&mut core, &mut journal, send(group, sender, random_id));
+        }
+        let (chat, sender, reader) = privates[0];
+        call(&mut core, &mut journal, Request::Edit { chat, user: sender, id: MessageId(1), text: "edited".into() });
+        call(
+            &mut core,
+            &mut journal,
+            Request::Delete { chat, user: sender, ids: vec![MessageId(3)], for_everyone: true },
+        );
+        call(
+            &mut core,
+            &mut journal,
+            Request::Delete { chat, user: reader, ids: vec![MessageId(2)], for_everyone: false },
+        );
+        call(&mut core, &mut journal, Request::Pin { chat, user: sender, id: Some(MessageId(4)) });
+        call(&mut core, &mut journal, Request::ReadHistory { chat, user: reader, max_id: MessageId(5) });
+        call(&mut core, &mut journal, Request::AddMember { chat: group, by: users[0], user: users[4] });
+        call(&mut core, &mut journal, Request::Promote { chat: group, by: users[0], user: users[1] });
+        call(&mut core, &mut journal, Request::RemoveMember { chat: group, by: users[0], user: users[2] });
+        call(&mut core, &mut journal, Request::Leave { chat: group, user: users[3] });
+        call(&mut core, &mut journal, Request::Pin { chat: group, user: users[0], id: Some(MessageId(2)) });
+        call(&mut core, &mut journal, Request::ReadHistory { chat: group, user: users[4], max_id: MessageId(4) });
+        for &sender in &[users[0], users[4], users[1]] {
+            random_id += 1;
+            call(&mut core, &mut journal, send(group, sender, random_id));
+        }
+        let delete = Request::Delete { chat: group, user: users[0], ids: vec![MessageId(1)], for_everyone: true };
+        call(&mut core, &mut journal, delete);
+        let (chat, sender, _) = privates[1];
+        random_id += 1;
+        call(&mut core, &mut journal, send(chat, sender, random_id));
+        core
+    }
+
+    /// Proves a checkpoint written by the build before version 8 (`testdata/checkpoint-v7.bin`:
+    /// [`varied_state`] with every box's entries and every chat's log inline) restores to the
+    /// state this build makes of the same requests.
+    #[test]
+    fn a_version_7_checkpoint_restores_as_it_was_written() {
+        let bytes = include_bytes!("testdata/checkpoint-v7.bin");
+        assert_eq!(&bytes[..8], SNAPSHOT_MAGIC_V7);
+        let mut restored = MessagingCore::new(ShardId(0), Arc::new(VShardTable::round_robin(1)));
+        restored.restore(bytes).expect("restores");
+        let live = varied_state();
+        assert_eq!(digest(restored.state()), digest(live.state()));
+        let entries: usize = restored.state().users.values().map(|user| user.update_box.entries.len()).sum();
+        let logged: usize = restored.state().chats.values().map(|chat| chat.log.len()).sum();
+        assert!(entries > 40 && logged > 30, "{entries} box entries, {logged} log entries");
+        // Version 7 has no pieces of entries of their own.
+        let mut pieces = split_pieces(bytes);
+        let mut current = varied_state();
+        let now = current.snapshot().to_vec();
+        let extra = split_pieces(&now).into_iter().find(|(kind, _)| *kind == PIECE_BOX_ENTRIES).expect("some");
+        pieces.push(extra);
+        let mixed = join_pieces(SNAPSHOT_MAGIC_V7, pieces.iter().map(|(_, piece)| *piece));
+        let mut refused = MessagingCore::new(ShardId(0), Arc::new(VShardTable::round_robin(1)));
+        assert!(matches!(refused.restore(&mixed), Err(RestoreError::Format(_))));
+    }
+
+    /// Proves version 8 writes most box entries and log entries in their compact form, whole
+    /// the rest (every kind of update is in [`varied_state`]), and restores every one as it
+    /// was; and that the checkpoint is smaller for it than the same state in version 7.
+    #[test]
+    fn box_entries_and_chat_logs_are_written_apart_and_restored_whole() {
+        let mut core = varied_state();
+        let bytes = core.snapshot().to_vec();
+        let mut restored = MessagingCore::new(ShardId(0), Arc::new(VShardTable::round_robin(1)));
+        restored.restore(&bytes).expect("restores");
+        assert_eq!(digest(restored.state()), digest(core.state()));
+
+        let pieces = split_pieces(&bytes);
+        let body = |piece: &[u8]| {
+            let length = u64::from_le_bytes(piece[8..16].try_into().expect("8 bytes")) as usize;
+            let mut aligned = rkyv::util::AlignedVec::<16>::new();
+            aligned.extend_from_slice(&piece[16..16 + length]);
+            aligned
+        };
+        let (mut compact, mut whole) = (0, 0);
+        for (_, piece) in pieces.iter().filter(|(kind, _)| *kind == PIECE_BOX_ENTRIES) {
+            let entries = rkyv::from_bytes::<BoxEntries, rkyv::rancor::Error>(&body(piece)).expect("decodes");
+            compact += entries.chats.len();
+            whole += entries.whole.len();
+            let whole_messages = entries.whole.iter().filter(|entry| matches!(entry.update, Update::NewMessage { .. }));
+            assert_eq!(whole_messages.count(), 0, "every new message of a box is in the columns");
+        }
+        let box_entries: usize = core.state().users.values().map(|user| user.update_box.entries.len()).sum();
+        assert_eq!(compact + whole, box_entries);
+        assert!(whole > 0 && compact > whole, "box entries: {compact} compact, {whole} whole");
+        let (mut implied, mut whole) = (0, 0);
+        for (_, piece) in pieces.iter().filter(|(kind, _)| *kind == PIECE_CHAT_LOG) {
+            let log = rkyv::from_bytes::<ChatLog, rkyv::rancor::Error>(&body(piece)).expect("decodes");
+            implied += log.ids.iter().filter(|id| id.0 != 0).count();
+            whole += log.whole.len();
+            let whole_messages = log.whole.iter().filter(|e| matches!(e.entry.update, Update::NewMessage { .. }));
+            assert_eq!(whole_messages.count(), 0, "every new message of the log is implied by its message");
+        }
+        let logged: usize = core.state().chats.values().map(|chat| chat.log.len()).sum();
+        assert_eq!(implied + whole, logged);
+        assert!(whole > 0 && implied > whole, "log entries: {implied} implied, {whole} whole");
+        let version_7 = include_bytes!("testdata/checkpoint-v7.bin");
+        assert!(bytes.len() < version_7.len(), "{} bytes, {} in version 7", bytes.len(), version_7.len());
+    }
+
+    /// Proves the compact forms keep what does not fit them whole: a gap in the pts, an entry
+    /// dated otherwise than its message, an event for one member, a message the chat does not
+    /// hold as announced; and that a damaged piece is refused rather than restored otherwise.
+    #[test]
+    fn entries_that_do_not_fit_the_compact_form_are_kept_whole() {
+        let new_message = |pts: u64, date: u64, id: u64, sender: u64| Sequenced {
+            pts: Pts(pts),
+            date: UnixMs(date),
+            update: Update::NewMessage {
+                chat: ChatId(9),
+                id: MessageId(id),
+                sender: UserId(sender),
+                date: UnixMs(date),
+            },
+        };
+        let mut dated_otherwise = new_message(8, 50, 4, 2);
+        dated_otherwise.date = UnixMs(51);
+        let entries: VecDeque<Sequenced> = [
+            new_message(3, 10, 1, 1),
+            new_message(4, 20, 2, 2),
+            Sequenced { pts: Pts(5), date: UnixMs(30), update: Update::PinMessage { chat: ChatId(9), id: None } },
+            new_message(6, 40, 3, 1),
+            // A gap: pts 7 is not here.
+            new_message(8, 50, 4, 2),
+            dated_otherwise,
+            new_message(9, 60, 5, 1),
+        ]
+        .into_iter()
+        .collect();
+        let compact = BoxEntries::new(UserId(1), &entries);
+        assert_eq!((compact.chats.len(), compact.whole_at.clone()), (4, vec![2, 4, 5]));
+        assert_eq!(compact.into_entries().expect("restores"), entries);
+        let mut damaged = BoxEntries::new(UserId(1), &entries);
+        damaged.whole_at = vec![2, 5, 4];
+        assert!(damaged.into_entries().is_err(), "whole entries out of order");
+        let mut damaged = BoxEntries::new(UserId(1), &entries);
+        damaged.dates.pop();
+        assert!(damaged.into_entries().is_err(), "columns of different lengths");
+
+        let message = |id: u64, sender: u64, date: u64| Message {
+            id: MessageId(id),
+            chat: ChatId(9),
+            sender: UserId(sender),
+            date: UnixMs(date),
+            random_id: RandomId(id),
+            text: String::new(),
+            reply_to: None,
+            forwarded_from: None,
+            edit_date: None,
+            deleted: false,
+            media: None,
+        };
+        let mut chat = Chat {
+            id: ChatId(9),
+            kind: ChatKind::Group,
+            title: String::new(),
+            creator: UserId(1),
+            members: BTreeMap::new(),
+            messages: vec![message(1, 1, 10), message(2, 2, 20), message(3, 1, 30)],
+            pts: Pts(6),
+            last_date: UnixMs(30),
+            pinned: None,
+            fanout_on_read: false,
+            read_outbox_max: MessageId(0),
+            log: VecDeque::new(),
+            random_ids: Map::default(),
+            media_index: Map::default(),
+            public_pts: Pts(6),
+        };
+        let announce = |pts: u64, id: u64, sender: u64, date: u64, only_for: Option<UserId>| ChatLogEntry {
+            entry: new_message(pts, date, id, sender),
+            only_for,
+        };
+        chat.log = [
+            announce(1, 1, 1, 10, None),
+            announce(2, 2, 1, 20, None),            // not the message's sender
+            announce(3, 3, 1, 30, Some(UserId(1))), // for one member
+            announce(5, 3, 1, 30, None),            // after a gap
+            announce(6, 3, 1, 30, None),
+        ]
+        .into_iter()
+        .collect();
+        let log = ChatLog::new(&chat);
+        assert_eq!(log.ids, [MessageId(1), MessageId(0), MessageId(0), MessageId(0), MessageId(3)]);
+        assert_eq!(format!("{:?}", log.into_log(&chat).expect("restores")), format!("{:?}", chat.log));
+        let mut damaged = ChatLog::new(&chat);
+        damaged.ids[0] = MessageId(7);
+        assert!(damaged.into_log(&chat).is_err(), "a message the chat does not hold");
+        let mut damaged = ChatLog::new(&chat);
+        damaged.whole.pop();
+        assert!(damaged.into_log(&chat).is_err(), "a whole entry missing");
+        let mut damaged = ChatLog::new(&chat);
+        damaged.ids.remove(1);
+        assert!(damaged.into_log(&chat).is_err(), "a whole entry left over");
+    }
+
     /// Proves a full checkpoint holds the authorizations and their id sequences: restored, the
     /// live ones check, the revoked ones do not, and the next id is not one given out before
     /// (the newest was revoked, so only the stored sequence knows it). A checkpoint missing a
@@ -2295,9 +2729,10 @@ mod tests {
         }
 
         // Version 4 is version 5 without the media pieces, and cannot smuggle them in (nor the
-        // idempotency pieces of version 7).
+        // idempotency pieces of version 7, nor the entries of version 8).
         let no_media = |kind: u64| {
             ![PIECE_MEDIA_RELEASES, PIECE_CHAT_MEDIA, PIECE_IDEMPOTENCY_COUNT, PIECE_IDEMPOTENCY].contains(&kind)
+                && ![PIECE_BOX_ENTRIES, PIECE_CHAT_LOG].contains(&kind)
         };
         let version_4 =
             join_pieces(SNAPSHOT_MAGIC_V4, pieces.iter().filter(|(kind, _)| no_media(*kind)).map(|(_, p)| *p));
