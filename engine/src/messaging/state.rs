@@ -15,8 +15,8 @@ use crate::messaging::media::MediaReleases;
 use crate::messaging::push::PushState;
 use crate::messaging::records::{ChatChange, Event};
 use crate::messaging::types::{
-    ArchivedApart, AuthorizationId, ChatId, ChatKind, DeletedMessages, Headroom, MemberChange, Message, MessageId, Pts,
-    RandomId, Role, Sequenced, UnixMs, Update, UserId, UserProfile, SECRET_HASH_BYTES,
+    ArchivedApart, AuthorizationId, ChatId, ChatKind, DeletedMessages, MemberChange, Message, MessageId, Pts, RandomId,
+    Role, Sequenced, UnixMs, Update, UserId, UserProfile, SECRET_HASH_BYTES,
 };
 
 /// Deterministic hashing: the same events build the same maps on every run, so a simulation
@@ -116,8 +116,9 @@ pub struct Chat {
     pub title: String,
     pub creator: UserId,
     pub members: BTreeMap<UserId, Member>,
-    /// Message `id` is at index `id - 1`.
-    #[rkyv(with = Headroom)]
+    /// Message `id` is at index `id - 1`. Checkpoints write them in pieces of their own
+    /// (`ArchivedApart`).
+    #[rkyv(with = ArchivedApart)]
     pub messages: Vec<Message>,
     /// The chat's own sequence: one per chat event, private ones included. It keys the
     /// event's fan-out (boxes apply each (chat, pts) once) and is never shown to clients.

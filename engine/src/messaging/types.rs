@@ -310,15 +310,45 @@ where
     }
 }
 
-/// Archives a `VecDeque` as an empty vector, and restores it like [`Headroom`] from whatever
-/// vector the archive holds.
+/// Archives a `Vec` or `VecDeque` as an empty vector, and restores it like [`Headroom`] from
+/// whatever vector the archive holds.
 ///
-/// For a box's entries and a chat's log, which checkpoints since version 8 write in a piece of
-/// their own, most entries in a few bytes (`BoxEntries` and `ChatLog` in `messaging::core`)
-/// rather than 64 and 80. The archived layout is the plain vector's, so the user and chat
-/// pieces of older checkpoints, which hold the entries inline, restore through the same type.
+/// For a chat's messages and log and a box's entries, which checkpoints since version 8 write
+/// in pieces of their own, most of them in a few bytes (`ChatMessages`, `ChatLog` and
+/// `BoxEntries` in `messaging::core`). The archived layout is the plain vector's, so the chat
+/// and user pieces of older checkpoints, which hold them inline, restore through the same type.
 #[derive(Debug)]
 pub struct ArchivedApart;
+
+impl<T: rkyv::Archive> rkyv::with::ArchiveWith<Vec<T>> for ArchivedApart {
+    type Archived = rkyv::vec::ArchivedVec<T::Archived>;
+    type Resolver = rkyv::vec::VecResolver;
+
+    fn resolve_with(_: &Vec<T>, resolver: Self::Resolver, out: rkyv::Place<Self::Archived>) {
+        rkyv::vec::ArchivedVec::resolve_from_len(0, resolver, out);
+    }
+}
+
+impl<T, S> rkyv::with::SerializeWith<Vec<T>, S> for ArchivedApart
+where
+    T: rkyv::Serialize<S>,
+    S: rkyv::rancor::Fallible + rkyv::ser::Allocator + rkyv::ser::Writer + ?Sized,
+{
+    fn serialize_with(_: &Vec<T>, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        rkyv::vec::ArchivedVec::<T::Archived>::serialize_from_slice::<T, S>(&[], serializer)
+    }
+}
+
+impl<T, D> rkyv::with::DeserializeWith<rkyv::vec::ArchivedVec<T::Archived>, Vec<T>, D> for ArchivedApart
+where
+    T: rkyv::Archive,
+    T::Archived: rkyv::Deserialize<T, D>,
+    D: rkyv::rancor::Fallible + ?Sized,
+{
+    fn deserialize_with(field: &rkyv::vec::ArchivedVec<T::Archived>, deserializer: &mut D) -> Result<Vec<T>, D::Error> {
+        <Headroom as rkyv::with::DeserializeWith<_, Vec<T>, D>>::deserialize_with(field, deserializer)
+    }
+}
 
 impl<T: rkyv::Archive> rkyv::with::ArchiveWith<VecDeque<T>> for ArchivedApart {
     type Archived = rkyv::vec::ArchivedVec<T::Archived>;

@@ -200,6 +200,139 @@ struct ChatPublicPts {
     public_pts: Pts,
 }
 
+/// Messages of a chat in a checkpoint (version 8), after the chat's piece: from `first` on,
+/// [`MESSAGES_PER_PIECE`] at most. A message with nothing but a sender, a date, a random_id
+/// and a text goes in columns (24 bytes and its text, against 128 and its text for a
+/// [`Message`]); an edited, deleted, replying or forwarded one whole, with its place. A message's
+/// media is in the chat's media piece, as before.
+#[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+struct ChatMessages {
+    chat: ChatId,
+    first: MessageId,
+    /// How many messages the chat holds: the last piece ends there.
+    total: u64,
+    senders: Vec<UserId>,
+    dates: Vec<UnixMs>,
+    random_ids: Vec<RandomId>,
+    /// Where each text in the columns ends in `texts`.
+    text_ends: Vec<u32>,
+    texts: String,
+    /// Where each whole message goes among all of this piece's, ascending.
+    whole_at: Vec<u32>,
+    whole: Vec<Message>,
+}
+
+impl ChatMessages {
+    /// The piece of `chat`'s messages from index `from` on.
+    fn new(chat: &Chat, from: usize) -> ChatMessages {
+        let messages = &chat.messages[from..chat.messages.len().min(from + MESSAGES_PER_PIECE)];
+        let mut out = ChatMessages {
+            chat: chat.id,
+            first: MessageId(from as u64 + 1),
+            total: chat.messages.len() as u64,
+            senders: Vec::with_capacity(messages.len()),
+            dates: Vec::with_capacity(messages.len()),
+            random_ids: Vec::with_capacity(messages.len()),
+            text_ends: Vec::with_capacity(messages.len()),
+            texts: String::with_capacity(messages.iter().map(|message| message.text.len()).sum()),
+            whole_at: Vec::new(),
+            whole: Vec::new(),
+        };
+        for (at, message) in messages.iter().enumerate() {
+            let Message {
+                id,
+                chat: of,
+                sender,
+                date,
+                random_id,
+                text,
+                reply_to,
+                forwarded_from,
+                edit_date,
+                deleted,
+                ..
+            } = message;
+            let plain = *id == MessageId((from + at) as u64 + 1)
+                && *of == chat.id
+                && reply_to.is_none()
+                && forwarded_from.is_none()
+                && edit_date.is_none()
+                && !deleted;
+            if plain {
+                out.senders.push(*sender);
+                out.dates.push(*date);
+                out.random_ids.push(*random_id);
+                out.texts.push_str(text);
+                out.text_ends.push(out.texts.len() as u32);
+            } else {
+                out.whole_at.push(at as u32);
+                // Its media is in the chat's media piece; only the archived fields matter here.
+                out.whole.push(Message { media: None, ..message.clone() });
+            }
+        }
+        out
+    }
+
+    /// Appends the messages to `chat`'s, which must end right before them. `at_most` bounds
+    /// the room made for the chat's messages, as the checkpoint is not verified yet.
+    fn restore_into(self, chat: &mut Chat, at_most: usize) -> std::result::Result<(), RestoreError> {
+        let ChatMessages { chat: _, first, total, senders, dates, random_ids, text_ends, texts, whole_at, whole } =
+            self;
+        let plain = senders.len();
+        if dates.len() != plain
+            || random_ids.len() != plain
+            || text_ends.len() != plain
+            || whole_at.len() != whole.len()
+        {
+            return Err(RestoreError::Format("a chat's messages come in columns of different lengths"));
+        }
+        if first != chat.top_message().next() {
+            return Err(RestoreError::Format("a chat's messages are out of order or missing"));
+        }
+        let count = plain + whole.len();
+        if count > MESSAGES_PER_PIECE || first.0 - 1 + count as u64 > total {
+            return Err(RestoreError::Format("a piece holds more messages than its chat"));
+        }
+        if chat.messages.is_empty() {
+            // Room for all of them at once, and to grow as `Headroom` gives it.
+            chat.messages.reserve_exact(restored_capacity((total as usize).min(at_most)));
+        }
+        let mut whole = whole_at.into_iter().zip(whole).peekable();
+        let mut columns = senders.into_iter().zip(dates).zip(random_ids).zip(text_ends);
+        let mut text_start = 0;
+        for at in 0..count {
+            let id = MessageId(first.0 + at as u64);
+            let message = match whole.next_if(|(whole_at, _)| *whole_at as usize == at) {
+                Some((_, message)) if message.id == id && message.chat == chat.id => message,
+                Some(_) => return Err(RestoreError::Format("a whole message out of its place")),
+                None => {
+                    let (((sender, date), random_id), text_end) =
+                        columns.next().ok_or(RestoreError::Format("a chat's whole messages are out of place"))?;
+                    let text = texts
+                        .get(text_start..text_end as usize)
+                        .ok_or(RestoreError::Format("a message's text is out of its piece"))?;
+                    text_start = text_end as usize;
+                    Message {
+                        id,
+                        chat: chat.id,
+                        sender,
+                        date,
+                        random_id,
+                        text: text.to_string(),
+                        reply_to: None,
+                        forwarded_from: None,
+                        edit_date: None,
+                        deleted: false,
+                        media: None,
+                    }
+                }
+            };
+            chat.messages.push(message);
+        }
+        Ok(())
+    }
+}
+
 /// A box's entries in a checkpoint (version 8), after the user's piece. Most of a box is new
 /// messages dated as their entry and numbered one after the other: those go in four columns of
 /// 8 bytes, 32 bytes an entry against 64 for a [`Sequenced`]. Any other entry is kept whole,
@@ -395,11 +528,12 @@ struct AuthorizationsHeader {
 /// [`PIECE_IDEMPOTENCY_COUNT`] piece after the media releases says how many entries follow,
 /// and [`PIECE_IDEMPOTENCY`] pieces carry them, oldest first, between the other pieces.
 ///
-/// Version 8 writes a box's entries and a chat's log in pieces of their own, most entries in
-/// a few bytes: a [`BoxEntries`] piece after each user whose box holds entries, a [`ChatLog`]
-/// piece after each chat whose log holds some. The user and chat pieces keep their layout and
-/// hold those vectors empty. At 10 M private messages this took a third off the checkpoint.
-/// Older versions hold the entries inline, and cannot have these pieces.
+/// Version 8 writes a chat's messages and log and a box's entries in pieces of their own, most
+/// of them in a few bytes: [`ChatMessages`] pieces after each chat (at least one, the last
+/// ending at the chat's newest message), a [`ChatLog`] piece after each chat whose log holds
+/// entries, a [`BoxEntries`] piece after each user whose box holds some. The chat and user
+/// pieces keep their layout and hold those vectors empty. Older versions hold them inline,
+/// and cannot have these pieces.
 const SNAPSHOT_MAGIC: &[u8; 8] = b"FGMSNAP8";
 const SNAPSHOT_MAGIC_V7: &[u8; 8] = b"FGMSNAP7";
 const SNAPSHOT_MAGIC_V6: &[u8; 8] = b"FGMSNAP6";
@@ -430,6 +564,12 @@ const PIECE_IDEMPOTENCY: u64 = 11;
 const PIECE_BOX_ENTRIES: u64 = 12;
 /// One chat's log ([`ChatLog`], never empty), right after the chat's piece.
 const PIECE_CHAT_LOG: u64 = 13;
+/// The next messages of a chat ([`ChatMessages`]), right after the chat's piece, in order.
+const PIECE_CHAT_MESSAGES: u64 = 14;
+/// Messages in one [`ChatMessages`] piece (a few in unit tests, so chats span several). A
+/// piece stays far under the 2 GiB an archive can address however long its texts, and so
+/// does a chat's own piece however many messages it has.
+const MESSAGES_PER_PIECE: usize = if cfg!(test) { 3 } else { 4096 };
 /// Idempotency entries in one piece (1 MiB of them; a few in unit tests, so their windows span
 /// several pieces).
 const IDEMPOTENCY_ENTRIES_PER_PIECE: usize = if cfg!(test) { 7 } else { 32 * 1024 };
@@ -726,6 +866,8 @@ impl MessagingCore {
         let pieces_at_most = snapshot.len() / 16;
         state.users.reserve((header.users as usize).min(pieces_at_most));
         state.chats.reserve((header.chats as usize).min(pieces_at_most));
+        // Since version 8: how many messages each chat's message pieces say it holds.
+        let mut message_totals: Map<ChatId, u64> = Map::default();
         // Users and chats come in any order (a checkpoint taken piece by piece writes first
         // whatever was about to change).
         while !pieces.is_empty() {
@@ -772,6 +914,19 @@ impl MessagingCore {
                     }
                     user.update_box.entries = entries.into_entries()?;
                 }
+                PIECE_CHAT_MESSAGES if pieces.version >= 8 => {
+                    let messages: ChatMessages = pieces.next(PIECE_CHAT_MESSAGES)?;
+                    let chat = state.chats.get_mut(&messages.chat).ok_or(RestoreError::Format(
+                        "messages of a chat the checkpoint does not hold (or not before them)",
+                    ))?;
+                    let total = messages.total;
+                    if *message_totals.entry(chat.id).or_insert(total) != total {
+                        return Err(RestoreError::Format("a chat's message pieces disagree on how many there are"));
+                    }
+                    // A message in a piece takes at least its sender, date, random_id and
+                    // text end: 28 bytes.
+                    messages.restore_into(chat, snapshot.len() / 28)?;
+                }
                 PIECE_CHAT_LOG if pieces.version >= 8 => {
                     let log: ChatLog = pieces.next(PIECE_CHAT_LOG)?;
                     let chat = state.chats.get_mut(&log.chat).ok_or(RestoreError::Format(
@@ -788,6 +943,12 @@ impl MessagingCore {
                 }
                 _ => return Err(RestoreError::Format("a piece of unknown kind")),
             }
+        }
+        if pieces.version >= 8
+            && (message_totals.len() != state.chats.len()
+                || state.chats.values().any(|chat| message_totals.get(&chat.id) != Some(&(chat.messages.len() as u64))))
+        {
+            return Err(RestoreError::Format("the checkpoint misses messages of a chat"));
         }
         if idempotency_count.is_some_and(|count| state.idempotency_order.len() as u64 != count) {
             return Err(RestoreError::Format("the checkpoint misses idempotency entries it counts"));
@@ -1758,6 +1919,15 @@ fn user_push(state: &State, user: UserId) -> Option<UserPush> {
 /// piece when it holds media messages.
 fn push_chat(out: &mut ChunkedBytes, chat: &Chat) {
     push_piece(out, PIECE_CHAT, chat);
+    // At least one, so a chat whose message pieces were all lost is told from one without.
+    let mut from = 0;
+    loop {
+        push_piece(out, PIECE_CHAT_MESSAGES, &ChatMessages::new(chat, from));
+        from += MESSAGES_PER_PIECE;
+        if from >= chat.messages.len() {
+            break;
+        }
+    }
     if !chat.log.is_empty() {
         push_piece(out, PIECE_CHAT_LOG, &ChatLog::new(chat));
     }
@@ -2575,8 +2745,85 @@ mod tests {
         let logged: usize = core.state().chats.values().map(|chat| chat.log.len()).sum();
         assert_eq!(implied + whole, logged);
         assert!(whole > 0 && implied > whole, "log entries: {implied} implied, {whole} whole");
+        let (mut plain, mut whole) = (0, 0);
+        for (_, piece) in pieces.iter().filter(|(kind, _)| *kind == PIECE_CHAT_MESSAGES) {
+            let messages = rkyv::from_bytes::<ChatMessages, rkyv::rancor::Error>(&body(piece)).expect("decodes");
+            plain += messages.senders.len();
+            whole += messages.whole.len();
+            let plain_ones = messages.whole.iter().filter(|m| !m.deleted && m.edit_date.is_none());
+            assert_eq!(plain_ones.count(), 0, "only edited and deleted messages are whole here");
+        }
+        let messages: usize = core.state().chats.values().map(|chat| chat.messages.len()).sum();
+        assert_eq!(plain + whole, messages);
+        assert!(whole > 0 && plain > whole, "messages: {plain} in columns, {whole} whole");
+        let pieces_of = |kind| pieces.iter().filter(|(of, _)| *of == kind).count();
+        assert!(pieces_of(PIECE_CHAT_MESSAGES) > pieces_of(PIECE_CHAT), "chats span several message pieces");
         let version_7 = include_bytes!("testdata/checkpoint-v7.bin");
         assert!(bytes.len() < version_7.len(), "{} bytes, {} in version 7", bytes.len(), version_7.len());
+    }
+
+    /// Proves a chat's messages restore whole from their pieces, a message that is more than a
+    /// sender, a date, a random_id and a text included, and that a checkpoint missing any
+    /// piece of them, or holding them out of order, is refused. A chat without messages has a
+    /// piece too, so losing it is seen.
+    #[test]
+    fn chat_messages_restore_in_order_and_whole_or_not_at_all() {
+        let mut core = varied_state();
+        let mut journal = MemoryJournal(1000);
+        let users: Vec<UserId> = core.state().users.keys().copied().collect();
+        let Response::Chat(quiet) =
+            call(&mut core, &mut journal, Request::OpenPrivate { user: users[0], peer: users[5] })
+        else {
+            panic!()
+        };
+        let (chat, sender) = {
+            let chat = core.state().chats.values().find(|chat| chat.messages.len() >= 5).expect("a chat");
+            (chat.id, chat.messages[0].sender)
+        };
+        let reply = SendRequest {
+            chat,
+            sender,
+            session: None,
+            random_id: RandomId(77),
+            text: "réponse ✓".into(),
+            reply_to: Some(MessageId(2)),
+            forwarded_from: None,
+            media: None,
+        };
+        call(&mut core, &mut journal, Request::Send(reply));
+        let bytes = core.snapshot().to_vec();
+        let mut restored = MessagingCore::new(ShardId(0), Arc::new(VShardTable::round_robin(1)));
+        restored.restore(&bytes).expect("restores");
+        assert_eq!(digest(restored.state()), digest(core.state()));
+        assert!(restored.state().chats[&quiet].messages.is_empty());
+
+        let pieces = split_pieces(&bytes);
+        let chat_of = |piece: &[u8]| {
+            let length = u64::from_le_bytes(piece[8..16].try_into().expect("8 bytes")) as usize;
+            let mut aligned = rkyv::util::AlignedVec::<16>::new();
+            aligned.extend_from_slice(&piece[16..16 + length]);
+            rkyv::from_bytes::<ChatMessages, rkyv::rancor::Error>(&aligned).expect("decodes").chat
+        };
+        let of_quiet = pieces.iter().position(|(kind, piece)| *kind == PIECE_CHAT_MESSAGES && chat_of(piece) == quiet);
+        let of_chat: Vec<usize> = (0..pieces.len())
+            .filter(|&at| pieces[at].0 == PIECE_CHAT_MESSAGES && chat_of(pieces[at].1) == chat)
+            .collect();
+        assert!(of_chat.len() >= 2, "{of_chat:?}");
+        let without = |lost: usize| {
+            join_pieces(SNAPSHOT_MAGIC, pieces.iter().enumerate().filter(|(at, _)| *at != lost).map(|(_, p)| p.1))
+        };
+        let mut swapped: Vec<&[u8]> = pieces.iter().map(|(_, piece)| *piece).collect();
+        swapped.swap(of_chat[0], of_chat[1]);
+        let damaged = [
+            without(of_quiet.expect("the quiet chat has its piece")),
+            without(of_chat[0]),
+            without(*of_chat.last().expect("some")),
+            join_pieces(SNAPSHOT_MAGIC, swapped),
+        ];
+        for (index, damaged) in damaged.iter().enumerate() {
+            let mut refused = MessagingCore::new(ShardId(0), Arc::new(VShardTable::round_robin(1)));
+            assert!(matches!(refused.restore(damaged), Err(RestoreError::Format(_))), "damage {index} is refused");
+        }
     }
 
     /// Proves the compact forms keep what does not fit them whole: a gap in the pts, an entry
@@ -2732,7 +2979,7 @@ mod tests {
         // idempotency pieces of version 7, nor the entries of version 8).
         let no_media = |kind: u64| {
             ![PIECE_MEDIA_RELEASES, PIECE_CHAT_MEDIA, PIECE_IDEMPOTENCY_COUNT, PIECE_IDEMPOTENCY].contains(&kind)
-                && ![PIECE_BOX_ENTRIES, PIECE_CHAT_LOG].contains(&kind)
+                && ![PIECE_BOX_ENTRIES, PIECE_CHAT_LOG, PIECE_CHAT_MESSAGES].contains(&kind)
         };
         let version_4 =
             join_pieces(SNAPSHOT_MAGIC_V4, pieces.iter().filter(|(kind, _)| no_media(*kind)).map(|(_, p)| *p));
