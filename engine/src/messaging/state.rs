@@ -179,6 +179,28 @@ pub struct Consequence {
 }
 
 impl Chat {
+    /// A group of no members and no messages, for tests.
+    #[cfg(test)]
+    pub(crate) fn empty(id: ChatId) -> Chat {
+        Chat {
+            id,
+            kind: ChatKind::Group,
+            title: String::new(),
+            creator: UserId(1),
+            members: BTreeMap::new(),
+            messages: Vec::new(),
+            pts: Pts::ZERO,
+            last_date: UnixMs(0),
+            pinned: None,
+            fanout_on_read: false,
+            read_outbox_max: MessageId(0),
+            log: VecDeque::new(),
+            random_ids: Map::default(),
+            media_index: Map::default(),
+            public_pts: Pts::ZERO,
+        }
+    }
+
     pub fn message(&self, id: MessageId) -> Option<&Message> {
         (id.0 >= 1).then(|| self.messages.get(id.0 as usize - 1)).flatten()
     }
@@ -819,32 +841,12 @@ mod tests {
             let date = UnixMs(1_000 * index);
             chats
                 .entry(chat)
-                .or_insert_with(|| empty_chat(chat))
+                .or_insert_with(|| Chat::empty(chat))
                 .random_ids
                 .insert((sender, random_id), Remembered { id: MessageId(index + 1), content_hash: 0, date });
             order.push_back((date, chat, sender, random_id));
         }
         (order, chats)
-    }
-
-    fn empty_chat(id: ChatId) -> Chat {
-        Chat {
-            id,
-            kind: ChatKind::Group,
-            title: String::new(),
-            creator: UserId(1),
-            members: BTreeMap::new(),
-            messages: Vec::new(),
-            pts: Pts::ZERO,
-            last_date: UnixMs(0),
-            pinned: None,
-            fanout_on_read: false,
-            read_outbox_max: MessageId(0),
-            log: VecDeque::new(),
-            random_ids: Map::default(),
-            media_index: Map::default(),
-            public_pts: Pts::ZERO,
-        }
     }
 
     fn remembered(chats: &Map<ChatId, Chat>) -> BTreeSet<(ChatId, UserId, RandomId, UnixMs)> {

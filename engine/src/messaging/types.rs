@@ -320,68 +320,46 @@ where
 #[derive(Debug)]
 pub struct ArchivedApart;
 
-impl<T: rkyv::Archive> rkyv::with::ArchiveWith<Vec<T>> for ArchivedApart {
-    type Archived = rkyv::vec::ArchivedVec<T::Archived>;
-    type Resolver = rkyv::vec::VecResolver;
+/// `ArchivedApart` for one kind of vector: archived empty, restored through `Headroom`.
+macro_rules! archived_apart {
+    ($vector:ident) => {
+        impl<T: rkyv::Archive> rkyv::with::ArchiveWith<$vector<T>> for ArchivedApart {
+            type Archived = rkyv::vec::ArchivedVec<T::Archived>;
+            type Resolver = rkyv::vec::VecResolver;
 
-    fn resolve_with(_: &Vec<T>, resolver: Self::Resolver, out: rkyv::Place<Self::Archived>) {
-        rkyv::vec::ArchivedVec::resolve_from_len(0, resolver, out);
-    }
+            fn resolve_with(_: &$vector<T>, resolver: Self::Resolver, out: rkyv::Place<Self::Archived>) {
+                rkyv::vec::ArchivedVec::resolve_from_len(0, resolver, out);
+            }
+        }
+
+        impl<T, S> rkyv::with::SerializeWith<$vector<T>, S> for ArchivedApart
+        where
+            T: rkyv::Serialize<S>,
+            S: rkyv::rancor::Fallible + rkyv::ser::Allocator + rkyv::ser::Writer + ?Sized,
+        {
+            fn serialize_with(_: &$vector<T>, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+                rkyv::vec::ArchivedVec::<T::Archived>::serialize_from_slice::<T, S>(&[], serializer)
+            }
+        }
+
+        impl<T, D> rkyv::with::DeserializeWith<rkyv::vec::ArchivedVec<T::Archived>, $vector<T>, D> for ArchivedApart
+        where
+            T: rkyv::Archive,
+            T::Archived: rkyv::Deserialize<T, D>,
+            D: rkyv::rancor::Fallible + ?Sized,
+        {
+            fn deserialize_with(
+                field: &rkyv::vec::ArchivedVec<T::Archived>,
+                deserializer: &mut D,
+            ) -> Result<$vector<T>, D::Error> {
+                <Headroom as rkyv::with::DeserializeWith<_, $vector<T>, D>>::deserialize_with(field, deserializer)
+            }
+        }
+    };
 }
 
-impl<T, S> rkyv::with::SerializeWith<Vec<T>, S> for ArchivedApart
-where
-    T: rkyv::Serialize<S>,
-    S: rkyv::rancor::Fallible + rkyv::ser::Allocator + rkyv::ser::Writer + ?Sized,
-{
-    fn serialize_with(_: &Vec<T>, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
-        rkyv::vec::ArchivedVec::<T::Archived>::serialize_from_slice::<T, S>(&[], serializer)
-    }
-}
-
-impl<T, D> rkyv::with::DeserializeWith<rkyv::vec::ArchivedVec<T::Archived>, Vec<T>, D> for ArchivedApart
-where
-    T: rkyv::Archive,
-    T::Archived: rkyv::Deserialize<T, D>,
-    D: rkyv::rancor::Fallible + ?Sized,
-{
-    fn deserialize_with(field: &rkyv::vec::ArchivedVec<T::Archived>, deserializer: &mut D) -> Result<Vec<T>, D::Error> {
-        <Headroom as rkyv::with::DeserializeWith<_, Vec<T>, D>>::deserialize_with(field, deserializer)
-    }
-}
-
-impl<T: rkyv::Archive> rkyv::with::ArchiveWith<VecDeque<T>> for ArchivedApart {
-    type Archived = rkyv::vec::ArchivedVec<T::Archived>;
-    type Resolver = rkyv::vec::VecResolver;
-
-    fn resolve_with(_: &VecDeque<T>, resolver: Self::Resolver, out: rkyv::Place<Self::Archived>) {
-        rkyv::vec::ArchivedVec::resolve_from_len(0, resolver, out);
-    }
-}
-
-impl<T, S> rkyv::with::SerializeWith<VecDeque<T>, S> for ArchivedApart
-where
-    T: rkyv::Serialize<S>,
-    S: rkyv::rancor::Fallible + rkyv::ser::Allocator + rkyv::ser::Writer + ?Sized,
-{
-    fn serialize_with(_: &VecDeque<T>, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
-        rkyv::vec::ArchivedVec::<T::Archived>::serialize_from_slice::<T, S>(&[], serializer)
-    }
-}
-
-impl<T, D> rkyv::with::DeserializeWith<rkyv::vec::ArchivedVec<T::Archived>, VecDeque<T>, D> for ArchivedApart
-where
-    T: rkyv::Archive,
-    T::Archived: rkyv::Deserialize<T, D>,
-    D: rkyv::rancor::Fallible + ?Sized,
-{
-    fn deserialize_with(
-        field: &rkyv::vec::ArchivedVec<T::Archived>,
-        deserializer: &mut D,
-    ) -> Result<VecDeque<T>, D::Error> {
-        <Headroom as rkyv::with::DeserializeWith<_, VecDeque<T>, D>>::deserialize_with(field, deserializer)
-    }
-}
+archived_apart!(Vec);
+archived_apart!(VecDeque);
 
 /// How a client shows a media message's file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]

@@ -2245,20 +2245,8 @@ mod tests {
             };
             chats.push((chat, pair[0], pair[1]));
         }
-        let send = |chat, sender, random_id: u64| {
-            Request::Send(SendRequest {
-                chat,
-                sender,
-                session: None,
-                random_id: RandomId(random_id),
-                text: format!("text {random_id}"),
-                reply_to: None,
-                forwarded_from: None,
-                media: None,
-            })
-        };
         for (index, &(chat, sender, _)) in chats.iter().enumerate() {
-            call(&mut core, &mut journal, send(chat, sender, index as u64 + 1));
+            call(&mut core, &mut journal, send_text(chat, sender, index as u64 + 1));
         }
         // Begin; then change half the chats and boxes between small steps.
         let window = core.state().idempotency_order.len();
@@ -2279,16 +2267,16 @@ mod tests {
                 // chats changed in the first round) and in boxes changed first now (chat 11).
                 journal.1 = HISTORY_AGE_MS_MAX + 1;
                 let (chat, sender, _) = chats[11];
-                call(&mut core, &mut journal, send(chat, sender, 11_000));
+                call(&mut core, &mut journal, send_text(chat, sender, 11_000));
                 // And a random_id of a send from before the checkpoint, out of its window now:
                 // a new message, which replaces the remembered one.
                 let (chat, sender, _) = chats[0];
-                let Response::Sent(ack) = call(&mut core, &mut journal, send(chat, sender, 1)) else { panic!() };
+                let Response::Sent(ack) = call(&mut core, &mut journal, send_text(chat, sender, 1)) else { panic!() };
                 assert!(!ack.duplicate && ack.id != MessageId(1), "{ack:?}");
             }
             for &(chat, sender, reader) in chats.iter().step_by(2) {
                 random_id += 1;
-                call(&mut core, &mut journal, send(chat, sender, random_id));
+                call(&mut core, &mut journal, send_text(chat, sender, random_id));
                 call(&mut core, &mut journal, Request::ReadHistory { chat, user: reader, max_id: MessageId(1) });
             }
             let (chat, sender, _) = chats[3];
@@ -2312,7 +2300,7 @@ mod tests {
                     Request::Pin { chat: chats[7].0, user: chats[7].1, id: Some(MessageId(1)) },
                 );
                 let (chat_9, sender_9, _) = chats[9];
-                call(&mut core, &mut journal, send(chat_9, sender_9, 9_000));
+                call(&mut core, &mut journal, send_text(chat_9, sender_9, 9_000));
                 let edit = Request::Edit { chat: chat_9, user: sender_9, id: MessageId(2), text: "new, edited".into() };
                 call(&mut core, &mut journal, edit);
                 call(
@@ -2374,6 +2362,20 @@ mod tests {
         let position = effects.replies.iter().position(|(replied, _)| *replied == origin).expect("answered");
         let (_, result) = effects.replies.remove(position);
         (result, effects)
+    }
+
+    /// A plain send of "text {random_id}".
+    fn send_text(chat: ChatId, sender: UserId, random_id: u64) -> Request {
+        Request::Send(SendRequest {
+            chat,
+            sender,
+            session: None,
+            random_id: RandomId(random_id),
+            text: format!("text {random_id}"),
+            reply_to: None,
+            forwarded_from: None,
+            media: None,
+        })
     }
 
     fn try_call(core: &mut MessagingCore, journal: &mut MemoryJournal, request: Request) -> MessagingResult<Response> {
@@ -2614,18 +2616,6 @@ mod tests {
         let mut journal = MemoryJournal(1);
         let users: Vec<UserId> =
             (0..6).map(|index| sign_up_user(&mut core, &mut journal, &format!("+1555010{index:04}"))).collect();
-        let send = |chat, sender, random_id: u64| {
-            Request::Send(SendRequest {
-                chat,
-                sender,
-                session: None,
-                random_id: RandomId(random_id),
-                text: format!("text {random_id}"),
-                reply_to: None,
-                forwarded_from: None,
-                media: None,
-            })
-        };
         let mut random_id = 0;
         let mut privates = Vec::new();
         for pair in users.chunks(2) {
@@ -2634,7 +2624,7 @@ mod tests {
             privates.push((chat, pair[0], pair[1]));
             for turn in 0..5 {
                 random_id += 1;
-                call(&mut core, &mut journal, send(chat, pair[turn % 2], random_id));
+                call(&mut core, &mut journal, send_text(chat, pair[turn % 2], random_id));
             }
         }
         let create = Request::CreateChat {
@@ -2646,7 +2636,7 @@ mod tests {
         let Response::Chat(group) = call(&mut core, &mut journal, create) else { panic!() };
         for &sender in &users[0..4] {
             random_id += 1;
-            call(&mut core, &mut journal, send(group, sender, random_id));
+            call(&mut core, &mut journal, send_text(group, sender, random_id));
         }
         let (chat, sender, reader) = privates[0];
         call(&mut core, &mut journal, Request::Edit { chat, user: sender, id: MessageId(1), text: "edited".into() });
@@ -2670,13 +2660,13 @@ mod tests {
         call(&mut core, &mut journal, Request::ReadHistory { chat: group, user: users[4], max_id: MessageId(4) });
         for &sender in &[users[0], users[4], users[1]] {
             random_id += 1;
-            call(&mut core, &mut journal, send(group, sender, random_id));
+            call(&mut core, &mut journal, send_text(group, sender, random_id));
         }
         let delete = Request::Delete { chat: group, user: users[0], ids: vec![MessageId(1)], for_everyone: true };
         call(&mut core, &mut journal, delete);
         let (chat, sender, _) = privates[1];
         random_id += 1;
-        call(&mut core, &mut journal, send(chat, sender, random_id));
+        call(&mut core, &mut journal, send_text(chat, sender, random_id));
         core
     }
 
@@ -2878,23 +2868,8 @@ mod tests {
             deleted: false,
             media: None,
         };
-        let mut chat = Chat {
-            id: ChatId(9),
-            kind: ChatKind::Group,
-            title: String::new(),
-            creator: UserId(1),
-            members: BTreeMap::new(),
-            messages: vec![message(1, 1, 10), message(2, 2, 20), message(3, 1, 30)],
-            pts: Pts(6),
-            last_date: UnixMs(30),
-            pinned: None,
-            fanout_on_read: false,
-            read_outbox_max: MessageId(0),
-            log: VecDeque::new(),
-            random_ids: Map::default(),
-            media_index: Map::default(),
-            public_pts: Pts(6),
-        };
+        let mut chat = Chat::empty(ChatId(9));
+        chat.messages = vec![message(1, 1, 10), message(2, 2, 20), message(3, 1, 30)];
         let announce = |pts: u64, id: u64, sender: u64, date: u64, only_for: Option<UserId>| ChatLogEntry {
             entry: new_message(pts, date, id, sender),
             only_for,
