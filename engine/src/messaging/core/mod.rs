@@ -437,18 +437,16 @@ impl ChatLog {
         let mut previous: Option<Pts> = None;
         for ChatLogEntry { entry, only_for } in &chat.log {
             let follows = previous.is_none_or(|previous| entry.pts == previous.next());
-            let implied = match entry.update {
-                Update::NewMessage { chat: of, id, sender, date } => {
-                    follows
+            match entry.update {
+                Update::NewMessage { chat: of, id, sender, date }
+                    if follows
                         && of == chat.id
                         && only_for.is_none()
                         && date == entry.date
-                        && chat.message(id).is_some_and(|message| message.sender == sender && message.date == date)
+                        && chat.message(id).is_some_and(|message| message.sender == sender && message.date == date) =>
+                {
+                    out.ids.push(id)
                 }
-                _ => false,
-            };
-            match entry.update {
-                Update::NewMessage { id, .. } if implied => out.ids.push(id),
                 _ => {
                     out.ids.push(MessageId(0));
                     out.whole.push(ChatLogEntry { entry: entry.clone(), only_for: *only_for });
