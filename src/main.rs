@@ -1,10 +1,12 @@
 //! The `ferrogram` binary: `serve` (the server), the command-line client (`login`, `chat`,
 //! `send`, ...), `stress` (durable appends on every shard, with figures), `bench-messaging`
 //! (messaging benchmarks through the embedding API), `admin check` (verify a data
-//! directory's logs offline) and `admin stats` (a running server's media storage figures).
+//! directory's logs offline), `admin stats` (a running server's media storage figures) and
+//! `admin first-touch` (what fresh memory costs on this machine).
 
 mod admin;
 mod client;
+mod first_touch;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -38,7 +40,8 @@ enum Command {
     /// In-process messaging benchmarks through the Messenger API: private-chat sends, group
     /// sends, a channel post to every online subscriber, history pages, restart time.
     BenchMessaging(BenchMessagingArgs),
-    /// Operators' tools: `check` a data directory offline, `stats` of a running server.
+    /// Operators' tools: `check` a data directory offline, `stats` of a running server,
+    /// `first-touch` cost of fresh memory on this machine.
     #[command(subcommand)]
     Admin(AdminCommand),
 }
@@ -181,6 +184,20 @@ enum AdminCommand {
         #[arg(long, value_name = "ADDR")]
         metrics: std::net::SocketAddr,
     },
+    /// How long this machine takes to hand a process fresh memory: memory left free a while
+    /// against memory freed a moment before. A virtual machine whose host takes back free
+    /// memory shows the first many times slower, and every restart pays it.
+    FirstTouch {
+        /// GiB to touch in each of the two rounds.
+        #[arg(long, default_value_t = 4)]
+        gib: usize,
+        /// Seconds to leave memory free before the first round.
+        #[arg(long, default_value_t = 20)]
+        settle_secs: u64,
+        /// CPU to pin the probe to.
+        #[arg(long)]
+        cpu: Option<usize>,
+    },
 }
 
 /// Structured logs on standard error; `RUST_LOG` filters them (default: info).
@@ -210,6 +227,9 @@ fn main() -> anyhow::Result<()> {
         Command::BenchMessaging(args) => bench_messaging_command(args),
         Command::Admin(AdminCommand::Check { data_dir }) => check_command(&data_dir),
         Command::Admin(AdminCommand::Stats { metrics }) => admin::stats(metrics),
+        Command::Admin(AdminCommand::FirstTouch { gib, settle_secs, cpu }) => {
+            first_touch::run(gib, Duration::from_secs(settle_secs), cpu)
+        }
     }
 }
 

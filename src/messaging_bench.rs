@@ -1592,7 +1592,8 @@ fn thread_cpu_seconds() -> Vec<(String, f64)> {
     by_name
 }
 
-fn pin_current_thread(cpu: usize) -> anyhow::Result<()> {
+/// Pins the calling thread to `cpu`.
+pub fn pin_current_thread(cpu: usize) -> anyhow::Result<()> {
     // SAFETY: cpu_set_t is plain data; an all-zero set is a valid empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     if cpu >= libc::CPU_SETSIZE as usize {
