@@ -87,7 +87,8 @@ fn main() {
     );
 }
 
-/// Archives each part of the state on its own and prints its bytes per message.
+/// Archives each part of the state on its own, as a plain vector where the state keeps it in
+/// chunks, and prints its bytes per message.
 fn print_composition(core: &MessagingCore, messages: u64) {
     fn archived<T>(value: &T) -> u64
     where
@@ -104,12 +105,12 @@ fn print_composition(core: &MessagingCore, messages: u64) {
     let state = core.state();
     let mut parts = [("messages", 0), ("chat logs", 0), ("random_ids", 0), ("box entries", 0), ("dialogs", 0)];
     for chat in state.chats.values() {
-        parts[0].1 += archived(&chat.messages);
-        parts[1].1 += archived(&chat.log);
+        parts[0].1 += archived(&chat.messages.iter().cloned().collect::<Vec<_>>());
+        parts[1].1 += archived(&chat.log.iter().cloned().collect::<Vec<_>>());
         parts[2].1 += archived(&chat.random_ids);
     }
     for user in state.users.values() {
-        parts[3].1 += archived(&user.update_box.entries);
+        parts[3].1 += archived(&user.update_box.entries.iter().cloned().collect::<Vec<_>>());
         parts[4].1 += archived(&user.update_box.dialogs);
     }
     let order = ("idempotency order", archived(&state.idempotency_order));

@@ -2393,7 +2393,7 @@ struct ChatSnapshot {
 fn snapshot_chat(chat: &Chat) -> ChatSnapshot {
     ChatSnapshot {
         members: chat.members.iter().map(|(user, member)| (*user, member.role)).collect(),
-        messages: chat.messages.clone(),
+        messages: chat.messages.iter().cloned().collect(),
         hidden: chat.members.iter().map(|(user, member)| (*user, member.hidden.clone())).collect(),
     }
 }

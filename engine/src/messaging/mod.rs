@@ -2,6 +2,7 @@
 //! and live delivery, as a sans-I/O core per shard (`core`) over the shard's WAL.
 
 pub mod api;
+pub mod chunked;
 pub mod core;
 pub mod driver;
 pub mod limits;

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use xxhash_rust::xxh3::Xxh3DefaultBuilder;
 
 use crate::ids::VShard;
+use crate::messaging::chunked::Chunked;
 use crate::messaging::limits::{
     BOX_HISTORY_MAX, CHAT_LOG_HISTORY_MAX, HISTORY_AGE_MS_MAX, IDEMPOTENCY_ENTRIES_MAX, IDEMPOTENCY_WINDOW_MS,
 };
@@ -86,7 +87,7 @@ pub struct UpdateBox {
     /// The newest updates, oldest first; bounded by count and age. Checkpoints write them in
     /// a piece of their own (`ArchivedApart`).
     #[rkyv(with = ArchivedApart)]
-    pub entries: VecDeque<Sequenced>,
+    pub entries: Chunked<Sequenced>,
     /// Per chat, the highest chat pts applied: fan-out is at-least-once, boxes make it once.
     pub applied: Map<ChatId, Pts>,
     pub dialogs: Map<ChatId, DialogState>,
@@ -119,7 +120,7 @@ pub struct Chat {
     /// Message `id` is at index `id - 1`. Checkpoints write them in pieces of their own
     /// (`ArchivedApart`).
     #[rkyv(with = ArchivedApart)]
-    pub messages: Vec<Message>,
+    pub messages: Chunked<Message>,
     /// The chat's own sequence: one per chat event, private ones included. It keys the
     /// event's fan-out (boxes apply each (chat, pts) once) and is never shown to clients.
     pub pts: Pts,
@@ -131,7 +132,7 @@ pub struct Chat {
     /// The newest events, oldest first, for `get_chat_difference`; bounded by count and age.
     /// Checkpoints write them in a piece of their own (`ArchivedApart`).
     #[rkyv(with = ArchivedApart)]
-    pub log: VecDeque<ChatLogEntry>,
+    pub log: Chunked<ChatLogEntry>,
     pub random_ids: Map<(UserId, RandomId), Remembered>,
     /// Live (not deleted) media messages by their idempotency key, which keys their file
     /// reference. Derived from `messages`: not archived, rebuilt on restore.
@@ -188,13 +189,13 @@ impl Chat {
             title: String::new(),
             creator: UserId(1),
             members: BTreeMap::new(),
-            messages: Vec::new(),
+            messages: Chunked::new(),
             pts: Pts::ZERO,
             last_date: UnixMs(0),
             pinned: None,
             fanout_on_read: false,
             read_outbox_max: MessageId(0),
-            log: VecDeque::new(),
+            log: Chunked::new(),
             random_ids: Map::default(),
             media_index: Map::default(),
             public_pts: Pts::ZERO,
@@ -371,13 +372,13 @@ impl State {
                     title,
                     creator,
                     members: BTreeMap::new(),
-                    messages: Vec::new(),
+                    messages: Chunked::new(),
                     pts: Pts::ZERO,
                     last_date: date,
                     pinned: None,
                     fanout_on_read: kind == ChatKind::Channel,
                     read_outbox_max: MessageId(0),
-                    log: VecDeque::new(),
+                    log: Chunked::new(),
                     random_ids: Map::default(),
                     media_index: Map::default(),
                     public_pts: Pts::ZERO,
@@ -537,7 +538,7 @@ fn append_message(
         chat.media_index.insert((message.sender, message.random_id), message.id);
     }
     let update = Update::NewMessage { chat: id, id: message.id, sender: message.sender, date };
-    chat.messages.push(message);
+    chat.messages.push_back(message);
     push_log(chat, date, update);
 }
 
@@ -643,18 +644,18 @@ fn push_log(chat: &mut Chat, date: UnixMs, update: Update) {
     let pushed_out = log_entries_pushed_out(&chat.log, date);
     let entry = Sequenced { pts: chat.public_pts, date, update };
     chat.log.push_back(ChatLogEntry { entry, only_for: None });
-    chat.log.drain(..pushed_out);
+    chat.log.drop_front(pushed_out);
 }
 
 /// How many of a chat log's oldest entries an event dated `date`, if it enters the log,
 /// pushes out: beyond `CHAT_LOG_HISTORY_MAX` entries, and older than `HISTORY_AGE_MS_MAX`.
-pub fn log_entries_pushed_out(log: &VecDeque<ChatLogEntry>, date: UnixMs) -> usize {
+pub fn log_entries_pushed_out(log: &Chunked<ChatLogEntry>, date: UnixMs) -> usize {
     pushed_out(log, CHAT_LOG_HISTORY_MAX, date, |entry| entry.entry.date)
 }
 
 /// How many of `entries`' oldest one more entry dated `date` pushes out: beyond `max`, and
 /// those then at the front older than `HISTORY_AGE_MS_MAX` before it.
-fn pushed_out<T>(entries: &VecDeque<T>, max: usize, date: UnixMs, date_of: impl Fn(&T) -> UnixMs) -> usize {
+fn pushed_out<T>(entries: &Chunked<T>, max: usize, date: UnixMs, date_of: impl Fn(&T) -> UnixMs) -> usize {
     let by_count = (entries.len() + 1).saturating_sub(max);
     let expired = |entry: &&T| date_of(entry).0 + HISTORY_AGE_MS_MAX < date.0;
     by_count + entries.iter().skip(by_count).take_while(expired).count()
@@ -755,7 +756,7 @@ fn apply_box(
     let update = update.clone();
     apply_dialog(update_box, owner, &update, date);
     update_box.entries.push_back(Sequenced { pts, date, update });
-    update_box.entries.drain(..pushed_out);
+    update_box.entries.drop_front(pushed_out);
 }
 
 /// How many of a box's oldest entries the update of chat event (`chat`, `chat_pts`) dated
@@ -769,7 +770,7 @@ pub fn box_entries_pushed_out(update_box: &UpdateBox, chat: ChatId, chat_pts: Pt
 }
 
 /// How many of a box's oldest `entries` one more entry dated `date` pushes out.
-fn box_entries_over(entries: &VecDeque<Sequenced>, date: UnixMs) -> usize {
+fn box_entries_over(entries: &Chunked<Sequenced>, date: UnixMs) -> usize {
     pushed_out(entries, BOX_HISTORY_MAX, date, |entry| entry.date)
 }
 

@@ -4,10 +4,10 @@
 // rkyv's derive makes a public resolver type for each tuple-struct id, without `Debug`.
 #![allow(missing_debug_implementations)]
 
-use std::collections::VecDeque;
 use std::fmt;
 
 use crate::ids::{ShardId, VShard, VSHARD_COUNT};
+use crate::messaging::chunked::Chunked;
 
 /// Bits of an id that hold its vshard: routing an id is a mask (DESIGN §2).
 const VSHARD_BITS: u32 = VSHARD_COUNT.trailing_zeros();
@@ -242,58 +242,36 @@ where
     }
 }
 
-/// Archives a `Vec` or `VecDeque` as rkyv does, and restores it with the capacity growth would
-/// have given it live (the next power of two of its length), not its length alone.
+/// Archives a [`Chunked`] sequence as an empty vector, and restores it from whatever vector the
+/// archive holds.
 ///
-/// A chat's messages and log and a user's box are appended to right after a restore: the
-/// log's records after the checkpoint are replayed into them. Restored to their exact length,
-/// every one of them was reallocated and copied whole by its first append, which after a crash
-/// at 10 M messages copied gigabytes into fresh pages (see BENCHMARKS, "A crash at 10 M
-/// messages opens in 3.7–5.1 s"). The bytes on disk are the plain vector's.
+/// For a chat's messages and log and a box's entries, which checkpoints since version 8 write
+/// in pieces of their own, most of them in a few bytes (`ChatMessages`, `ChatLog` and
+/// `BoxEntries` in `messaging::core`). The archived layout is a plain vector's, so the chat
+/// and user pieces of older checkpoints, which hold them inline, restore through the same type.
 #[derive(Debug)]
-pub struct Headroom;
+pub struct ArchivedApart;
 
-/// The capacity a vector of `len` elements restores with: what doubling from empty gives.
-pub fn restored_capacity(len: usize) -> usize {
-    len.checked_next_power_of_two().unwrap_or(len)
-}
+impl<T: rkyv::Archive> rkyv::with::ArchiveWith<Chunked<T>> for ArchivedApart {
+    type Archived = rkyv::vec::ArchivedVec<T::Archived>;
+    type Resolver = rkyv::vec::VecResolver;
 
-// Archived as the field itself; only restoring differs.
-impl<F: rkyv::Archive> rkyv::with::ArchiveWith<F> for Headroom {
-    type Archived = F::Archived;
-    type Resolver = F::Resolver;
-
-    fn resolve_with(field: &F, resolver: F::Resolver, out: rkyv::Place<F::Archived>) {
-        field.resolve(resolver, out);
+    fn resolve_with(_: &Chunked<T>, resolver: Self::Resolver, out: rkyv::Place<Self::Archived>) {
+        rkyv::vec::ArchivedVec::resolve_from_len(0, resolver, out);
     }
 }
 
-impl<F, S> rkyv::with::SerializeWith<F, S> for Headroom
+impl<T, S> rkyv::with::SerializeWith<Chunked<T>, S> for ArchivedApart
 where
-    F: rkyv::Serialize<S>,
-    S: rkyv::rancor::Fallible + ?Sized,
+    T: rkyv::Serialize<S>,
+    S: rkyv::rancor::Fallible + rkyv::ser::Allocator + rkyv::ser::Writer + ?Sized,
 {
-    fn serialize_with(field: &F, serializer: &mut S) -> Result<F::Resolver, S::Error> {
-        field.serialize(serializer)
+    fn serialize_with(_: &Chunked<T>, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
+        rkyv::vec::ArchivedVec::<T::Archived>::serialize_from_slice::<T, S>(&[], serializer)
     }
 }
 
-impl<T, D> rkyv::with::DeserializeWith<rkyv::vec::ArchivedVec<T::Archived>, Vec<T>, D> for Headroom
-where
-    T: rkyv::Archive,
-    T::Archived: rkyv::Deserialize<T, D>,
-    D: rkyv::rancor::Fallible + ?Sized,
-{
-    fn deserialize_with(field: &rkyv::vec::ArchivedVec<T::Archived>, deserializer: &mut D) -> Result<Vec<T>, D::Error> {
-        let mut out = Vec::with_capacity(restored_capacity(field.len()));
-        for item in field.iter() {
-            out.push(rkyv::Deserialize::deserialize(item, deserializer)?);
-        }
-        Ok(out)
-    }
-}
-
-impl<T, D> rkyv::with::DeserializeWith<rkyv::vec::ArchivedVec<T::Archived>, VecDeque<T>, D> for Headroom
+impl<T, D> rkyv::with::DeserializeWith<rkyv::vec::ArchivedVec<T::Archived>, Chunked<T>, D> for ArchivedApart
 where
     T: rkyv::Archive,
     T::Archived: rkyv::Deserialize<T, D>,
@@ -302,64 +280,14 @@ where
     fn deserialize_with(
         field: &rkyv::vec::ArchivedVec<T::Archived>,
         deserializer: &mut D,
-    ) -> Result<VecDeque<T>, D::Error> {
-        let vec: Vec<T> =
-            <Headroom as rkyv::with::DeserializeWith<_, Vec<T>, D>>::deserialize_with(field, deserializer)?;
-        // A `VecDeque` made from a `Vec` keeps its buffer and capacity.
-        Ok(VecDeque::from(vec))
+    ) -> Result<Chunked<T>, D::Error> {
+        let mut out = Chunked::new();
+        for item in field.iter() {
+            out.push_back(rkyv::Deserialize::deserialize(item, deserializer)?);
+        }
+        Ok(out)
     }
 }
-
-/// Archives a `Vec` or `VecDeque` as an empty vector, and restores it like [`Headroom`] from
-/// whatever vector the archive holds.
-///
-/// For a chat's messages and log and a box's entries, which checkpoints since version 8 write
-/// in pieces of their own, most of them in a few bytes (`ChatMessages`, `ChatLog` and
-/// `BoxEntries` in `messaging::core`). The archived layout is the plain vector's, so the chat
-/// and user pieces of older checkpoints, which hold them inline, restore through the same type.
-#[derive(Debug)]
-pub struct ArchivedApart;
-
-/// `ArchivedApart` for one kind of vector: archived empty, restored through `Headroom`.
-macro_rules! archived_apart {
-    ($vector:ident) => {
-        impl<T: rkyv::Archive> rkyv::with::ArchiveWith<$vector<T>> for ArchivedApart {
-            type Archived = rkyv::vec::ArchivedVec<T::Archived>;
-            type Resolver = rkyv::vec::VecResolver;
-
-            fn resolve_with(_: &$vector<T>, resolver: Self::Resolver, out: rkyv::Place<Self::Archived>) {
-                rkyv::vec::ArchivedVec::resolve_from_len(0, resolver, out);
-            }
-        }
-
-        impl<T, S> rkyv::with::SerializeWith<$vector<T>, S> for ArchivedApart
-        where
-            T: rkyv::Serialize<S>,
-            S: rkyv::rancor::Fallible + rkyv::ser::Allocator + rkyv::ser::Writer + ?Sized,
-        {
-            fn serialize_with(_: &$vector<T>, serializer: &mut S) -> Result<Self::Resolver, S::Error> {
-                rkyv::vec::ArchivedVec::<T::Archived>::serialize_from_slice::<T, S>(&[], serializer)
-            }
-        }
-
-        impl<T, D> rkyv::with::DeserializeWith<rkyv::vec::ArchivedVec<T::Archived>, $vector<T>, D> for ArchivedApart
-        where
-            T: rkyv::Archive,
-            T::Archived: rkyv::Deserialize<T, D>,
-            D: rkyv::rancor::Fallible + ?Sized,
-        {
-            fn deserialize_with(
-                field: &rkyv::vec::ArchivedVec<T::Archived>,
-                deserializer: &mut D,
-            ) -> Result<$vector<T>, D::Error> {
-                <Headroom as rkyv::with::DeserializeWith<_, $vector<T>, D>>::deserialize_with(field, deserializer)
-            }
-        }
-    };
-}
-
-archived_apart!(Vec);
-archived_apart!(VecDeque);
 
 /// How a client shows a media message's file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
@@ -653,35 +581,30 @@ mod tests {
         assert_eq!(std::mem::size_of::<crate::messaging::state::ChatLogEntry>(), 72);
     }
 
-    /// Proves `Headroom` archives a vector as rkyv does and restores it with the capacity
-    /// doubling from empty gives, so the first append after a restore does not copy it whole.
+    /// Proves `ArchivedApart` writes an empty vector, and restores a sequence from the plain
+    /// vector older checkpoints hold inline, in order, across chunks.
     #[test]
-    fn a_vector_restores_with_room_to_grow_and_archives_as_before() {
+    fn a_sequence_archives_apart_and_restores_from_an_inline_vector() {
         #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-        struct Plain {
+        struct Inline {
             list: Vec<u64>,
-            ring: VecDeque<u64>,
         }
+        // Not named `Apart`: its archived type would be `ArchivedApart`.
         #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
-        struct WithRoom {
-            #[rkyv(with = Headroom)]
-            list: Vec<u64>,
-            #[rkyv(with = Headroom)]
-            ring: VecDeque<u64>,
+        struct Separate {
+            #[rkyv(with = ArchivedApart)]
+            list: Chunked<u64>,
         }
-        for len in [0u64, 1, 5, 64, 100, 1000] {
+        let empty = rkyv::to_bytes::<rkyv::rancor::Error>(&Inline { list: Vec::new() }).expect("archives");
+        for len in [0u64, 1, 5, 511, 512, 513, 2000] {
             let values: Vec<u64> = (0..len).collect();
-            let plain = Plain { list: values.clone(), ring: values.iter().copied().collect() };
-            let with_room = WithRoom { list: values.clone(), ring: values.iter().copied().collect() };
-            let plain_bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&plain).expect("archives");
-            let room_bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&with_room).expect("archives");
-            assert_eq!(room_bytes.as_slice(), plain_bytes.as_slice(), "{len}: the same bytes on disk");
-            let restored = rkyv::from_bytes::<WithRoom, rkyv::rancor::Error>(&plain_bytes).expect("restores");
-            assert_eq!(restored.list, values);
-            assert!(restored.ring.iter().eq(values.iter()));
-            let room = (len as usize).next_power_of_two();
-            assert!(restored.list.capacity() >= room, "{len}: capacity {}", restored.list.capacity());
-            assert!(restored.ring.capacity() >= room, "{len}: capacity {}", restored.ring.capacity());
+            let inline = rkyv::to_bytes::<rkyv::rancor::Error>(&Inline { list: values.clone() }).expect("archives");
+            let apart = Separate { list: values.iter().copied().collect() };
+            let apart_bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&apart).expect("archives");
+            assert_eq!(apart_bytes.as_slice(), empty.as_slice(), "{len}: archived as an empty vector");
+            let restored = rkyv::from_bytes::<Separate, rkyv::rancor::Error>(&inline).expect("restores");
+            assert!(restored.list.iter().eq(values.iter()), "{len}");
+            assert_eq!(restored.list.len(), values.len());
         }
     }
 }

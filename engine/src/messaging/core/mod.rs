@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
 use crate::ids::{Lsn, RecordKind, ShardId, VShard};
+use crate::messaging::chunked::Chunked;
 use crate::messaging::limits::*;
 use crate::messaging::protocol::{
     Effects, FanOut, HistoryPage, Origin, PeerMessage, Request, Response, SendRequest, SenderReply,
@@ -225,7 +226,7 @@ struct ChatMessages {
 impl ChatMessages {
     /// The piece of `chat`'s messages from index `from` on.
     fn new(chat: &Chat, from: usize) -> ChatMessages {
-        let messages = &chat.messages[from..chat.messages.len().min(from + MESSAGES_PER_PIECE)];
+        let messages = chat.messages.range(from..chat.messages.len().min(from + MESSAGES_PER_PIECE));
         let mut out = ChatMessages {
             chat: chat.id,
             first: MessageId(from as u64 + 1),
@@ -234,11 +235,11 @@ impl ChatMessages {
             dates: Vec::with_capacity(messages.len()),
             random_ids: Vec::with_capacity(messages.len()),
             text_ends: Vec::with_capacity(messages.len()),
-            texts: String::with_capacity(messages.iter().map(|message| message.text.len()).sum()),
+            texts: String::with_capacity(messages.clone().map(|message| message.text.len()).sum()),
             whole_at: Vec::new(),
             whole: Vec::new(),
         };
-        for (at, message) in messages.iter().enumerate() {
+        for (at, message) in messages.enumerate() {
             let Message {
                 id,
                 chat: of,
@@ -273,9 +274,8 @@ impl ChatMessages {
         out
     }
 
-    /// Appends the messages to `chat`'s, which must end right before them. `at_most` bounds
-    /// the room made for the chat's messages, as the checkpoint is not verified yet.
-    fn restore_into(self, chat: &mut Chat, at_most: usize) -> std::result::Result<(), RestoreError> {
+    /// Appends the messages to `chat`'s, which must end right before them.
+    fn restore_into(self, chat: &mut Chat) -> std::result::Result<(), RestoreError> {
         let ChatMessages { chat: _, first, total, senders, dates, random_ids, text_ends, texts, whole_at, whole } =
             self;
         let plain = senders.len();
@@ -292,10 +292,6 @@ impl ChatMessages {
         let count = plain + whole.len();
         if count > MESSAGES_PER_PIECE || first.0 - 1 + count as u64 > total {
             return Err(RestoreError::Format("a piece holds more messages than its chat"));
-        }
-        if chat.messages.is_empty() {
-            // Room for all of them at once, and to grow as `Headroom` gives it.
-            chat.messages.reserve_exact(restored_capacity((total as usize).min(at_most)));
         }
         let mut whole = whole_at.into_iter().zip(whole).peekable();
         let mut columns = senders.into_iter().zip(dates).zip(random_ids).zip(text_ends);
@@ -327,7 +323,7 @@ impl ChatMessages {
                     }
                 }
             };
-            chat.messages.push(message);
+            chat.messages.push_back(message);
         }
         Ok(())
     }
@@ -352,7 +348,7 @@ struct BoxEntries {
 }
 
 impl BoxEntries {
-    fn new(user: UserId, entries: &VecDeque<Sequenced>) -> BoxEntries {
+    fn new(user: UserId, entries: &Chunked<Sequenced>) -> BoxEntries {
         let compact = entries.len();
         let mut out = BoxEntries {
             user,
@@ -384,15 +380,15 @@ impl BoxEntries {
         out
     }
 
-    /// The entries, with the room to grow [`Headroom`] gives.
-    fn into_entries(self) -> std::result::Result<VecDeque<Sequenced>, RestoreError> {
+    /// The entries.
+    fn into_entries(self) -> std::result::Result<Chunked<Sequenced>, RestoreError> {
         let BoxEntries { user: _, first_pts, chats, ids, senders, dates, whole_at, whole } = self;
         let compact = chats.len();
         if ids.len() != compact || senders.len() != compact || dates.len() != compact || whole_at.len() != whole.len() {
             return Err(RestoreError::Format("a box's entries come in columns of different lengths"));
         }
         let total = compact + whole.len();
-        let mut out = VecDeque::with_capacity(restored_capacity(total));
+        let mut out = Chunked::new();
         let mut whole = whole_at.into_iter().zip(whole).peekable();
         let mut columns = chats.into_iter().zip(ids).zip(senders).zip(dates);
         let mut previous: Option<Pts> = None;
@@ -457,11 +453,10 @@ impl ChatLog {
         out
     }
 
-    /// The log of `chat` (restored from the piece before), with the room to grow [`Headroom`]
-    /// gives.
-    fn into_log(self, chat: &Chat) -> std::result::Result<VecDeque<ChatLogEntry>, RestoreError> {
+    /// The log of `chat` (restored from the piece before).
+    fn into_log(self, chat: &Chat) -> std::result::Result<Chunked<ChatLogEntry>, RestoreError> {
         let ChatLog { chat: _, first_pts, ids, whole } = self;
-        let mut out = VecDeque::with_capacity(restored_capacity(ids.len()));
+        let mut out = Chunked::new();
         let mut whole = whole.into_iter();
         let mut previous: Option<Pts> = None;
         for id in ids {
@@ -612,7 +607,7 @@ struct UserBefore {
     date: UnixMs,
     applied: Map<ChatId, Pts>,
     dialogs: Map<ChatId, DialogState>,
-    dropped: VecDeque<Sequenced>,
+    dropped: Chunked<Sequenced>,
     authorizations: Option<Vec<Authorization>>,
     push: Option<UserPush>,
 }
@@ -627,7 +622,7 @@ impl UserBefore {
             date: *date,
             applied: applied.clone(),
             dialogs: dialogs.clone(),
-            dropped: VecDeque::new(),
+            dropped: Chunked::new(),
             authorizations: state.authorizations.get(&id).cloned(),
             push: user_push(state, id),
         }
@@ -666,7 +661,7 @@ struct ChatBefore {
     chat: Chat,
     messages: usize,
     changed: Map<usize, Message>,
-    log_dropped: VecDeque<ChatLogEntry>,
+    log_dropped: Chunked<ChatLogEntry>,
     random_ids_replaced: Map<(UserId, RandomId), Remembered>,
 }
 
@@ -695,13 +690,13 @@ impl ChatBefore {
             title: title.clone(),
             creator: *creator,
             members: members.clone(),
-            messages: Vec::new(),
+            messages: Chunked::new(),
             pts: *pts,
             last_date: *last_date,
             pinned: *pinned,
             fanout_on_read: *fanout_on_read,
             read_outbox_max: *read_outbox_max,
-            log: VecDeque::new(),
+            log: Chunked::new(),
             random_ids: Map::default(),
             media_index: Map::default(),
             public_pts: *public_pts,
@@ -710,7 +705,7 @@ impl ChatBefore {
             chat,
             messages: messages.len(),
             changed: Map::default(),
-            log_dropped: VecDeque::new(),
+            log_dropped: Chunked::new(),
             random_ids_replaced: Map::default(),
         }
     }
@@ -757,8 +752,9 @@ impl ChatBefore {
     /// The chat as it was, whole.
     fn into_chat(self, now: &Chat) -> Chat {
         let ChatBefore { mut chat, messages, mut changed, mut log_dropped, random_ids_replaced } = self;
-        chat.messages = now.messages[..messages]
-            .iter()
+        chat.messages = now
+            .messages
+            .range(..messages)
             .enumerate()
             .map(|(index, message)| changed.remove(&index).unwrap_or_else(|| message.clone()))
             .collect();
@@ -923,7 +919,7 @@ impl MessagingCore {
                     }
                     // A message in a piece takes at least its sender, date, random_id and
                     // text end: 28 bytes.
-                    messages.restore_into(chat, snapshot.len() / 28)?;
+                    messages.restore_into(chat)?;
                 }
                 PIECE_CHAT_LOG if pieces.version >= 8 => {
                     let log: ChatLog = pieces.next(PIECE_CHAT_LOG)?;
@@ -2831,7 +2827,7 @@ mod tests {
         };
         let mut dated_otherwise = new_message(8, 50, 4, 2);
         dated_otherwise.date = UnixMs(51);
-        let entries: VecDeque<Sequenced> = [
+        let entries: Chunked<Sequenced> = [
             new_message(3, 10, 1, 1),
             new_message(4, 20, 2, 2),
             Sequenced { pts: Pts(5), date: UnixMs(30), update: Update::PinMessage { chat: ChatId(9), id: None } },
@@ -2867,7 +2863,7 @@ mod tests {
             media: None,
         };
         let mut chat = Chat::empty(ChatId(9));
-        chat.messages = vec![message(1, 1, 10), message(2, 2, 20), message(3, 1, 30)];
+        chat.messages = [message(1, 1, 10), message(2, 2, 20), message(3, 1, 30)].into_iter().collect();
         let announce = |pts: u64, id: u64, sender: u64, date: u64, only_for: Option<UserId>| ChatLogEntry {
             entry: new_message(pts, date, id, sender),
             only_for,

@@ -818,8 +818,9 @@ pub(super) fn history(chat: &Chat, user: UserId, page: HistoryPage) -> Result<Ve
         below = below.min(page.max_id);
     }
     let hidden = chat.members.get(&user).map(|member| &member.hidden);
-    let messages = chat.messages[..(below.0.saturating_sub(1) as usize).min(chat.messages.len())]
-        .iter()
+    let messages = chat
+        .messages
+        .range(..(below.0.saturating_sub(1) as usize).min(chat.messages.len()))
         .rev()
         .take_while(|message| message.id > page.min_id)
         .filter(|message| !message.deleted && hidden.is_none_or(|hidden| !hidden.contains(&message.id)))
