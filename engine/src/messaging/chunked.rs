@@ -3,10 +3,10 @@
 //!
 //! Why not a `Vec` or `VecDeque`: those grow by doubling, and each doubling copies the whole
 //! vector into a buffer twice as large and leaves the old one to the allocator. A chat of a
-//! million messages copied 120 MB to take one more, and after a crash at 10 M messages the
-//! replay moved a fifth of all chats and boxes to new buffers: 1.28 GB of fresh memory for
-//! 687,834 sends, every page of which a virtual machine's host may have to fault in
-//! (`docs/BENCHMARKS.md`, "Memory the host took back"). Here only the newest chunk grows, by
+//! million messages copied 120 MB to take one more. After a crash at 10 M messages the
+//! replay of 687,834 sends grew resident memory by 1.28 GB, most of it, by estimate, chats and
+//! boxes moving to buffers twice as large; a virtual machine's host may have to fault in
+//! every page of that (`docs/BENCHMARKS.md`, "Memory the host took back"). Here only the newest chunk grows, by
 //! doubling up to [`CHUNK`] elements, so a small chat costs what a small `Vec` does; past
 //! that a full chunk is followed by a new one and nothing is ever copied. Popping from the
 //! front (history bounded by count and age) frees whole chunks.
