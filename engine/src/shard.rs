@@ -17,7 +17,7 @@ use crate::media::requests::MediaRequest;
 use crate::messaging::driver::{Connected, MessagingDriver, OfflineHook, PushHook};
 use crate::messaging::{AuthorizationId, MessagingCore, MessagingResult, Request, Response, UserId};
 use crate::vshards::VShardTable;
-use crate::wal::driver::{LogError, OpenReport, ShardLog};
+use crate::wal::driver::{CheckpointError, LogError, OpenReport, ShardLog};
 use crate::wal::{AppendError, CheckpointTicket, OwnedRecord, RecordPosition};
 
 /// Work one shard sends another: a closure run on the receiving shard's executor.
@@ -280,8 +280,10 @@ fn handle(context: &Rc<ShardContext>, request: ShardRequest) -> Option<Reply<()>
             // the media operation running now ends (`media::driver`): all in the ticket taken now.
             let messaging = context.messaging.checkpoint_snapshot(state.clone());
             let media = MediaDriver::checkpoint_section(context);
-            let checkpoint = context.log.checkpoint_with(async move {
-                Some(crate::media::checkpoint::compose(&state, messaging, media.await?))
+            let checkpoint = context.log.checkpoint_with(move |mut sink| async move {
+                let media = media.await.ok_or(CheckpointError::Abandoned)?;
+                sink.write_chunks(&crate::media::checkpoint::compose(&state, messaging, media)).await?;
+                Ok(sink)
             });
             glommio::spawn_local(async move {
                 let _ = reply.send(checkpoint.await.map_err(|error| EngineError::Checkpoint(Arc::new(error))));

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::ids::{Lsn, RecordKind, ShardId, VShard};
+use crate::media::checkpoint as layout;
 use crate::messaging::core::{Journal, MessagingCore};
 use crate::messaging::limits::{
     CHECKPOINT_PIECES_PER_STEP, CHECKPOINT_SHARES, SESSION_QUEUE_MAX, SESSION_QUEUE_SHRINK_EVENTS,
@@ -22,7 +23,7 @@ use crate::messaging::types::{
     AuthorizationId, BoxState, LiveEvent, MessagingError, MessagingResult, Sequenced, SessionId, UnixMs, UserId,
 };
 use crate::shard::{MeshTask, ShardContext};
-use crate::wal::driver::{Notify, ShardLog};
+use crate::wal::driver::{CheckpointError, Notify, ShardLog};
 use crate::wal::{AppendError, ChunkedBytes};
 
 /// Told about every durable box update of a user with no online session (push uses it).
@@ -508,14 +509,26 @@ fn begin_checkpoint(context: &Rc<ShardContext>) {
     // Asked in this step too: the media section holds every media record up to the ticket.
     let media = crate::media::driver::MediaDriver::checkpoint_section(context);
     let producer = context.clone();
-    let state = async move {
-        while !producer.messaging.core.borrow_mut().checkpoint_step(CHECKPOINT_PIECES_PER_STEP) {
+    let checkpoint = context.log.checkpoint_with(move |mut sink| async move {
+        let core = &producer.messaging.core;
+        sink.write(&layout::head(&host_state)).await?;
+        // Each filled chunk is written while the next pieces are archived into another.
+        loop {
+            let archived = core.borrow_mut().checkpoint_step(CHECKPOINT_PIECES_PER_STEP);
+            let filled = core.borrow_mut().take_checkpoint_bytes();
+            sink.write_chunks(&filled).await?;
+            if archived {
+                break;
+            }
             futures_lite::future::yield_now().await;
         }
-        let snapshot = producer.messaging.core.borrow_mut().finish_checkpoint()?;
-        Some(crate::media::checkpoint::compose(&host_state, snapshot, media.await?))
-    };
-    let checkpoint = context.log.checkpoint_with(state);
+        let rest = core.borrow_mut().finish_checkpoint().ok_or(CheckpointError::Abandoned)?;
+        sink.write_chunks(&rest).await?;
+        let media = media.await.ok_or(CheckpointError::Abandoned)?;
+        sink.write(&media).await?;
+        sink.write(&layout::trailer(rest.len(), media.len())).await?;
+        Ok(sink)
+    });
     let context = context.clone();
     let queue = context.messaging.checkpoint_queue;
     let finish = async move {

@@ -1,22 +1,27 @@
 //! Bytes built up in chunks, for checkpoints of gigabytes: appending never moves what is
 //! already there (a growing `Vec` copies all it holds each time it doubles, in one step of
-//! the shard), and whole buffers are joined by moving them, not copying.
+//! the shard), whole buffers are joined by moving them, not copying, and the chunks already
+//! filled can be taken out (to be written) while the rest is still being built.
 //!
 //! Chunks are reused. Memory a process touches for the first time costs the kernel a page
 //! clear, and on the VMs measured (`docs/BENCHMARKS.md`) about 2 s per GB: while a shard
 //! archived a checkpoint of 855 MB into fresh chunks, 66% of its time went to clearing pages,
-//! and acknowledgements fell to a tenth for seconds. So a thread keeps the chunks of the last
-//! `ChunkedBytes` it dropped (a shard: its last checkpoint) for the next ones it builds. A
-//! shard's peak memory is unchanged (its state and one checkpoint); between checkpoints it
-//! keeps that peak instead of giving the checkpoint's memory back.
+//! and acknowledgements fell to a tenth for seconds. So a thread keeps the chunks of the
+//! `ChunkedBytes` it drops, up to `SPARE_CHUNKS_MAX`, for the next ones it builds. A
+//! checkpoint is streamed to its file a chunk at a time (`wal::checkpoint_file`), so it
+//! needs two chunks at once, not as many as it has bytes.
 
 use std::cell::RefCell;
 
 /// How large each chunk grows before the next is begun.
 pub const CHUNK_BYTES: usize = 8 << 20;
 
+/// How many spare chunks a thread keeps at most: a streamed checkpoint uses two at a time, and
+/// a state built whole (a host's own checkpoint request) gives back what it used beyond these.
+pub const SPARE_CHUNKS_MAX: usize = 4;
+
 thread_local! {
-    /// Empty chunks of `CHUNK_BYTES` capacity, from the last `ChunkedBytes` this thread dropped.
+    /// Empty chunks of `CHUNK_BYTES` capacity, from the `ChunkedBytes` this thread dropped.
     static SPARE_CHUNKS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
@@ -25,20 +30,19 @@ fn new_chunk() -> Vec<u8> {
     SPARE_CHUNKS.with(|spare| spare.borrow_mut().pop()).unwrap_or_else(|| Vec::with_capacity(CHUNK_BYTES))
 }
 
-/// Keeps the full-size chunks of a dropped `ChunkedBytes` as this thread's spares, as many
-/// as it had: the spares follow the size of the last large state built, up or down.
+/// Keeps the full-size chunks of a dropped `ChunkedBytes` as this thread's spares, up to
+/// `SPARE_CHUNKS_MAX`.
 fn keep_spares(chunks: Vec<Vec<u8>>) {
     let mut full: Vec<Vec<u8>> = chunks.into_iter().filter(|chunk| chunk.capacity() == CHUNK_BYTES).collect();
     if full.is_empty() {
         return;
     }
-    let keep = full.len();
     full.iter_mut().for_each(Vec::clear);
     // A thread being torn down has no spares left to keep: the chunks are simply freed.
     let _ = SPARE_CHUNKS.try_with(|spare| {
         let mut spare = spare.borrow_mut();
         spare.append(&mut full);
-        spare.truncate(keep);
+        spare.truncate(SPARE_CHUNKS_MAX);
     });
 }
 
@@ -47,11 +51,15 @@ pub fn spare_chunks() -> usize {
     SPARE_CHUNKS.with(|spare| spare.borrow().len())
 }
 
-/// A byte string held as a sequence of chunks; its bytes are the chunks' in order.
+/// A byte string held as a sequence of chunks; its bytes are the chunks' in order, after
+/// those already taken out with [`ChunkedBytes::take_filled`].
 #[derive(Debug, Default)]
 pub struct ChunkedBytes {
     chunks: Vec<Vec<u8>>,
+    /// Bytes appended in all, those taken out included: where the next byte lies.
     len: usize,
+    /// Bytes taken out: where the first held byte lies.
+    taken: usize,
     /// Whether the last chunk may be appended to (it was begun here, not handed in).
     growable: bool,
 }
@@ -61,12 +69,29 @@ impl ChunkedBytes {
         ChunkedBytes::default()
     }
 
+    /// How many bytes were appended, those taken out included.
     pub fn len(&self) -> usize {
         self.len
     }
 
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// How many bytes are held: appended and not taken out.
+    pub fn held(&self) -> usize {
+        self.len - self.taken
+    }
+
+    /// Takes out the chunks no longer appended to, every held one but a last one still being
+    /// filled, in order; this keeps counting its length from its first byte.
+    pub fn take_filled(&mut self) -> ChunkedBytes {
+        let keep = usize::from(self.growable && self.chunks.last().is_some_and(|last| last.len() < CHUNK_BYTES));
+        let chunks: Vec<Vec<u8>> = self.chunks.drain(..self.chunks.len() - keep).collect();
+        let bytes: usize = chunks.iter().map(Vec::len).sum();
+        self.taken += bytes;
+        self.growable &= keep == 1;
+        ChunkedBytes { chunks, len: bytes, taken: 0, growable: false }
     }
 
     /// Appends a copy of `bytes`, filling the last chunk and beginning new ones as needed.
@@ -108,21 +133,21 @@ impl ChunkedBytes {
         self.growable = false;
     }
 
-    /// Appends all of `other` by moving its chunks.
+    /// Appends all `other` holds by moving its chunks.
     pub fn append(&mut self, mut other: ChunkedBytes) {
-        self.len += other.len;
+        self.len += other.held();
         self.chunks.extend(std::mem::take(&mut other.chunks).into_iter().filter(|chunk| !chunk.is_empty()));
         self.growable = other.growable;
     }
 
-    /// The chunks, in order; their concatenation is the bytes.
+    /// The chunks held, in order; their concatenation is the bytes held.
     pub fn chunks(&self) -> impl Iterator<Item = &[u8]> {
         self.chunks.iter().map(Vec::as_slice)
     }
 
-    /// The bytes as one contiguous vector (a copy: for small states and tests).
+    /// The bytes held as one contiguous vector (a copy: for small states and tests).
     pub fn to_vec(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.len);
+        let mut out = Vec::with_capacity(self.held());
         self.chunks().for_each(|chunk| out.extend_from_slice(chunk));
         out
     }
@@ -139,42 +164,6 @@ impl From<Vec<u8>> for ChunkedBytes {
         let mut chunked = ChunkedBytes::new();
         chunked.push_vec(bytes);
         chunked
-    }
-}
-
-/// Reads a sequence of byte slices as one stream, a buffer at a time.
-#[derive(Debug)]
-pub struct PartsReader<'a> {
-    parts: Vec<&'a [u8]>,
-    part: usize,
-    offset: usize,
-}
-
-impl<'a> PartsReader<'a> {
-    pub fn new(parts: Vec<&'a [u8]>) -> PartsReader<'a> {
-        PartsReader { parts, part: 0, offset: 0 }
-    }
-
-    /// How many bytes the parts hold in all.
-    pub fn total_len(&self) -> usize {
-        self.parts.iter().map(|part| part.len()).sum()
-    }
-
-    /// Copies the next bytes into `into`; returns how many (fewer only at the end).
-    pub fn read(&mut self, into: &mut [u8]) -> usize {
-        let mut copied = 0;
-        while copied < into.len() {
-            let Some(part) = self.parts.get(self.part) else { break };
-            let take = (part.len() - self.offset).min(into.len() - copied);
-            into[copied..copied + take].copy_from_slice(&part[self.offset..self.offset + take]);
-            copied += take;
-            self.offset += take;
-            if self.offset == part.len() {
-                self.part += 1;
-                self.offset = 0;
-            }
-        }
-        copied
     }
 }
 
@@ -209,57 +198,69 @@ mod tests {
         assert_eq!(chunked.to_vec(), expected);
     }
 
+    fn filled(chunks: usize) -> ChunkedBytes {
+        let mut chunked = ChunkedBytes::new();
+        chunked.extend_from_slice(&vec![7u8; CHUNK_BYTES * chunks]);
+        chunked
+    }
+
     #[test]
-    fn chunks_of_a_dropped_state_are_reused_and_follow_its_size() {
-        let fill = |chunks: usize| {
-            let mut chunked = ChunkedBytes::new();
-            chunked.extend_from_slice(&vec![7u8; CHUNK_BYTES * chunks]);
-            chunked
-        };
+    fn chunks_of_a_dropped_state_are_reused_up_to_the_most_kept() {
         let addresses = |chunked: &ChunkedBytes| {
             let mut addresses: Vec<usize> = chunked.chunks().map(|chunk| chunk.as_ptr() as usize).collect();
             addresses.sort_unstable();
             addresses
         };
-        let first = fill(3);
+        let first = filled(3);
         let before = addresses(&first);
         drop(first);
         assert_eq!(spare_chunks(), 3);
-        let second = fill(3);
+        let second = filled(3);
         assert_eq!(addresses(&second), before, "the same memory, not new");
         assert_eq!(spare_chunks(), 0);
         assert!(second.chunks().all(|chunk| chunk == vec![7u8; CHUNK_BYTES].as_slice()), "reused chunks start empty");
         drop(second);
-        // A smaller state keeps fewer; a state of moved-in vectors only leaves them as they are.
-        drop(fill(1));
-        assert_eq!(spare_chunks(), 1);
+        // A state of moved-in vectors only leaves them as they are.
         drop(ChunkedBytes::from(vec![1u8; 100]));
-        assert_eq!(spare_chunks(), 1);
+        assert_eq!(spare_chunks(), 3);
+        // A large state gives back what it used beyond the most kept.
+        drop(filled(SPARE_CHUNKS_MAX + 2));
+        assert_eq!(spare_chunks(), SPARE_CHUNKS_MAX);
         // Chunks moved into another state return when that one is dropped.
         let mut composed = ChunkedBytes::from(b"head".to_vec());
-        composed.append(fill(2));
-        assert_eq!(spare_chunks(), 0);
+        composed.append(filled(2));
+        assert_eq!(spare_chunks(), SPARE_CHUNKS_MAX - 2);
         drop(composed);
-        assert_eq!(spare_chunks(), 2);
+        assert_eq!(spare_chunks(), SPARE_CHUNKS_MAX);
     }
 
     #[test]
-    fn a_reader_streams_the_parts_through_any_buffer_size() {
-        let parts: Vec<Vec<u8>> = vec![b"head".to_vec(), Vec::new(), (0..100u8).collect(), b"tail".to_vec()];
-        let expected: Vec<u8> = parts.concat();
-        for size in [1, 3, 64, 4096] {
-            let mut reader = PartsReader::new(parts.iter().map(Vec::as_slice).collect());
-            assert_eq!(reader.total_len(), expected.len());
-            let mut out = Vec::new();
-            let mut buffer = vec![0u8; size];
-            loop {
-                let read = reader.read(&mut buffer);
-                out.extend_from_slice(&buffer[..read]);
-                if read < size {
-                    break;
-                }
-            }
-            assert_eq!(out, expected, "buffer of {size}");
+    fn filled_chunks_are_taken_out_in_order_while_the_length_counts_on() {
+        let bytes: Vec<u8> = (0..CHUNK_BYTES * 2 + CHUNK_BYTES / 2).map(|at| (at % 251) as u8).collect();
+        let mut chunked = ChunkedBytes::new();
+        let mut out = Vec::new();
+        for piece in bytes.chunks(CHUNK_BYTES / 3 + 5) {
+            chunked.extend_from_slice(piece);
+            chunked.pad_to(16);
+            out.extend(chunked.take_filled().chunks().flatten());
+            // Held bytes are only ever the chunk being filled.
+            assert!(chunked.held() < CHUNK_BYTES, "held {}", chunked.held());
         }
+        let mut expected = Vec::new();
+        for piece in bytes.chunks(CHUNK_BYTES / 3 + 5) {
+            expected.extend_from_slice(piece);
+            expected.resize(expected.len().next_multiple_of(16), 0);
+        }
+        assert_eq!(chunked.len(), expected.len(), "the length counts the bytes taken out");
+        assert_eq!(chunked.len(), out.len() + chunked.held());
+        out.extend_from_slice(&chunked.to_vec());
+        assert_eq!(out, expected);
+        // A moved-in vector is never appended to: it and the chunk before it are taken.
+        let held = chunked.held();
+        chunked.push_vec(b"moved".to_vec());
+        let taken = chunked.take_filled();
+        assert_eq!(taken.to_vec(), [&expected[expected.len() - held..], b"moved".as_slice()].concat());
+        assert_eq!(chunked.held(), 0);
+        assert_eq!(chunked.len(), expected.len() + 5);
     }
 }

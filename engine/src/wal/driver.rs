@@ -19,13 +19,10 @@ use std::time::{Duration, Instant};
 
 use glommio::io::{DmaBuffer, DmaFile, OpenOptions};
 
-use crate::config::{
-    LogConfig, CHECKPOINT_SYNC_EVERY_BYTES, PREFETCH_CHUNK_BYTES, PREFETCH_SEGMENTS_AHEAD, PREWRITE_CHUNK_BYTES,
-    PREWRITE_YIELD,
-};
+use crate::config::{LogConfig, PREFETCH_CHUNK_BYTES, PREFETCH_SEGMENTS_AHEAD, PREWRITE_CHUNK_BYTES, PREWRITE_YIELD};
 use crate::ids::{Lsn, RecordKind, SegmentId, VShard};
 use crate::wal::checkpoint;
-use crate::wal::chunked::{ChunkedBytes, PartsReader};
+use crate::wal::checkpoint_file::CheckpointSink;
 use crate::wal::core::{
     AppendError, Appended, CheckpointTicket, IoBuffer, IoCompletion, IoFailure, IoRequest, LogCore, LogStart,
     OwnedRecord, RecordPosition,
@@ -364,15 +361,25 @@ impl ShardLog {
         &self,
         state: Vec<u8>,
     ) -> impl Future<Output = Result<CheckpointTicket, CheckpointError>> + 'static {
-        self.checkpoint_with(async move { Some(ChunkedBytes::from(state)) })
+        self.checkpoint_with(move |mut sink| async move {
+            sink.write(&state).await?;
+            Ok(sink)
+        })
     }
 
     /// As [`ShardLog::checkpoint`], for a state still being produced: the ticket is taken now,
-    /// and `state` must resolve to the shard's state as it is now (or `None` to give up).
-    pub fn checkpoint_with(
+    /// and `produce` writes the shard's state as it is now into the sink it is given, as it
+    /// goes, then hands the sink back (or fails, to give up: `CheckpointError::Abandoned`).
+    /// The checkpoint is published, under its name, once the sink's file is complete and
+    /// synced and the ticket's LSN is durable.
+    pub fn checkpoint_with<F, Produced>(
         &self,
-        state: impl Future<Output = Option<ChunkedBytes>> + 'static,
-    ) -> impl Future<Output = Result<CheckpointTicket, CheckpointError>> + 'static {
+        produce: F,
+    ) -> impl Future<Output = Result<CheckpointTicket, CheckpointError>> + 'static
+    where
+        F: FnOnce(CheckpointSink) -> Produced + 'static,
+        Produced: Future<Output = Result<CheckpointSink, CheckpointError>> + 'static,
+    {
         let ticket = self.inner.core.borrow().checkpoint_ticket();
         // One checkpoint at a time: they must complete in ticket order, and they share names.
         // The guard frees the slot however the future ends, dropped unpolled included.
@@ -380,34 +387,44 @@ impl ShardLog {
         let log = self.clone();
         async move {
             let Some(_slot) = slot else { return Err(CheckpointError::Busy) };
-            let Some(state) = state.await else { return Err(CheckpointError::Abandoned) };
-            log.write_checkpoint(ticket, &state).await
+            let path = log.inner.dir.join(CHECKPOINT_DIR).join(checkpoint::file_name(ticket.lsn));
+            let temporary = path.with_extension("tmp");
+            let written = log.write_checkpoint(ticket, &path, &temporary, produce).await;
+            if written.is_err() {
+                let _ = glommio::io::remove(&temporary).await;
+            }
+            written
         }
     }
 
-    /// Writes the checkpoint file without ever holding the state twice or working on all of
-    /// it in one step: the checksum is taken a chunk at a time, yielding between chunks, and
-    /// the header and state are copied into the file's write buffers piece by piece.
-    async fn write_checkpoint(
+    /// Streams the checkpoint into `temporary`, then publishes it as `path` and removes the
+    /// checkpoints it replaces.
+    async fn write_checkpoint<F, Produced>(
         &self,
         ticket: CheckpointTicket,
-        state: &ChunkedBytes,
-    ) -> Result<CheckpointTicket, CheckpointError> {
+        path: &Path,
+        temporary: &Path,
+        produce: F,
+    ) -> Result<CheckpointTicket, CheckpointError>
+    where
+        F: FnOnce(CheckpointSink) -> Produced,
+        Produced: Future<Output = Result<CheckpointSink, CheckpointError>>,
+    {
+        let (salt, in_flight) = {
+            let core = self.inner.core.borrow();
+            (core.salt(), core.config().checkpoint_writes_in_flight)
+        };
+        let sink = CheckpointSink::create(path, temporary, salt, in_flight).await?;
+        let file = produce(sink).await?.finish(ticket).await?;
         self.durable(ticket.lsn).await?;
-        let salt = self.inner.core.borrow().salt();
+        let io =
+            |source: glommio::GlommioError<()>| CheckpointError::Io { path: path.to_path_buf(), source: source.into() };
+        file.rename(path).await.map_err(io)?;
+        file.close_rc().await.map_err(io)?;
         let dir = self.inner.dir.join(CHECKPOINT_DIR);
-        let path = dir.join(checkpoint::file_name(ticket.lsn));
-        let mut hasher = xxhash_rust::xxh3::Xxh3::with_seed(salt);
-        for chunk in state.chunks() {
-            hasher.update(chunk);
-            glommio::yield_if_needed().await;
-        }
-        let header = checkpoint::encode_header(ticket, state.len() as u64, hasher.digest(), salt);
-        let parts = std::iter::once(header.as_slice()).chain(state.chunks()).collect();
-        let in_flight = self.inner.core.borrow().config().checkpoint_writes_in_flight;
-        write_file_durably(&path, PartsReader::new(parts), in_flight)
+        sync_directory_async(&dir)
             .await
-            .map_err(|source| CheckpointError::Io { path: path.clone(), source })?;
+            .map_err(|source| CheckpointError::Io { path: dir.clone(), source: source.into() })?;
         let dropped = self.inner.core.borrow_mut().checkpoint_written(ticket);
         for old in dropped {
             let old_path = dir.join(checkpoint::file_name(old.lsn));
@@ -741,69 +758,6 @@ async fn recycle_segment(inner: &Inner, wal_dir: &Path, old: SegmentId, new: Seg
     file.rename(segment_path(wal_dir, new)).await?;
     sync_directory_async(wal_dir).await?;
     inner.files.borrow_mut().insert(new, file);
-    Ok(())
-}
-
-/// Writes the bytes `bytes` reads to `path` so that after a crash the file is either whole or
-/// absent.
-///
-/// The file goes in `PREWRITE_CHUNK_BYTES` writes, `in_flight` at a time, synced every
-/// `CHECKPOINT_SYNC_EVERY_BYTES`. One write at a time, a checkpoint of a gigabyte took 5–7 s
-/// to write while the shard was busy (about 200 MB/s of a disk that writes 2 GB/s): each write
-/// waited for the disk and then for the checkpoint queue's next turn on the core.
-async fn write_file_durably(path: &Path, mut bytes: PartsReader<'_>, in_flight: usize) -> io::Result<()> {
-    let in_flight = in_flight.max(1);
-    let temporary = path.with_extension("tmp");
-    let result = async {
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(true).dma_open(&temporary).await?;
-        let file = Rc::new(file);
-        let aligned = crate::wal::core::block_aligned(bytes.total_len().max(1));
-        let mut offset = 0;
-        let mut writes = VecDeque::with_capacity(in_flight);
-        while offset < aligned {
-            let round_end = (offset + CHECKPOINT_SYNC_EVERY_BYTES).min(aligned);
-            while offset < round_end {
-                if writes.len() == in_flight {
-                    if let Some(oldest) = writes.pop_front() {
-                        check_written(oldest).await?;
-                    }
-                }
-                let chunk = (round_end - offset).min(PREWRITE_CHUNK_BYTES);
-                let mut buffer = glommio::allocate_dma_buffer(chunk);
-                let copied = bytes.read(buffer.as_bytes_mut());
-                buffer.as_bytes_mut()[copied..].fill(0);
-                let file = file.clone();
-                let at = offset as u64;
-                // In this task's queue, the checkpoints' own.
-                writes.push_back(glommio::spawn_local(async move { (file.write_at(buffer, at).await, chunk) }));
-                offset += chunk;
-            }
-            for write in writes.drain(..) {
-                check_written(write).await?;
-            }
-            // Sync as it grows: one fdatasync of a whole large file commits all its block
-            // allocations at once, and the log's own fdatasync waits behind that commit.
-            file.fdatasync().await?;
-        }
-        file.rename(path).await?;
-        file.close_rc().await?;
-        Ok::<_, glommio::GlommioError<()>>(())
-    }
-    .await;
-    if result.is_err() {
-        let _ = glommio::io::remove(&temporary).await;
-    }
-    result.map_err(io::Error::from)?;
-    Ok(sync_directory_async(path.parent().unwrap_or(Path::new("."))).await?)
-}
-
-/// Waits for a checkpoint write and refuses a short one.
-async fn check_written(write: glommio::Task<(glommio::Result<usize, ()>, usize)>) -> glommio::Result<(), ()> {
-    let (written, chunk) = write.await;
-    if written? != chunk {
-        let short = io::Error::new(io::ErrorKind::WriteZero, "a checkpoint write was short");
-        return Err(glommio::GlommioError::IoError(short));
-    }
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 
 pub mod archive;
 pub mod checkpoint;
+pub mod checkpoint_file;
 pub mod chunked;
 pub mod core;
 pub mod driver;
@@ -10,6 +11,7 @@ pub mod format;
 pub mod meta;
 pub mod recovery;
 
+pub use self::checkpoint_file::CheckpointSink;
 pub use self::chunked::ChunkedBytes;
 pub use self::core::{
     AppendError, Appended, CheckpointTicket, IoBuffer, IoCompletion, IoFailure, IoRequest, LogCore, LogPosition,

@@ -1097,8 +1097,15 @@ impl MessagingCore {
             && progress.chats.is_empty()
     }
 
-    /// The bytes of the checkpoint begun, once every piece is written (else `None`, and the
-    /// checkpoint is dropped). Idempotency expiry, paused meanwhile, resumes.
+    /// Takes out the checkpoint's bytes archived so far in filled chunks, to be written while
+    /// the rest is archived (empty when no checkpoint is begun).
+    pub fn take_checkpoint_bytes(&mut self) -> ChunkedBytes {
+        self.checkpoint.as_mut().map(|progress| progress.out.take_filled()).unwrap_or_default()
+    }
+
+    /// The bytes of the checkpoint begun not taken out yet, once every piece is written (else
+    /// `None`, and the checkpoint is dropped); their `len` counts those taken out too.
+    /// Idempotency expiry, paused meanwhile, resumes.
     pub fn finish_checkpoint(&mut self) -> Option<ChunkedBytes> {
         let progress = self.checkpoint.take()?;
         let complete = progress.idempotency_next == progress.idempotency_end
