@@ -45,6 +45,9 @@ pub const DIFFERENCE_LIMIT_MAX: usize = 1000;
 /// How long a random_id is remembered per (chat, sender), and how many are remembered per shard.
 pub const IDEMPOTENCY_WINDOW_MS: u64 = 24 * 3600 * 1000;
 pub const IDEMPOTENCY_ENTRIES_MAX: usize = 4_000_000;
+/// How many random_ids a chat event forgets at most: one a send adds, and the rest to catch
+/// up on what a checkpoint held back (it pauses expiry) without one long step.
+pub const IDEMPOTENCY_FORGET_PER_EVENT: usize = 16;
 /// Events a session's queue holds before the session is dropped and told to resync.
 pub const SESSION_QUEUE_MAX: usize = 4096;
 /// A session queue that once held this many events keeps that storage (flume never gives it

@@ -851,7 +851,7 @@ impl MessagingCore {
             pairs: header.pairs,
             user_sequences: header.user_sequences,
             chat_sequences: header.chat_sequences,
-            idempotency_order: header.idempotency_order,
+            idempotency_order: header.idempotency_order.into_iter().collect(),
             authorization_sequences: authorizations_header.sequences,
             ..State::default()
         };
@@ -2329,10 +2329,10 @@ mod tests {
             restored.replay(*kind, payload).expect("replays");
         }
         // Replay forgets the random_ids the week made old at once; the live core waited for
-        // the checkpoint to end. Both forget them now.
+        // the checkpoint to end. Both forget them now, all at once.
         let now = UnixMs(1_700_000_000_000 + request + journal.1);
-        core.state.expire_idempotency(now);
-        restored.state.expire_idempotency(now);
+        core.state.expire_idempotency_grouped(now);
+        restored.state.expire_idempotency_grouped(now);
         assert_eq!(digest(restored.state()), digest(core.state()));
         assert_eq!(restored.state().idempotency_order, core.state().idempotency_order);
         assert_ne!(began_at, journal.0.len(), "the state changed while the checkpoint was taken");
