@@ -113,7 +113,7 @@ fn print_composition(core: &MessagingCore, messages: u64) {
         parts[3].1 += archived(&user.update_box.entries.iter().cloned().collect::<Vec<_>>());
         parts[4].1 += archived(&user.update_box.dialogs);
     }
-    let order = ("idempotency order", archived(&state.idempotency_order));
+    let order = ("idempotency order", archived(&state.idempotency_order.iter().copied().collect::<Vec<_>>()));
     for (part, bytes) in parts.into_iter().chain([order]) {
         println!("{part:>18}: {:>5} MB, {:>6.1} bytes per message", bytes >> 20, bytes as f64 / messages as f64);
     }
