@@ -225,12 +225,12 @@ struct ChatMessages {
 
 impl ChatMessages {
     /// The piece of `chat`'s messages from index `from` on.
-    fn new(chat: &Chat, from: usize) -> ChatMessages {
-        let messages = chat.messages.range(from..chat.messages.len().min(from + MESSAGES_PER_PIECE));
+    fn new(chat: &ChatAsOf<'_>, from: usize) -> ChatMessages {
+        let messages = (from..chat.count.min(from + MESSAGES_PER_PIECE)).map(|index| chat.message_at(index));
         let mut out = ChatMessages {
-            chat: chat.id,
+            chat: chat.fields.id,
             first: MessageId(from as u64 + 1),
-            total: chat.messages.len() as u64,
+            total: chat.count as u64,
             senders: Vec::with_capacity(messages.len()),
             dates: Vec::with_capacity(messages.len()),
             random_ids: Vec::with_capacity(messages.len()),
@@ -254,7 +254,7 @@ impl ChatMessages {
                 ..
             } = message;
             let plain = *id == MessageId((from + at) as u64 + 1)
-                && *of == chat.id
+                && *of == chat.fields.id
                 && reply_to.is_none()
                 && forwarded_from.is_none()
                 && edit_date.is_none()
@@ -423,20 +423,20 @@ struct ChatLog {
 }
 
 impl ChatLog {
-    fn new(chat: &Chat) -> ChatLog {
+    fn new(chat: &ChatAsOf<'_>) -> ChatLog {
         let mut out = ChatLog {
-            chat: chat.id,
-            first_pts: chat.log.front().map_or(Pts::ZERO, |entry| entry.entry.pts),
-            ids: Vec::with_capacity(chat.log.len()),
+            chat: chat.fields.id,
+            first_pts: chat.log().next().map_or(Pts::ZERO, |entry| entry.entry.pts),
+            ids: Vec::with_capacity(chat.log_dropped.map_or(0, Chunked::len) + chat.log.len()),
             whole: Vec::new(),
         };
         let mut previous: Option<Pts> = None;
-        for ChatLogEntry { entry, only_for } in &chat.log {
+        for ChatLogEntry { entry, only_for } in chat.log() {
             let follows = previous.is_none_or(|previous| entry.pts == previous.next());
             match entry.update {
                 Update::NewMessage { chat: of, id, sender, date }
                     if follows
-                        && of == chat.id
+                        && of == chat.fields.id
                         && only_for.is_none()
                         && date == entry.date
                         && chat.message(id).is_some_and(|message| message.sender == sender && message.date == date) =>
@@ -749,28 +749,95 @@ impl ChatBefore {
         }
     }
 
-    /// The chat as it was, whole.
-    fn into_chat(self, now: &Chat) -> Chat {
-        let ChatBefore { mut chat, messages, mut changed, mut log_dropped, random_ids_replaced } = self;
-        chat.messages = now
-            .messages
-            .range(..messages)
-            .enumerate()
-            .map(|(index, message)| changed.remove(&index).unwrap_or_else(|| message.clone()))
-            .collect();
-        let kept_up_to = log_dropped.back().map_or(Pts::ZERO, |entry| entry.entry.pts);
-        let rest = now.log.iter().filter(|entry| entry.entry.pts > kept_up_to && entry.entry.pts <= chat.public_pts);
-        log_dropped.extend(rest.cloned());
-        chat.log = log_dropped;
-        chat.random_ids = now
+    /// The chat as it was, read from what it kept and from the chat `now`: nothing is
+    /// copied but its random_ids (a checkpoint at 10 M messages used to clone every message of
+    /// every chat changed while it was taken, and their texts).
+    fn as_of<'a>(&'a mut self, now: &'a Chat) -> ChatAsOf<'a> {
+        let messages = self.messages;
+        self.chat.random_ids = now
             .random_ids
             .iter()
             .filter(|(_, remembered)| (remembered.id.0 as usize) <= messages)
             .map(|(key, remembered)| (*key, *remembered))
-            .chain(random_ids_replaced)
+            .chain(self.random_ids_replaced.drain())
             .collect();
-        chat.index_media();
-        chat
+        let kept_up_to = self.log_dropped.back().map_or(Pts::ZERO, |entry| entry.entry.pts);
+        ChatAsOf {
+            fields: &self.chat,
+            messages: &now.messages,
+            count: messages,
+            changed: Some(&self.changed),
+            log_dropped: Some(&self.log_dropped),
+            log: &now.log,
+            log_window: Some((kept_up_to, self.chat.public_pts)),
+            media_index: &now.media_index,
+        }
+    }
+}
+
+/// A chat as a checkpoint archives it: its own fields and random_ids from `fields` (whose
+/// messages, log and media index are not read), its first `count` messages from `messages`
+/// each replaced by its version in `changed` if there is one, and its log: `log_dropped`, then
+/// the entries of `log` with a pts in `log_window` (after the first, up to the second).
+struct ChatAsOf<'a> {
+    fields: &'a Chat,
+    messages: &'a Chunked<Message>,
+    count: usize,
+    changed: Option<&'a Map<usize, Message>>,
+    log_dropped: Option<&'a Chunked<ChatLogEntry>>,
+    log: &'a Chunked<ChatLogEntry>,
+    log_window: Option<(Pts, Pts)>,
+    /// The live media messages of the chat now, by key.
+    media_index: &'a Map<(UserId, RandomId), MessageId>,
+}
+
+impl<'a> ChatAsOf<'a> {
+    /// The chat as it is.
+    fn now(chat: &'a Chat) -> ChatAsOf<'a> {
+        ChatAsOf {
+            fields: chat,
+            messages: &chat.messages,
+            count: chat.messages.len(),
+            changed: None,
+            log_dropped: None,
+            log: &chat.log,
+            log_window: None,
+            media_index: &chat.media_index,
+        }
+    }
+
+    /// The message at `index`, which must be below `count`.
+    fn message_at(&self, index: usize) -> &'a Message {
+        self.changed.and_then(|changed| changed.get(&index)).unwrap_or(&self.messages[index])
+    }
+
+    fn message(&self, id: MessageId) -> Option<&'a Message> {
+        let index = (id.0 as usize).checked_sub(1).filter(|&index| index < self.count)?;
+        Some(self.message_at(index))
+    }
+
+    fn log(&self) -> impl Iterator<Item = &'a ChatLogEntry> + 'a {
+        let window = self.log_window;
+        let in_window = move |entry: &&ChatLogEntry| {
+            window.is_none_or(|(after, through)| entry.entry.pts > after && entry.entry.pts <= through)
+        };
+        self.log_dropped.into_iter().flatten().chain(self.log.iter().filter(in_window))
+    }
+
+    /// The media messages, by id: those live now, and for a chat as it was, those of its
+    /// messages deleted since (kept in `changed`), each if it has media and is not deleted.
+    fn media(&self) -> Vec<(MessageId, MessageMedia)> {
+        let changed =
+            self.changed.into_iter().flat_map(|changed| changed.keys().map(|&index| MessageId(index as u64 + 1)));
+        let mut ids: Vec<MessageId> = self.media_index.values().copied().chain(changed).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter()
+            .filter_map(|id| {
+                let message = self.message(id).filter(|message| !message.deleted)?;
+                Some((id, message.media.as_deref()?.clone()))
+            })
+            .collect()
     }
 }
 
@@ -983,7 +1050,7 @@ impl MessagingCore {
             push_user(&mut out, &self.state, *user);
         }
         for chat in self.state.chats.values() {
-            push_chat(&mut out, chat);
+            push_chat(&mut out, &ChatAsOf::now(chat));
         }
         self.bytes_since_checkpoint = 0;
         out
@@ -1069,8 +1136,8 @@ impl MessagingCore {
                 progress.idempotency_next = end;
                 written += 1;
             } else if let Some(chat) = progress.chats_before_order.pop() {
-                let before = progress.chats_before.remove(&chat).expect("kept with its key");
-                push_chat(&mut progress.out, &before.into_chat(&state.chats[&chat]));
+                let mut before = progress.chats_before.remove(&chat).expect("kept with its key");
+                push_chat(&mut progress.out, &before.as_of(&state.chats[&chat]));
                 written += 1;
             } else if let Some(user) = progress.users_before_order.pop() {
                 let before = progress.users_before.remove(&user).expect("kept with its key");
@@ -1083,7 +1150,7 @@ impl MessagingCore {
                 }
             } else if let Some(chat) = progress.chats.pop() {
                 if progress.pending_chats.remove(&chat).is_some() {
-                    push_chat(&mut progress.out, &state.chats[&chat]);
+                    push_chat(&mut progress.out, &ChatAsOf::now(&state.chats[&chat]));
                     written += 1;
                 }
             } else {
@@ -1918,30 +1985,28 @@ fn user_push(state: &State, user: UserId) -> Option<UserPush> {
 
 /// A chat's piece, its public pts piece when that differs from its sequence, and its media
 /// piece when it holds media messages.
-fn push_chat(out: &mut ChunkedBytes, chat: &Chat) {
-    push_piece(out, PIECE_CHAT, chat);
+fn push_chat(out: &mut ChunkedBytes, chat: &ChatAsOf<'_>) {
+    push_piece(out, PIECE_CHAT, chat.fields);
     // At least one, so a chat whose message pieces were all lost is told from one without.
     let mut from = 0;
     loop {
         push_piece(out, PIECE_CHAT_MESSAGES, &ChatMessages::new(chat, from));
         from += MESSAGES_PER_PIECE;
-        if from >= chat.messages.len() {
+        if from >= chat.count {
             break;
         }
     }
-    if !chat.log.is_empty() {
+    if chat.log().next().is_some() {
         push_piece(out, PIECE_CHAT_LOG, &ChatLog::new(chat));
     }
-    if chat.public_pts != chat.pts {
-        push_piece(out, PIECE_CHAT_PUBLIC_PTS, &ChatPublicPts { chat: chat.id, public_pts: chat.public_pts });
+    let fields = chat.fields;
+    if fields.public_pts != fields.pts {
+        push_piece(out, PIECE_CHAT_PUBLIC_PTS, &ChatPublicPts { chat: fields.id, public_pts: fields.public_pts });
     }
     // The live media messages are indexed: no walk over every message of the chat.
-    let mut ids: Vec<MessageId> = chat.media_index.values().copied().collect();
-    ids.sort_unstable();
-    let media: Vec<(MessageId, MessageMedia)> =
-        ids.into_iter().filter_map(|id| Some((id, chat.message(id)?.media.as_deref()?.clone()))).collect();
+    let media = chat.media();
     if !media.is_empty() {
-        push_piece(out, PIECE_CHAT_MEDIA, &ChatMedia { chat: chat.id, media });
+        push_piece(out, PIECE_CHAT_MEDIA, &ChatMedia { chat: fields.id, media });
     }
 }
 
@@ -2249,6 +2314,19 @@ mod tests {
         for (index, &(chat, sender, _)) in chats.iter().enumerate() {
             call(&mut core, &mut journal, send_text(chat, sender, index as u64 + 1));
         }
+        // A media message, deleted for everyone while the checkpoint is taken: the checkpoint
+        // keeps it with its media.
+        let (media_chat, media_sender, _) = chats[13];
+        let Request::Send(mut with_media) = send_text(media_chat, media_sender, 13_000) else { unreachable!() };
+        with_media.media = Some(MessageMedia {
+            kind: MediaKind::Photo,
+            file: 77,
+            access_hash: 78,
+            size: 79,
+            name: "photo.jpg".into(),
+            mime_type: "image/jpeg".into(),
+        });
+        let Response::Sent(media_ack) = call(&mut core, &mut journal, Request::Send(with_media)) else { panic!() };
         // Begin; then change half the chats and boxes between small steps.
         let window = core.state().idempotency_order.len();
         assert!(window > 2 * IDEMPOTENCY_ENTRIES_PER_PIECE, "the window spans several pieces");
@@ -2314,6 +2392,13 @@ mod tests {
                 call(&mut core, &mut journal, delete_new);
                 let hide = Request::Delete { chat, user: reader, ids: vec![MessageId(1)], for_everyone: false };
                 call(&mut core, &mut journal, hide);
+                let delete_media = Request::Delete {
+                    chat: media_chat,
+                    user: media_sender,
+                    ids: vec![media_ack.id],
+                    for_everyone: true,
+                };
+                call(&mut core, &mut journal, delete_media);
             }
         }
         let bytes = core.finish_checkpoint().expect("every piece was written").to_vec();
@@ -2324,6 +2409,8 @@ mod tests {
         let mut expected = MessagingCore::new(ShardId(0), table);
         expected.restore(&at_begin).expect("restores");
         assert_eq!(digest(restored.state()), digest(expected.state()));
+        let media_message = restored.state().chats[&media_chat].message(media_ack.id).expect("the media message");
+        assert!(media_message.media.is_some() && !media_message.deleted, "{media_message:?}");
         assert_eq!(restored.state().idempotency_order, expected.state().idempotency_order);
         for (kind, payload) in &journal.0[began_at..] {
             restored.replay(*kind, payload).expect("replays");
@@ -2884,16 +2971,16 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let log = ChatLog::new(&chat);
+        let log = ChatLog::new(&ChatAsOf::now(&chat));
         assert_eq!(log.ids, [MessageId(1), MessageId(0), MessageId(0), MessageId(0), MessageId(3)]);
         assert_eq!(format!("{:?}", log.into_log(&chat).expect("restores")), format!("{:?}", chat.log));
-        let mut damaged = ChatLog::new(&chat);
+        let mut damaged = ChatLog::new(&ChatAsOf::now(&chat));
         damaged.ids[0] = MessageId(7);
         assert!(damaged.into_log(&chat).is_err(), "a message the chat does not hold");
-        let mut damaged = ChatLog::new(&chat);
+        let mut damaged = ChatLog::new(&ChatAsOf::now(&chat));
         damaged.whole.pop();
         assert!(damaged.into_log(&chat).is_err(), "a whole entry missing");
-        let mut damaged = ChatLog::new(&chat);
+        let mut damaged = ChatLog::new(&ChatAsOf::now(&chat));
         damaged.ids.remove(1);
         assert!(damaged.into_log(&chat).is_err(), "a whole entry left over");
     }
