@@ -36,9 +36,9 @@ pub struct State {
     /// Highest sequence allocated per vshard, for user and chat ids.
     pub user_sequences: Map<u16, u64>,
     pub chat_sequences: Map<u16, u64>,
-    /// Remembered random_ids, oldest first, for expiry and the memory cap. Millions of
-    /// entries: in chunks, since a vector of them doubling in one step stalled the shard
-    /// for 88–153 ms of page faults at 2 and 4 million.
+    /// Remembered random_ids, oldest first, for expiry and the memory cap. Up to millions of
+    /// entries: in chunks, since a vector of them doubling in one step stalled the shard for
+    /// 88 and 153 ms of page faults.
     pub idempotency_order: Chunked<IdempotencyEntry>,
     /// Each user's live login authorizations, oldest first; a revoked one is removed. Kept
     /// beside `users` rather than in `User` so a checkpoint stores them as pieces of their own
