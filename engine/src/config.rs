@@ -24,7 +24,7 @@ pub const CHECKPOINTS_RETAINED: usize = 2;
 pub const PREPARE_RETRY_MS: u64 = 1000;
 /// Size of each zero-filling write when a fresh segment is pre-written.
 pub const PREWRITE_CHUNK_BYTES: usize = 256 << 10;
-/// A checkpoint file being written is synced every this many bytes (see `write_file_durably`).
+/// A checkpoint file being written is synced every this many bytes (see `wal::checkpoint_file`).
 pub const CHECKPOINT_SYNC_EVERY_BYTES: usize = 8 << 20;
 /// Writes of `PREWRITE_CHUNK_BYTES` a checkpoint file being written keeps in flight, at most
 /// (`LogConfig::checkpoint_writes_in_flight`): one sync interval's worth.

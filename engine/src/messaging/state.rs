@@ -665,8 +665,8 @@ impl State {
     /// event, except while a checkpoint is being taken piece by piece (it touches other
     /// chats); forgetting later changes nothing a client sees, because a send checks the
     /// window's dates itself. The bound spreads what a checkpoint held back over the events
-    /// after it: forgotten at once, the few hundred thousand entries of a checkpoint at 10 M
-    /// messages stalled the shard for about 60 ms.
+    /// after it: forgotten at once, what a checkpoint of seconds held back at 10 M messages
+    /// stalled the shard for about 60 ms.
     pub fn expire_idempotency(&mut self, now: UnixMs) {
         let (order, chats) = (&mut self.idempotency_order, &mut self.chats);
         forget_oldest(order, chats, now, IDEMPOTENCY_ENTRIES_MAX, IDEMPOTENCY_FORGET_PER_EVENT);
@@ -691,7 +691,7 @@ impl State {
 }
 
 /// How far replay lets the idempotency window run over its cap before forgetting in a batch:
-/// 125,000 entries, 4 MB, and the window's ring stays within the capacity it has at the cap.
+/// 125,000 entries, 4 MB.
 const IDEMPOTENCY_REPLAY_SLACK: usize = IDEMPOTENCY_ENTRIES_MAX / 32;
 
 /// A remembered random_id: when, in which chat, from whom.

@@ -731,7 +731,7 @@ impl ChatBefore {
             }
         }
         // Whether the change enters the log or not, what it would push out is kept: keeping an
-        // entry that stays is harmless (`into_chat` takes each pts once).
+        // entry that stays is harmless (`ChatBefore::as_of` takes each pts once).
         let kept_up_to = self.log_dropped.back().map_or(Pts::ZERO, |entry| entry.entry.pts);
         let pushed_out = log_entries_pushed_out(&now.log, date);
         let then = now.log.iter().take(pushed_out).filter(|entry| entry.entry.pts > kept_up_to);
