@@ -87,8 +87,10 @@ pub fn trailer(messaging_bytes: usize, media_bytes: usize) -> [u8; TRAILER_BYTES
 }
 
 /// Lays out a whole state at once, for a state produced in one step. The messaging section
-/// is moved in, not copied: it may be gigabytes.
+/// is moved in, not copied: it may be gigabytes. It must hold all its bytes (none taken out
+/// with `take_filled`), since its length goes in the trailer.
 pub fn compose(host: &[u8], messaging: ChunkedBytes, media: Vec<u8>) -> ChunkedBytes {
+    debug_assert_eq!(messaging.len(), messaging.held(), "a messaging section with bytes taken out");
     let trailer = trailer(messaging.len(), media.len());
     let mut bytes = ChunkedBytes::from(head(host));
     bytes.append(messaging);
