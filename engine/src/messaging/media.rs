@@ -38,6 +38,14 @@ impl MediaReleases {
         self.pending.insert(sequence, PendingRelease { sequence, file, chat, sender, random_id });
     }
 
+    /// Whether a release of the reference keyed (`chat`, `sender`, `random_id`) is queued.
+    /// The outbox is read whole: it holds only what the upkeep has not given back yet.
+    pub(crate) fn is_queued(&self, chat: ChatId, sender: UserId, random_id: RandomId) -> bool {
+        self.pending
+            .values()
+            .any(|release| (release.chat, release.sender, release.random_id) == (chat, sender, random_id))
+    }
+
     pub(crate) fn finish(&mut self, sequences: &[u64]) {
         for sequence in sequences {
             self.pending.remove(sequence);

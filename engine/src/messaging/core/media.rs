@@ -104,8 +104,17 @@ mod tests {
     }
 
     fn call(core: &mut MessagingCore, journal: &mut Recording, request: Request) -> MessagingResult<Response> {
+        call_at(core, journal, request, UnixMs(NOW + journal.0.len() as u64))
+    }
+
+    fn call_at(
+        core: &mut MessagingCore,
+        journal: &mut Recording,
+        request: Request,
+        now: UnixMs,
+    ) -> MessagingResult<Response> {
         let origin = Origin { shard: ShardId(0), request: journal.0.len() as u64 };
-        core.handle(origin, request, UnixMs(NOW + journal.0.len() as u64), journal);
+        core.handle(origin, request, now, journal);
         let last = Lsn(journal.0.len() as u64);
         core.advance(last, last, journal);
         core.take_effects().replies.pop().expect("an answer").1
@@ -260,5 +269,63 @@ mod tests {
         }
         assert!(pending(&mut core, &mut journal).is_empty());
         assert!(pending(&mut rebuilt(&journal, &table), &mut journal).is_empty());
+    }
+
+    /// Proves a media key (chat, sender, random_id) keys one file reference at a time: once
+    /// the idempotency window has forgotten it, a new media send under it is refused while the
+    /// old message is live or its release is queued (else one release would take the new
+    /// message's reference, and the index, hence checkpoints, would lose one of the two), and
+    /// accepted once the release is done. A plain message may take the key at any time.
+    #[test]
+    fn a_media_key_holds_one_reference_at_a_time() {
+        let table = Arc::new(VShardTable::round_robin(1));
+        let mut core = MessagingCore::new(ShardId(0), table.clone());
+        core.resume(0, Lsn::ZERO);
+        let mut journal = Recording::default();
+        let mut user = |core: &mut MessagingCore, phone: &str| {
+            let request = Request::SignUp { phone: phone.into(), first_name: "U".into(), last_name: String::new() };
+            let Ok(Response::User(user)) = call(core, &mut journal, request) else { panic!("sign up") };
+            user
+        };
+        let (alice, bob) = (user(&mut core, "+15550000001"), user(&mut core, "+15550000002"));
+        let Ok(Response::Chat(chat)) = call(&mut core, &mut journal, Request::OpenPrivate { user: alice, peer: bob })
+        else {
+            panic!("open private")
+        };
+        let Ok(Response::Sent(first)) = call(&mut core, &mut journal, send(chat, alice, 7, Some(media(FILE)))) else {
+            panic!("media send")
+        };
+        // A day and more later the window has forgotten the key, but the message holds it.
+        let later = |days: u64| UnixMs(NOW + 1_000 + days * IDEMPOTENCY_WINDOW_MS);
+        for file in [FILE, FILE + 4096] {
+            let again = send(chat, alice, 7, Some(media(file)));
+            assert_eq!(call_at(&mut core, &mut journal, again, later(1)), Err(MessagingError::RandomIdReused));
+        }
+        let Ok(Response::Sent(plain)) = call_at(&mut core, &mut journal, send(chat, alice, 7, None), later(1)) else {
+            panic!("a plain message under the key")
+        };
+        assert!(!plain.duplicate);
+        // Deleted, its release queued: still taken.
+        let delete = Request::Delete { chat, user: alice, ids: vec![first.id], for_everyone: true };
+        assert_eq!(call_at(&mut core, &mut journal, delete, later(2)), Ok(Response::Done));
+        let queued = pending(&mut core, &mut journal);
+        assert_eq!(queued.len(), 1, "{queued:?}");
+        let again = send(chat, alice, 7, Some(media(FILE)));
+        assert_eq!(call_at(&mut core, &mut journal, again, later(3)), Err(MessagingError::RandomIdReused));
+        // Released: the key is free for one new media message, whose media checkpoints keep.
+        let done = Request::MediaReleasesDone { sequences: vec![queued[0].sequence] };
+        assert_eq!(call_at(&mut core, &mut journal, done, later(3)), Ok(Response::Done));
+        let again = send(chat, alice, 7, Some(media(FILE + 4096)));
+        let Ok(Response::Sent(second)) = call_at(&mut core, &mut journal, again, later(4)) else {
+            panic!("media send under a released key")
+        };
+        assert!(!second.duplicate && second.id > plain.id);
+        let check = Request::CheckMediaHolders { chat, holders: vec![(alice, RandomId(7), FILE + 4096)] };
+        assert_eq!(call_at(&mut core, &mut journal, check, later(4)), Ok(Response::HolderStates(vec![true])));
+        let mut restored = MessagingCore::new(ShardId(0), table.clone());
+        restored.restore(&core.snapshot().to_vec()).expect("restores");
+        restored.resume(0, Lsn(journal.0.len() as u64));
+        let get = Request::GetMessageMedia { chat, user: bob, id: second.id };
+        assert_eq!(call_at(&mut restored, &mut journal, get, later(4)), Ok(Response::Media(media(FILE + 4096))));
     }
 }

@@ -724,6 +724,12 @@ impl MessagingCore {
                 return Ok(());
             }
         }
+        // A media message's file reference is keyed by its idempotency key, so a key may hold
+        // one reference at a time: refused while a media message under it is live or its
+        // release is still queued, however old (the window above is for retries only).
+        if media.is_some() && self.media_key_taken(state, sender, random_id) {
+            return Err(MessagingError::RandomIdReused);
+        }
         // The leak sweep found no message for this key and is giving its reference back.
         if media.is_some()
             && self.live.holders_refused.get(&(chat, sender, random_id)).is_some_and(|&until| until > now)
@@ -751,6 +757,13 @@ impl MessagingCore {
         let reply = SenderReply { origin, user: sender, session, ack: Some(ack) };
         self.commit_chat(chat, ChatChange::new_message(message), date, Some(reply), journal)?;
         Ok(())
+    }
+
+    /// Whether the file reference keyed (chat, `sender`, `random_id`) belongs to a media
+    /// message of `chat`: one that is live, or one deleted whose release is still queued.
+    fn media_key_taken(&self, chat: &Chat, sender: UserId, random_id: RandomId) -> bool {
+        chat.media_index.contains_key(&(sender, random_id))
+            || self.state.media_releases.is_queued(chat.id, sender, random_id)
     }
 
     pub(super) fn chat_info(&self, chat: &Chat) -> ChatInfo {
