@@ -322,10 +322,19 @@ mod tests {
         assert!(!second.duplicate && second.id > plain.id);
         let check = Request::CheckMediaHolders { chat, holders: vec![(alice, RandomId(7), FILE + 4096)] };
         assert_eq!(call_at(&mut core, &mut journal, check, later(4)), Ok(Response::HolderStates(vec![true])));
+        // Edited, it goes into checkpoints whole rather than in columns; its media stays apart.
+        let edit = Request::Edit { chat, user: alice, id: second.id, text: "another cat".into() };
+        assert_eq!(call_at(&mut core, &mut journal, edit, later(4)), Ok(Response::Done));
         let mut restored = MessagingCore::new(ShardId(0), table.clone());
         restored.restore(&core.snapshot().to_vec()).expect("restores");
         restored.resume(0, Lsn(journal.0.len() as u64));
         let get = Request::GetMessageMedia { chat, user: bob, id: second.id };
         assert_eq!(call_at(&mut restored, &mut journal, get, later(4)), Ok(Response::Media(media(FILE + 4096))));
+        let get = Request::GetMessages { chat, user: bob, ids: vec![second.id] };
+        let Ok(Response::Messages(restored_messages)) = call_at(&mut restored, &mut journal, get, later(4)) else {
+            panic!("get messages")
+        };
+        assert_eq!(restored_messages[0].text, "another cat");
+        assert_eq!(restored_messages[0].media.as_deref(), Some(&media(FILE + 4096)));
     }
 }

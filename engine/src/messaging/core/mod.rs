@@ -251,7 +251,7 @@ impl ChatMessages {
                 forwarded_from,
                 edit_date,
                 deleted,
-                ..
+                media: _,
             } = message;
             let plain = *id == MessageId((from + at) as u64 + 1)
                 && *of == chat.fields.id
@@ -267,8 +267,20 @@ impl ChatMessages {
                 out.text_ends.push(out.texts.len() as u32);
             } else {
                 out.whole_at.push(at as u32);
-                // Its media is in the chat's media piece; only the archived fields matter here.
-                out.whole.push(Message { media: None, ..message.clone() });
+                // Its media is in the chat's media piece, so it is not copied here.
+                out.whole.push(Message {
+                    id: *id,
+                    chat: *of,
+                    sender: *sender,
+                    date: *date,
+                    random_id: *random_id,
+                    text: text.clone(),
+                    reply_to: *reply_to,
+                    forwarded_from: forwarded_from.clone(),
+                    edit_date: *edit_date,
+                    deleted: *deleted,
+                    media: None,
+                });
             }
         }
         out
