@@ -94,6 +94,13 @@ fn media_messages_hold_their_files_until_the_last_one_goes() {
     // A forward shares the file: one more reference, no bytes.
     let forwarded = block_on(messenger.forward(bob, private, &[original], group, RandomId(50))).expect("forward");
     assert_eq!(references(&engine, &file), Some(2));
+    // Copies whose random_id would be 0 (the first, or one past the largest) are refused
+    // before anything is taken or appended.
+    for (random_id, ids) in [(0, vec![original]), (u64::MAX, vec![original, original])] {
+        let refused = block_on(messenger.forward(bob, private, &ids, group, RandomId(random_id)));
+        assert!(matches!(refused, Err(MessagingError::InvalidArgument(_))), "{refused:?}");
+    }
+    assert_eq!(references(&engine, &file), Some(2));
     let copy = block_on(messenger.message_media(group, carol, forwarded[0].id)).expect("carol sees the copy");
     assert_eq!((copy.file, copy.access_hash), (media.file, media.access_hash));
 

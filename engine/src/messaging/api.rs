@@ -280,6 +280,14 @@ impl Messenger {
         random_id: RandomId,
     ) -> MessagingResult<Vec<SendAck>> {
         let Author { user, session } = user.into();
+        // Copy i takes random_id + i: none may be 0, so none may wrap past the largest. Checked
+        // before any copy takes a file reference or is appended.
+        if random_id.0 == 0 {
+            return Err(MessagingError::InvalidArgument("random_id must not be 0"));
+        }
+        if random_id.0.checked_add(ids.len().saturating_sub(1) as u64).is_none() {
+            return Err(MessagingError::InvalidArgument("a copy's random_id (random_id + i) would wrap to 0"));
+        }
         let originals = self.get_messages(from, user, ids).await?;
         let mut acks = Vec::with_capacity(originals.len());
         for (index, original) in originals.into_iter().enumerate() {
@@ -292,7 +300,7 @@ impl Messenger {
                 },
                 |from| *from,
             );
-            let random_id = RandomId(random_id.0.wrapping_add(index as u64));
+            let random_id = RandomId(random_id.0 + index as u64);
             // The copy takes its own reference on the same file: no bytes move. If the original
             // was deleted meanwhile and its file is gone, the forward fails here, before
             // anything is appended.
