@@ -336,5 +336,10 @@ mod tests {
         };
         assert_eq!(restored_messages[0].text, "another cat");
         assert_eq!(restored_messages[0].media.as_deref(), Some(&media(FILE + 4096)));
+        // A restore and a replay both know the key is taken.
+        for mut recovered in [restored, rebuilt(&journal, &table)] {
+            let again = send(chat, alice, 7, Some(media(FILE)));
+            assert_eq!(call_at(&mut recovered, &mut journal, again, later(6)), Err(MessagingError::RandomIdReused));
+        }
     }
 }
