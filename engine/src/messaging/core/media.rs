@@ -144,6 +144,12 @@ mod tests {
         })
     }
 
+    fn sign_up(core: &mut MessagingCore, journal: &mut Recording, phone: &str) -> UserId {
+        let request = Request::SignUp { phone: phone.into(), first_name: "U".into(), last_name: String::new() };
+        let Ok(Response::User(user)) = call(core, journal, request) else { panic!("sign up") };
+        user
+    }
+
     fn pending(core: &mut MessagingCore, journal: &mut Recording) -> Vec<PendingRelease> {
         match call(core, journal, Request::PendingMediaReleases { after: 0, limit: 100 }) {
             Ok(Response::MediaReleases(pending)) => pending,
@@ -169,15 +175,10 @@ mod tests {
         let mut core = MessagingCore::new(ShardId(0), table.clone());
         core.resume(0, Lsn::ZERO);
         let mut journal = Recording::default();
-        let user = |core: &mut MessagingCore, journal: &mut Recording, phone: &str| {
-            let request = Request::SignUp { phone: phone.into(), first_name: "U".into(), last_name: String::new() };
-            let Ok(Response::User(user)) = call(core, journal, request) else { panic!("sign up") };
-            user
-        };
         let (alice, bob, carol) = (
-            user(&mut core, &mut journal, "+15550000001"),
-            user(&mut core, &mut journal, "+15550000002"),
-            user(&mut core, &mut journal, "+15550000003"),
+            sign_up(&mut core, &mut journal, "+15550000001"),
+            sign_up(&mut core, &mut journal, "+15550000002"),
+            sign_up(&mut core, &mut journal, "+15550000003"),
         );
         let Ok(Response::Chat(chat)) = call(&mut core, &mut journal, Request::OpenPrivate { user: alice, peer: bob })
         else {
@@ -282,12 +283,8 @@ mod tests {
         let mut core = MessagingCore::new(ShardId(0), table.clone());
         core.resume(0, Lsn::ZERO);
         let mut journal = Recording::default();
-        let mut user = |core: &mut MessagingCore, phone: &str| {
-            let request = Request::SignUp { phone: phone.into(), first_name: "U".into(), last_name: String::new() };
-            let Ok(Response::User(user)) = call(core, &mut journal, request) else { panic!("sign up") };
-            user
-        };
-        let (alice, bob) = (user(&mut core, "+15550000001"), user(&mut core, "+15550000002"));
+        let (alice, bob) =
+            (sign_up(&mut core, &mut journal, "+15550000001"), sign_up(&mut core, &mut journal, "+15550000002"));
         let Ok(Response::Chat(chat)) = call(&mut core, &mut journal, Request::OpenPrivate { user: alice, peer: bob })
         else {
             panic!("open private")
